@@ -1,0 +1,214 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/rendezvous"
+	"github.com/urfave/cli/v2"
+)
+
+// config is the validated command line.
+type config struct {
+	nproc       int
+	rdzv        rendezvous.Config
+	runID       string
+	startMethod string
+	path        string   // resolved program
+	argv        []string // rank argv
+	logDir      string
+	keepLogDir  bool
+	output      *launcher.Output
+	grace       time.Duration
+	summaryJSON string
+}
+
+func action(c *cli.Context) error {
+	cfg, err := parseConfig(c)
+	if err != nil {
+		return err
+	}
+	return launch(c, cfg)
+}
+
+// parseConfig validates every flag and the program before anything starts.
+func parseConfig(c *cli.Context) (*config, error) {
+	cfg := &config{runID: c.String(fRunID), summaryJSON: c.String(fSummaryJSON)}
+	var err error
+	if cfg.nproc, err = parseNproc(c.String(fNproc)); err != nil {
+		return nil, err
+	}
+	nnodes, err := strconv.Atoi(c.String(fNNodes))
+	if err != nil {
+		return nil, usagef("--nnodes %q: want a number of nodes (elastic MIN:MAX ranges are not supported)", c.String(fNNodes))
+	}
+	cfg.rdzv = rendezvous.Config{
+		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: cfg.nproc,
+		MasterAddr: c.String(fMasterAddr), MasterPort: c.Int(fMasterPort), Standalone: c.Bool(fStandalone),
+	}
+	if cfg.rdzv.Standalone && !c.IsSet(fMasterPort) {
+		cfg.rdzv.MasterPort = 0
+	}
+	if err := checkRendezvous(cfg.rdzv); err != nil {
+		return nil, err
+	}
+	if cfg.startMethod, err = parseStartMethod(c.String(fStartMethod)); err != nil {
+		return nil, err
+	}
+	if cfg.grace, err = parseDuration(c.String(fGrace)); err != nil {
+		return nil, err
+	}
+	if cfg.path, cfg.argv, err = program(c); err != nil {
+		return nil, err
+	}
+	if cfg.output, err = parseOutput(c, cfg.nproc); err != nil {
+		return nil, err
+	}
+	cfg.logDir = c.String(fLogDir)
+	cfg.keepLogDir = cfg.logDir != "" || c.String(fRedirects) != "0" || c.String(fTee) != "0"
+	if cfg.summaryJSON != "" {
+		if st, err := os.Stat(filepath.Dir(cfg.summaryJSON)); err != nil || !st.IsDir() {
+			return nil, usagef("--summary-json %s: its directory does not exist", cfg.summaryJSON)
+		}
+	}
+	if cfg.runID == "" {
+		cfg.runID = randomID()
+	}
+	return cfg, nil
+}
+
+func parseNproc(s string) (int, error) {
+	switch s {
+	case "cpu", "auto":
+		return runtime.NumCPU(), nil
+	case "gpu":
+		return 0, usagef("--nproc-per-node gpu: GPU discovery is not available in this version of mpspawn; give a number, cpu or auto")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, usagef("--nproc-per-node %q: want a positive number, cpu or auto", s)
+	}
+	if n < 1 {
+		return 0, usagef("--nproc-per-node %d: want at least 1 rank", n)
+	}
+	return n, nil
+}
+
+// checkRendezvous validates without reserving anything.
+func checkRendezvous(rc rendezvous.Config) error {
+	rc.Standalone = false
+	if rc.MasterPort == 0 {
+		rc.MasterPort = 29500
+	}
+	j, err := rendezvous.Static(rc)
+	if err != nil {
+		return usageError{err}
+	}
+	return j.Close()
+}
+
+func parseStartMethod(s string) (string, error) {
+	switch s {
+	case "spawn":
+		return s, nil
+	case "forkserver":
+		return "", usagef("--start-method forkserver is not available in this version of mpspawn; use spawn")
+	case "fork":
+		return "", usagef("--start-method fork is not supported: forking a launcher breaks CUDA and threads; use spawn")
+	}
+	return "", usagef("--start-method %q: want spawn", s)
+}
+
+// parseDuration accepts a Go duration (30s, 500ms) or a number of seconds.
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		secs, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil {
+			return 0, usagef("--grace-period %q: want a duration such as 30s or 500ms", s)
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	if d <= 0 {
+		return 0, usagef("--grace-period %q: want a positive duration", s)
+	}
+	return d, nil
+}
+
+// program resolves the rank program and its argv.
+func program(c *cli.Context) (string, []string, error) {
+	args := c.Args().Slice()
+	if len(args) == 0 {
+		return "", nil, usagef("no script given: usage: mpspawn [flags] SCRIPT [ARGS...]")
+	}
+	target, rest := args[0], args[1:]
+	if c.Bool(fNoPython) {
+		if c.Bool(fModule) {
+			return "", nil, usagef("--module and --no-python cannot be combined")
+		}
+		path, err := exec.LookPath(target)
+		if err != nil {
+			return "", nil, usagef("--no-python %s: not an executable program (%v)", target, unwrapExec(err))
+		}
+		return path, append([]string{target}, rest...), nil
+	}
+	python := c.String(fPython)
+	path, err := exec.LookPath(python)
+	if err != nil {
+		return "", nil, usagef("--python %s: interpreter not found (%v)", python, unwrapExec(err))
+	}
+	if c.Bool(fModule) {
+		return path, append([]string{python, "-u", "-m", target}, rest...), nil
+	}
+	if st, err := os.Stat(target); err != nil || st.IsDir() {
+		return "", nil, usagef("script %s: no such file", target)
+	}
+	return path, append([]string{python, "-u", target}, rest...), nil
+}
+
+func unwrapExec(err error) error {
+	if ee, ok := err.(*exec.Error); ok {
+		return ee.Err
+	}
+	return err
+}
+
+func parseOutput(c *cli.Context, nproc int) (*launcher.Output, error) {
+	out := &launcher.Output{Prefix: c.String(fPrefix), Timestamps: c.Bool(fTimestamps)}
+	if c.Bool(fNoPrefix) {
+		out.Prefix = ""
+	}
+	var err error
+	if out.Redirects, err = launcher.ParseStreams(c.String(fRedirects)); err != nil {
+		return nil, usagef("--redirects: %v", strings.TrimPrefix(err.Error(), "launcher: "))
+	}
+	if out.Tee, err = launcher.ParseStreams(c.String(fTee)); err != nil {
+		return nil, usagef("--tee: %v", strings.TrimPrefix(err.Error(), "launcher: "))
+	}
+	if f := c.String(fRanksFilter); f != "" {
+		out.Filter = map[int]bool{}
+		for _, s := range strings.Split(f, ",") {
+			r, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || r < 0 || r >= nproc {
+				return nil, usagef("--local-ranks-filter %q: %q is not a local rank (0..%d)", f, s, nproc-1)
+			}
+			out.Filter[r] = true
+		}
+	}
+	return out, nil
+}
+
+func randomID() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+

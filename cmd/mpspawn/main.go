@@ -1,0 +1,82 @@
+// Command mpspawn is a torchrun-compatible launcher for training processes:
+//
+//	mpspawn [flags] SCRIPT [ARGS...]
+//
+// It starts one rank per process slot with torchrun's environment contract,
+// stops every rank as soon as one fails, forwards signals, and never leaves
+// a rank or a rank's child running after it exits.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// usageError is bad input: one line, exit code 2, nothing started.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// exitCode carries the job's exit code out of the cli action.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
+
+// run is main without os.Exit, so tests can call it.
+func run(args []string, stdout, stderr io.Writer) int {
+	app := newApp(stdout, stderr)
+	err := app.RunContext(context.Background(), normalizeArgs(args))
+	var code exitCode
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &code):
+		return int(code)
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "mpspawn: error: %v\n", ue.err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "mpspawn: error: %v\n", err)
+		return 1
+	}
+}
+
+func newApp(stdout, stderr io.Writer) *cli.App {
+	return &cli.App{
+		Name:      "mpspawn",
+		Usage:     "launch one process per rank, torchrun-compatible, fast to start and fast to fail",
+		UsageText: "mpspawn [flags] SCRIPT [ARGS...]\nmpspawn --no-python [flags] PROGRAM [ARGS...]\nmpspawn -m [flags] MODULE [ARGS...]",
+		Description: "Starts --nproc-per-node ranks of SCRIPT (run as PYTHON -u SCRIPT ARGS) with torchrun's\n" +
+			"environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...). When a rank fails,\n" +
+			"every other rank's process group gets SIGTERM, then SIGKILL after --grace-period, and mpspawn\n" +
+			"exits with the failing rank's own exit code. Flags may also be written torchrun-style with\n" +
+			"underscores (--nproc_per_node).\n\n" +
+			"Exit codes: 0 all ranks succeeded; the root-cause rank's exit code (128+N for signal N);\n" +
+			"2 bad usage; 130/143 when mpspawn itself got SIGINT/SIGTERM.",
+		Flags:                  flags(),
+		Action:                 action,
+		Writer:                 stdout,
+		ErrWriter:              stderr,
+		HideHelpCommand:        true,
+		UseShortOptionHandling: false,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err}
+		},
+		ExitErrHandler: func(*cli.Context, error) {}, // exit codes are mapped once, in run
+	}
+}

@@ -1,0 +1,302 @@
+package launcher
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// A Group is a set of running ranks under one supervisor. It is created by
+// Start, which starts every rank; Wait returns once every rank has been
+// reaped. The first rank to fail stops all others (SIGTERM to each rank's
+// process group, SIGKILL after the grace period). Signal forwards a signal
+// the launcher received; cancelling the context given to Start stops the
+// ranks too. A Group cannot be reused after Wait returns.
+type Group struct {
+	opts  Options
+	ranks []*rankProc
+	guard *guard
+	thr   *starter
+
+	exits chan int       // index of a rank whose process was reaped
+	sigs  chan os.Signal // forwarded signals
+	stops chan error     // Stop requests
+	done  chan struct{}
+	res   *Result
+}
+
+// rankProc is one running rank. Its fields other than exit are written
+// before the waiter goroutine starts and only read after.
+type rankProc struct {
+	spec    Spec
+	proc    *os.Process
+	started time.Time
+	relays  sync.WaitGroup // stdout and stderr relays
+	pipes   []*os.File     // read ends, closed when draining is over
+
+	// owned by the supervisor goroutine
+	res     RankResult
+	exited  bool
+	stopped bool
+}
+
+// Start starts one process per spec and supervises them until Wait. If any
+// rank fails to start, the ranks already started are killed and reaped
+// before Start returns the error. Cancelling ctx stops the ranks, with
+// context.Cause(ctx) as the reason.
+func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
+	if err := validate(specs); err != nil {
+		return nil, err
+	}
+	g := &Group{
+		opts:  opts,
+		exits: make(chan int, len(specs)),
+		sigs:  make(chan os.Signal, 8),
+		stops: make(chan error, 1),
+		done:  make(chan struct{}),
+	}
+	closeInherited()
+	var err error
+	if g.guard, err = startGuard(); err != nil {
+		return nil, err
+	}
+	specs = sortedByRank(specs)
+	g.thr = newStarter()
+	for _, s := range specs {
+		rp, err := g.thr.start(s)
+		if err != nil {
+			g.abort()
+			return nil, fmt.Errorf("launcher: start rank %d: %w", s.Rank, err)
+		}
+		g.guard.watch(rp.proc.Pid)
+		g.ranks = append(g.ranks, rp)
+		go g.waitRank(len(g.ranks)-1, rp)
+	}
+	go g.supervise(ctx)
+	return g, nil
+}
+
+// abort kills and reaps the ranks started so far, after a failed start.
+func (g *Group) abort() {
+	for _, rp := range g.ranks {
+		killGroup(rp.proc.Pid, syscall.SIGKILL)
+	}
+	for range g.ranks {
+		<-g.exits
+	}
+	g.finish()
+}
+
+// waitRank blocks in wait4 for one rank and reports its exit.
+func (g *Group) waitRank(i int, rp *rankProc) {
+	st, err := rp.proc.Wait()
+	r := &rp.res
+	r.Ended = time.Now()
+	r.ExitCode, r.Signal = -1, 0
+	if err == nil {
+		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			r.Signal = ws.Signal()
+		} else {
+			r.ExitCode = st.ExitCode()
+		}
+	}
+	g.exits <- i
+}
+
+// Signal forwards sig to every running rank's process group, then SIGKILLs
+// them after the grace period. A second SIGINT kills them at once. The
+// first signal forwarded becomes Result.Interrupted.
+func (g *Group) Signal(sig os.Signal) {
+	select {
+	case g.sigs <- sig:
+	case <-g.done:
+	}
+}
+
+// Stop stops every rank (SIGTERM, then SIGKILL after the grace period) and
+// records cause as Result.Cause. It does not wait; call Wait.
+func (g *Group) Stop(cause error) {
+	select {
+	case g.stops <- cause:
+	case <-g.done:
+	default: // a stop is already pending
+	}
+}
+
+// Wait waits for every rank to exit and returns how they ended. It is safe
+// to call from several goroutines; all get the same Result.
+func (g *Group) Wait() *Result {
+	<-g.done
+	return g.res
+}
+
+// Pids returns the process ids of the ranks, ordered as the specs were.
+func (g *Group) Pids() []int {
+	pids := make([]int, len(g.ranks))
+	for i, rp := range g.ranks {
+		pids[i] = rp.proc.Pid
+	}
+	return pids
+}
+
+// supervisor state, owned by the supervise goroutine.
+type supervisor struct {
+	g           *Group
+	live        int
+	rootCause   int
+	failures    []int
+	interrupted os.Signal
+	sigints     int
+	cause       error
+	killTimer   *time.Timer
+	killC       <-chan time.Time
+}
+
+func (g *Group) supervise(ctx context.Context) {
+	s := &supervisor{g: g, live: len(g.ranks), rootCause: -1}
+	ctxDone := ctx.Done()
+	for s.live > 0 {
+		select {
+		case i := <-g.exits:
+			s.exited(i)
+		case sig := <-g.sigs:
+			s.signalled(sig)
+		case cause := <-g.stops:
+			s.stop(cause, syscall.SIGTERM)
+		case <-ctxDone:
+			ctxDone = nil
+			s.stop(context.Cause(ctx), syscall.SIGTERM)
+		case <-s.killC:
+			s.killC = nil
+			s.signalLive(syscall.SIGKILL)
+		}
+	}
+	if s.killTimer != nil {
+		s.killTimer.Stop()
+	}
+	g.res = &Result{RootCause: -1, Failures: []int{}, Interrupted: s.interrupted, Cause: s.cause}
+	g.finish()
+	g.collect(s)
+}
+
+// exited records rank i's exit and applies the first-failure policy.
+func (s *supervisor) exited(i int) {
+	rp := s.g.ranks[i]
+	rp.exited = true
+	rp.res.Stopped = rp.stopped
+	s.live--
+	if !rp.res.Failed() {
+		return
+	}
+	s.failures = append(s.failures, i)
+	if s.rootCause < 0 && !rp.stopped {
+		s.rootCause = i
+		s.stop(fmt.Errorf("launcher: rank %d failed with %s", rp.spec.Rank, rp.res.Status()), syscall.SIGTERM)
+	}
+}
+
+// signalled forwards a signal the launcher received.
+func (s *supervisor) signalled(sig os.Signal) {
+	if s.interrupted == nil {
+		s.interrupted = sig
+	}
+	if sig == syscall.SIGINT {
+		s.sigints++
+		if s.sigints > 1 {
+			s.signalLive(syscall.SIGKILL)
+			return
+		}
+	}
+	ssig, ok := sig.(syscall.Signal)
+	if !ok {
+		ssig = syscall.SIGTERM
+	}
+	s.stop(fmt.Errorf("launcher: interrupted by %v", sig), ssig)
+}
+
+// stop sends sig to every live rank and arms the SIGKILL timer, once.
+func (s *supervisor) stop(cause error, sig syscall.Signal) {
+	if s.cause == nil {
+		s.cause = cause
+	}
+	s.signalLive(sig)
+	if s.killTimer == nil {
+		s.killTimer = time.NewTimer(s.g.opts.grace())
+		s.killC = s.killTimer.C
+	}
+}
+
+func (s *supervisor) signalLive(sig syscall.Signal) {
+	for _, rp := range s.g.ranks {
+		if !rp.exited {
+			rp.stopped = true
+			killGroup(rp.proc.Pid, sig)
+		}
+	}
+}
+
+// finish is run once every rank has been reaped: it kills what is left in
+// the ranks' process groups, drains their output (bounded), and releases
+// the guard and the starter thread.
+func (g *Group) finish() {
+	for _, rp := range g.ranks {
+		killGroup(rp.proc.Pid, syscall.SIGKILL)
+	}
+	drained := make(chan struct{})
+	go func() {
+		for _, rp := range g.ranks {
+			rp.relays.Wait()
+		}
+		close(drained)
+	}()
+	t := time.NewTimer(g.opts.drain())
+	select {
+	case <-drained:
+		t.Stop()
+	case <-t.C:
+		for _, rp := range g.ranks {
+			for _, f := range rp.pipes {
+				f.Close()
+			}
+		}
+		<-drained
+	}
+	for _, rp := range g.ranks {
+		for _, f := range rp.pipes {
+			f.Close()
+		}
+	}
+	g.guard.release()
+	g.thr.close()
+}
+
+// collect builds the Result and releases Wait.
+func (g *Group) collect(s *supervisor) {
+	res := g.res
+	for _, rp := range g.ranks {
+		r := rp.res
+		r.ErrorFile, _ = ReadErrorFile(rp.spec.ErrorFile)
+		res.Ranks = append(res.Ranks, r)
+	}
+	res.RootCause = s.rootCause
+	res.Failures = append(res.Failures, s.failures...)
+	close(g.done)
+}
+
+// sortedByRank returns a copy of specs ordered by rank, so that a rank's
+// index in the Group is its index in Result.Ranks.
+func sortedByRank(specs []Spec) []Spec {
+	out := append([]Spec(nil), specs...)
+	sort.SliceStable(out, func(a, b int) bool { return out[a].Rank < out[b].Rank })
+	return out
+}
+
+// killGroup sends sig to the process group led by pid. A group that is
+// already gone is not an error.
+func killGroup(pid int, sig syscall.Signal) {
+	_ = syscall.Kill(-pid, sig)
+}

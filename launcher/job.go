@@ -1,0 +1,196 @@
+package launcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Job is one node's part of a launch: the same command started as
+// NProcPerNode local ranks, each with the torchrun environment contract.
+type Job struct {
+	// Command is the rank program's argv; Path is Command[0] resolved.
+	Path    string
+	Command []string
+	Dir     string
+	Env     []string // base environment, usually os.Environ()
+
+	NProcPerNode int
+	NNodes       int
+	NodeRank     int
+	MasterAddr   string
+	MasterPort   int
+	RunID        string
+	StartMethod  string // "spawn"
+
+	// LogDir is the base log directory; rank files and error files go
+	// under LogDir/<run-id>/attempt_0/<local_rank>/.
+	LogDir string
+	Output *Output
+
+	Options Options
+
+	// Notes receives the launcher's own notices (one line each); nil
+	// discards them.
+	Notes io.Writer
+}
+
+// ForwardedSignals are the signals a running Job forwards to its ranks.
+var ForwardedSignals = []os.Signal{
+	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP,
+	syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
+}
+
+// AttemptDir is the directory of this attempt's per-rank files.
+func (j *Job) AttemptDir() string {
+	return filepath.Join(j.LogDir, j.RunID, "attempt_0")
+}
+
+// WorldSize is the number of ranks over all nodes.
+func (j *Job) WorldSize() int { return j.NNodes * j.NProcPerNode }
+
+// RankEnv is the environment of one local rank: the base environment with
+// torchrun's contract set over it.
+func (j *Job) RankEnv(localRank int) []string {
+	rank := j.NodeRank*j.NProcPerNode + localRank
+	set := map[string]string{
+		"LOCAL_RANK":                 strconv.Itoa(localRank),
+		"RANK":                       strconv.Itoa(rank),
+		"GROUP_RANK":                 strconv.Itoa(j.NodeRank),
+		"ROLE_RANK":                  strconv.Itoa(rank),
+		"ROLE_NAME":                  "default",
+		"LOCAL_WORLD_SIZE":           strconv.Itoa(j.NProcPerNode),
+		"WORLD_SIZE":                 strconv.Itoa(j.WorldSize()),
+		"GROUP_WORLD_SIZE":           strconv.Itoa(j.NNodes),
+		"ROLE_WORLD_SIZE":            strconv.Itoa(j.WorldSize()),
+		"MASTER_ADDR":                j.MasterAddr,
+		"MASTER_PORT":                strconv.Itoa(j.MasterPort),
+		"TORCHELASTIC_RUN_ID":        j.RunID,
+		"TORCHELASTIC_RESTART_COUNT": "0",
+		"TORCHELASTIC_MAX_RESTARTS":  "0",
+		"TORCHELASTIC_ERROR_FILE":    j.errorFile(localRank),
+		"MPSPAWN_START_METHOD":       j.StartMethod,
+		"MPSPAWN_LAUNCHER_PID":       strconv.Itoa(os.Getpid()),
+		"MPSPAWN_NODE_RANK":          strconv.Itoa(j.NodeRank),
+		"MPSPAWN_LOG_DIR":            filepath.Join(j.AttemptDir(), strconv.Itoa(localRank)),
+	}
+	if j.ompDefault() {
+		set["OMP_NUM_THREADS"] = "1"
+	}
+	env := make([]string, 0, len(j.Env)+len(set))
+	for _, kv := range j.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := set[k]; !ok {
+			env = append(env, kv)
+		}
+	}
+	for k, v := range set {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+// ompDefault reports whether OMP_NUM_THREADS is set to 1 for the ranks:
+// when it is unset and more than one rank shares the node, as torchrun does.
+func (j *Job) ompDefault() bool {
+	if j.NProcPerNode <= 1 {
+		return false
+	}
+	for _, kv := range j.Env {
+		if strings.HasPrefix(kv, "OMP_NUM_THREADS=") {
+			return false
+		}
+	}
+	return true
+}
+
+func (j *Job) errorFile(localRank int) string {
+	return filepath.Join(j.AttemptDir(), strconv.Itoa(localRank), "error.json")
+}
+
+// Specs builds the rank specs, creating each rank's directory under the
+// attempt directory and removing error files left by an earlier run.
+func (j *Job) Specs() ([]Spec, error) {
+	if j.Output == nil {
+		j.Output = &Output{}
+	}
+	j.Output.Dir = j.AttemptDir()
+	j.Output.RoleName = "default"
+	specs := make([]Spec, j.NProcPerNode)
+	for lr := range specs {
+		ef := j.errorFile(lr)
+		if err := os.MkdirAll(filepath.Dir(ef), 0o755); err != nil {
+			return nil, fmt.Errorf("launcher: log dir: %w", err)
+		}
+		if err := os.Remove(ef); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("launcher: stale error file: %w", err)
+		}
+		rank := j.NodeRank*j.NProcPerNode + lr
+		stdout, stderr, err := j.Output.Open(rank, lr)
+		if err != nil {
+			return nil, err
+		}
+		specs[lr] = Spec{
+			Rank: rank, LocalRank: lr,
+			Path: j.Path, Args: j.Command, Env: j.RankEnv(lr), Dir: j.Dir,
+			Stdout: stdout, Stderr: stderr, ErrorFile: ef,
+		}
+	}
+	return specs, nil
+}
+
+// Run starts the job, forwards the launcher's signals to the ranks (see
+// ForwardedSignals) and waits for every rank. The error is about starting
+// the job; how the ranks ended is in the Result.
+func (j *Job) Run(ctx context.Context) (*Result, error) {
+	if j.ompDefault() {
+		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks so they do not oversubscribe the CPUs (set it yourself to tune)", j.NProcPerNode)
+	}
+	// Catch signals before any rank starts so that none is lost. SIGPIPE is
+	// caught (not ignored, which ranks would inherit) so that a closed
+	// console does not kill the launcher.
+	sigc := make(chan os.Signal, 8)
+	signal.Notify(sigc, append(ForwardedSignals, syscall.SIGPIPE)...)
+	defer signal.Stop(sigc)
+
+	specs, err := j.Specs()
+	if err != nil {
+		return nil, err
+	}
+	defer j.Output.Close()
+	g, err := Start(ctx, specs, j.Options)
+	if err != nil {
+		return nil, err
+	}
+	forwarded := make(chan struct{})
+	go func() {
+		defer close(forwarded)
+		for {
+			select {
+			case sig := <-sigc:
+				if sig != syscall.SIGPIPE {
+					g.Signal(sig)
+				}
+			case <-g.done:
+				return
+			}
+		}
+	}()
+	res := g.Wait()
+	<-forwarded
+	return res, nil
+}
+
+func (j *Job) note(format string, args ...any) {
+	if j.Notes != nil {
+		fmt.Fprintf(j.Notes, "mpspawn: "+format+"\n", args...)
+	}
+}
+

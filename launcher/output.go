@@ -1,0 +1,235 @@
+package launcher
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Streams is a set of standard streams, in torchrun's numbering:
+// 0 none, 1 stdout, 2 stderr, 3 both.
+type Streams uint8
+
+// The streams.
+const (
+	StreamNone   Streams = 0
+	StreamStdout Streams = 1
+	StreamStderr Streams = 2
+	StreamBoth   Streams = 3
+)
+
+// StreamMap gives each local rank its Streams: a default, and exceptions.
+type StreamMap struct {
+	Default Streams
+	Ranks   map[int]Streams
+}
+
+// For returns the streams of a local rank.
+func (m StreamMap) For(localRank int) Streams {
+	if s, ok := m.Ranks[localRank]; ok {
+		return s
+	}
+	return m.Default
+}
+
+// ParseStreams parses torchrun's --redirects/--tee values: a single digit
+// 0-3 for every rank, or a map "0:1,3:2,12:3" of local rank to streams.
+// Unlike torchrun, ranks may have any number of digits.
+func ParseStreams(s string) (StreamMap, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return StreamMap{}, nil
+	}
+	if !strings.Contains(s, ":") {
+		v, err := parseStream(s)
+		return StreamMap{Default: v}, err
+	}
+	m := StreamMap{Ranks: map[int]Streams{}}
+	for _, part := range strings.Split(s, ",") {
+		k, v, _ := strings.Cut(strings.TrimSpace(part), ":")
+		r, err := strconv.Atoi(k)
+		if err != nil || r < 0 {
+			return StreamMap{}, fmt.Errorf("launcher: stream map %q: %q is not a local rank", s, k)
+		}
+		st, err := parseStream(v)
+		if err != nil {
+			return StreamMap{}, err
+		}
+		m.Ranks[r] = st
+	}
+	return m, nil
+}
+
+func parseStream(s string) (Streams, error) {
+	v, err := strconv.Atoi(s)
+	if err != nil || v < 0 || v > 3 {
+		return 0, fmt.Errorf("launcher: streams %q: want 0 (none), 1 (stdout), 2 (stderr) or 3 (both)", s)
+	}
+	return Streams(v), nil
+}
+
+// DefaultPrefix is the console line prefix template unless one is given.
+const DefaultPrefix = "[${rank}]: "
+
+// Output routes rank output. Each stream of each rank goes to the console,
+// to a file under Dir, or both, as torchrun's --redirects and --tee say:
+// a stream in Tee goes to both, a stream in Redirects only to its file,
+// any other only to the console. Console lines carry the prefix and, when
+// Timestamps is set, the time the line was read. Lines are never torn or
+// interleaved: each line reaches the console in one write, under a lock.
+type Output struct {
+	Stdout, Stderr io.Writer // the console; nil means os.Stdout / os.Stderr
+
+	// Prefix is a template for the console line prefix; ${rank},
+	// ${local_rank} and ${role_name} are replaced. Empty means none.
+	Prefix     string
+	RoleName   string
+	Timestamps bool
+
+	// Filter, when not nil, lists the local ranks shown on the console;
+	// files get every rank.
+	Filter map[int]bool
+
+	Redirects, Tee StreamMap
+
+	// Dir holds per-rank files: Dir/<local_rank>/stdout.log and stderr.log.
+	Dir string
+
+	once       sync.Once
+	out, errw  *lockedWriter
+	filesMu    sync.Mutex
+	openFiles  []*os.File
+	timeFormat string
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (o *Output) init() {
+	o.once.Do(func() {
+		out, errw := o.Stdout, o.Stderr
+		if out == nil {
+			out = os.Stdout
+		}
+		if errw == nil {
+			errw = os.Stderr
+		}
+		o.out, o.errw = &lockedWriter{w: out}, &lockedWriter{w: errw}
+		o.timeFormat = "2006-01-02T15:04:05.000Z07:00 "
+	})
+}
+
+// Open returns the writers for one rank's stdout and stderr, opening its
+// files when any stream goes to a file. Close closes every file opened.
+func (o *Output) Open(rank, localRank int) (stdout, stderr io.Writer, err error) {
+	o.init()
+	prefix := os.Expand(o.Prefix, func(k string) string {
+		switch k {
+		case "rank":
+			return strconv.Itoa(rank)
+		case "local_rank":
+			return strconv.Itoa(localRank)
+		case "role_name":
+			return o.RoleName
+		}
+		return "${" + k + "}"
+	})
+	show := o.Filter == nil || o.Filter[localRank]
+	redir, tee := o.Redirects.For(localRank), o.Tee.For(localRank)
+	mk := func(s Streams, console *lockedWriter, name string) (io.Writer, error) {
+		w := &rankWriter{prefix: []byte(prefix), out: o}
+		toFile := (redir|tee)&s != 0
+		if show && (tee&s != 0 || redir&s == 0) {
+			w.console = console
+		}
+		if toFile {
+			f, err := o.createFile(localRank, name)
+			if err != nil {
+				return nil, err
+			}
+			w.file = f
+		}
+		if w.console == nil && w.file == nil {
+			return nil, nil
+		}
+		return w, nil
+	}
+	if stdout, err = mk(StreamStdout, o.out, "stdout.log"); err != nil {
+		return nil, nil, err
+	}
+	if stderr, err = mk(StreamStderr, o.errw, "stderr.log"); err != nil {
+		return nil, nil, err
+	}
+	return stdout, stderr, nil
+}
+
+func (o *Output) createFile(localRank int, name string) (*os.File, error) {
+	dir := filepath.Join(o.Dir, strconv.Itoa(localRank))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("launcher: log dir: %w", err)
+	}
+	f, err := os.Create(filepath.Join(dir, name))
+	if err != nil {
+		return nil, fmt.Errorf("launcher: log file: %w", err)
+	}
+	o.filesMu.Lock()
+	o.openFiles = append(o.openFiles, f)
+	o.filesMu.Unlock()
+	return f, nil
+}
+
+// Close closes the files Open created.
+func (o *Output) Close() error {
+	o.filesMu.Lock()
+	defer o.filesMu.Unlock()
+	var first error
+	for _, f := range o.openFiles {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	o.openFiles = nil
+	return first
+}
+
+// rankWriter receives one complete line per Write from the relay.
+type rankWriter struct {
+	prefix  []byte
+	out     *Output
+	console *lockedWriter
+	file    *os.File
+	buf     []byte
+}
+
+func (w *rankWriter) Write(line []byte) (int, error) {
+	if w.file != nil {
+		_, _ = w.file.Write(line)
+	}
+	if w.console != nil {
+		b := w.buf[:0]
+		if w.out.Timestamps {
+			b = time.Now().AppendFormat(b, w.out.timeFormat)
+		}
+		b = append(b, w.prefix...)
+		b = append(b, line...)
+		if len(line) == 0 || line[len(line)-1] != '\n' {
+			b = append(b, '\n')
+		}
+		_, _ = w.console.Write(b)
+		w.buf = b
+	}
+	return len(line), nil
+}

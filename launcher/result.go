@@ -1,0 +1,105 @@
+package launcher
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+)
+
+// RankResult is how one rank ended.
+type RankResult struct {
+	Rank      int
+	LocalRank int
+	Pid       int
+	Started   time.Time
+	Ended     time.Time
+
+	// ExitCode is the rank's exit status, or -1 when it was killed by a
+	// signal (see Signal) or never ran.
+	ExitCode int
+	// Signal is the signal that killed the rank, or 0.
+	Signal syscall.Signal
+	// Stopped is true when the launcher had signalled the rank (to stop it
+	// after another rank's failure, on cancellation, or forwarding a signal
+	// it received) before the rank exited.
+	Stopped bool
+	// ErrorFile holds what the rank wrote to its torchelastic error file,
+	// when it wrote one.
+	ErrorFile *ErrorFile
+	// ErrorFilePath is where the rank was told to write it.
+	ErrorFilePath string
+}
+
+// Failed reports whether the rank exited non-zero or by a signal.
+func (r *RankResult) Failed() bool { return r.ExitCode != 0 }
+
+// Status describes the exit in words: "exit code 3" or "signal 15 (SIGTERM)".
+func (r *RankResult) Status() string {
+	if r.Signal != 0 {
+		return fmt.Sprintf("signal %d (%s)", int(r.Signal), SignalName(r.Signal))
+	}
+	return fmt.Sprintf("exit code %d", r.ExitCode)
+}
+
+// Code is the process-style exit code: the exit status, or 128+signal.
+func (r *RankResult) Code() int {
+	if r.Signal != 0 {
+		return 128 + int(r.Signal)
+	}
+	return r.ExitCode
+}
+
+// Result is how a Group ended. Ranks are ordered by rank.
+type Result struct {
+	Ranks []RankResult
+	// RootCause indexes Ranks: the first rank seen to fail on its own, or -1.
+	RootCause int
+	// Failures indexes Ranks: every failed rank in the order the launcher
+	// saw the exits, root cause first.
+	Failures []int
+	// Interrupted is the first signal the launcher forwarded to the ranks
+	// (see Group.Signal), or nil.
+	Interrupted os.Signal
+	// Cause is why the launcher stopped the ranks, when it did: the root
+	// cause's failure, the forwarded signal, or the context's cause.
+	Cause error
+}
+
+// Succeeded reports whether every rank exited 0 and nothing stopped them.
+func (r *Result) Succeeded() bool {
+	return r.RootCause < 0 && r.Interrupted == nil && r.Cause == nil
+}
+
+// ExitCode maps the result to the launcher's exit code: 128+signal when the
+// launcher was interrupted, else the root cause's own code, else 0 (or 1
+// when the ranks were stopped for another reason, such as a cancelled
+// context).
+func (r *Result) ExitCode() int {
+	if s, ok := r.Interrupted.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
+	if r.RootCause >= 0 {
+		return r.Ranks[r.RootCause].Code()
+	}
+	if r.Cause != nil {
+		return 1
+	}
+	return 0
+}
+
+// SignalName is the conventional name of a signal, such as "SIGTERM".
+func SignalName(s syscall.Signal) string {
+	if n, ok := signalNames[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("SIG%d", int(s))
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "SIGHUP", syscall.SIGINT: "SIGINT", syscall.SIGQUIT: "SIGQUIT",
+	syscall.SIGILL: "SIGILL", syscall.SIGTRAP: "SIGTRAP", syscall.SIGABRT: "SIGABRT",
+	syscall.SIGBUS: "SIGBUS", syscall.SIGFPE: "SIGFPE", syscall.SIGKILL: "SIGKILL",
+	syscall.SIGUSR1: "SIGUSR1", syscall.SIGSEGV: "SIGSEGV", syscall.SIGUSR2: "SIGUSR2",
+	syscall.SIGPIPE: "SIGPIPE", syscall.SIGALRM: "SIGALRM", syscall.SIGTERM: "SIGTERM",
+}

@@ -1,0 +1,87 @@
+package launcher
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// DefaultGracePeriod is how long stopped ranks get between SIGTERM and
+// SIGKILL when Options.GracePeriod is zero; torch uses the same.
+const DefaultGracePeriod = 30 * time.Second
+
+// ErrUnsupported is returned by Start on platforms where ranks cannot be
+// supervised with mpspawn's guarantees (anything but Linux).
+var ErrUnsupported = errors.New("launcher: only Linux is supported")
+
+// Spec describes one rank process.
+type Spec struct {
+	Rank      int // global rank; labels the rank in results
+	LocalRank int // rank on this node
+
+	Path string   // program to execute, already resolved (see exec.LookPath)
+	Args []string // argv; Args[0] is the program's name
+	Env  []string // the whole environment, "KEY=value"
+	Dir  string   // working directory; empty means the launcher's
+
+	// ExtraFiles become file descriptors 3, 4, ... in the rank.
+	ExtraFiles []*os.File
+
+	// CPUs, when not empty, is the set of CPUs the rank is bound to before its
+	// program runs (sched_setaffinity).
+	CPUs []int
+
+	// Stdout and Stderr receive the rank's output, one complete line per
+	// Write call (see Output). Nil discards the stream.
+	Stdout, Stderr io.Writer
+
+	// ErrorFile is where the rank may write a torchelastic error file
+	// (TORCHELASTIC_ERROR_FILE); it is read after the rank exits. Empty
+	// means none.
+	ErrorFile string
+}
+
+// Options tune a Group.
+type Options struct {
+	// GracePeriod is the time between SIGTERM (or a forwarded signal) and
+	// SIGKILL when ranks are stopped. Zero means DefaultGracePeriod.
+	GracePeriod time.Duration
+
+	// DrainTimeout bounds how long output is still read after every rank
+	// has exited (a process outside the ranks' groups may hold their pipes).
+	// Zero means one second.
+	DrainTimeout time.Duration
+}
+
+func (o Options) grace() time.Duration {
+	if o.GracePeriod > 0 {
+		return o.GracePeriod
+	}
+	return DefaultGracePeriod
+}
+
+func (o Options) drain() time.Duration {
+	if o.DrainTimeout > 0 {
+		return o.DrainTimeout
+	}
+	return time.Second
+}
+
+func validate(specs []Spec) error {
+	if len(specs) == 0 {
+		return errors.New("launcher: no ranks to start")
+	}
+	seen := make(map[int]bool, len(specs))
+	for i, s := range specs {
+		if s.Path == "" || len(s.Args) == 0 {
+			return fmt.Errorf("launcher: rank %d: no program", s.Rank)
+		}
+		if seen[s.Rank] {
+			return fmt.Errorf("launcher: spec %d: rank %d given twice", i, s.Rank)
+		}
+		seen[s.Rank] = true
+	}
+	return nil
+}

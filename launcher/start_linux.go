@@ -1,0 +1,184 @@
+package launcher
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// starter owns one OS thread, locked for as long as the ranks it started may
+// run. Linux delivers a child's parent-death signal when the *thread* that
+// forked it exits, so every rank is forked from this thread, which exits
+// only after every rank has been reaped (see close).
+type starter struct {
+	reqs chan startReq
+	quit chan struct{}
+	done chan struct{}
+}
+
+type startReq struct {
+	spec  Spec
+	reply chan startReply
+}
+
+type startReply struct {
+	rp  *rankProc
+	err error
+}
+
+func newStarter() *starter {
+	t := &starter{reqs: make(chan startReq), quit: make(chan struct{}), done: make(chan struct{})}
+	go t.loop()
+	return t
+}
+
+func (t *starter) loop() {
+	defer close(t.done)
+	// Never unlocked: when this goroutine returns, the runtime ends the
+	// thread, and that is safe only once no rank is left.
+	runtime.LockOSThread()
+	for {
+		select {
+		case r := <-t.reqs:
+			rp, err := spawn(r.spec)
+			r.reply <- startReply{rp, err}
+		case <-t.quit:
+			return
+		}
+	}
+}
+
+// start starts one rank from the locked thread.
+func (t *starter) start(s Spec) (*rankProc, error) {
+	reply := make(chan startReply, 1)
+	t.reqs <- startReq{s, reply}
+	r := <-reply
+	return r.rp, r.err
+}
+
+// close ends the locked thread; call it only after every rank was reaped.
+func (t *starter) close() {
+	close(t.quit)
+	<-t.done
+}
+
+// spawn is the spawn start method: a fresh exec of the rank's program, as
+// leader of its own process group, with SIGKILL as parent-death signal and
+// the rank's CPU affinity inherited from this thread.
+func spawn(s Spec) (*rankProc, error) {
+	rp := &rankProc{spec: s}
+	files := make([]*os.File, 0, 3+len(s.ExtraFiles))
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	files = append(files, devnull)
+	var childEnds []*os.File
+	defer func() {
+		for _, f := range childEnds {
+			f.Close()
+		}
+	}()
+	for _, w := range []io.Writer{s.Stdout, s.Stderr} {
+		if w == nil {
+			files = append(files, devnull)
+			continue
+		}
+		r, cw, err := os.Pipe()
+		if err != nil {
+			rp.closePipes()
+			return nil, err
+		}
+		childEnds = append(childEnds, cw)
+		files = append(files, cw)
+		rp.pipes = append(rp.pipes, r)
+		rp.relays.Add(1)
+		go func() {
+			defer rp.relays.Done()
+			relayLines(r, w)
+		}()
+	}
+	files = append(files, s.ExtraFiles...)
+
+	restore, err := bindThread(s.CPUs)
+	if err != nil {
+		rp.closePipes()
+		return nil, fmt.Errorf("cpu affinity %v: %w", s.CPUs, err)
+	}
+	attr := &os.ProcAttr{
+		Dir:   s.Dir,
+		Env:   dedupEnv(s.Env),
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	rp.started = time.Now()
+	rp.proc, err = os.StartProcess(s.Path, s.Args, attr)
+	restore()
+	if err != nil {
+		rp.closePipes()
+		return nil, err
+	}
+	rp.res = RankResult{Rank: s.Rank, LocalRank: s.LocalRank, Pid: rp.proc.Pid, Started: rp.started, ErrorFilePath: s.ErrorFile}
+	return rp, nil
+}
+
+// closePipes closes the read ends after a failed start, ending the relays.
+func (rp *rankProc) closePipes() {
+	for _, f := range rp.pipes {
+		f.Close()
+	}
+	rp.relays.Wait()
+}
+
+// bindThread sets the calling (locked) thread's CPU affinity to cpus, so
+// that a child forked from it starts bound, and returns a func restoring
+// the previous mask. Empty cpus changes nothing.
+func bindThread(cpus []int) (restore func(), err error) {
+	if len(cpus) == 0 {
+		return func() {}, nil
+	}
+	var old, set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		return nil, err
+	}
+	for _, c := range cpus {
+		if c < 0 || c >= len(set)*64 {
+			return nil, fmt.Errorf("cpu %d out of range", c)
+		}
+		set.Set(c)
+	}
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return nil, err
+	}
+	return func() { _ = unix.SchedSetaffinity(0, &old) }, nil
+}
+
+// dedupEnv keeps the last value of each variable, as os/exec does.
+func dedupEnv(env []string) []string {
+	last := make(map[string]int, len(env))
+	for i, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		last[k] = i
+	}
+	if len(last) == len(env) {
+		return env
+	}
+	out := make([]string, 0, len(last))
+	for i, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if last[k] == i {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
