@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -55,14 +56,14 @@ func helper(mode string, args []string) int {
 		return code
 	case "block": // wait for any deadly signal, with default dispositions
 		ready("")
-		select {}
+		return blockForever()
 	case "ignore": // ignore args (signal numbers), then block
 		for _, a := range args {
 			n, _ := strconv.Atoi(a)
 			signal.Ignore(syscall.Signal(n))
 		}
 		ready("")
-		select {}
+		return blockForever()
 	case "exit-on-signal": // exit 0 on SIGTERM
 		c := make(chan os.Signal, 1)
 		signal.Notify(c, syscall.SIGTERM)
@@ -87,7 +88,7 @@ func helper(mode string, args []string) int {
 			code, _ := strconv.Atoi(args[0])
 			return code
 		}
-		select {}
+		return blockForever()
 	case "print": // print args[0] lines of args[1] bytes, tagged with the rank
 		n, _ := strconv.Atoi(args[0])
 		size, _ := strconv.Atoi(args[1])
@@ -120,4 +121,13 @@ func helper(mode string, args []string) int {
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
 	return 2
+}
+
+// blockForever parks the helper until a signal ends it. (A bare select{}
+// would be reported as a deadlock by the runtime; the sleep is the rank's
+// behaviour, not synchronisation.)
+func blockForever() int {
+	for {
+		time.Sleep(time.Hour)
+	}
 }

@@ -193,4 +193,3 @@ func (j *Job) note(format string, args ...any) {
 		fmt.Fprintf(j.Notes, "mpspawn: "+format+"\n", args...)
 	}
 }
-

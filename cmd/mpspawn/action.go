@@ -54,6 +54,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: cfg.nproc,
 		MasterAddr: c.String(fMasterAddr), MasterPort: c.Int(fMasterPort), Standalone: c.Bool(fStandalone),
 	}
+	if p := c.Int(fMasterPort); c.IsSet(fMasterPort) && (p < 1 || p > 65535) {
+		return nil, usagef("--master-port %d: want a port between 1 and 65535", p)
+	}
 	if cfg.rdzv.Standalone && !c.IsSet(fMasterPort) {
 		cfg.rdzv.MasterPort = 0
 	}
@@ -102,9 +105,9 @@ func parseNproc(s string) (int, error) {
 	return n, nil
 }
 
-// checkRendezvous validates without reserving anything.
+// checkRendezvous validates without reserving anything: with a port given,
+// Static reserves none.
 func checkRendezvous(rc rendezvous.Config) error {
-	rc.Standalone = false
 	if rc.MasterPort == 0 {
 		rc.MasterPort = 29500
 	}
@@ -211,4 +214,3 @@ func randomID() string {
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
-

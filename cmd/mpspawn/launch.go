@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,8 +16,11 @@ import (
 func launch(c *cli.Context, cfg *config) error {
 	stderr := c.App.ErrWriter
 	rdzv, err := rendezvous.Static(cfg.rdzv)
-	if err != nil {
+	if errors.Is(err, rendezvous.ErrConfig) {
 		return usageError{err}
+	}
+	if err != nil {
+		return err
 	}
 	defer rdzv.Close()
 	logDir := cfg.logDir
