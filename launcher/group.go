@@ -294,9 +294,3 @@ func sortedByRank(specs []Spec) []Spec {
 	sort.SliceStable(out, func(a, b int) bool { return out[a].Rank < out[b].Rank })
 	return out
 }
-
-// killGroup sends sig to the process group led by pid. A group that is
-// already gone is not an error.
-func killGroup(pid int, sig syscall.Signal) {
-	_ = syscall.Kill(-pid, sig)
-}

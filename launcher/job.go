@@ -42,12 +42,6 @@ type Job struct {
 	Notes io.Writer
 }
 
-// ForwardedSignals are the signals a running Job forwards to its ranks.
-var ForwardedSignals = []os.Signal{
-	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP,
-	syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
-}
-
 // AttemptDir is the directory of this attempt's per-rank files.
 func (j *Job) AttemptDir() string {
 	return filepath.Join(j.LogDir, j.RunID, "attempt_0")

@@ -1,12 +1,17 @@
+//go:build linux
+
 package main
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -23,6 +28,10 @@ import (
 //	rank errorfile R MESSAGE   rank R writes a torch @record error file and
 //	                           exits 1; the others wait
 //	rank affinity              print the CPUs this process may run on
+//	rank listen READY GO       rank 0 listens on MASTER_PORT as torch's
+//	                           TCPStore does (SO_REUSEADDR, [::]), writes the
+//	                           port to READY, and holds it until it reads a
+//	                           byte from GO; other ranks exit 0
 func rankMain(args []string) int {
 	if len(args) == 0 {
 		fmt.Fprintln(os.Stderr, "rank: no mode")
@@ -74,6 +83,8 @@ func rankMain(args []string) int {
 			fmt.Fprintln(os.Stderr, err)
 		}
 		return 1
+	case "listen":
+		return listen(args[1], args[2])
 	case "affinity":
 		data, _ := os.ReadFile("/proc/self/status")
 		for _, l := range strings.Split(string(data), "\n") {
@@ -136,4 +147,36 @@ func blockForever() int {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// listen is rank 0 of a job that binds its master port, as torch does.
+func listen(ready, goFifo string) int {
+	if os.Getenv("RANK") != "0" {
+		return 0
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", "[::]:"+os.Getenv("MASTER_PORT"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rank 0:", err)
+		writeFifo(ready, "bind-failed")
+		return 1
+	}
+	defer l.Close()
+	writeFifo(ready, os.Getenv("MASTER_PORT"))
+	f, err := os.Open(goFifo)
+	if err != nil {
+		return 1
+	}
+	defer f.Close()
+	_, _ = f.Read(make([]byte, 1))
+	return 0
 }

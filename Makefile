@@ -1,0 +1,37 @@
+# mpspawn — build, demo and test. `make demo` and `make test` are the two
+# commands the README gives for a fresh machine.
+
+GO       ?= go
+BIN      := bin/mpspawn
+PYTHON   ?= python3
+STATICCHECK_VERSION := v0.8.2
+
+.PHONY: build demo test test-deps check bench clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/mpspawn
+
+# The main job: 4 ranks on CPU fallback, no torch needed.
+demo: build
+	$(BIN) --standalone --nproc-per-node 4 --python $(PYTHON) examples/python/hello_ranks.py
+
+# Everything the tests need (Debian's python3-torch for the DDP test), then
+# every test under the race detector.
+test: test-deps
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-deps:
+	scripts/install-test-deps.sh
+
+# Static checks CI runs before the tests.
+check:
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(GO) mod tidy -diff
+
+bench: build
+	$(PYTHON) bench/launch.py --mpspawn $(BIN)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,32 @@
+//go:build !linux
+
+package launcher
+
+import (
+	"os"
+	"syscall"
+)
+
+// On platforms other than Linux there is no parent-death signal, no
+// process-group guard and no CPU affinity: Start refuses to run ranks rather
+// than run them without mpspawn's guarantees.
+
+// ForwardedSignals are the signals a running Job forwards to its ranks.
+var ForwardedSignals = []os.Signal{os.Interrupt, syscall.SIGTERM}
+
+var platformSignalNames = map[syscall.Signal]string{}
+
+type guard struct{}
+
+func startGuard() (*guard, error) { return nil, ErrUnsupported }
+func (*guard) watch(int)          {}
+func (*guard) release()           {}
+
+type starter struct{}
+
+func newStarter() *starter                     { return &starter{} }
+func (*starter) start(Spec) (*rankProc, error) { return nil, ErrUnsupported }
+func (*starter) close()                        {}
+
+func closeInherited()               {}
+func killGroup(int, syscall.Signal) {}
