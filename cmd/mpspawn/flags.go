@@ -37,29 +37,29 @@ const (
 
 func flags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Category: catRanks, Name: fNproc, Value: "1", Usage: "ranks on this node: a number, `cpu` (one per CPU) or `auto` (GPUs if any, else CPUs)"},
-		&cli.StringFlag{Category: catRanks, Name: fStartMethod, Value: "spawn", Usage: "how ranks are created: spawn (a fresh exec per rank)"},
+		&cli.StringFlag{Category: catRanks, Name: fNproc, Value: "1", Usage: "ranks on this node: `N`, cpu (one per CPU) or auto (GPUs if any, else CPUs)"},
+		&cli.StringFlag{Category: catRanks, Name: fStartMethod, Value: "spawn", Usage: "`METHOD` that creates the ranks: spawn (a fresh exec per rank)"},
 
-		&cli.StringFlag{Category: catRendezvous, Name: fNNodes, Value: "1", Usage: "number of nodes in the job"},
-		&cli.IntFlag{Category: catRendezvous, Name: fNodeRank, Value: 0, Usage: "this node's rank, 0 .. nnodes-1"},
-		&cli.StringFlag{Category: catRendezvous, Name: fMasterAddr, Value: "127.0.0.1", Usage: "address of the node that hosts rank 0 (MASTER_ADDR)"},
-		&cli.IntFlag{Category: catRendezvous, Name: fMasterPort, Value: 29500, Usage: "port rank 0 listens on (MASTER_PORT)"},
+		&cli.StringFlag{Category: catRendezvous, Name: fNNodes, Value: "1", Usage: "`N` nodes in the job"},
+		&cli.IntFlag{Category: catRendezvous, Name: fNodeRank, Value: 0, Usage: "this node's rank `N`, 0 .. nnodes-1"},
+		&cli.StringFlag{Category: catRendezvous, Name: fMasterAddr, Value: "127.0.0.1", Usage: "`ADDR` of the node that hosts rank 0 (MASTER_ADDR)"},
+		&cli.IntFlag{Category: catRendezvous, Name: fMasterPort, Value: 29500, Usage: "`PORT` rank 0 listens on (MASTER_PORT)"},
 		&cli.BoolFlag{Category: catRendezvous, Name: fStandalone, Usage: "one node: master 127.0.0.1 and a free port no other job on this host can take"},
-		&cli.StringFlag{Category: catRendezvous, Name: fRunID, Usage: "job id (TORCHELASTIC_RUN_ID, log dir name); default: a random id"},
+		&cli.StringFlag{Category: catRendezvous, Name: fRunID, Usage: "job `ID` (TORCHELASTIC_RUN_ID, log dir name); default: a random id"},
 
 		&cli.StringFlag{Category: catProgram, Name: fPython, EnvVars: []string{"PYTHON_EXEC"}, Value: "python3", Usage: "Python interpreter for scripts, run as `PYTHON` -u SCRIPT ARGS"},
 		&cli.BoolFlag{Category: catProgram, Name: fNoPython, Usage: "run PROGRAM directly instead of through Python"},
 		&cli.BoolFlag{Category: catProgram, Name: fModule, Aliases: []string{"m"}, Usage: "run a Python module, as python -m MODULE"},
 
-		&cli.StringFlag{Category: catLogs, Name: fLogDir, Usage: "base directory of per-rank files: DIR/<run-id>/attempt_0/<local_rank>/{stdout.log,stderr.log,error.json}"},
-		&cli.StringFlag{Category: catLogs, Name: fRedirects, Aliases: []string{"r"}, Value: "0", Usage: "send streams to the log files only: 0 none, 1 stdout, 2 stderr, 3 both, or per local rank `0:3,1:2,...`"},
-		&cli.StringFlag{Category: catLogs, Name: fTee, Aliases: []string{"t"}, Value: "0", Usage: "send streams to the console and the log files, same values as --redirects"},
-		&cli.StringFlag{Category: catLogs, Name: fRanksFilter, Usage: "show only these local ranks on the console, e.g. `0,3` (files get every rank)"},
-		&cli.StringFlag{Category: catLogs, Name: fPrefix, EnvVars: []string{"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"}, Value: "[${rank}]: ", Usage: "console line prefix; ${rank}, ${local_rank} and ${role_name} are replaced"},
+		&cli.StringFlag{Category: catLogs, Name: fLogDir, Usage: "base `DIR` of per-rank files: DIR/<run-id>/attempt_0/<local_rank>/{stdout.log,stderr.log,error.json}"},
+		&cli.StringFlag{Category: catLogs, Name: fRedirects, Aliases: []string{"r"}, Value: "0", Usage: "send `STREAMS` to the log files only: 0 none, 1 stdout, 2 stderr, 3 both, or per local rank (0:3,1:2,...)"},
+		&cli.StringFlag{Category: catLogs, Name: fTee, Aliases: []string{"t"}, Value: "0", Usage: "send `STREAMS` to the console and the log files, same values as --redirects"},
+		&cli.StringFlag{Category: catLogs, Name: fRanksFilter, Usage: "show only these local `RANKS` on the console, e.g. 0,3 (files get every rank)"},
+		&cli.StringFlag{Category: catLogs, Name: fPrefix, EnvVars: []string{"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE"}, Value: "[${rank}]: ", Usage: "console line prefix `TEMPLATE`; ${rank}, ${local_rank} and ${role_name} are replaced"},
 		&cli.BoolFlag{Category: catLogs, Name: fNoPrefix, Usage: "print rank output without a prefix"},
 		&cli.BoolFlag{Category: catLogs, Name: fTimestamps, Usage: "start each console line with the time it was read"},
 
-		&cli.StringFlag{Category: catFailure, Name: fGrace, Value: "30s", Usage: "time between SIGTERM and SIGKILL when ranks are stopped (e.g. 5s, 500ms, or seconds)"},
+		&cli.StringFlag{Category: catFailure, Name: fGrace, Value: "30s", Usage: "wait `DURATION` between SIGTERM and SIGKILL when ranks are stopped (e.g. 5s, 500ms, or seconds)"},
 		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE`"},
 	}
 }
