@@ -30,6 +30,12 @@ type Job struct {
 	RunID        string
 	StartMethod  string // "spawn"
 
+	// Ranks, when not nil, holds each local rank's placement (index =
+	// local rank): extra environment (GPU visibility, OMP_NUM_THREADS for a
+	// bound rank) and the CPUs it is bound to. It is filled from package
+	// gpu's plan; the launcher does not interpret it.
+	Ranks []RankSetup
+
 	// LogDir is the base log directory; rank files and error files go
 	// under LogDir/<run-id>/attempt_0/<local_rank>/.
 	LogDir string
@@ -75,8 +81,17 @@ func (j *Job) RankEnv(localRank int) []string {
 		"MPSPAWN_NODE_RANK":          strconv.Itoa(j.NodeRank),
 		"MPSPAWN_LOG_DIR":            filepath.Join(j.AttemptDir(), strconv.Itoa(localRank)),
 	}
+	userOMP := j.userSet("OMP_NUM_THREADS")
 	if j.ompDefault() {
 		set["OMP_NUM_THREADS"] = "1"
+	}
+	if localRank < len(j.Ranks) {
+		for k, v := range j.Ranks[localRank].Env {
+			if k == "OMP_NUM_THREADS" && userOMP {
+				continue
+			}
+			set[k] = v
+		}
 	}
 	env := make([]string, 0, len(j.Env)+len(set))
 	for _, kv := range j.Env {
@@ -94,15 +109,17 @@ func (j *Job) RankEnv(localRank int) []string {
 // ompDefault reports whether OMP_NUM_THREADS is set to 1 for the ranks:
 // when it is unset and more than one rank shares the node, as torchrun does.
 func (j *Job) ompDefault() bool {
-	if j.NProcPerNode <= 1 {
-		return false
-	}
+	return j.NProcPerNode > 1 && !j.userSet("OMP_NUM_THREADS")
+}
+
+// userSet reports whether the base environment sets key.
+func (j *Job) userSet(key string) bool {
 	for _, kv := range j.Env {
-		if strings.HasPrefix(kv, "OMP_NUM_THREADS=") {
-			return false
+		if strings.HasPrefix(kv, key+"=") {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 func (j *Job) errorFile(localRank int) string {
@@ -136,8 +153,17 @@ func (j *Job) Specs() ([]Spec, error) {
 			Path: j.Path, Args: j.Command, Env: j.RankEnv(lr), Dir: j.Dir,
 			Stdout: stdout, Stderr: stderr, ErrorFile: ef,
 		}
+		if lr < len(j.Ranks) {
+			specs[lr].CPUs = j.Ranks[lr].CPUs
+		}
 	}
 	return specs, nil
+}
+
+// RankSetup is one local rank's placement.
+type RankSetup struct {
+	Env  map[string]string // set over the contract (OMP_NUM_THREADS only when the user left it unset)
+	CPUs []int             // CPU affinity; empty means unbound
 }
 
 // Run starts the job, forwards the launcher's signals to the ranks (see
