@@ -91,9 +91,13 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 		b.WriteString("Root Cause (first observed failure):\n")
 		writeRank(&b, *s.RootCause)
 	}
-	var others []RankSummary
+	var others, stopped []RankSummary
 	for _, f := range s.Failures {
-		if s.RootCause == nil || f.Rank != s.RootCause.Rank {
+		switch {
+		case s.RootCause != nil && f.Rank == s.RootCause.Rank:
+		case f.Stopped:
+			stopped = append(stopped, f)
+		default:
 			others = append(others, f)
 		}
 	}
@@ -101,6 +105,12 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 		b.WriteString(strings.Repeat("-", len(rule)) + "\nOther Failures:\n")
 		for _, f := range others {
 			writeRank(&b, f)
+		}
+	}
+	if len(stopped) > 0 {
+		b.WriteString(strings.Repeat("-", len(rule)) + "\nStopped by mpspawn (signalled before they exited):\n")
+		for _, f := range stopped {
+			fmt.Fprintf(&b, "[%d]: local_rank %d, pid %d, exitcode %s\n", f.Rank, f.LocalRank, f.Pid, exitText(f))
 		}
 	}
 	b.WriteString(rule + "\n")
@@ -112,14 +122,7 @@ func writeRank(b *strings.Builder, r RankSummary) {
 	fmt.Fprintf(b, "  time      : %s\n", r.Time.Format("2006-01-02_15:04:05.000"))
 	fmt.Fprintf(b, "  host      : %s\n", r.Host)
 	fmt.Fprintf(b, "  rank      : %d (local_rank: %d)\n", r.Rank, r.LocalRank)
-	if r.Signal != "" {
-		fmt.Fprintf(b, "  exitcode  : -%s (pid: %d)\n", r.Signal, r.Pid)
-	} else {
-		fmt.Fprintf(b, "  exitcode  : %d (pid: %d)\n", r.ExitCode, r.Pid)
-	}
-	if r.Stopped {
-		b.WriteString("  note      : stopped by mpspawn (it had signalled this rank)\n")
-	}
+	fmt.Fprintf(b, "  exitcode  : %s (pid: %d)\n", exitText(r), r.Pid)
 	if r.Error != nil {
 		fmt.Fprintf(b, "  error_file: %s\n", r.ErrorFile)
 		fmt.Fprintf(b, "  message   : %s\n", r.Error.Message)
@@ -132,4 +135,12 @@ func writeRank(b *strings.Builder, r RankSummary) {
 	} else {
 		b.WriteString("  error_file: <N/A>\n  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html\n")
 	}
+}
+
+// exitText is torchrun's way of writing an exit: "3", or "-SIGTERM".
+func exitText(r RankSummary) string {
+	if r.Signal != "" {
+		return "-" + r.Signal
+	}
+	return fmt.Sprint(r.ExitCode)
 }
