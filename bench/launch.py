@@ -342,7 +342,7 @@ def table(title, header, rows):
         print("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
-def machine(mpspawn):
+def machine(name, mpspawn):
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -362,7 +362,7 @@ def machine(mpspawn):
     print(f"harness : Python {platform.python_version()}")
     print(f"torchrun: torch {torch.stdout.strip() or '? (' + torch.stderr.strip()[-200:] + ')'}"
           f" ({TORCH_PYTHON} -m torch.distributed.run)")
-    print(f"mpspawn : {mpspawn} (sha256 {digest}, built {built})")
+    print(f"mpspawn : {name} (sha256 {digest}, built {built}; a copy of it is run)")
 
 
 def report_start(times):
@@ -456,6 +456,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="CI smoke: 3 runs, ranks sleep 3 s in (c)")
     args = ap.parse_args()
     runs = args.runs or (3 if args.quick else 7)
+    if runs < 1:
+        ap.error("--runs must be at least 1")
     sleep_s = 3 if args.quick else 10
     mpspawn = os.path.abspath(args.mpspawn)
     if not os.access(mpspawn, os.X_OK):
@@ -465,13 +467,15 @@ def main():
         sys.exit(f"launch.py: {TORCH_PYTHON} not found (torchrun is run as "
                  f"{TORCH_PYTHON} -m torch.distributed.run)")
 
-    machine(mpspawn)
-    print(f"runs    : medians of {runs} runs per figure; ratios are ratios of medians")
-    cs = contenders(mpspawn)
     results = {}
     flakes = []  # torchrun runs that failed and were retried
     workdir = tempfile.mkdtemp(prefix="mpspawn-bench-")
     try:
+        # Run a private copy: a rebuild of bin/mpspawn mid-run must not mix versions.
+        binary = shutil.copy2(mpspawn, os.path.join(workdir, "mpspawn"))
+        machine(args.mpspawn, binary)
+        print(f"runs    : medians of {runs} runs per figure; ratios are ratios of medians")
+        cs = contenders(binary)
         results.update(report_start(scenario_start(cs, runs, workdir, flakes)))
         results.update(report_fail(*scenario_fail(cs, runs, workdir, flakes)))
         results.update(report_cpu(*scenario_cpu(cs, runs, workdir, flakes, sleep_s), sleep_s))

@@ -134,7 +134,7 @@ func (g *Group) Wait() *Result {
 	return g.res
 }
 
-// Pids returns the process ids of the ranks, ordered as the specs were.
+// Pids returns the process ids of the ranks, ordered by rank.
 func (g *Group) Pids() []int {
 	pids := make([]int, len(g.ranks))
 	for i, rp := range g.ranks {
