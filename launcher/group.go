@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"sync"
 	"syscall"
@@ -65,16 +66,31 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 		return nil, err
 	}
 	specs = sortedByRank(specs)
-	g.thr = newStarter()
-	for _, s := range specs {
-		rp, err := g.thr.start(s)
-		if err != nil {
-			g.abort()
-			return nil, fmt.Errorf("launcher: start rank %d: %w", s.Rank, err)
+	g.thr = newStarter(min(len(specs), runtime.NumCPU()))
+	started := make([]startReply, len(specs))
+	var wg sync.WaitGroup
+	for i, s := range specs {
+		wg.Go(func() {
+			rp, err := g.thr.start(i, s)
+			started[i] = startReply{rp, err}
+		})
+	}
+	wg.Wait()
+	var startErr error
+	for i, r := range started {
+		if r.err != nil {
+			if startErr == nil {
+				startErr = fmt.Errorf("launcher: start rank %d: %w", specs[i].Rank, r.err)
+			}
+			continue
 		}
-		g.guard.watch(rp.proc.Pid)
-		g.ranks = append(g.ranks, rp)
-		go g.waitRank(len(g.ranks)-1, rp)
+		g.guard.watch(r.rp.proc.Pid)
+		g.ranks = append(g.ranks, r.rp)
+		go g.waitRank(len(g.ranks)-1, r.rp)
+	}
+	if startErr != nil {
+		g.abort()
+		return nil, startErr
 	}
 	go g.supervise(ctx)
 	return g, nil

@@ -12,11 +12,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// starter owns one OS thread, locked for as long as the ranks it started may
-// run. Linux delivers a child's parent-death signal when the *thread* that
-// forked it exits, so every rank is forked from this thread, which exits
-// only after every rank has been reaped (see close).
+// starter owns a few OS threads, each locked for as long as the ranks it
+// started may run. Linux delivers a child's parent-death signal when the
+// *thread* that forked it exits, so every rank is forked from one of these
+// threads, which exit only after every rank has been reaped (see close).
+// Several threads let ranks start in parallel: Go serialises nothing
+// between concurrent forks, and each fork waits for its child's exec.
 type starter struct {
+	threads []*thread
+}
+
+// thread is one locked OS thread that forks ranks.
+type thread struct {
 	reqs chan startReq
 	quit chan struct{}
 	done chan struct{}
@@ -32,40 +39,47 @@ type startReply struct {
 	err error
 }
 
-func newStarter() *starter {
-	t := &starter{reqs: make(chan startReq), quit: make(chan struct{}), done: make(chan struct{})}
-	go t.loop()
+// newStarter starts n locked threads (at least one).
+func newStarter(n int) *starter {
+	t := &starter{threads: make([]*thread, max(n, 1))}
+	for i := range t.threads {
+		th := &thread{reqs: make(chan startReq), quit: make(chan struct{}), done: make(chan struct{})}
+		go th.loop()
+		t.threads[i] = th
+	}
 	return t
 }
 
-func (t *starter) loop() {
-	defer close(t.done)
+func (th *thread) loop() {
+	defer close(th.done)
 	// Never unlocked: when this goroutine returns, the runtime ends the
 	// thread, and that is safe only once no rank is left.
 	runtime.LockOSThread()
 	for {
 		select {
-		case r := <-t.reqs:
+		case r := <-th.reqs:
 			rp, err := spawn(r.spec)
 			r.reply <- startReply{rp, err}
-		case <-t.quit:
+		case <-th.quit:
 			return
 		}
 	}
 }
 
-// start starts one rank from the locked thread.
-func (t *starter) start(s Spec) (*rankProc, error) {
+// start starts one rank from locked thread i (modulo the pool size).
+func (t *starter) start(i int, s Spec) (*rankProc, error) {
 	reply := make(chan startReply, 1)
-	t.reqs <- startReq{s, reply}
+	t.threads[i%len(t.threads)].reqs <- startReq{s, reply}
 	r := <-reply
 	return r.rp, r.err
 }
 
-// close ends the locked thread; call it only after every rank was reaped.
+// close ends the locked threads; call it only after every rank was reaped.
 func (t *starter) close() {
-	close(t.quit)
-	<-t.done
+	for _, th := range t.threads {
+		close(th.quit)
+		<-th.done
+	}
 }
 
 // spawn is the spawn start method: a fresh exec of the rank's program, as

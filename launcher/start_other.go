@@ -24,9 +24,14 @@ func (*guard) release()           {}
 
 type starter struct{}
 
-func newStarter() *starter                     { return &starter{} }
-func (*starter) start(Spec) (*rankProc, error) { return nil, ErrUnsupported }
-func (*starter) close()                        {}
+func newStarter(int) *starter                       { return &starter{} }
+func (*starter) start(int, Spec) (*rankProc, error) { return nil, ErrUnsupported }
+func (*starter) close()                             {}
 
 func closeInherited()               {}
 func killGroup(int, syscall.Signal) {}
+
+type startReply struct {
+	rp  *rankProc
+	err error
+}
