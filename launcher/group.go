@@ -285,8 +285,8 @@ func (g *Group) finish() {
 		for _, f := range rp.pipes {
 			f.Close()
 		}
+		g.guard.unwatch(rp.proc.Pid)
 	}
-	g.guard.release()
 	g.thr.close()
 }
 

@@ -37,9 +37,12 @@ type Job struct {
 	Ranks []RankSetup
 
 	// LogDir is the base log directory; rank files and error files go
-	// under LogDir/<run-id>/attempt_0/<local_rank>/.
-	LogDir string
-	Output *Output
+	// under LogDir/<run-id>/attempt_0/<local_rank>/, as torchrun lays them
+	// out. When it is empty, error files go flat into ScratchDir
+	// (error-<local_rank>.json), which costs less to create and remove.
+	LogDir     string
+	ScratchDir string
+	Output     *Output
 
 	Options Options
 
@@ -75,11 +78,13 @@ func (j *Job) RankEnv(localRank int) []string {
 		"TORCHELASTIC_RUN_ID":        j.RunID,
 		"TORCHELASTIC_RESTART_COUNT": "0",
 		"TORCHELASTIC_MAX_RESTARTS":  "0",
-		"TORCHELASTIC_ERROR_FILE":    j.errorFile(localRank),
+		"TORCHELASTIC_ERROR_FILE":    j.ErrorFile(localRank),
 		"MPSPAWN_START_METHOD":       j.StartMethod,
 		"MPSPAWN_LAUNCHER_PID":       strconv.Itoa(os.Getpid()),
 		"MPSPAWN_NODE_RANK":          strconv.Itoa(j.NodeRank),
-		"MPSPAWN_LOG_DIR":            filepath.Join(j.AttemptDir(), strconv.Itoa(localRank)),
+	}
+	if j.LogDir != "" {
+		set["MPSPAWN_LOG_DIR"] = filepath.Join(j.AttemptDir(), strconv.Itoa(localRank))
 	}
 	userOMP := j.userSet("OMP_NUM_THREADS")
 	if j.ompDefault() {
@@ -122,7 +127,12 @@ func (j *Job) userSet(key string) bool {
 	return false
 }
 
-func (j *Job) errorFile(localRank int) string {
+// ErrorFile is where a local rank is told to write its torchelastic error
+// file (TORCHELASTIC_ERROR_FILE).
+func (j *Job) ErrorFile(localRank int) string {
+	if j.LogDir == "" {
+		return filepath.Join(j.ScratchDir, "error-"+strconv.Itoa(localRank)+".json")
+	}
 	return filepath.Join(j.AttemptDir(), strconv.Itoa(localRank), "error.json")
 }
 
@@ -136,9 +146,11 @@ func (j *Job) Specs() ([]Spec, error) {
 	j.Output.RoleName = "default"
 	specs := make([]Spec, j.NProcPerNode)
 	for lr := range specs {
-		ef := j.errorFile(lr)
-		if err := os.MkdirAll(filepath.Dir(ef), 0o755); err != nil {
-			return nil, fmt.Errorf("launcher: log dir: %w", err)
+		ef := j.ErrorFile(lr)
+		if j.LogDir != "" {
+			if err := os.MkdirAll(filepath.Dir(ef), 0o755); err != nil {
+				return nil, fmt.Errorf("launcher: log dir: %w", err)
+			}
 		}
 		if err := os.Remove(ef); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("launcher: stale error file: %w", err)

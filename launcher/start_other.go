@@ -20,7 +20,7 @@ type guard struct{}
 
 func startGuard() (*guard, error) { return nil, ErrUnsupported }
 func (*guard) watch(int)          {}
-func (*guard) release()           {}
+func (*guard) unwatch(int)        {}
 
 type starter struct{}
 

@@ -75,7 +75,12 @@ func parseConfig(c *cli.Context) (*config, error) {
 	if cfg.output, err = parseOutput(c, cfg.nproc); err != nil {
 		return nil, err
 	}
-	cfg.logDir = c.String(fLogDir)
+	if cfg.logDir = c.String(fLogDir); cfg.logDir != "" {
+		// Absolute, so that a rank that changes directory still finds its files.
+		if cfg.logDir, err = filepath.Abs(cfg.logDir); err != nil {
+			return nil, usagef("--log-dir %s: %v", c.String(fLogDir), err)
+		}
+	}
 	cfg.keepLogDir = cfg.logDir != "" || c.String(fRedirects) != "0" || c.String(fTee) != "0"
 	if cfg.summaryJSON != "" {
 		if st, err := os.Stat(filepath.Dir(cfg.summaryJSON)); err != nil || !st.IsDir() {

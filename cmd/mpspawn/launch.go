@@ -23,15 +23,16 @@ func launch(c *cli.Context, cfg *config) error {
 		return err
 	}
 	defer rdzv.Close()
-	logDir := cfg.logDir
-	if logDir == "" {
+	logDir, scratch := cfg.logDir, ""
+	switch {
+	case logDir == "" && cfg.keepLogDir: // files asked for, no --log-dir
 		if logDir, err = os.MkdirTemp("", "mpspawn_"); err != nil {
 			return fmt.Errorf("log dir: %w", err)
 		}
-		if cfg.keepLogDir {
-			fmt.Fprintf(stderr, "mpspawn: log files go to %s\n", logDir)
-		} else {
-			defer os.RemoveAll(logDir)
+		fmt.Fprintf(stderr, "mpspawn: log files go to %s\n", logDir)
+	case logDir == "": // only error files, removed at the end
+		if scratch, err = os.MkdirTemp("", "mpspawn_"); err != nil {
+			return fmt.Errorf("scratch dir: %w", err)
 		}
 	}
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
@@ -40,11 +41,14 @@ func launch(c *cli.Context, cfg *config) error {
 		NProcPerNode: rdzv.NProcPerNode, NNodes: rdzv.NNodes, NodeRank: rdzv.NodeRank,
 		MasterAddr: rdzv.MasterAddr, MasterPort: rdzv.MasterPort,
 		RunID: cfg.runID, StartMethod: cfg.startMethod,
-		LogDir: logDir, Output: cfg.output,
+		LogDir: logDir, ScratchDir: scratch, Output: cfg.output,
 		Options: launcher.Options{GracePeriod: cfg.grace},
 		Notes:   stderr,
 	}
 	res, err := job.Run(c.Context)
+	if scratch != "" {
+		defer removeScratch(job, scratch)
+	}
 	if err != nil {
 		return err
 	}
@@ -74,4 +78,15 @@ func writeSummary(path string, sum *launcher.Summary) error {
 		return fmt.Errorf("summary: %w", err)
 	}
 	return f.Close()
+}
+
+// removeScratch removes the error files and the scratch directory; only
+// if a rank left something else there does it walk the tree.
+func removeScratch(job *launcher.Job, dir string) {
+	for lr := range job.NProcPerNode {
+		_ = os.Remove(job.ErrorFile(lr))
+	}
+	if os.Remove(dir) != nil {
+		_ = os.RemoveAll(dir)
+	}
 }
