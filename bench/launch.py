@@ -57,7 +57,7 @@ class Broken(Exception):
 
     def __init__(self, what, log=""):
         super().__init__(f"{what}:\n{log}" if log else what)
-        lines = [l.strip() for l in log.splitlines() if l.strip()]
+        lines = [line.strip() for line in log.splitlines() if line.strip()]
         self.brief = f"{what} ({lines[-1]})" if lines else what
 
 
@@ -346,7 +346,7 @@ def machine(name, mpspawn):
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     torch = subprocess.run([TORCH_PYTHON, "-c", "import sys, torch; "
@@ -398,7 +398,7 @@ def report_fail(lat, rcs, left, base):
     for name, xs in lat.items():
         net = [x - b for x in xs]
         codes = ",".join(str(c) for c in sorted(set(rcs[name])))
-        leaks = sum(1 for l in left[name] if l)
+        leaks = sum(1 for leftovers in left[name] if leftovers)
         rows.append((name, fmt_ms(median(xs)), fmt_ms(median(net)), spread(net), codes,
                      f"{leaks}/{len(xs)} runs" if leaks else "none"))
     table("(b) failure latency: rank 1 exits 3 after 0.5 s, 7 ranks sleep 30 s",
@@ -408,9 +408,9 @@ def report_fail(lat, rcs, left, base):
           "\n  net: raw minus the baseline (the `date` tail, sh's exit and the harness's"
           "\n       own wake-up), i.e. failing rank's exit -> launcher's exit.")
     for name, runs in left.items():
-        for l in runs:
-            if l:
-                at_exit, later = l
+        for leftovers in runs:
+            if leftovers:
+                at_exit, later = leftovers
                 print(f"  {name}: left at exit {at_exit}; still alive 1 s later {later}")
     mp = median(lat["mpspawn"]) - b
     leaked = any(left["mpspawn"])
@@ -451,7 +451,8 @@ def report_cpu(total, rate, tick_ms, sleep_s):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", type=int, default=None, help="runs per figure (default 7; 3 with --quick)")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="runs per figure (default 7; 3 with --quick)")
     ap.add_argument("--mpspawn", default="bin/mpspawn", help="mpspawn binary (default bin/mpspawn)")
     ap.add_argument("--quick", action="store_true", help="CI smoke: 3 runs, ranks sleep 3 s in (c)")
     args = ap.parse_args()
@@ -462,7 +463,7 @@ def main():
     mpspawn = os.path.abspath(args.mpspawn)
     if not os.access(mpspawn, os.X_OK):
         sys.exit(f"launch.py: {args.mpspawn} not found; build it first from the repository root:\n"
-                 f"    go build -o bin/mpspawn ./cmd/mpspawn")
+                 f"    make build   (go build -tags urfave_cli_no_docs -o bin/mpspawn ./cmd/mpspawn)")
     if not os.path.exists(TORCH_PYTHON):
         sys.exit(f"launch.py: {TORCH_PYTHON} not found (torchrun is run as "
                  f"{TORCH_PYTHON} -m torch.distributed.run)")
