@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/mpspawn/mpspawn/internal/proctest"
 )
 
 // withReady gives each spec a pipe on fd 3 and returns a func that waits
@@ -219,23 +219,8 @@ func TestSecondSIGINTKills(t *testing.T) {
 	}
 }
 
-// pidGone waits, up to d, for pid to exit, using a pidfd (no polling).
-func pidGone(pid int, d time.Duration) bool {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return errors.Is(err, unix.ESRCH)
-	}
-	defer unix.Close(fd)
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	deadline := time.Now().Add(d)
-	for {
-		n, err := unix.Poll(fds, int(time.Until(deadline).Milliseconds()))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		return n == 1
-	}
-}
+// pidGone waits, up to d, for pid to exit.
+func pidGone(pid int, d time.Duration) bool { return proctest.WaitExit(pid, d) }
 
 func TestStopKillsRankChildren(t *testing.T) {
 	specs := []Spec{helperSpec(t, 0, "family"), helperSpec(t, 1, "block")}

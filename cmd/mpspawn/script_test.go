@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/proctest"
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sys/unix"
 )
@@ -72,28 +73,10 @@ func cmdGone(ts *testscript.TestScript, neg bool, args []string) {
 	for _, s := range pids {
 		pid, err := strconv.Atoi(s)
 		ts.Check(err)
-		if !waitPidExit(pid, time.Until(deadline)) {
+		if !proctest.WaitExit(pid, time.Until(deadline)) {
 			_ = unix.Kill(pid, unix.SIGKILL)
 			ts.Fatalf("pid %d is still alive", pid)
 		}
-	}
-}
-
-// waitPidExit waits up to d for pid to exit, on a pidfd.
-func waitPidExit(pid int, d time.Duration) bool {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return errors.Is(err, unix.ESRCH)
-	}
-	defer unix.Close(fd)
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	deadline := time.Now().Add(d)
-	for {
-		n, err := unix.Poll(fds, max(0, int(time.Until(deadline).Milliseconds())))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		return n == 1
 	}
 }
 
