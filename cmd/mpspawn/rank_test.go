@@ -12,13 +12,14 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // rankMain is the "rank" helper program the CLI tests launch:
 //
 //	rank env                   print the rank contract, sorted
-//	rank exit CODE [DELAY]     exit with CODE, after DELAY (a duration)
+//	rank exit CODE             exit with CODE
 //	rank block FIFO            write "PID" to FIFO, then wait for a signal
 //	rank family FIFO           start a child, write "PID CHILDPID" to FIFO, wait
 //	rank print N SIZE          print N lines of SIZE bytes tagged with RANK
@@ -51,10 +52,6 @@ func rankMain(args []string) int {
 		return 0
 	case "exit":
 		code, _ := strconv.Atoi(args[1])
-		if len(args) > 2 {
-			d, _ := time.ParseDuration(args[2])
-			time.Sleep(d) // the rank's own behaviour, not test synchronisation
-		}
 		return code
 	case "block":
 		writeFifo(args[1], strconv.Itoa(os.Getpid()))
@@ -141,11 +138,11 @@ func family(fifo string, failRank, code int, goFifo string) int {
 }
 
 // blockForever parks the rank until a signal ends it. (A bare select{}
-// would be reported as a deadlock by the runtime; the sleep is the rank's
-// behaviour, not synchronisation.)
+// would be reported as a deadlock by the runtime.) pause(2) returns after
+// every signal the runtime catches, hence the loop.
 func blockForever() int {
 	for {
-		time.Sleep(time.Hour)
+		_ = unix.Pause()
 	}
 }
 
