@@ -220,7 +220,9 @@ func planCPU(t *Topology, opts PlanOptions) (*Placement, error) {
 			m++
 		}
 		parts := cpus.Split(m)
-		if opts.CPUBind == CPUBindExclusive && m > 0 && parts == nil && cpus.Len() > 0 {
+		// Ranks sharing every CPU of the node are simply not bound: no
+		// warning for what a plain oversubscribed launch does anyway.
+		if opts.CPUBind == CPUBindExclusive && m > 0 && parts == nil && cpus.Len() > 0 && !cpus.Equal(t.CPUs) {
 			p.warn("ranks %d-%d share cpus %q: %d cpus for %d ranks", r, r+m-1, cpus.String(), cpus.Len(), m)
 		}
 		for k := range m {

@@ -60,8 +60,26 @@ func (j *Job) AttemptDir() string {
 func (j *Job) WorldSize() int { return j.NNodes * j.NProcPerNode }
 
 // RankEnv is the environment of one local rank: the base environment with
-// torchrun's contract set over it.
+// Vars set over it.
 func (j *Job) RankEnv(localRank int) []string {
+	set := j.Vars(localRank)
+	env := make([]string, 0, len(j.Env)+len(set))
+	for _, kv := range j.Env {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := set[k]; !ok {
+			env = append(env, kv)
+		}
+	}
+	for k, v := range set {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+// Vars is what the launcher sets in one local rank's environment:
+// torchrun's contract, the MPSPAWN_* variables, OMP_NUM_THREADS where the
+// user left it unset, and the rank's placement variables (Ranks).
+func (j *Job) Vars(localRank int) map[string]string {
 	rank := j.NodeRank*j.NProcPerNode + localRank
 	set := map[string]string{
 		"LOCAL_RANK":                 strconv.Itoa(localRank),
@@ -98,23 +116,34 @@ func (j *Job) RankEnv(localRank int) []string {
 			set[k] = v
 		}
 	}
-	env := make([]string, 0, len(j.Env)+len(set))
-	for _, kv := range j.Env {
-		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := set[k]; !ok {
-			env = append(env, kv)
-		}
-	}
-	for k, v := range set {
-		env = append(env, k+"="+v)
-	}
-	return env
+	return set
 }
 
 // ompDefault reports whether OMP_NUM_THREADS is set to 1 for the ranks:
 // when it is unset and more than one rank shares the node, as torchrun does.
 func (j *Job) ompDefault() bool {
 	return j.NProcPerNode > 1 && !j.userSet("OMP_NUM_THREADS")
+}
+
+// boundOMP lists the OMP_NUM_THREADS values the placement gives the ranks
+// ("4,4,4,4"), or returns "" when the user set the variable or no rank is
+// bound.
+func (j *Job) boundOMP() string {
+	if j.userSet("OMP_NUM_THREADS") {
+		return ""
+	}
+	vals := make([]string, j.NProcPerNode)
+	bound := false
+	for lr := range vals {
+		vals[lr] = "1"
+		if lr < len(j.Ranks) && j.Ranks[lr].Env["OMP_NUM_THREADS"] != "" {
+			vals[lr], bound = j.Ranks[lr].Env["OMP_NUM_THREADS"], true
+		}
+	}
+	if !bound {
+		return ""
+	}
+	return strings.Join(vals, ",")
 }
 
 // userSet reports whether the base environment sets key.
@@ -182,7 +211,10 @@ type RankSetup struct {
 // ForwardedSignals) and waits for every rank. The error is about starting
 // the job; how the ranks ended is in the Result.
 func (j *Job) Run(ctx context.Context) (*Result, error) {
-	if j.ompDefault() {
+	switch bound := j.boundOMP(); {
+	case bound != "":
+		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)
+	case j.ompDefault():
 		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks so they do not oversubscribe the CPUs (set it yourself to tune)", j.NProcPerNode)
 	}
 	// Catch signals before any rank starts so that none is lost. SIGPIPE is

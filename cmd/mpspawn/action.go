@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +28,9 @@ type config struct {
 	output      *launcher.Output
 	grace       time.Duration
 	summaryJSON string
+	place       *placement
+	dryRun      bool
+	json        bool
 }
 
 func action(c *cli.Context) error {
@@ -36,16 +38,26 @@ func action(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if cfg.dryRun {
+		return dryRun(c, cfg)
+	}
 	return launch(c, cfg)
 }
 
 // parseConfig validates every flag and the program before anything starts.
 func parseConfig(c *cli.Context) (*config, error) {
-	cfg := &config{runID: c.String(fRunID), summaryJSON: c.String(fSummaryJSON)}
-	var err error
-	if cfg.nproc, err = parseNproc(c.String(fNproc)); err != nil {
+	cfg := &config{runID: c.String(fRunID), summaryJSON: c.String(fSummaryJSON), dryRun: c.Bool(fDryRun), json: c.Bool(fJSON)}
+	if cfg.json && !cfg.dryRun {
+		return nil, usagef("--json goes with --dry-run (or use mpspawn gpus --json)")
+	}
+	spec, err := parseNproc(c.String(fNproc))
+	if err != nil {
 		return nil, err
 	}
+	if cfg.place, err = place(c, spec, c.App.ErrWriter); err != nil {
+		return nil, err
+	}
+	cfg.nproc = len(cfg.place.plan.Ranks)
 	nnodes, err := strconv.Atoi(c.String(fNNodes))
 	if err != nil {
 		return nil, usagef("--nnodes %q: want a number of nodes (elastic MIN:MAX ranges are not supported)", c.String(fNNodes))
@@ -69,7 +81,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 	if cfg.grace, err = parseDuration(c.String(fGrace)); err != nil {
 		return nil, err
 	}
-	if cfg.path, cfg.argv, err = program(c); err != nil {
+	if cfg.dryRun && c.NArg() == 0 {
+		cfg.argv = []string{"SCRIPT"} // the plan does not depend on the program
+	} else if cfg.path, cfg.argv, err = program(c); err != nil {
 		return nil, err
 	}
 	if cfg.output, err = parseOutput(c, cfg.nproc); err != nil {
@@ -91,23 +105,6 @@ func parseConfig(c *cli.Context) (*config, error) {
 		cfg.runID = randomID()
 	}
 	return cfg, nil
-}
-
-func parseNproc(s string) (int, error) {
-	switch s {
-	case "cpu", "auto":
-		return runtime.NumCPU(), nil
-	case "gpu":
-		return 0, usagef("--nproc-per-node gpu: GPU discovery is not available in this version of mpspawn; give a number, cpu or auto")
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil {
-		return 0, usagef("--nproc-per-node %q: want a positive number, cpu or auto", s)
-	}
-	if n < 1 {
-		return 0, usagef("--nproc-per-node %d: want at least 1 rank", n)
-	}
-	return n, nil
 }
 
 // checkRendezvous validates without reserving anything: with a port given,

@@ -8,37 +8,51 @@ import (
 
 // Flag names, shared by the flag table and the action.
 const (
-	fNproc        = "nproc-per-node"
-	fNNodes       = "nnodes"
-	fNodeRank     = "node-rank"
-	fMasterAddr   = "master-addr"
-	fMasterPort   = "master-port"
-	fStandalone   = "standalone"
-	fRunID        = "run-id"
-	fNoPython     = "no-python"
-	fModule       = "module"
-	fStartMethod  = "start-method"
-	fLogDir       = "log-dir"
-	fRedirects    = "redirects"
-	fTee          = "tee"
-	fRanksFilter  = "local-ranks-filter"
-	fGrace        = "grace-period"
-	fPython       = "python"
-	fPrefix       = "log-line-prefix-template"
-	fNoPrefix     = "no-prefix"
-	fTimestamps   = "timestamp-output"
-	fSummaryJSON  = "summary-json"
-	catRanks      = "Ranks"
-	catRendezvous = "Rendezvous"
-	catProgram    = "Program"
-	catLogs       = "Logs"
-	catFailure    = "Failure handling"
+	fNproc         = "nproc-per-node"
+	fNNodes        = "nnodes"
+	fNodeRank      = "node-rank"
+	fMasterAddr    = "master-addr"
+	fMasterPort    = "master-port"
+	fStandalone    = "standalone"
+	fRunID         = "run-id"
+	fNoPython      = "no-python"
+	fModule        = "module"
+	fStartMethod   = "start-method"
+	fLogDir        = "log-dir"
+	fRedirects     = "redirects"
+	fTee           = "tee"
+	fRanksFilter   = "local-ranks-filter"
+	fGrace         = "grace-period"
+	fPython        = "python"
+	fPrefix        = "log-line-prefix-template"
+	fNoPrefix      = "no-prefix"
+	fTimestamps    = "timestamp-output"
+	fSummaryJSON   = "summary-json"
+	fGPUsPerRank   = "gpus-per-rank"
+	fGPUVisibility = "gpu-visibility"
+	fCPUBind       = "cpu-bind"
+	fTopology      = "topology"
+	fDryRun        = "dry-run"
+	fJSON          = "json"
+	catPlacement   = "GPUs and CPUs"
+	catRanks       = "Ranks"
+	catRendezvous  = "Rendezvous"
+	catProgram     = "Program"
+	catLogs        = "Logs"
+	catFailure     = "Failure handling"
 )
 
 func flags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Category: catRanks, Name: fNproc, Value: "1", Usage: "ranks on this node: `N`, cpu (one per CPU) or auto (GPUs if any, else CPUs)"},
+		&cli.StringFlag{Category: catRanks, Name: fNproc, Value: "1", Usage: "ranks on this node: `N`, gpu (one per usable GPU), cpu (one per CPU) or auto (GPUs if any, else CPUs)"},
 		&cli.StringFlag{Category: catRanks, Name: fStartMethod, Value: "spawn", Usage: "`METHOD` that creates the ranks: spawn (a fresh exec per rank)"},
+
+		&cli.IntFlag{Category: catPlacement, Name: fGPUsPerRank, Value: 1, Usage: "`N` GPUs per rank, chosen best-connected (NVLink first)"},
+		&cli.StringFlag{Category: catPlacement, Name: fGPUVisibility, Value: "local-rank", Usage: "`MODE` of CUDA_VISIBLE_DEVICES: local-rank (every rank sees the job's GPUs in local-rank order, so set_device(LOCAL_RANK) is its own) or isolate (each rank sees only its own, as cuda:0)"},
+		&cli.StringFlag{Category: catPlacement, Name: fCPUBind, Value: "exclusive", Usage: "bind ranks to CPUs local to their GPUs (or spread over the CPUs without GPUs): `POLICY` exclusive (an even share each), numa (the whole NUMA node) or none"},
+		&cli.StringFlag{Category: catPlacement, Name: fTopology, Usage: "plan against the topology snapshot in `FILE` (from mpspawn gpus --json on the target machine) instead of this machine"},
+		&cli.BoolFlag{Category: catPlacement, Name: fDryRun, Usage: "print each rank's GPUs, CPUs and environment, and start nothing"},
+		&cli.BoolFlag{Category: catPlacement, Name: fJSON, Usage: "with --dry-run, print the plan as JSON"},
 
 		&cli.StringFlag{Category: catRendezvous, Name: fNNodes, Value: "1", Usage: "`N` nodes in the job"},
 		&cli.IntFlag{Category: catRendezvous, Name: fNodeRank, Value: 0, Usage: "this node's rank `N`, 0 .. nnodes-1"},

@@ -36,15 +36,8 @@ func launch(c *cli.Context, cfg *config) error {
 		}
 	}
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
-	job := &launcher.Job{
-		Path: cfg.path, Command: cfg.argv, Env: os.Environ(),
-		NProcPerNode: rdzv.NProcPerNode, NNodes: rdzv.NNodes, NodeRank: rdzv.NodeRank,
-		MasterAddr: rdzv.MasterAddr, MasterPort: rdzv.MasterPort,
-		RunID: cfg.runID, StartMethod: cfg.startMethod,
-		LogDir: logDir, ScratchDir: scratch, Output: cfg.output,
-		Options: launcher.Options{GracePeriod: cfg.grace},
-		Notes:   stderr,
-	}
+	job := cfg.job(rdzv.MasterAddr, rdzv.MasterPort)
+	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
 	res, err := job.Run(c.Context)
 	if scratch != "" {
 		defer removeScratch(job, scratch)
@@ -66,6 +59,22 @@ func launch(c *cli.Context, cfg *config) error {
 		return exitCode(code)
 	}
 	return nil
+}
+
+// job is the launcher job cfg describes, with its placement, before log
+// files are chosen.
+func (cfg *config) job(masterAddr string, masterPort int) *launcher.Job {
+	job := &launcher.Job{
+		Path: cfg.path, Command: cfg.argv, Env: os.Environ(),
+		NProcPerNode: cfg.nproc, NNodes: cfg.rdzv.NNodes, NodeRank: cfg.rdzv.NodeRank,
+		MasterAddr: masterAddr, MasterPort: masterPort,
+		RunID: cfg.runID, StartMethod: cfg.startMethod,
+		Options: launcher.Options{GracePeriod: cfg.grace},
+	}
+	for _, s := range cfg.place.setup {
+		job.Ranks = append(job.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})
+	}
+	return job
 }
 
 func writeSummary(path string, sum *launcher.Summary) error {

@@ -60,7 +60,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:      "mpspawn",
 		Usage:     "launch one process per rank, torchrun-compatible, fast to start and fast to fail",
-		UsageText: "mpspawn [flags] SCRIPT [ARGS...]\nmpspawn --no-python [flags] PROGRAM [ARGS...]\nmpspawn -m [flags] MODULE [ARGS...]",
+		UsageText: "mpspawn [flags] SCRIPT [ARGS...]\nmpspawn --no-python [flags] PROGRAM [ARGS...]\nmpspawn -m [flags] MODULE [ARGS...]\nmpspawn gpus [--json]",
 		Description: "Starts --nproc-per-node ranks of SCRIPT (run as PYTHON -u SCRIPT ARGS) with torchrun's\n" +
 			"environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...). When a rank fails,\n" +
 			"every other rank's process group gets SIGTERM, then SIGKILL after --grace-period, and mpspawn\n" +
@@ -69,6 +69,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"Exit codes: 0 all ranks succeeded; the root-cause rank's exit code (128+N for signal N);\n" +
 			"2 bad usage; 130/143 when mpspawn itself got SIGINT/SIGTERM.",
 		Flags:                  flags(),
+		Commands:               []*cli.Command{gpusCommand()},
 		Action:                 action,
 		Writer:                 stdout,
 		ErrWriter:              stderr,

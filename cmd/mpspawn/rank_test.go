@@ -114,7 +114,7 @@ func contractVar(k string) bool {
 		"TORCHELASTIC_ERROR_FILE", "OMP_NUM_THREADS":
 		return true
 	}
-	return strings.HasPrefix(k, "MPSPAWN_")
+	return strings.HasPrefix(k, "MPSPAWN_") || strings.HasPrefix(k, "CUDA_")
 }
 
 // family starts a child of this rank, reports both pids on fifo, then, if

@@ -4,6 +4,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/internal/proctest"
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sys/unix"
@@ -45,8 +47,12 @@ func TestScript(t *testing.T) {
 			return nil
 		},
 		Condition: func(cond string) (bool, error) {
-			if cond == "torch" {
+			switch cond {
+			case "torch":
 				return torchCondition()
+			case "nvidia":
+				d, err := gpu.Discover(gpu.DiscoverOptions{})
+				return err == nil && len(d.Topology.GPUs) > 0, err
 			}
 			return false, fmt.Errorf("unknown condition %q", cond)
 		},
@@ -55,6 +61,7 @@ func TestScript(t *testing.T) {
 			"linesmatch": cmdLinesMatch,
 			"mkfifo":     cmdMkfifo,
 			"exitcode":   cmdExitCode,
+			"jsonget":    cmdJSONGet,
 		},
 	})
 }
@@ -130,5 +137,43 @@ func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if got != want {
 		ts.Fatalf("%s exited %d; want %d", args[1], got, want)
+	}
+}
+
+// cmdJSONGet: jsonget FILE PATH REGEXP — the value at PATH (dot-separated
+// object keys and array indices, such as ranks.1.gpus.0) of the JSON document
+// in FILE (stdout, stderr or a path) matches REGEXP. Strings are matched
+// bare, other values as compact JSON.
+func cmdJSONGet(ts *testscript.TestScript, neg bool, args []string) {
+	if len(args) != 3 {
+		ts.Fatalf("usage: jsonget FILE PATH REGEXP")
+	}
+	var v any
+	ts.Check(json.Unmarshal([]byte(ts.ReadFile(args[0])), &v))
+	for _, key := range strings.Split(args[1], ".") {
+		switch node := v.(type) {
+		case map[string]any:
+			var ok bool
+			if v, ok = node[key]; !ok {
+				ts.Fatalf("jsonget: %s: no key %q", args[1], key)
+			}
+		case []any:
+			i, err := strconv.Atoi(key)
+			if err != nil || i < 0 || i >= len(node) {
+				ts.Fatalf("jsonget: %s: no element %q in a list of %d", args[1], key, len(node))
+			}
+			v = node[i]
+		default:
+			ts.Fatalf("jsonget: %s: %q is inside a %T", args[1], key, node)
+		}
+	}
+	s, ok := v.(string)
+	if !ok {
+		b, err := json.Marshal(v)
+		ts.Check(err)
+		s = string(b)
+	}
+	if matched := regexp.MustCompile(args[2]).MatchString(s); matched == neg {
+		ts.Fatalf("jsonget: %s is %q; match %q = %v", args[1], s, args[2], matched)
 	}
 }

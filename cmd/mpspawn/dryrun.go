@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/mpspawn/mpspawn/gpu"
+	"github.com/urfave/cli/v2"
+)
+
+// planJSON is the --dry-run --json form of a plan.
+type planJSON struct {
+	Host     string         `json:"host"`
+	Source   string         `json:"source"`
+	Ranks    []rankPlanJSON `json:"ranks"`
+	Warnings []string       `json:"warnings"`
+}
+
+type rankPlanJSON struct {
+	Rank      int               `json:"rank"`
+	LocalRank int               `json:"local_rank"`
+	GPUs      []string          `json:"gpus"`
+	CPUs      gpu.CPUSet        `json:"cpus"`
+	Env       map[string]string `json:"env"`
+}
+
+// dryRun prints where each rank would run and what it would be given, and
+// starts nothing.
+func dryRun(c *cli.Context, cfg *config) error {
+	addr, port := cfg.rdzv.MasterAddr, cfg.rdzv.MasterPort
+	if cfg.rdzv.Standalone {
+		addr = "127.0.0.1"
+	}
+	job := cfg.job(addr, port)
+	out := planJSON{Host: cfg.place.topo.Host, Source: cfg.place.source, Warnings: cfg.place.plan.Warnings}
+	if out.Warnings == nil {
+		out.Warnings = []string{}
+	}
+	for lr, rp := range cfg.place.plan.Ranks {
+		env := job.Vars(lr)
+		// What only a real launch knows: the launcher's pid, files, a
+		// port --standalone picks.
+		for _, k := range []string{"TORCHELASTIC_ERROR_FILE", "MPSPAWN_LAUNCHER_PID", "MPSPAWN_LOG_DIR"} {
+			delete(env, k)
+		}
+		if port == 0 {
+			delete(env, "MASTER_PORT")
+		}
+		out.Ranks = append(out.Ranks, rankPlanJSON{
+			Rank: cfg.rdzv.NodeRank*cfg.nproc + lr, LocalRank: lr,
+			GPUs: rp.Devices.UUIDs(), CPUs: cfg.place.setup[lr].CPUs, Env: env,
+		})
+		if out.Ranks[lr].CPUs == nil {
+			out.Ranks[lr].CPUs = gpu.CPUSet{}
+		}
+	}
+	if cfg.json {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	return writePlanText(c.App.Writer, cfg.place, out)
+}
+
+// writePlanText prints a plan as a table, then each rank's placement
+// variables.
+func writePlanText(w io.Writer, pl *placement, plan planJSON) error {
+	fmt.Fprintf(w, "%d ranks on %s (%s)\n", len(plan.Ranks), plan.Host, plan.Source)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "RANK\tLOCAL_RANK\tGPUS\tCPUS\tOMP_NUM_THREADS")
+	for i, r := range plan.Ranks {
+		gpus := "-"
+		if devs := pl.plan.Ranks[i].Devices; len(devs) > 0 {
+			var names []string
+			for _, d := range devs {
+				names = append(names, deviceName(d))
+			}
+			gpus = strings.Join(names, ",")
+		}
+		cpus := r.CPUs.String()
+		if cpus == "" {
+			cpus = "not bound"
+		}
+		omp := r.Env["OMP_NUM_THREADS"]
+		if omp == "" {
+			omp = "unset"
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\n", r.Rank, r.LocalRank, gpus, cpus, omp)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, r := range plan.Ranks {
+		var kv []string
+		for _, k := range slices.Sorted(maps.Keys(r.Env)) {
+			if strings.HasPrefix(k, "CUDA_") {
+				kv = append(kv, k+"="+r.Env[k])
+			}
+		}
+		if len(kv) > 0 {
+			fmt.Fprintf(w, "local rank %d: %s\n", r.LocalRank, strings.Join(kv, " "))
+		}
+	}
+	return nil
+}
+
+// deviceName is a device as the dry run shows it: "GPU3", or "GPU0/MIG1"
+// for the second MIG device of GPU 0.
+func deviceName(d gpu.VisibleDevice) string {
+	if d.MIG >= 0 {
+		return fmt.Sprintf("GPU%d/MIG%d", d.GPU, d.MIG)
+	}
+	return fmt.Sprintf("GPU%d", d.GPU)
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/mpspawn/mpspawn/gpu"
+	"github.com/urfave/cli/v2"
+)
+
+// nprocSpec is a parsed --nproc-per-node: gpu, auto, cpu or a number.
+type nprocSpec struct {
+	mode string // "gpu", "auto", "cpu" or "n"
+	n    int
+}
+
+func parseNproc(s string) (nprocSpec, error) {
+	switch s {
+	case "gpu", "auto", "cpu":
+		return nprocSpec{mode: s}, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return nprocSpec{}, usagef("--nproc-per-node %q: want a positive number, gpu, cpu or auto", s)
+	}
+	if n < 1 {
+		return nprocSpec{}, usagef("--nproc-per-node %d: want at least 1 rank", n)
+	}
+	return nprocSpec{mode: "n", n: n}, nil
+}
+
+// placement is where the ranks of this node go.
+type placement struct {
+	topo   *gpu.Topology
+	source string // where the topology came from, for messages
+	plan   *gpu.Placement
+	setup  []gpu.RankSetup
+}
+
+// place reads the topology (--topology FILE, or this machine's), applies
+// CUDA_VISIBLE_DEVICES to it and plans the ranks. Notes go to notes, one
+// line each; every refusal is a usage error.
+func place(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, error) {
+	gpr := c.Int(fGPUsPerRank)
+	if gpr < 1 {
+		return nil, usagef("--gpus-per-rank %d: want at least 1", gpr)
+	}
+	bind, err := gpu.ParseCPUBind(c.String(fCPUBind))
+	if err != nil {
+		return nil, usagef("--cpu-bind %q: want none, numa or exclusive", c.String(fCPUBind))
+	}
+	vis, err := gpu.ParseVisibility(c.String(fGPUVisibility))
+	if err != nil {
+		return nil, usagef("--gpu-visibility %q: want local-rank or isolate", c.String(fGPUVisibility))
+	}
+	pl := &placement{}
+	var gpuErr error
+	if path := c.String(fTopology); path != "" {
+		if pl.topo, err = gpu.LoadTopology(path); err != nil {
+			return nil, usagef("--topology %s: %v", path, trimPkg(err))
+		}
+		pl.source = "snapshot " + path
+	} else {
+		d, err := discover(spec)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range d.Warnings {
+			fmt.Fprintf(notes, "mpspawn: warning: %s\n", trimPkg(errors.New(w)))
+		}
+		pl.topo, gpuErr = d.Topology, d.GPUErr
+		pl.source = "this machine"
+	}
+	visible := gpu.VisibleSet{}
+	if spec.mode != "cpu" {
+		value, set := os.LookupEnv("CUDA_VISIBLE_DEVICES")
+		v, warnings, err := gpu.Visible(pl.topo, value, set)
+		for _, w := range warnings {
+			fmt.Fprintf(notes, "mpspawn: warning: %s\n", trimPkg(errors.New(w)))
+		}
+		if err != nil {
+			return nil, usagef("CUDA_VISIBLE_DEVICES=%q: %v", value, trimPkg(err))
+		}
+		visible = v
+	}
+	opts := gpu.PlanOptions{NProc: spec.n, GPUsPerRank: gpr, CPUBind: bind}
+	switch spec.mode {
+	case "gpu":
+		if len(visible) == 0 {
+			return nil, usagef("--nproc-per-node gpu: no usable GPU on %s: %s", pl.source, noGPUReason(pl.topo, gpuErr))
+		}
+		opts.NProc = len(visible) / gpr
+	case "auto", "n":
+		if len(visible) == 0 && gpuErr != nil && !errors.Is(gpuErr, gpu.ErrNoNVML) && spec.mode == "n" {
+			return nil, usagef("--nproc-per-node %d: cannot tell which GPUs to use: %v; use --nproc-per-node auto to run on CPUs anyway", spec.n, trimPkg(gpuErr))
+		}
+		if len(visible) == 0 && (spec.mode == "auto" || c.IsSet(fGPUsPerRank) || c.IsSet(fGPUVisibility)) {
+			fmt.Fprintf(notes, "mpspawn: note: no usable GPU on %s (%s); running on CPUs\n", pl.source, noGPUReason(pl.topo, gpuErr))
+		}
+		if len(visible) > 0 && spec.mode == "auto" {
+			opts.NProc = len(visible) / gpr
+		}
+	case "cpu":
+		opts.NProc = pl.topo.CPUs.Len()
+	}
+	if pl.plan, err = gpu.Plan(pl.topo, visible, opts); err != nil {
+		if errors.Is(err, gpu.ErrTooFewGPUs) {
+			msg := strings.TrimSuffix(trimPkg(err), ": "+gpu.ErrTooFewGPUs.Error())
+			return nil, usagef("--nproc-per-node %s: %s on %s", c.String(fNproc), msg, pl.source)
+		}
+		return nil, usagef("%v", trimPkg(err))
+	}
+	for _, w := range pl.plan.Warnings {
+		fmt.Fprintf(notes, "mpspawn: warning: %s\n", trimPkg(errors.New(w)))
+	}
+	var setupNotes []string
+	pl.setup, setupNotes = pl.plan.Setup(pl.topo, vis)
+	for _, n := range setupNotes {
+		fmt.Fprintf(notes, "mpspawn: note: %s\n", n)
+	}
+	return pl, nil
+}
+
+// discover reads this machine. GPUs are not looked for under
+// --nproc-per-node cpu.
+func discover(spec nprocSpec) (*gpu.Discovery, error) {
+	allowed, err := gpu.AllowedCPUs()
+	if err != nil {
+		return nil, err
+	}
+	return gpu.Discover(gpu.DiscoverOptions{Allowed: allowed, SkipGPUs: spec.mode == "cpu"})
+}
+
+// noGPUReason says why no GPU is usable.
+func noGPUReason(t *gpu.Topology, gpuErr error) string {
+	switch {
+	case errors.Is(gpuErr, gpu.ErrNoNVML):
+		return "no NVIDIA driver (libnvidia-ml.so.1 not found)"
+	case gpuErr != nil:
+		return trimPkg(gpuErr)
+	case len(t.GPUs) == 0:
+		return "no GPUs found"
+	}
+	return "CUDA_VISIBLE_DEVICES hides every GPU"
+}
+
+// trimPkg drops the "gpu: " package prefixes from an error's text, which
+// users do not need.
+func trimPkg(err error) string {
+	s := err.Error()
+	for _, p := range []string{"gpu: plan: ", "gpu: load topology: ", "gpu: read topology: ", "gpu: validate topology: ", "gpu: discover: ", "gpu: "} {
+		s = strings.ReplaceAll(s, p, "")
+	}
+	return s
+}
