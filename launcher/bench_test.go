@@ -29,3 +29,18 @@ func BenchmarkStartWait8True(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// BenchmarkSpawn8 spawns 8 no-op Go ranks (processes of the test binary)
+// and joins them: torch.multiprocessing.spawn's job, per op.
+func BenchmarkSpawn8(b *testing.B) {
+	opts := &SpawnOptions{Stdout: discard{}, Stderr: discard{}}
+	for b.Loop() {
+		s, err := Spawn(context.Background(), noopFn, 8, struct{}{}, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Join(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

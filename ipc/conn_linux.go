@@ -1,0 +1,208 @@
+//go:build linux
+
+package ipc
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Conn is one end of a control channel: a connected unix stream socket
+// carrying frames. It is safe for one reader and any number of concurrent
+// writers; Close, PeerCred, SetMaxPayload and the deadline setters may be
+// called at any time.
+//
+// An error that leaves the stream out of step — a malformed frame, a frame
+// read or written only in part, end of stream — breaks that direction for
+// good: later calls return the same error. A deadline that expires before
+// any byte of a frame moved leaves the Conn usable.
+type Conn struct {
+	uc         *net.UnixConn
+	maxPayload atomic.Int64
+	cred       atomic.Pointer[unix.Ucred] // writer of the last frame read
+
+	wmu  sync.Mutex // held for the whole of one frame's writes
+	werr error      // sticky write error, guarded by wmu
+
+	rmu  sync.Mutex // serialises readers
+	rerr error      // sticky read error, guarded by rmu
+	hdr  [HeaderSize]byte
+	oob  []byte
+}
+
+// Ucred is a peer process's credentials as the kernel reports them; on
+// Linux it is unix.Ucred, so that portable code can name it.
+type Ucred = unix.Ucred
+
+// oobSize fits MaxFiles descriptors and the sender's credentials; a frame
+// with more descriptors is reported by the kernel as truncated.
+var oobSize = unix.CmsgSpace(MaxFiles*4) + unix.CmsgSpace(unix.SizeofUcred)
+
+// NewConn returns a Conn that frames the stream socket c. The Conn owns c:
+// Close closes it. NewConn turns on SO_PASSCRED on c (see PeerCred).
+func NewConn(c *net.UnixConn) *Conn {
+	conn := &Conn{uc: c, oob: make([]byte, oobSize)}
+	conn.maxPayload.Store(DefaultMaxPayload)
+	if rc, err := c.SyscallConn(); err == nil {
+		// Best effort: without it PeerCred falls back to SO_PEERCRED.
+		_ = rc.Control(func(fd uintptr) { _ = setPassCred(int(fd)) })
+	}
+	return conn
+}
+
+// FileConn returns a Conn on a duplicate of f, which must be a unix stream
+// socket — typically the rank's inherited end of a [Pair]. As with
+// net.FileConn, f stays open and the caller closes it.
+func FileConn(f *os.File) (*Conn, error) {
+	if err := checkStreamSocket(f); err != nil {
+		return nil, fmt.Errorf("ipc: file conn %s: %w", f.Name(), err)
+	}
+	nc, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: file conn %s: %w", f.Name(), err)
+	}
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		nc.Close()
+		return nil, fmt.Errorf("ipc: file conn %s: %T is not a unix socket", f.Name(), nc)
+	}
+	return NewConn(uc), nil
+}
+
+// checkStreamSocket reports whether f is an AF_UNIX SOCK_STREAM socket.
+func checkStreamSocket(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var domain, typ int
+	var opErr error
+	err = rc.Control(func(fd uintptr) {
+		if domain, opErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN); opErr == nil {
+			typ, opErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE)
+		}
+	})
+	switch {
+	case err != nil:
+		return err
+	case opErr != nil:
+		return os.NewSyscallError("getsockopt", opErr)
+	case domain != unix.AF_UNIX || typ != unix.SOCK_STREAM:
+		return fmt.Errorf("not a unix stream socket (domain %d, type %d)", domain, typ)
+	}
+	return nil
+}
+
+// Pair creates a connected unix stream socket pair
+// (socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC)). The parent end is
+// returned as a Conn; child is the other end, to be inherited by a rank
+// through exec.Cmd.ExtraFiles or os.ProcAttr.Files (which clear its
+// close-on-exec flag in the child only). The caller closes child once the
+// rank has started. Both ends have SO_PASSCRED set, so PeerCred on either
+// side names the process that wrote the last frame.
+func Pair() (parent *Conn, child *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("ipc: pair: %w", os.NewSyscallError("socketpair", err))
+	}
+	if err := setPassCred(fds[1]); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, nil, fmt.Errorf("ipc: pair: %w", err)
+	}
+	pf := os.NewFile(uintptr(fds[0]), "ipc-parent")
+	child = os.NewFile(uintptr(fds[1]), "ipc-child")
+	nc, err := net.FileConn(pf) // a non-blocking duplicate of pf
+	pf.Close()
+	if err != nil {
+		child.Close()
+		return nil, nil, fmt.Errorf("ipc: pair: %w", err)
+	}
+	return NewConn(nc.(*net.UnixConn)), child, nil
+}
+
+// setPassCred turns on SO_PASSCRED on the socket fd.
+func setPassCred(fd int) error {
+	err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	return os.NewSyscallError("setsockopt SO_PASSCRED", err)
+}
+
+// SetMaxPayload sets the largest payload ReadFrame accepts; n <= 0 restores
+// DefaultMaxPayload. A larger frame is rejected with ErrBadFrame. It limits
+// reading only: WriteFrame sends any payload the header can describe and
+// leaves the limit to the peer.
+func (c *Conn) SetMaxPayload(n int) {
+	if n <= 0 {
+		n = DefaultMaxPayload
+	}
+	c.maxPayload.Store(int64(n))
+}
+
+// PeerCred returns the credentials of the peer. Once a frame has been read
+// they are those the kernel attached to it (SCM_CREDENTIALS): the process
+// that wrote the last frame read, at the time it wrote it. Before that they
+// come from SO_PEERCRED, which for a Pair names the process that created
+// the pair, on both ends.
+func (c *Conn) PeerCred() (*unix.Ucred, error) {
+	if cr := c.cred.Load(); cr != nil {
+		cp := *cr
+		return &cp, nil
+	}
+	rc, err := c.uc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("ipc: peer cred: %w", err)
+	}
+	var cr *unix.Ucred
+	var opErr error
+	if err := rc.Control(func(fd uintptr) {
+		cr, opErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, fmt.Errorf("ipc: peer cred: %w", err)
+	}
+	if opErr != nil {
+		return nil, fmt.Errorf("ipc: peer cred: %w", os.NewSyscallError("getsockopt SO_PEERCRED", opErr))
+	}
+	return cr, nil
+}
+
+// SetDeadline bounds ReadFrame and WriteFrame, as net.Conn.SetDeadline
+// does; a zero t means no deadline. An expired deadline reads as
+// os.ErrDeadlineExceeded.
+func (c *Conn) SetDeadline(t time.Time) error {
+	if err := c.uc.SetDeadline(t); err != nil {
+		return fmt.Errorf("ipc: set deadline: %w", err)
+	}
+	return nil
+}
+
+// SetReadDeadline bounds ReadFrame; a zero t means no deadline.
+func (c *Conn) SetReadDeadline(t time.Time) error {
+	if err := c.uc.SetReadDeadline(t); err != nil {
+		return fmt.Errorf("ipc: set read deadline: %w", err)
+	}
+	return nil
+}
+
+// SetWriteDeadline bounds WriteFrame; a zero t means no deadline.
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	if err := c.uc.SetWriteDeadline(t); err != nil {
+		return fmt.Errorf("ipc: set write deadline: %w", err)
+	}
+	return nil
+}
+
+// Close closes the socket. Blocked ReadFrame and WriteFrame calls return
+// an error wrapping net.ErrClosed. Files of frames already read are not
+// affected.
+func (c *Conn) Close() error {
+	if err := c.uc.Close(); err != nil {
+		return fmt.Errorf("ipc: close: %w", err)
+	}
+	return nil
+}

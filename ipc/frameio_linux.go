@@ -1,0 +1,336 @@
+//go:build linux
+
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// payloadChunk is the most ReadFrame allocates for a payload before its
+// bytes arrive, so a forged length cannot make it allocate the whole limit.
+const payloadChunk = 1 << 20
+
+// WriteFrame sends f: header, payload and f.Files (as SCM_RIGHTS) in one
+// sendmsg(2), followed by further writes only for what a short write left.
+// Concurrent calls never interleave their frames. A frame that cannot be
+// encoded — zero type, more than MaxFiles files, a nil file, a payload over
+// 4 GiB - 1 — is refused with an error wrapping ErrBadFrame before anything
+// is sent. The files must stay open until WriteFrame returns; it does not
+// close them.
+func (c *Conn) WriteFrame(f Frame) error {
+	hdr, err := encodeFrame(f)
+	if err != nil {
+		return fmt.Errorf("ipc: write %v frame: %w", f.Type, err)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.werr != nil {
+		return c.werr
+	}
+	sent := 0
+	err = withFDs(f.Files, make([]int, 0, len(f.Files)), func(fds []int) error {
+		var err error
+		sent, err = c.send(hdr, f.Payload, fds)
+		return err
+	})
+	if err != nil {
+		err = fmt.Errorf("ipc: write %v frame: %w", f.Type, err)
+		if sent > 0 {
+			c.werr = err // a partial frame is on the wire
+		}
+	}
+	return err
+}
+
+// encodeFrame validates f and returns its encoded header.
+func encodeFrame(f Frame) ([]byte, error) {
+	if len(f.Files) > MaxFiles {
+		return nil, fmt.Errorf("%w: %d files, at most %d allowed", ErrBadFrame, len(f.Files), MaxFiles)
+	}
+	if uint64(len(f.Payload)) > math.MaxUint32 {
+		return nil, fmt.Errorf("%w: payload of %d bytes is too long", ErrBadFrame, len(f.Payload))
+	}
+	for i, file := range f.Files {
+		if file == nil {
+			return nil, fmt.Errorf("%w: file %d is nil", ErrBadFrame, i)
+		}
+	}
+	h := Header{
+		Version: Version,
+		Type:    f.Type,
+		ID:      f.ID,
+		NFiles:  uint8(len(f.Files)),
+		Length:  uint32(len(f.Payload)),
+	}
+	if err := h.validate(); err != nil {
+		return nil, err
+	}
+	return h.Encode(), nil
+}
+
+// withFDs calls fn with the descriptors of files, holding each file's
+// descriptor (syscall.RawConn.Control) so that a concurrent Close cannot
+// release it while fn runs.
+func withFDs(files []*os.File, fds []int, fn func(fds []int) error) error {
+	if len(files) == 0 {
+		return fn(fds)
+	}
+	rc, err := files[0].SyscallConn()
+	if err != nil {
+		return fmt.Errorf("file %s: %w", files[0].Name(), err)
+	}
+	var fnErr error
+	if err := rc.Control(func(fd uintptr) {
+		fnErr = withFDs(files[1:], append(fds, int(fd)), fn)
+	}); err != nil {
+		return fmt.Errorf("file %s: %w", files[0].Name(), err)
+	}
+	return fnErr
+}
+
+// send writes hdr and payload, with fds attached to the first write, and
+// returns how many bytes went out. It waits for the socket through the
+// netpoller, so write deadlines apply.
+func (c *Conn) send(hdr, payload []byte, fds []int) (int, error) {
+	rc, err := c.uc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	bufs := [][]byte{hdr, payload}
+	total := len(hdr) + len(payload)
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	sent := 0
+	var opErr error
+	err = rc.Write(func(fd uintptr) bool {
+		for sent < total {
+			n, err := unix.SendmsgBuffers(int(fd), bufs, oob, nil, unix.MSG_NOSIGNAL)
+			switch {
+			case err == unix.EINTR:
+				continue
+			case err == unix.EAGAIN:
+				return false
+			case err != nil:
+				opErr = os.NewSyscallError("sendmsg", err)
+				return true
+			case n <= 0:
+				opErr = io.ErrShortWrite
+				return true
+			}
+			sent += n
+			bufs = advance(bufs, n)
+			oob = nil // the descriptors went with the first byte
+		}
+		return true
+	})
+	if err == nil {
+		err = opErr
+	}
+	return sent, err
+}
+
+// advance drops the first n bytes of bufs.
+func advance(bufs [][]byte, n int) [][]byte {
+	for len(bufs) > 0 && n >= len(bufs[0]) {
+		n -= len(bufs[0])
+		bufs = bufs[1:]
+	}
+	if len(bufs) > 0 {
+		bufs[0] = bufs[0][n:]
+	}
+	return bufs
+}
+
+// ReadFrame reads the next frame. It returns io.EOF when the stream ends
+// cleanly between frames, an error wrapping io.ErrUnexpectedEOF when it
+// ends inside one, and an error wrapping ErrBadFrame for a malformed frame
+// (see the package documentation). Whatever the error, every descriptor
+// received with the failed frame has been closed. The files of a returned
+// frame are close-on-exec and belong to the caller.
+//
+// One goroutine reads a Conn; should several call ReadFrame at once, the
+// calls are serialised, each getting whole frames.
+func (c *Conn) ReadFrame() (Frame, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.rerr != nil {
+		return Frame{}, c.rerr
+	}
+	f, n, err := c.readFrame()
+	if err != nil && (n > 0 || !errors.Is(err, os.ErrDeadlineExceeded)) {
+		c.rerr = err
+	}
+	return f, err
+}
+
+// readFrame reads one frame and reports how many header bytes it consumed.
+func (c *Conn) readFrame() (Frame, int, error) {
+	var h Header
+	fds, cred, n, err := c.readHeader()
+	if err == nil {
+		h, err = c.checkHeader(len(fds))
+	}
+	var payload []byte
+	if err == nil {
+		payload, err = c.readPayload(int(h.Length))
+	}
+	if err != nil {
+		closeFDs(fds)
+		if err == io.EOF {
+			return Frame{}, n, err
+		}
+		return Frame{}, n, fmt.Errorf("ipc: read frame: %w", err)
+	}
+	if cred != nil && cred.Pid != 0 {
+		c.cred.Store(cred)
+	}
+	return Frame{Type: h.Type, ID: h.ID, Payload: payload, Files: newFiles(fds)}, n, nil
+}
+
+// readHeader fills c.hdr with recvmsg(2), collecting the descriptors and
+// the sender's credentials that arrive with it. It returns the descriptors
+// even with an error, for the caller to close.
+func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
+	rc, err := c.uc.SyscallConn()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	for n < HeaderSize {
+		m, oobn, flags, err := recvmsg(rc, c.hdr[n:], c.oob)
+		if err != nil {
+			return fds, cred, n, err
+		}
+		got, cr := parseControl(c.oob[:oobn])
+		fds = append(fds, got...)
+		if cred == nil {
+			cred = cr
+		}
+		if flags&unix.MSG_CTRUNC != 0 {
+			return fds, cred, n + m, fmt.Errorf("%w: control data truncated (more than %d files?)", ErrBadFrame, MaxFiles)
+		}
+		if m == 0 {
+			if n == 0 && len(fds) == 0 {
+				return fds, cred, n, io.EOF
+			}
+			return fds, cred, n, io.ErrUnexpectedEOF
+		}
+		n += m
+	}
+	return fds, cred, n, nil
+}
+
+// checkHeader validates c.hdr against the payload limit and the number of
+// descriptors received with it.
+func (c *Conn) checkHeader(nfds int) (Header, error) {
+	h, err := decodeHeader(c.hdr[:])
+	limit := c.maxPayload.Load()
+	switch {
+	case err != nil:
+		return Header{}, err
+	case int64(h.Length) > limit:
+		return Header{}, fmt.Errorf("%w: payload length %d exceeds limit %d", ErrBadFrame, h.Length, limit)
+	case int(h.NFiles) != nfds:
+		return Header{}, fmt.Errorf("%w: header announces %d files, %d received", ErrBadFrame, h.NFiles, nfds)
+	}
+	return h, nil
+}
+
+// readPayload reads n payload bytes with plain reads, growing the buffer
+// as bytes arrive rather than trusting n up front.
+func (c *Conn) readPayload(n int) ([]byte, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	buf := make([]byte, 0, min(n, payloadChunk))
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(n-len(buf), len(buf)))
+		}
+		m, err := c.uc.Read(buf[len(buf):min(cap(buf), n)])
+		buf = buf[:len(buf)+m]
+		if err == io.EOF {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
+// recvmsg receives into p and oob with MSG_CMSG_CLOEXEC, waiting for the
+// socket through the netpoller so that read deadlines apply.
+func recvmsg(rc syscall.RawConn, p, oob []byte) (n, oobn, flags int, err error) {
+	var opErr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			n, oobn, flags, _, opErr = unix.Recvmsg(int(fd), p, oob, unix.MSG_CMSG_CLOEXEC)
+			if opErr != unix.EINTR {
+				return opErr != unix.EAGAIN
+			}
+		}
+	})
+	if err == nil && opErr != nil {
+		err = os.NewSyscallError("recvmsg", opErr)
+	}
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return n, oobn, flags, nil
+}
+
+// parseControl returns the descriptors of every SCM_RIGHTS message in b and
+// the credentials of its SCM_CREDENTIALS message, if any. It keeps what it
+// parsed before a malformed message, so that no descriptor goes unclosed.
+func parseControl(b []byte) (fds []int, cred *unix.Ucred) {
+	for len(b) > 0 {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(b)
+		if err != nil {
+			break
+		}
+		b = rest
+		m := &unix.SocketControlMessage{Header: h, Data: data}
+		switch {
+		case h.Level != unix.SOL_SOCKET:
+		case h.Type == unix.SCM_RIGHTS:
+			if got, err := unix.ParseUnixRights(m); err == nil {
+				fds = append(fds, got...)
+			}
+		case h.Type == unix.SCM_CREDENTIALS:
+			if cr, err := unix.ParseUnixCredentials(m); err == nil && cred == nil {
+				cred = cr
+			}
+		}
+	}
+	return fds, cred
+}
+
+// newFiles wraps received descriptors.
+func newFiles(fds []int) []*os.File {
+	if len(fds) == 0 {
+		return nil
+	}
+	files := make([]*os.File, len(fds))
+	for i, fd := range fds {
+		files[i] = os.NewFile(uintptr(fd), "ipc-fd-"+strconv.Itoa(fd))
+	}
+	return files
+}
+
+// closeFDs closes received descriptors that will not be returned.
+func closeFDs(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}

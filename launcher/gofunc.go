@@ -1,0 +1,185 @@
+package launcher
+
+import (
+	"bytes"
+	"context"
+	"encoding/gob"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// Go cannot send a closure to another process: a rank is a fresh process of
+// the same binary, which finds the function to run by name. Functions are
+// therefore registered, at package init or at the top of main, before Main:
+//
+//	var train = launcher.Register("train", func(ctx context.Context, r launcher.Rank, cfg Config) (Stats, error) {
+//		...
+//	})
+//
+//	func main() {
+//		launcher.Main() // a rank runs its function here and exits
+//		results, err := launcher.Spawn(ctx, train, 8, cfg, nil) ...
+//	}
+//
+// Arguments and results travel encoded with encoding/gob, so their types need
+// exported fields (or a GobEncoder); interface values must be gob.Register'ed.
+
+// Rank is what a registered function is told about the process it runs in.
+type Rank struct {
+	// Index is the rank, 0 .. WorldSize-1 (in a Pool: the worker's index).
+	Index int
+	// WorldSize is the number of ranks (in a Pool: of workers).
+	WorldSize int
+	// LocalRank is the rank's index on this node.
+	LocalRank int
+	// GPUs holds the UUIDs of the rank's GPUs when a placement gave it some
+	// (MPSPAWN_GPUS); CUDA_VISIBLE_DEVICES is set to match.
+	GPUs []string
+	// CPUs is the CPUs the rank is bound to (MPSPAWN_CPUS), or nil.
+	CPUs []int
+}
+
+// Func is a registered function taking A and returning R; Register returns
+// it, and Spawn and the Pool run it.
+type Func[A, R any] struct {
+	name string
+}
+
+// Name is the name the function was registered under.
+func (f Func[A, R]) Name() string { return f.name }
+
+// invoker runs a registered function on gob-encoded arguments.
+type invoker func(ctx context.Context, r Rank, args []byte) ([]byte, error)
+
+// registry holds the registered functions. It is filled by Register, at init
+// time or before Main, and only read afterwards.
+var registry = struct {
+	sync.RWMutex
+	funcs map[string]invoker
+}{funcs: map[string]invoker{}}
+
+// Register registers fn under name and returns the handle Spawn and the Pool
+// take. Register the same functions in the same way in every process of the
+// binary (at package level, or at the top of main before Main): ranks find
+// fn by name. A name registered twice panics, as a programming error.
+func Register[A, R any](name string, fn func(ctx context.Context, r Rank, args A) (R, error)) Func[A, R] {
+	if name == "" || fn == nil {
+		panic("launcher: Register: empty name or nil function")
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	if _, dup := registry.funcs[name]; dup {
+		panic(fmt.Sprintf("launcher: Register: %q is already registered", name))
+	}
+	registry.funcs[name] = func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
+		var args A
+		if err := decode(in, &args); err != nil {
+			return nil, fmt.Errorf("launcher: %s: decode args: %w", name, err)
+		}
+		res, err := fn(ctx, r, args)
+		if err != nil {
+			return nil, err
+		}
+		out, err := encode(res)
+		if err != nil {
+			return nil, fmt.Errorf("launcher: %s: encode result: %w", name, err)
+		}
+		return out, nil
+	}
+	return Func[A, R]{name: name}
+}
+
+// Pair holds two arguments, for functions registered with Register2.
+type Pair[A, B any] struct {
+	First  A
+	Second B
+}
+
+// Register2 registers a two-argument function; it takes a Pair, so that
+// Starmap can apply it to a list of argument pairs, as Python's
+// Pool.starmap applies a function to argument tuples.
+func Register2[A, B, R any](name string, fn func(ctx context.Context, r Rank, a A, b B) (R, error)) Func[Pair[A, B], R] {
+	return Register(name, func(ctx context.Context, r Rank, p Pair[A, B]) (R, error) {
+		return fn(ctx, r, p.First, p.Second)
+	})
+}
+
+func lookup(name string) (invoker, bool) {
+	registry.RLock()
+	defer registry.RUnlock()
+	fn, ok := registry.funcs[name]
+	return fn, ok
+}
+
+func encode(v any) ([]byte, error) {
+	var b bytes.Buffer
+	if err := gob.NewEncoder(&b).Encode(v); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+func decode(b []byte, v any) error {
+	return gob.NewDecoder(bytes.NewReader(b)).Decode(v)
+}
+
+// remoteError is a failure inside a rank or Pool task, as it travels back.
+type remoteError struct {
+	Message  string
+	Panicked bool
+	Panic    string // the panic value, formatted with %v
+	Stack    string
+}
+
+// call runs fn, turning a panic into a remoteError carrying the panic value
+// and the stack of the panicking goroutine, which names the panicking line.
+func call(ctx context.Context, fn invoker, r Rank, args []byte) (out []byte, rerr *remoteError) {
+	defer func() {
+		if v := recover(); v != nil {
+			rerr = &remoteError{Message: fmt.Sprintf("panic: %v", v), Panicked: true, Panic: fmt.Sprint(v), Stack: string(debug.Stack())}
+		}
+	}()
+	out, err := fn(ctx, r, args)
+	if err != nil {
+		// A returned error has no stack of its own unless it formats one
+		// (as pkg/errors' %+v does); the rank's stack at return shows
+		// where the function was called from.
+		stack := fmt.Sprintf("%+v", err)
+		if stack == err.Error() {
+			stack = string(debug.Stack())
+		}
+		return nil, &remoteError{Message: err.Error(), Stack: stack}
+	}
+	return out, nil
+}
+
+// rankFromEnv reads the Rank a launcher gave this process.
+func rankFromEnv() Rank {
+	atoi := func(k string) int {
+		n, _ := strconv.Atoi(os.Getenv(k))
+		return n
+	}
+	r := Rank{Index: atoi("RANK"), WorldSize: atoi("WORLD_SIZE"), LocalRank: atoi("LOCAL_RANK")}
+	if g := os.Getenv("MPSPAWN_GPUS"); g != "" {
+		r.GPUs = strings.Split(g, ",")
+	}
+	for _, part := range strings.Split(os.Getenv("MPSPAWN_CPUS"), ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(lo)
+		b, err2 := strconv.Atoi(hi)
+		switch {
+		case err1 != nil:
+		case !isRange:
+			r.CPUs = append(r.CPUs, a)
+		case err2 == nil:
+			for c := a; c <= b; c++ {
+				r.CPUs = append(r.CPUs, c)
+			}
+		}
+	}
+	return r
+}

@@ -1,0 +1,149 @@
+package launcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/mpspawn/mpspawn/ipc"
+)
+
+// The environment that makes a process of the binary a Go rank or a Pool
+// worker instead of the parent.
+const (
+	envRole      = "MPSPAWN_GO_ROLE"    // roleRank or roleWorker
+	envControlFD = "MPSPAWN_CONTROL_FD" // the inherited control socket
+	roleRank     = "rank"
+	roleWorker   = "worker"
+	controlFD    = 3 // the control socket is the first of Spec.ExtraFiles
+)
+
+// callMsg is the FrameArgs payload of a spawned rank, and the FrameRequest
+// payload of a Pool task (with several items).
+type callMsg struct {
+	Func  string
+	Items [][]byte // gob-encoded arguments, one per item
+}
+
+// itemResult is the outcome of one item of a call.
+type itemResult struct {
+	Value []byte
+	Err   *remoteError
+}
+
+// Main makes the binary a rank when the launcher started it as one: it runs
+// the registered function it is asked to, reports the result or the error
+// (with the panic value and stack) to the parent over the control channel,
+// and exits — 0 on success, 1 on failure. In the parent, and in any process
+// not started by Spawn or a Pool, Main returns at once. Call it at the top
+// of main, after every Register.
+func Main() {
+	role := os.Getenv(envRole)
+	if role == "" {
+		return
+	}
+	os.Exit(runChild(role))
+}
+
+// runChild serves one rank or one Pool worker and returns its exit code.
+func runChild(role string) int {
+	fd, err := strconv.Atoi(os.Getenv(envControlFD))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mpspawn: %s=%q: not a file descriptor\n", envControlFD, os.Getenv(envControlFD))
+		return 2
+	}
+	conn, err := ipc.FileConn(os.NewFile(uintptr(fd), "mpspawn-control"))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mpspawn: control channel: %v\n", err)
+		return 2
+	}
+	defer conn.Close()
+	// SIGTERM (the launcher stopping the job) cancels the function's
+	// context; SIGKILL follows after the grace period if it does not
+	// return.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	r := rankFromEnv()
+	if role == roleWorker {
+		return serveWorker(ctx, conn, r)
+	}
+	return serveRank(ctx, conn, r)
+}
+
+// serveRank runs the one call of a spawned rank.
+func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
+	f, err := conn.ReadFrame()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: read args: %v\n", r.Index, err)
+		return 2
+	}
+	var msg callMsg
+	if f.Type != ipc.FrameArgs || decode(f.Payload, &msg) != nil || len(msg.Items) != 1 {
+		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: unexpected %v frame from the launcher\n", r.Index, f.Type)
+		return 2
+	}
+	res := runItem(ctx, msg.Func, r, msg.Items[0])
+	if res.Err != nil {
+		b, _ := encode(res.Err)
+		if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameError, Payload: b}); err != nil {
+			fmt.Fprintf(os.Stderr, "mpspawn: rank %d: %s\n", r.Index, res.Err.Message)
+		}
+		return 1
+	}
+	if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameResult, Payload: res.Value}); err != nil {
+		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: send result: %v\n", r.Index, err)
+		return 1
+	}
+	return 0
+}
+
+// serveWorker runs Pool tasks until the Pool closes the channel.
+func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
+	for {
+		f, err := conn.ReadFrame()
+		switch {
+		case errors.Is(err, io.EOF):
+			return 0
+		case err != nil:
+			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: %v\n", r.Index, err)
+			return 2
+		case f.Type == ipc.FrameClose:
+			return 0
+		case f.Type != ipc.FrameRequest:
+			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: unexpected %v frame\n", r.Index, f.Type)
+			return 2
+		}
+		var msg callMsg
+		if err := decode(f.Payload, &msg); err != nil {
+			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: bad task: %v\n", r.Index, err)
+			return 2
+		}
+		out := make([]itemResult, len(msg.Items))
+		for i, item := range msg.Items {
+			out[i] = runItem(ctx, msg.Func, r, item)
+		}
+		b, err := encode(out)
+		if err == nil {
+			err = conn.WriteFrame(ipc.Frame{Type: ipc.FrameReply, ID: f.ID, Payload: b})
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: send reply: %v\n", r.Index, err)
+			return 2
+		}
+	}
+}
+
+// runItem runs the registered function name on one encoded argument.
+func runItem(ctx context.Context, name string, r Rank, arg []byte) itemResult {
+	fn, ok := lookup(name)
+	if !ok {
+		return itemResult{Err: &remoteError{Message: fmt.Sprintf("launcher: function %q is not registered in this binary (register it at package level or before launcher.Main)", name)}}
+	}
+	v, rerr := call(ctx, fn, r, arg)
+	return itemResult{Value: v, Err: rerr}
+}

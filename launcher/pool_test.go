@@ -1,0 +1,226 @@
+//go:build linux
+
+package launcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/mpspawn/mpspawn/internal/proctest"
+	"golang.org/x/sys/unix"
+)
+
+// Pool task functions; items are ints.
+var (
+	squareFn = Register("test.square", func(_ context.Context, r Rank, x int) (int, error) {
+		switch x {
+		case -1:
+			var p *struct{ n int }
+			return p.n, nil // TASK PANIC LINE: nil pointer dereference
+		case -2:
+			_ = unix.Kill(os.Getpid(), unix.SIGKILL) // the worker dies under its task
+			select {}
+		case -3:
+			return 0, errors.New("negative three")
+		}
+		return x * x, nil
+	})
+	pidFn = Register("test.pid", func(_ context.Context, r Rank, _ int) (int, error) {
+		return os.Getpid(), nil
+	})
+	powFn = Register2("test.pow", func(_ context.Context, r Rank, base, exp int) (int, error) {
+		n := 1
+		for range exp {
+			n *= base
+		}
+		return n, nil
+	})
+	waitFn = Register("test.wait", func(ctx context.Context, r Rank, _ int) (int, error) {
+		<-ctx.Done()
+		return 0, ctx.Err()
+	})
+)
+
+func newTestPool(t *testing.T, workers int) *Pool {
+	t.Helper()
+	p, err := NewPool(workers, &SpawnOptions{Stdout: discard{}, Stderr: discard{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// workerPids asks every worker for its pid (one item per chunk, enough
+// items that every worker takes some).
+func workerPids(t *testing.T, p *Pool) []int {
+	t.Helper()
+	got, err := Map(context.Background(), p, pidFn, make([]int, 64*p.Size()), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	return slices.Compact(got)
+}
+
+func TestPoolMap(t *testing.T) {
+	p := newTestPool(t, 3)
+	items := make([]int, 1000)
+	for i := range items {
+		items[i] = i
+	}
+	for _, chunk := range []int{0, 1, 7, 1000} {
+		got, err := Map(context.Background(), p, squareFn, items, chunk)
+		if err != nil {
+			t.Fatalf("Map(chunksize %d): %v", chunk, err)
+		}
+		for i, v := range got {
+			if v != i*i {
+				t.Fatalf("Map(chunksize %d)[%d] = %d; want %d", chunk, i, v, i*i)
+			}
+		}
+	}
+	if v, err := Apply(context.Background(), p, squareFn, 12); v != 144 || err != nil {
+		t.Errorf("Apply(12) = %d, %v; want 144", v, err)
+	}
+	f := ApplyAsync(context.Background(), p, squareFn, 5)
+	if v, err := f.Get(context.Background()); v != 25 || err != nil || !f.Ready() {
+		t.Errorf("ApplyAsync(5).Get = %d, %v; want 25", v, err)
+	}
+	pows, err := Starmap(context.Background(), p, powFn, []Pair[int, int]{{2, 10}, {3, 3}}, 0)
+	if err != nil || !slices.Equal(pows, []int{1024, 27}) {
+		t.Errorf("Starmap = %v, %v; want [1024 27]", pows, err)
+	}
+	seen := map[int]bool{}
+	for o := range MapUnordered(context.Background(), p, squareFn, items[:50], 3) {
+		if o.Err != nil || o.Value != o.Index*o.Index || seen[o.Index] {
+			t.Errorf("MapUnordered outcome %+v", o)
+		}
+		seen[o.Index] = true
+	}
+	if len(seen) != 50 {
+		t.Errorf("MapUnordered yielded %d items; want 50", len(seen))
+	}
+	if got := DefaultChunksize(1000, 3); got != 84 {
+		t.Errorf("DefaultChunksize(1000, 3) = %d; want 84 (as Python's Pool.map)", got)
+	}
+	p.Close()
+	if _, err := Map(context.Background(), p, squareFn, items, 0); !errors.Is(err, ErrPoolClosed) {
+		t.Errorf("Map after Close = %v; want ErrPoolClosed", err)
+	}
+	p.Join()
+}
+
+// TestPoolTaskPanic: a panicking task fails its item with the panic value
+// and a stack naming the line; the worker and the pool live on.
+func TestPoolTaskPanic(t *testing.T) {
+	p := newTestPool(t, 1)
+	before := workerPids(t, p)
+	got, err := Map(context.Background(), p, squareFn, []int{2, -1, 3, -3}, 1)
+	var re *RankError
+	if !errors.As(err, &re) || !re.Panicked || !strings.Contains(re.PanicValue, "nil pointer dereference") {
+		t.Fatalf("Map error = %v; want the panic of item 1", err)
+	}
+	if line := markerLine(t, "pool_test.go", "// TASK PANIC LINE"); !strings.Contains(re.Stack, line) {
+		t.Errorf("stack does not name %s:\n%s", line, re.Stack)
+	}
+	if got[0] != 4 || got[2] != 9 {
+		t.Errorf("results of the other items = %v; want 4 and 9 at 0 and 2", got)
+	}
+	if _, err := Apply(context.Background(), p, squareFn, -3); err == nil || !strings.Contains(err.Error(), "negative three") {
+		t.Errorf("Apply(-3) = %v; want the returned error", err)
+	}
+	if after := workerPids(t, p); !slices.Equal(after, before) {
+		t.Errorf("worker pids %v after a panic; want the same worker %v", after, before)
+	}
+	p.Close()
+	p.Join()
+}
+
+// TestPoolWorkerDies: a worker killed under its task fails that task with
+// ErrWorkerDied, is replaced, and the pool goes on; nothing hangs.
+func TestPoolWorkerDies(t *testing.T) {
+	p := newTestPool(t, 2)
+	before := workerPids(t, p)
+	_, err := Apply(context.Background(), p, squareFn, -2)
+	var re *RankError
+	if !errors.Is(err, ErrWorkerDied) || !errors.As(err, &re) || re.Signal != unix.SIGKILL {
+		t.Fatalf("Apply(-2) = %v; want ErrWorkerDied by SIGKILL", err)
+	}
+	if !slices.Contains(before, re.Pid) || !proctest.WaitExit(re.Pid, 0) {
+		t.Errorf("dead worker pid %d: want one of %v, gone", re.Pid, before)
+	}
+	got, err := Map(context.Background(), p, squareFn, []int{1, 2, 3, 4, 5, 6}, 1)
+	if err != nil || !slices.Equal(got, []int{1, 4, 9, 16, 25, 36}) {
+		t.Errorf("Map after a worker died = %v, %v", got, err)
+	}
+	after := workerPids(t, p)
+	if len(after) != 2 || slices.Contains(after, re.Pid) {
+		t.Errorf("workers after replacement %v; want 2, without %d", after, re.Pid)
+	}
+	// A worker killed while idle is replaced before it is given work.
+	_ = unix.Kill(after[0], unix.SIGKILL)
+	if !proctest.WaitExit(after[0], 5e9) {
+		t.Fatal("idle worker did not die")
+	}
+	if got, err := Map(context.Background(), p, squareFn, []int{7, 8, 9, 10}, 1); err != nil || !slices.Equal(got, []int{49, 64, 81, 100}) {
+		t.Errorf("Map after an idle worker died = %v, %v", got, err)
+	}
+	p.Close()
+	p.Join()
+	for _, pid := range workerPids2(p) {
+		t.Errorf("worker %d alive after Join", pid)
+	}
+}
+
+// TestPoolTerminate stops busy workers at once; their work fails, and Join
+// returns with every worker gone.
+func TestPoolTerminate(t *testing.T) {
+	p := newTestPool(t, 2)
+	pids := workerPids(t, p)
+	f := MapAsync(context.Background(), p, waitFn, []int{1, 2, 3, 4}, 1)
+	p.Terminate()
+	if _, err := f.Get(context.Background()); err == nil {
+		t.Error("work running at Terminate succeeded")
+	}
+	p.Join()
+	for _, pid := range pids {
+		if !proctest.WaitExit(pid, 0) {
+			t.Errorf("worker %d alive after Terminate and Join", pid)
+		}
+	}
+	if _, err := Apply(context.Background(), p, squareFn, 1); !errors.Is(err, ErrPoolClosed) {
+		t.Errorf("Apply after Terminate = %v; want ErrPoolClosed", err)
+	}
+}
+
+// workerPids2 lists the pool's live worker processes.
+func workerPids2(p *Pool) []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var pids []int
+	for _, g := range p.live {
+		pids = append(pids, g.Pids()...)
+	}
+	return pids
+}
+
+// markerLine is "file:N" for the line of file holding marker.
+func markerLine(t *testing.T, file, marker string) string {
+	t.Helper()
+	src, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range strings.Split(string(src), "\n") {
+		if strings.Contains(l, marker) && !strings.Contains(l, "markerLine(") {
+			return fmt.Sprintf("%s:%d", file, i+1)
+		}
+	}
+	t.Fatalf("no %q in %s", marker, file)
+	return ""
+}
