@@ -44,3 +44,26 @@ func BenchmarkSpawn8(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPoolMap maps a tiny function (x*x) over 200,000 items with the
+// default chunksize on a pool of 2 workers; items/s is reported.
+func BenchmarkPoolMap(b *testing.B) {
+	p, err := NewPool(2, &SpawnOptions{Stdout: discard{}, Stderr: discard{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Join()
+	defer p.Close()
+	items := make([]int, 200_000)
+	for i := range items {
+		items[i] = i
+	}
+	for b.Loop() {
+		if _, err := Map(context.Background(), p, squareFn, items, benchChunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(items)*b.N)/b.Elapsed().Seconds(), "items/s")
+}
+
+var benchChunk = 0

@@ -1,9 +1,7 @@
 package launcher
 
 import (
-	"bytes"
 	"context"
-	"encoding/gob"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -55,12 +53,47 @@ func (f Func[A, R]) Name() string { return f.name }
 // invoker runs a registered function on gob-encoded arguments.
 type invoker func(ctx context.Context, r Rank, args []byte) ([]byte, error)
 
+// entry is a registered function: one call for a spawned rank, and a batch
+// of calls (a Pool chunk, encoded as one []A) for a worker.
+type entry struct {
+	one   invoker
+	batch invoker // []A in, batchReply[R] out; an error only when decoding or encoding fails
+}
+
+// A Pool chunk's reply is a field (see appendField) holding the gob-encoded
+// map of failed items (offset → remoteError; empty when none failed), then
+// the results as appendSlice encodes a []R.
+func encodeBatchReply[R any](errs map[int]*remoteError, values []R) ([]byte, error) {
+	var errGob []byte
+	if len(errs) > 0 {
+		var err error
+		if errGob, err = encode(errs); err != nil {
+			return nil, err
+		}
+	}
+	return appendSlice(appendField(nil, errGob), values)
+}
+
+func decodeBatchReply[R any](b []byte) (errs map[int]*remoteError, values []R, err error) {
+	errGob, enc, ok := cutField(b)
+	if !ok {
+		return nil, nil, errBadSlice
+	}
+	if len(errGob) > 0 {
+		if err := decode(errGob, &errs); err != nil {
+			return nil, nil, err
+		}
+	}
+	values, err = decodeSlice[R](enc)
+	return errs, values, err
+}
+
 // registry holds the registered functions. It is filled by Register, at init
 // time or before Main, and only read afterwards.
 var registry = struct {
 	sync.RWMutex
-	funcs map[string]invoker
-}{funcs: map[string]invoker{}}
+	funcs map[string]entry
+}{funcs: map[string]entry{}}
 
 // Register registers fn under name and returns the handle Spawn and the Pool
 // take. Register the same functions in the same way in every process of the
@@ -75,7 +108,7 @@ func Register[A, R any](name string, fn func(ctx context.Context, r Rank, args A
 	if _, dup := registry.funcs[name]; dup {
 		panic(fmt.Sprintf("launcher: Register: %q is already registered", name))
 	}
-	registry.funcs[name] = func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
+	one := func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
 		var args A
 		if err := decode(in, &args); err != nil {
 			return nil, fmt.Errorf("launcher: %s: decode args: %w", name, err)
@@ -90,6 +123,23 @@ func Register[A, R any](name string, fn func(ctx context.Context, r Rank, args A
 		}
 		return out, nil
 	}
+	batch := func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
+		items, err := decodeSlice[A](in)
+		if err != nil {
+			return nil, fmt.Errorf("launcher: %s: decode items: %w", name, err)
+		}
+		values := make([]R, len(items))
+		errs := map[int]*remoteError{}
+		for next := 0; next < len(items); {
+			next = callFrom(ctx, fn, r, items, values, next, errs)
+		}
+		out, err := encodeBatchReply(errs, values)
+		if err != nil {
+			return nil, fmt.Errorf("launcher: %s: encode results: %w", name, err)
+		}
+		return out, nil
+	}
+	registry.funcs[name] = entry{one: one, batch: batch}
 	return Func[A, R]{name: name}
 }
 
@@ -108,23 +158,11 @@ func Register2[A, B, R any](name string, fn func(ctx context.Context, r Rank, a 
 	})
 }
 
-func lookup(name string) (invoker, bool) {
+func lookup(name string) (entry, bool) {
 	registry.RLock()
 	defer registry.RUnlock()
-	fn, ok := registry.funcs[name]
-	return fn, ok
-}
-
-func encode(v any) ([]byte, error) {
-	var b bytes.Buffer
-	if err := gob.NewEncoder(&b).Encode(v); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
-}
-
-func decode(b []byte, v any) error {
-	return gob.NewDecoder(bytes.NewReader(b)).Decode(v)
+	e, ok := registry.funcs[name]
+	return e, ok
 }
 
 // remoteError is a failure inside a rank or Pool task, as it travels back.
@@ -135,26 +173,60 @@ type remoteError struct {
 	Stack    string
 }
 
-// call runs fn, turning a panic into a remoteError carrying the panic value
-// and the stack of the panicking goroutine, which names the panicking line.
+// call runs fn, turning a panic or a returned error into a remoteError.
 func call(ctx context.Context, fn invoker, r Rank, args []byte) (out []byte, rerr *remoteError) {
-	defer func() {
-		if v := recover(); v != nil {
-			rerr = &remoteError{Message: fmt.Sprintf("panic: %v", v), Panicked: true, Panic: fmt.Sprint(v), Stack: string(debug.Stack())}
-		}
-	}()
+	defer recoverInto(&rerr)
 	out, err := fn(ctx, r, args)
 	if err != nil {
-		// A returned error has no stack of its own unless it formats one
-		// (as pkg/errors' %+v does); the rank's stack at return shows
-		// where the function was called from.
-		stack := fmt.Sprintf("%+v", err)
-		if stack == err.Error() {
-			stack = string(debug.Stack())
-		}
-		return nil, &remoteError{Message: err.Error(), Stack: stack}
+		return nil, errorOf(err)
 	}
 	return out, nil
+}
+
+// callFrom runs fn on items[start:], storing results in values and
+// failures in errs, and returns where to go on: len(items), or the item
+// after one that panicked. It recovers once per panic rather than once per
+// item, which would cost more than a tiny function does.
+func callFrom[A, R any](ctx context.Context, fn func(context.Context, Rank, A) (R, error), r Rank, items []A, values []R, start int, errs map[int]*remoteError) (next int) {
+	i := start
+	defer func() {
+		if v := recover(); v != nil {
+			errs[i], next = panicError(v), i+1
+		}
+	}()
+	for ; i < len(items); i++ {
+		v, err := fn(ctx, r, items[i])
+		if err != nil {
+			errs[i] = errorOf(err)
+			continue
+		}
+		values[i] = v
+	}
+	return len(items)
+}
+
+// recoverInto, deferred, turns a panic into a remoteError.
+func recoverInto(rerr **remoteError) {
+	if v := recover(); v != nil {
+		*rerr = panicError(v)
+	}
+}
+
+// panicError is a recovered panic as it travels: its value and the stack of
+// the panicking goroutine, which names the line that panicked.
+func panicError(v any) *remoteError {
+	return &remoteError{Message: fmt.Sprintf("panic: %v", v), Panicked: true, Panic: fmt.Sprint(v), Stack: string(debug.Stack())}
+}
+
+// errorOf is a returned error as it travels. An error has no stack of its
+// own unless it formats one (as pkg/errors' %+v does); the stack at return
+// shows where the function was called.
+func errorOf(err error) *remoteError {
+	stack := fmt.Sprintf("%+v", err)
+	if stack == err.Error() {
+		stack = string(debug.Stack())
+	}
+	return &remoteError{Message: err.Error(), Stack: stack}
 }
 
 // rankFromEnv reads the Rank a launcher gave this process.

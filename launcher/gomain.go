@@ -23,14 +23,18 @@ const (
 	controlFD    = 3 // the control socket is the first of Spec.ExtraFiles
 )
 
-// callMsg is the FrameArgs payload of a spawned rank, and the FrameRequest
-// payload of a Pool task (with several items).
+// callMsg is the FrameArgs payload of a spawned rank (Args: one encoded
+// argument). A Pool task's FrameRequest payload is instead the function's
+// name as a field (appendField) followed by the chunk of items as
+// encodeSlice encodes them; its FrameReply carries a batch reply (see
+// encodeBatchReply), or its FrameError a remoteError when the chunk could
+// not be run at all.
 type callMsg struct {
-	Func  string
-	Items [][]byte // gob-encoded arguments, one per item
+	Func string
+	Args []byte
 }
 
-// itemResult is the outcome of one item of a call.
+// itemResult is the outcome of one call.
 type itemResult struct {
 	Value []byte
 	Err   *remoteError
@@ -83,11 +87,11 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		return 2
 	}
 	var msg callMsg
-	if f.Type != ipc.FrameArgs || decode(f.Payload, &msg) != nil || len(msg.Items) != 1 {
+	if f.Type != ipc.FrameArgs || decode(f.Payload, &msg) != nil {
 		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: unexpected %v frame from the launcher\n", r.Index, f.Type)
 		return 2
 	}
-	res := runItem(ctx, msg.Func, r, msg.Items[0])
+	res := runItem(ctx, msg.Func, r, msg.Args)
 	if res.Err != nil {
 		b, _ := encode(res.Err)
 		if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameError, Payload: b}); err != nil {
@@ -118,32 +122,48 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: unexpected %v frame\n", r.Index, f.Type)
 			return 2
 		}
-		var msg callMsg
-		if err := decode(f.Payload, &msg); err != nil {
-			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: bad task: %v\n", r.Index, err)
+		name, items, ok := cutField(f.Payload)
+		if !ok {
+			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: bad task frame\n", r.Index)
 			return 2
 		}
-		out := make([]itemResult, len(msg.Items))
-		for i, item := range msg.Items {
-			out[i] = runItem(ctx, msg.Func, r, item)
+		reply := ipc.Frame{Type: ipc.FrameReply, ID: f.ID}
+		out, rerr := runBatch(ctx, string(name), r, items)
+		if rerr != nil {
+			reply.Type = ipc.FrameError
+			out, _ = encode(rerr) // strings only: cannot fail
 		}
-		b, err := encode(out)
-		if err == nil {
-			err = conn.WriteFrame(ipc.Frame{Type: ipc.FrameReply, ID: f.ID, Payload: b})
-		}
-		if err != nil {
+		reply.Payload = out
+		if err := conn.WriteFrame(reply); err != nil {
 			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: send reply: %v\n", r.Index, err)
 			return 2
 		}
 	}
 }
 
+// runBatch runs the registered function name on a Pool chunk.
+func runBatch(ctx context.Context, name string, r Rank, items []byte) ([]byte, *remoteError) {
+	e, ok := lookup(name)
+	if !ok {
+		return nil, notRegistered(name)
+	}
+	out, err := e.batch(ctx, r, items)
+	if err != nil {
+		return nil, &remoteError{Message: err.Error()}
+	}
+	return out, nil
+}
+
+func notRegistered(name string) *remoteError {
+	return &remoteError{Message: fmt.Sprintf("launcher: function %q is not registered in this binary (register it at package level or before launcher.Main)", name)}
+}
+
 // runItem runs the registered function name on one encoded argument.
 func runItem(ctx context.Context, name string, r Rank, arg []byte) itemResult {
-	fn, ok := lookup(name)
+	e, ok := lookup(name)
 	if !ok {
-		return itemResult{Err: &remoteError{Message: fmt.Sprintf("launcher: function %q is not registered in this binary (register it at package level or before launcher.Main)", name)}}
+		return itemResult{Err: notRegistered(name)}
 	}
-	v, rerr := call(ctx, fn, r, arg)
+	v, rerr := call(ctx, e.one, r, arg)
 	return itemResult{Value: v, Err: rerr}
 }

@@ -49,10 +49,13 @@ type Pool struct {
 
 // poolTask is one chunk of items for one function.
 type poolTask struct {
-	ctx   context.Context
-	fn    string
-	items [][]byte
-	done  func(res []itemResult, worker, pid int, err error)
+	ctx context.Context
+	// payload is the FrameRequest payload: the function's name as a field,
+	// then the chunk's items as appendSlice encodes them.
+	payload []byte
+	// done receives the worker's batchReply, encoded, or the error that
+	// failed the whole chunk.
+	done func(reply []byte, worker, pid int, err error)
 }
 
 // NewPool starts workers processes of this binary (the number of CPUs when
@@ -122,68 +125,107 @@ func (w *poolWorker) kill() {
 	w.conn.Close()
 }
 
+// pipelineDepth is how many tasks a worker is given at once: while it runs
+// one, the next is already on its way, so that it never waits for the
+// parent between tasks.
+const pipelineDepth = 2
+
+// flight is a task sent to a worker whose reply has not been read.
+type flight struct {
+	t  *poolTask
+	id uint64
+}
+
 // run feeds tasks to the worker in slot w.slot until the queue closes,
-// replacing the worker process whenever it dies.
+// replacing the worker process whenever it dies. Up to pipelineDepth tasks
+// are in flight; replies come back in order.
 func (p *Pool) run(w *poolWorker) {
-	var id uint64
+	var (
+		id     uint64
+		flying []flight
+		retry  *poolTask // sent to a worker that was already dead: never ran
+		closed bool      // the queue is closed: no more tasks
+	)
 	for {
 		var t *poolTask
-		var ok bool
-		select {
-		case t, ok = <-p.tasks:
-		case <-p.quit:
-		case <-w.group.done: // died while idle: replace it before it is given work
-			w.conn.Close()
-			if w = p.replace(w); w == nil {
+		switch {
+		case retry != nil:
+			t, retry = retry, nil
+		case closed || len(flying) >= pipelineDepth:
+		case len(flying) == 0: // idle: wait for work, the end, or the worker's death
+			select {
+			case next, ok := <-p.tasks:
+				t, closed = next, !ok
+			case <-p.quit:
+				p.retire(w)
+				return
+			case <-w.group.done:
+				w.conn.Close()
+				if w = p.replace(w); w == nil {
+					return
+				}
+				continue
+			}
+		default: // one in flight: take another only if it is there
+			select {
+			case next, ok := <-p.tasks:
+				t, closed = next, !ok
+			default:
+			}
+		}
+		if t != nil {
+			if err := t.ctx.Err(); err != nil {
+				t.done(nil, w.slot, w.pid, context.Cause(t.ctx))
+				continue
+			}
+			id++
+			if err := w.send(t, id); err != nil {
+				retry = t
+				if w = p.lose(w, flying, err); w == nil {
+					t.done(nil, -1, 0, ErrPoolClosed)
+					return
+				}
+				flying = nil
+				continue
+			}
+			flying = append(flying, flight{t, id})
+			continue
+		}
+		if len(flying) == 0 {
+			if closed {
+				p.retire(w)
 				return
 			}
 			continue
 		}
-		if !ok || t == nil {
-			p.retire(w)
-			return
-		}
-		if err := t.ctx.Err(); err != nil {
-			t.done(nil, w.slot, w.pid, context.Cause(t.ctx))
+		reply, err := w.recv(flying[0].id)
+		var re *RankError
+		if err == nil || errors.As(err, &re) && re.Pid == w.pid && re.Err == nil {
+			flying[0].t.done(reply, w.slot, w.pid, err) // the worker ran the chunk and lives on
+			flying = flying[1:]
 			continue
 		}
-		if w = p.runTask(w, t, &id); w == nil {
+		if w = p.lose(w, flying, err); w == nil {
 			return
 		}
+		flying = nil
 	}
 }
 
-// runTask runs t on worker w and returns the worker to use next: w, or its
-// replacement when it died. A task the dead worker never received goes to
-// the replacement; one it died running fails with ErrWorkerDied. nil means
-// the pool is terminating.
-func (p *Pool) runTask(w *poolWorker, t *poolTask, id *uint64) *poolWorker {
-	for {
-		*id++
-		res, delivered, err := w.do(t, *id)
-		if err == nil {
-			t.done(res, w.slot, w.pid, nil)
-			return w
-		}
-		w.conn.Close()
-		w.group.Stop(err) // a broken channel to a live worker
-		rr := w.group.Wait().Ranks[0]
-		if delivered {
-			t.done(nil, w.slot, w.pid, &RankError{
-				Rank: w.slot, Pid: w.pid, ExitCode: rr.ExitCode, Signal: rr.Signal, Stderr: w.tail.String(),
-				Message: fmt.Sprintf("%v: %s while running a task", ErrWorkerDied, rr.Status()), Err: ErrWorkerDied,
-			})
-		}
-		if w = p.replace(w); w == nil {
-			if !delivered {
-				t.done(nil, -1, 0, ErrPoolClosed)
-			}
-			return nil
-		}
-		if delivered {
-			return w
-		}
+// lose handles a worker that died (or whose channel broke, err): it is
+// stopped and reaped, every task it was given fails with ErrWorkerDied, and
+// its replacement is returned (nil when the pool is terminating).
+func (p *Pool) lose(w *poolWorker, flying []flight, err error) *poolWorker {
+	w.conn.Close()
+	w.group.Stop(err) // a broken channel to a live worker
+	rr := w.group.Wait().Ranks[0]
+	for _, f := range flying {
+		f.t.done(nil, w.slot, w.pid, &RankError{
+			Rank: w.slot, Pid: w.pid, ExitCode: rr.ExitCode, Signal: rr.Signal, Stderr: w.tail.String(),
+			Message: fmt.Sprintf("%v: %s while running a task", ErrWorkerDied, rr.Status()), Err: ErrWorkerDied,
+		})
 	}
+	return p.replace(w)
 }
 
 // replace starts a new process in dead worker w's slot; nil when the pool
@@ -202,31 +244,37 @@ func (p *Pool) replace(w *poolWorker) *poolWorker {
 	return nw
 }
 
-// do sends one task to the worker and waits for its reply. delivered is
-// false when the task could not be sent, so it cannot have run.
-func (w *poolWorker) do(t *poolTask, id uint64) (res []itemResult, delivered bool, err error) {
-	payload, err := encode(callMsg{Func: t.fn, Items: t.items})
-	if err != nil {
-		return nil, false, err
-	}
-	if err := w.conn.WriteFrame(ipc.Frame{Type: ipc.FrameRequest, ID: id, Payload: payload}); err != nil {
-		return nil, false, err
-	}
+// send sends task t to the worker under id. An error means the task was
+// not delivered, so it cannot have run.
+func (w *poolWorker) send(t *poolTask, id uint64) error {
+	return w.conn.WriteFrame(ipc.Frame{Type: ipc.FrameRequest, ID: id, Payload: t.payload})
+}
+
+// recv reads the reply to task id. A chunk the worker could not run at all
+// (an unregistered function, items that do not decode) is a *RankError with
+// the worker's pid and no Err; any other error means the worker is lost.
+func (w *poolWorker) recv(id uint64) ([]byte, error) {
 	f, err := w.conn.ReadFrame()
 	if err != nil {
-		return nil, true, err
+		return nil, err
 	}
 	closeAll(f.Files)
 	if err := checkPeer(w.conn, w.pid); err != nil {
-		return nil, true, err
+		return nil, err
 	}
-	if f.Type != ipc.FrameReply || f.ID != id {
-		return nil, true, fmt.Errorf("launcher: pool: unexpected %v frame %d", f.Type, f.ID)
+	switch {
+	case f.ID != id:
+		return nil, fmt.Errorf("launcher: pool: reply %d to task %d", f.ID, id)
+	case f.Type == ipc.FrameReply:
+		return f.Payload, nil
+	case f.Type == ipc.FrameError:
+		var re remoteError
+		if err := decode(f.Payload, &re); err != nil {
+			return nil, fmt.Errorf("launcher: pool: bad error reply: %w", err)
+		}
+		return nil, &RankError{Rank: w.slot, Pid: w.pid, Message: re.Message}
 	}
-	if err := decode(f.Payload, &res); err != nil || len(res) != len(t.items) {
-		return nil, true, fmt.Errorf("launcher: pool: bad reply (%d results for %d items): %v", len(res), len(t.items), err)
-	}
-	return res, true, nil
+	return nil, fmt.Errorf("launcher: pool: unexpected %v frame", f.Type)
 }
 
 // retire ends a worker at the close of the pool: it is told to exit, and

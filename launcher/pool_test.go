@@ -40,6 +40,9 @@ var (
 		}
 		return n, nil
 	})
+	greetFn = Register("test.greet", func(_ context.Context, r Rank, who namedPoint) (string, error) {
+		return fmt.Sprintf("hi %s at %v", who.Name, who.P.X), nil
+	})
 	waitFn = Register("test.wait", func(ctx context.Context, r Rank, _ int) (int, error) {
 		<-ctx.Done()
 		return 0, ctx.Err()
@@ -104,6 +107,11 @@ func TestPoolMap(t *testing.T) {
 	}
 	if len(seen) != 50 {
 		t.Errorf("MapUnordered yielded %d items; want 50", len(seen))
+	}
+	// Values with strings travel by gob, not as raw bytes.
+	greetings, err := Map(context.Background(), p, greetFn, []namedPoint{{"a", plainPoint{X: 1}}, {"bb", plainPoint{X: 2.5}}}, 1)
+	if err != nil || !slices.Equal(greetings, []string{"hi a at 1", "hi bb at 2.5"}) {
+		t.Errorf("Map(greet) = %q, %v", greetings, err)
 	}
 	if got := DefaultChunksize(1000, 3); got != 84 {
 		t.Errorf("DefaultChunksize(1000, 3) = %d; want 84 (as Python's Pool.map)", got)

@@ -19,46 +19,85 @@ func DefaultChunksize(items, workers int) int {
 	return max(c, 1)
 }
 
-// submitItems encodes items, submits them to p in chunks, and calls
-// deliver once per item (from any goroutine) as results come in.
-func submitItems[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, chunksize int, deliver func(i int, v R, err error)) error {
+// chunkDone receives a finished chunk: items start .. start+len(vals)-1
+// have the values vals, except those with an error in errs (by offset in
+// the chunk). A chunk that failed as a whole has err set and vals nil.
+type chunkDone[R any] func(start int, vals []R, errs map[int]error, err error)
+
+// submitItems submits items to p in chunks and calls done once per chunk
+// (from any goroutine) as results come in. It returns the number of chunks.
+func submitItems[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, chunksize int, done chunkDone[R]) (int, error) {
 	if _, ok := lookup(fn.name); !ok {
-		return fmt.Errorf("launcher: pool: function %q is not registered", fn.name)
+		return 0, fmt.Errorf("launcher: pool: function %q is not registered", fn.name)
 	}
 	if chunksize < 1 {
 		chunksize = DefaultChunksize(len(items), p.n)
 	}
-	enc := make([][]byte, len(items))
-	for i, it := range items {
-		b, err := encode(it)
-		if err != nil {
-			return fmt.Errorf("launcher: pool: %s: encode item %d: %w", fn.name, i, err)
-		}
-		enc[i] = b
+	type chunk struct {
+		start int
+		enc   []byte
 	}
+	var chunks []chunk
 	for start := 0; start < len(items); start += chunksize {
 		end := min(start+chunksize, len(items))
-		p.submit(&poolTask{ctx: ctx, fn: fn.name, items: enc[start:end],
-			done: func(res []itemResult, worker, pid int, err error) {
-				for k := start; k < end; k++ {
-					var v R
-					switch {
-					case err != nil:
-						deliver(k, v, err)
-					case res[k-start].Err != nil:
-						re := res[k-start].Err
-						deliver(k, v, &RankError{Rank: worker, Pid: pid, Message: re.Message, Panicked: re.Panicked, PanicValue: re.Panic, Stack: re.Stack})
-					default:
-						if derr := decode(res[k-start].Value, &v); derr != nil {
-							deliver(k, v, fmt.Errorf("launcher: pool: %s: decode result %d: %w", fn.name, k, derr))
-							continue
-						}
-						deliver(k, v, nil)
-					}
-				}
+		enc, err := appendSlice(appendField(getBuf(), []byte(fn.name)), items[start:end])
+		if err != nil {
+			for _, c := range chunks {
+				putBuf(c.enc)
+			}
+			return 0, fmt.Errorf("launcher: pool: %s: encode items %d-%d: %w", fn.name, start, end-1, err)
+		}
+		chunks = append(chunks, chunk{start, enc})
+	}
+	for i, c := range chunks {
+		n := chunksize
+		if i == len(chunks)-1 {
+			n = len(items) - c.start
+		}
+		p.submit(&poolTask{ctx: ctx, payload: c.enc,
+			done: func(reply []byte, worker, pid int, err error) {
+				putBuf(c.enc) // sent, or never to be
+				vals, errs, err := decodeChunk[R](fn.name, n, reply, worker, pid, err)
+				done(c.start, vals, errs, err)
 			}})
 	}
+	return len(chunks), nil
+}
+
+// bufs recycles the request payloads of Pool chunks, so that a Map over
+// plain data makes little garbage besides its results.
+var bufs sync.Pool
+
+func getBuf() []byte {
+	if b, ok := bufs.Get().(*[]byte); ok {
+		return (*b)[:0]
+	}
 	return nil
+}
+
+func putBuf(b []byte) {
+	if cap(b) > 0 && cap(b) <= 64<<20 {
+		bufs.Put(&b)
+	}
+}
+
+// decodeChunk reads a worker's reply to a chunk of n items.
+func decodeChunk[R any](name string, n int, reply []byte, worker, pid int, err error) ([]R, map[int]error, error) {
+	if err != nil {
+		return nil, nil, err
+	}
+	failed, values, err := decodeBatchReply[R](reply)
+	if err != nil || len(values) != n {
+		return nil, nil, fmt.Errorf("launcher: pool: %s: bad reply (%d results for %d items): %v", name, len(values), n, err)
+	}
+	var errs map[int]error
+	for k, re := range failed {
+		if errs == nil {
+			errs = map[int]error{}
+		}
+		errs[k] = &RankError{Rank: worker, Pid: pid, Message: re.Message, Panicked: re.Panicked, PanicValue: re.Panic, Stack: re.Stack}
+	}
+	return values, errs, nil
 }
 
 // MapAsync is Map returning at once; the Future holds the ordered results
@@ -66,27 +105,50 @@ func submitItems[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []
 func MapAsync[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, chunksize int) *Future[[]R] {
 	f := newFuture[[]R]()
 	out := make([]R, len(items))
-	errs := make([]error, len(items))
+	// Only the first failed item's error is returned: keep that one, not
+	// a slice of errors as long as the items for the GC to scan.
+	var mu sync.Mutex
+	first, firstErr := len(items), error(nil)
+	failed := func(k int, err error) {
+		mu.Lock()
+		if k < first {
+			first, firstErr = k, err
+		}
+		mu.Unlock()
+	}
 	var wg sync.WaitGroup
-	wg.Add(len(items))
-	if err := submitItems(ctx, p, fn, items, chunksize, func(i int, v R, err error) {
-		out[i], errs[i] = v, err
-		wg.Done()
-	}); err != nil {
+	if chunksize < 1 {
+		chunksize = DefaultChunksize(len(items), p.n)
+	}
+	wg.Add((len(items) + chunksize - 1) / chunksize) // before any chunk can finish
+	_, err := submitItems(ctx, p, fn, items, chunksize, func(start int, vals []R, chunkErrs map[int]error, err error) {
+		defer wg.Done()
+		if err != nil {
+			failed(start, err)
+			return
+		}
+		copy(out[start:], vals)
+		for k, e := range chunkErrs {
+			failed(start+k, e)
+		}
+	})
+	if err != nil { // nothing was submitted
 		f.set(nil, err)
 		return f
 	}
 	go func() {
 		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				f.set(out, err)
-				return
-			}
-		}
-		f.set(out, nil)
+		f.set(out, firstErr)
 	}()
 	return f
+}
+
+// chunkLen is the length of the chunk starting at start.
+func chunkLen[A any](items []A, start, chunksize int, p *Pool) int {
+	if chunksize < 1 {
+		chunksize = DefaultChunksize(len(items), p.n)
+	}
+	return min(chunksize, len(items)-start)
 }
 
 // Map applies fn to every item in the pool's workers, chunksize items per
@@ -100,7 +162,18 @@ func Map[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, chunk
 // ApplyAsync runs fn on one argument in a worker, returning at once.
 func ApplyAsync[A, R any](ctx context.Context, p *Pool, fn Func[A, R], arg A) *Future[R] {
 	f := newFuture[R]()
-	if err := submitItems(ctx, p, fn, []A{arg}, 1, func(_ int, v R, err error) { f.set(v, err) }); err != nil {
+	_, err := submitItems(ctx, p, fn, []A{arg}, 1, func(_ int, vals []R, errs map[int]error, err error) {
+		var v R
+		switch {
+		case err != nil:
+		case errs[0] != nil:
+			err = errs[0]
+		default:
+			v = vals[0]
+		}
+		f.set(v, err)
+	})
+	if err != nil {
 		var zero R
 		f.set(zero, err)
 	}
@@ -120,15 +193,22 @@ func Starmap[A, B, R any](ctx context.Context, p *Pool, fn Func[Pair[A, B], R], 
 }
 
 // MapUnordered applies fn to every item and yields each item's outcome as
-// soon as it is in, in completion order, like Python's imap_unordered.
+// its chunk comes in, in completion order, like Python's imap_unordered.
 // Stopping the iteration early leaves the remaining items to finish
 // unobserved.
 func MapUnordered[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, chunksize int) iter.Seq[Outcome[R]] {
 	return func(yield func(Outcome[R]) bool) {
 		ch := make(chan Outcome[R], len(items))
-		if err := submitItems(ctx, p, fn, items, chunksize, func(i int, v R, err error) {
-			ch <- Outcome[R]{Index: i, Value: v, Err: err}
-		}); err != nil {
+		_, err := submitItems(ctx, p, fn, items, chunksize, func(start int, vals []R, errs map[int]error, err error) {
+			for k := range chunkLen(items, start, chunksize, p) {
+				o := Outcome[R]{Index: start + k, Err: err}
+				if err == nil {
+					o.Value, o.Err = vals[k], errs[k]
+				}
+				ch <- o
+			}
+		})
+		if err != nil {
 			yield(Outcome[R]{Index: -1, Err: err})
 			return
 		}

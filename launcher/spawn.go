@@ -119,7 +119,7 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 	if err != nil {
 		return nil, fmt.Errorf("launcher: spawn %s: encode args: %w", fn.name, err)
 	}
-	payload, err := encode(callMsg{Func: fn.name, Items: [][]byte{in}})
+	payload, err := encode(callMsg{Func: fn.name, Args: in})
 	if err != nil {
 		return nil, fmt.Errorf("launcher: spawn %s: %w", fn.name, err)
 	}

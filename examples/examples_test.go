@@ -1,0 +1,65 @@
+//go:build linux
+
+// Package examples_test builds and runs the Go examples as a user would and
+// checks what they print.
+package examples_test
+
+import (
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"testing"
+)
+
+// build compiles ./<name> into a temporary directory.
+func build(t *testing.T, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	if out, err := exec.Command("go", "build", "-o", bin, "./"+name).CombinedOutput(); err != nil {
+		t.Fatalf("go build ./%s: %v\n%s", name, err, out)
+	}
+	return bin
+}
+
+func TestSpawnExample(t *testing.T) {
+	out, err := exec.Command(build(t, "spawn"), "-n", "3").Output()
+	if err != nil {
+		t.Fatalf("spawn: %v", err)
+	}
+	want := regexp.MustCompile(`^hello from rank 0 of world size 3, pid \d+\nhello from rank 1 of world size 3, pid \d+\nhello from rank 2 of world size 3, pid \d+\n$`)
+	if !want.Match(out) {
+		t.Errorf("spawn printed:\n%s", out)
+	}
+}
+
+func TestFailfastExample(t *testing.T) {
+	out, err := exec.Command(build(t, "failfast")).Output()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("failfast: %v; want exit code 1", err)
+	}
+	for _, re := range []string{
+		`(?m)^rank 1 \(pid \d+\) failed: panic: runtime error: index out of range \[3\] with length 0$`,
+		`(?m)^panicked: true`,
+		`(?m)examples/failfast/main\.go:22 `, // the line that panicked
+	} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("failfast output lacks %s:\n%s", re, out)
+		}
+	}
+}
+
+func TestPoolExample(t *testing.T) {
+	out, err := exec.Command(build(t, "pool"), "-items", "8", "-chunksize", "2", "-workers", "2").Output()
+	if err != nil {
+		t.Fatalf("pool: %v", err)
+	}
+	for _, re := range []string{
+		`(?m)^primes below 200000: 17984\n`,
+		`(?m)^primes below 207000: \d+$`,
+		`(?m)^serial .*, pool of 2 workers \(chunksize 2\) .*: speed-up \d+\.\d\dx$`,
+	} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("pool output lacks %s:\n%s", re, out)
+		}
+	}
+}
