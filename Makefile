@@ -33,7 +33,9 @@ check:
 	$(GO) mod tidy -diff
 
 bench: build
+	$(GO) build -o bin/gobench ./bench/gobench
 	$(PYTHON) bench/launch.py --mpspawn $(BIN)
+	$(PYTHON) bench/goapi.py --gobench bin/gobench
 
 clean:
 	rm -rf bin

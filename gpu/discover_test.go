@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -116,4 +117,29 @@ func TestDiscoverThisMachine(t *testing.T) {
 		t.Log("NVML answered with zero GPUs")
 	}
 	t.Logf("gpus: %d, GPUErr: %v", len(d.Topology.GPUs), d.GPUErr)
+}
+
+// TestPlanHere plans on this machine as a Go program would for Spawn.
+func TestPlanHere(t *testing.T) {
+	allowed, err := AllowedCPUs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if allowed.Len() < 2 {
+		t.Skip("one CPU")
+	}
+	setup, _, err := PlanHere(PlanOptions{NProc: 2}, VisibilityLocalRank)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(setup) != 2 {
+		t.Fatalf("PlanHere(2 ranks) = %d setups", len(setup))
+	}
+	if a, b := setup[0].CPUs, setup[1].CPUs; a.Len() == 0 || b.Len() == 0 || a.Intersect(b).Len() > 0 ||
+		!a.Union(b).Difference(allowed).Equal(CPUSet{}) {
+		t.Errorf("ranks bound to %q and %q; want disjoint shares of %q", a, b, allowed)
+	}
+	if setup[0].Env["OMP_NUM_THREADS"] != strconv.Itoa(setup[0].CPUs.Len()) {
+		t.Errorf("OMP_NUM_THREADS = %q for %d cpus", setup[0].Env["OMP_NUM_THREADS"], setup[0].CPUs.Len())
+	}
 }

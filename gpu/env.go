@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 )
@@ -107,4 +108,46 @@ func (p *Placement) sharers(i int) int {
 		}
 	}
 	return n
+}
+
+// PlanHere plans ranks on this machine as `mpspawn --nproc-per-node auto`
+// does: it discovers the GPUs and CPUs, applies CUDA_VISIBLE_DEVICES, and
+// places opts.NProc ranks (0: one per usable GPU, or per CPU without GPUs),
+// returning each rank's setup under visibility v. It is how Go programs
+// give their launcher.Spawn ranks GPUs and CPU binding:
+//
+//	setup, notes, err := gpu.PlanHere(gpu.PlanOptions{NProc: 4}, gpu.VisibilityLocalRank)
+//	opts := &launcher.SpawnOptions{}
+//	for _, s := range setup {
+//		opts.Ranks = append(opts.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})
+//	}
+//
+// Notes say where the plan fell short (no GPU, shared CPUs, visibility
+// changed for MIG devices).
+func PlanHere(opts PlanOptions, v Visibility) ([]RankSetup, []string, error) {
+	allowed, err := AllowedCPUs()
+	if err != nil {
+		return nil, nil, err
+	}
+	d, err := Discover(DiscoverOptions{Allowed: allowed})
+	if err != nil {
+		return nil, nil, err
+	}
+	notes := d.Warnings
+	if d.GPUErr != nil {
+		notes = append(notes, fmt.Sprintf("gpu: no GPU used: %v", d.GPUErr))
+	}
+	value, set := os.LookupEnv("CUDA_VISIBLE_DEVICES")
+	vis, warnings, err := Visible(d.Topology, value, set)
+	notes = append(notes, warnings...)
+	if err != nil {
+		return nil, notes, err
+	}
+	p, err := Plan(d.Topology, vis, opts)
+	if err != nil {
+		return nil, notes, err
+	}
+	notes = append(notes, p.Warnings...)
+	setup, more := p.Setup(d.Topology, v)
+	return setup, append(notes, more...), nil
 }

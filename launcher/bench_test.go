@@ -59,11 +59,10 @@ func BenchmarkPoolMap(b *testing.B) {
 		items[i] = i
 	}
 	for b.Loop() {
-		if _, err := Map(context.Background(), p, squareFn, items, benchChunk); err != nil {
+		if _, err := Map(context.Background(), p, squareFn, items, 0); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportMetric(float64(len(items)*b.N)/b.Elapsed().Seconds(), "items/s")
 }
 
-var benchChunk = 0

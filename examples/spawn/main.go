@@ -3,6 +3,7 @@
 // in rank order.
 //
 //	go run ./examples/spawn -n 4
+//	go run ./examples/spawn -n 2 -place   # with each rank's GPUs and CPUs
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/launcher"
 )
 
@@ -18,14 +20,33 @@ import (
 // the function is registered by name, at package level, in every process of
 // the binary.
 var hello = launcher.Register("hello", func(ctx context.Context, r launcher.Rank, greeting string) (string, error) {
-	return fmt.Sprintf("%s from rank %d of world size %d, pid %d", greeting, r.Index, r.WorldSize, os.Getpid()), nil
+	line := fmt.Sprintf("%s from rank %d of world size %d, pid %d", greeting, r.Index, r.WorldSize, os.Getpid())
+	if r.CPUs != nil || r.GPUs != nil {
+		line += fmt.Sprintf(", cpus %v, gpus %v", r.CPUs, r.GPUs)
+	}
+	return line, nil
 })
 
 func main() {
 	launcher.Main() // a rank runs its function here and exits
 	n := flag.Int("n", 4, "number of ranks")
+	place := flag.Bool("place", false, "give each rank its GPUs and CPUs, as the mpspawn CLI does")
 	flag.Parse()
-	s, err := launcher.Spawn(context.Background(), hello, *n, "hello", nil)
+	opts := &launcher.SpawnOptions{}
+	if *place {
+		setup, notes, err := gpu.PlanHere(gpu.PlanOptions{NProc: *n}, gpu.VisibilityLocalRank)
+		for _, note := range notes {
+			fmt.Fprintln(os.Stderr, note)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		for _, s := range setup {
+			opts.Ranks = append(opts.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})
+		}
+	}
+	s, err := launcher.Spawn(context.Background(), hello, *n, "hello", opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
