@@ -53,6 +53,9 @@ const (
 	// FrameClose announces an orderly shutdown: the sender writes nothing
 	// after it.
 	FrameClose
+	// FrameNotice is an unsolicited message from the broker to a rank,
+	// such as "the producer of this handle is gone".
+	FrameNotice
 )
 
 // String returns the type's name, or its number when it has none.
@@ -72,6 +75,8 @@ func (t FrameType) String() string {
 		return "reply"
 	case FrameClose:
 		return "close"
+	case FrameNotice:
+		return "notice"
 	}
 	return "type(" + strconv.Itoa(int(t)) + ")"
 }

@@ -25,6 +25,8 @@ func TestMain(m *testing.M) {
 
 func helper(mode string) int {
 	switch mode {
+	case "rank":
+		return brokerRank()
 	case "echo":
 		if err := echo(); err != nil {
 			fmt.Fprintln(os.Stderr, "echo helper:", err)

@@ -91,7 +91,13 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: unexpected %v frame from the launcher\n", r.Index, f.Type)
 		return 2
 	}
-	res := runItem(ctx, msg.Func, r, msg.Args)
+	client := ipc.NewClient(conn, r.Index) // reads the channel from now on
+	res := runItem(ipc.WithClient(ctx, client), msg.Func, r, msg.Args)
+	// Producer-owned handles this rank published must not be freed under
+	// their holders: wait for them, bounded, and say who still holds one.
+	for _, w := range client.Close(ctx, ipc.DefaultCloseWait) {
+		fmt.Fprintf(os.Stderr, "mpspawn: warning: %s\n", w)
+	}
 	if res.Err != nil {
 		b, _ := encode(res.Err)
 		if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameError, Payload: b}); err != nil {

@@ -37,6 +37,12 @@ type SpawnOptions struct {
 	// Prefix is the console line prefix template, as for the CLI
 	// ("[${rank}]: "); empty means none.
 	Prefix string
+	// Broker routes buffers, handles and queues between the ranks (see
+	// package ipc). Nil means Spawn makes its own and closes it after
+	// Join, reporting leaked handles on Stderr. Pass one to publish
+	// buffers from the launcher before the ranks start (the caller then
+	// closes it).
+	Broker *ipc.Broker
 }
 
 // RankError is the failure of one rank (or of one Pool task): the typed
@@ -84,6 +90,9 @@ func (e *RankError) Error() string {
 // goroutines; Join and Wait return the same outcome every time.
 type Spawned[R any] struct {
 	group   *Group
+	broker  *ipc.Broker
+	ownBrk  bool
+	stderr  io.Writer
 	conns   []*ipc.Conn
 	tails   []*tailWriter
 	output  *Output
@@ -128,6 +137,13 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 		remote: make([]*remoteError, nprocs), chanErr: make([]error, nprocs),
 	}
 	s.output = &Output{Stdout: opts.Stdout, Stderr: opts.Stderr, Prefix: opts.Prefix}
+	s.broker, s.ownBrk, s.stderr = opts.Broker, opts.Broker == nil, opts.Stderr
+	if s.ownBrk {
+		s.broker = ipc.NewBroker()
+	}
+	if s.stderr == nil {
+		s.stderr = os.Stderr
+	}
 	procs, err := goSpecs(roleRank, 0, nprocs, nprocs, opts, s.output)
 	if err != nil {
 		return nil, fmt.Errorf("launcher: spawn %s: %w", fn.name, err)
@@ -141,6 +157,7 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 	}
 	pids := s.group.Pids()
 	for i, c := range s.conns {
+		s.broker.Attach(i, c)
 		s.readers.Go(func() { s.serve(i, c, pids[i], payload) })
 	}
 	return s, nil
@@ -149,6 +166,7 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 // serve sends rank i its arguments and reads what it reports until its
 // end of the channel closes.
 func (s *Spawned[R]) serve(i int, c *ipc.Conn, pid int, payload []byte) {
+	defer s.broker.Detach(i) // the rank is gone: its holds are released
 	if err := c.WriteFrame(ipc.Frame{Type: ipc.FrameArgs, Payload: payload}); err != nil {
 		s.chanErr[i] = err
 		return // the rank died first; its exit says why
@@ -161,12 +179,17 @@ func (s *Spawned[R]) serve(i int, c *ipc.Conn, pid int, payload []byte) {
 			}
 			return
 		}
-		closeAll(f.Files) // ranks send none yet
 		if err := checkPeer(c, pid); err != nil {
+			closeAll(f.Files)
 			s.chanErr[i] = err
 			s.group.Stop(err)
 			return
 		}
+		if f.Type == ipc.FrameRequest {
+			s.broker.Handle(i, f) // buffers, handles, queues
+			continue
+		}
+		closeAll(f.Files)
 		switch f.Type {
 		case ipc.FrameResult:
 			if err := decode(f.Payload, &s.results[i]); err != nil {
@@ -220,6 +243,11 @@ func (s *Spawned[R]) join() {
 	}
 	s.readers.Wait()
 	closeConns(s.conns)
+	if s.ownBrk {
+		for _, leak := range s.broker.Close() {
+			fmt.Fprintf(s.stderr, "mpspawn: warning: %s\n", leak)
+		}
+	}
 	s.output.Close()
 	s.err = s.outcome(res)
 }

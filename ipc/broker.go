@@ -1,0 +1,538 @@
+package ipc
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+)
+
+// ParentRank is the rank number of the launcher itself as a producer or
+// holder of handles.
+const ParentRank = -1
+
+// Broker runs in the launcher: it routes buffers, handles and queue
+// messages between ranks over their control channels and tracks who holds
+// every handle. A host buffer lives while anyone holds it (a queue holding
+// a message that names it counts); a producer-owned handle dies with its
+// producer, and its holders are told so.
+//
+// Requests are handled by Handle, called by whoever reads the rank's
+// control channel; Detach is called when the rank has exited. Close ends
+// the broker and reports leaked handles. A Broker is safe for concurrent
+// use.
+type Broker struct {
+	mu      sync.Mutex
+	nextID  uint64
+	handles map[uint64]*entry
+	queues  map[uint64]*queue
+	peers   map[int]*peer
+	closed  bool
+}
+
+// peer is an attached rank.
+type peer struct {
+	rank int
+	conn *Conn
+}
+
+// entry is the broker's record of one handle.
+type entry struct {
+	h       Handle
+	file    *os.File    // KindHost, KindFD
+	blob    []byte      // KindProducerOwned
+	holders map[int]int // rank (or ParentRank) → holds
+	queued  int         // messages in queues that name it
+	given   map[int]bool
+	public  bool // published by the parent: every rank may receive it
+	gone    bool // producer-owned and the producer exited
+	waiters []*waiter
+}
+
+// waiter is a producer waiting (opWaitUnheld) for its handle's holders.
+type waiter struct {
+	p     *peer
+	id    uint64
+	timer *time.Timer
+	done  bool
+}
+
+// queue is a broker-side queue.
+type queue struct {
+	ref        queueRef
+	items      []message
+	getters    []pending // waiting for an item
+	putters    []pendingPut
+	unfinished int
+	joiners    []pending
+}
+
+type message struct {
+	handles []Handle
+	value   []byte
+}
+
+type pending struct {
+	p  *peer
+	id uint64
+}
+
+type pendingPut struct {
+	pending
+	msg message
+}
+
+// outFrame is a frame to send once the broker's lock is released.
+type outFrame struct {
+	p *peer
+	f Frame
+}
+
+// NewBroker returns an empty broker.
+func NewBroker() *Broker {
+	return &Broker{handles: map[uint64]*entry{}, queues: map[uint64]*queue{}, peers: map[int]*peer{}}
+}
+
+// Attach registers rank's control channel; Handle answers its requests on
+// conn.
+func (b *Broker) Attach(rank int, conn *Conn) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.peers[rank] = &peer{rank: rank, conn: conn}
+}
+
+// Handle serves one request frame that rank sent. It never blocks on other
+// ranks: a request that must wait (a Get on an empty queue, a Put on a full
+// one) is answered later, when another rank's request frees it.
+func (b *Broker) Handle(rank int, f Frame) {
+	b.mu.Lock()
+	p := b.peers[rank]
+	var out []outFrame
+	var err error
+	switch {
+	case p == nil:
+		err = fmt.Errorf("%w: rank %d is not attached", errBadRequest, rank)
+	case b.closed:
+		err = ErrBrokerClosed
+	case len(f.Payload) == 0:
+		err = fmt.Errorf("%w: empty request", errBadRequest)
+	default:
+		err = b.serve(p, f, &out)
+	}
+	if err != nil && p != nil {
+		out = append(out, outFrame{p, Frame{Type: FrameError, ID: f.ID, Payload: errPayload(err)}})
+	}
+	b.mu.Unlock()
+	closeFiles(f.Files) // the broker dup'ed what it keeps
+	b.send(out)
+}
+
+// serve dispatches one request; b.mu is held.
+func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
+	reply := func(payload []byte, files ...*os.File) {
+		*out = append(*out, outFrame{p, Frame{Type: FrameReply, ID: f.ID, Payload: payload, Files: files}})
+	}
+	body := f.Payload[1:]
+	switch f.Payload[0] {
+	case opPublish:
+		h, err := b.publish(p.rank, body, f.Files)
+		if err != nil {
+			return err
+		}
+		reply(AppendHandle(nil, h))
+	case opOpen:
+		e, err := b.lookup(p.rank, body)
+		if err != nil {
+			return err
+		}
+		if e.gone {
+			return fmt.Errorf("%w: %s", ErrProducerGone, e.h)
+		}
+		if e.file != nil {
+			reply(nil, e.file)
+		} else {
+			reply(e.blob)
+		}
+	case opCheck:
+		e, err := b.lookup(p.rank, body)
+		if err != nil {
+			return err
+		}
+		if e.gone {
+			return fmt.Errorf("%w: %s", ErrProducerGone, e.h)
+		}
+		reply(nil)
+	case opRelease:
+		e, err := b.lookup(p.rank, body)
+		if err != nil {
+			return err
+		}
+		if e.holders[p.rank] == 0 {
+			return fmt.Errorf("%w: %s is not held by rank %d (released twice?)", ErrBadHandle, e.h, p.rank)
+		}
+		e.holders[p.rank]--
+		*out = b.settle(e, *out)
+		reply(nil)
+	case opPut:
+		var err error
+		*out, err = b.put(p, f.ID, body, *out)
+		return err
+	case opGet:
+		ref, _, err := cutQueueRef(body)
+		if err != nil {
+			return err
+		}
+		q := b.queue(ref)
+		q.getters = append(q.getters, pending{p, f.ID})
+		*out = b.pump(q, *out)
+	case opTaskDone:
+		ref, _, err := cutQueueRef(body)
+		if err != nil {
+			return err
+		}
+		q := b.queue(ref)
+		if q.unfinished == 0 {
+			return fmt.Errorf("%w: TaskDone called more times than items were put", errBadRequest)
+		}
+		q.unfinished--
+		reply(nil)
+		*out = b.pump(q, *out)
+	case opJoin:
+		ref, _, err := cutQueueRef(body)
+		if err != nil {
+			return err
+		}
+		q := b.queue(ref)
+		q.joiners = append(q.joiners, pending{p, f.ID})
+		*out = b.pump(q, *out)
+	case opWaitUnheld:
+		e, err := b.lookup(p.rank, body)
+		if err != nil {
+			return err
+		}
+		if len(body) < HandleSize+4 {
+			return fmt.Errorf("%w: short wait", errBadRequest)
+		}
+		timeout := time.Duration(binary.LittleEndian.Uint32(body[HandleSize:])) * time.Millisecond
+		w := &waiter{p: p, id: f.ID}
+		e.waiters = append(e.waiters, w)
+		w.timer = time.AfterFunc(timeout, func() { b.expire(e, w) })
+		*out = b.settle(e, *out)
+	default:
+		return fmt.Errorf("%w: unknown op %d", errBadRequest, f.Payload[0])
+	}
+	return nil
+}
+
+// publish records a new handle produced by rank.
+func (b *Broker) publish(rank int, body []byte, files []*os.File) (Handle, error) {
+	if len(body) < 1 {
+		return Handle{}, fmt.Errorf("%w: short publish", errBadRequest)
+	}
+	kind := Kind(body[0])
+	e := &entry{holders: map[int]int{rank: 1}, given: map[int]bool{rank: true}, public: rank == ParentRank}
+	switch kind {
+	case KindHost, KindFD:
+		if len(files) != 1 || len(body) < 9 {
+			return Handle{}, fmt.Errorf("%w: a %s handle needs one descriptor and a size", errBadRequest, kind)
+		}
+		e.file, files[0] = files[0], nil // kept: not closed with the frame
+		e.h.Size = int64(binary.LittleEndian.Uint64(body[1:]))
+	case KindProducerOwned:
+		if len(files) != 0 || len(body)-1 > MaxBlob || len(body) == 1 {
+			return Handle{}, fmt.Errorf("%w: a producer-owned handle is a blob of 1..%d bytes, no descriptor", errBadRequest, MaxBlob)
+		}
+		e.blob = slices.Clone(body[1:])
+		e.h.Size = int64(len(e.blob))
+	default:
+		return Handle{}, fmt.Errorf("%w: unknown kind %d", errBadRequest, kind)
+	}
+	b.nextID++
+	e.h.ID, e.h.Kind, e.h.Producer = b.nextID, kind, int32(rank)
+	if _, err := rand.Read(e.h.Token[:]); err != nil {
+		return Handle{}, err
+	}
+	b.handles[e.h.ID] = e
+	return e.h, nil
+}
+
+// lookup finds the handle at the start of body and checks that it is
+// genuine and that rank may use it.
+func (b *Broker) lookup(rank int, body []byte) (*entry, error) {
+	h, err := DecodeHandle(body)
+	if err != nil {
+		return nil, err
+	}
+	e := b.handles[h.ID]
+	if e == nil || subtle.ConstantTimeCompare(e.h.Token[:], h.Token[:]) != 1 || e.h != h {
+		return nil, fmt.Errorf("%w: %s is unknown, forged or already freed", ErrBadHandle, h)
+	}
+	if !e.public && !e.given[rank] {
+		return nil, fmt.Errorf("%w: %s was never given to rank %d", ErrBadHandle, h, rank)
+	}
+	return e, nil
+}
+
+// put queues a message, or parks the putter while the queue is full.
+func (b *Broker) put(p *peer, id uint64, body []byte, out []outFrame) ([]outFrame, error) {
+	ref, rest, err := cutQueueRef(body)
+	if err != nil {
+		return out, err
+	}
+	hs, value, err := cutMessage(rest)
+	if err != nil {
+		return out, err
+	}
+	for _, h := range hs {
+		e, err := b.lookup(p.rank, AppendHandle(nil, h))
+		if err != nil {
+			return out, err
+		}
+		if e.holders[p.rank] == 0 && !(e.public && p.rank == ParentRank) {
+			return out, fmt.Errorf("%w: rank %d puts %s it does not hold", ErrBadHandle, p.rank, h)
+		}
+	}
+	for _, h := range hs {
+		b.handles[h.ID].queued++ // the message holds it until a rank gets it
+	}
+	q := b.queue(ref)
+	q.putters = append(q.putters, pendingPut{pending{p, id}, message{hs, slices.Clone(value)}})
+	return b.pump(q, out), nil
+}
+
+// queue returns the queue ref names, creating it on first use.
+func (b *Broker) queue(ref queueRef) *queue {
+	q := b.queues[ref.ID]
+	if q == nil {
+		q = &queue{ref: ref}
+		b.queues[ref.ID] = q
+	}
+	return q
+}
+
+// pump moves a queue forward: waiting putters into free room, items to
+// waiting getters, and releases joiners when every item is done.
+func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
+	for {
+		moved := false
+		for len(q.putters) > 0 && (q.ref.Cap == 0 || len(q.items) < int(q.ref.Cap)) {
+			pp := q.putters[0]
+			q.putters = q.putters[1:]
+			q.items = append(q.items, pp.msg)
+			q.unfinished++
+			if pp.id != 0 {
+				out = append(out, outFrame{pp.p, Frame{Type: FrameReply, ID: pp.id}})
+			}
+			moved = true
+		}
+		for len(q.getters) > 0 && len(q.items) > 0 {
+			g, m := q.getters[0], q.items[0]
+			q.getters, q.items = q.getters[1:], q.items[1:]
+			for _, h := range m.handles {
+				e := b.handles[h.ID]
+				e.queued--
+				e.given[g.p.rank] = true
+				e.holders[g.p.rank]++
+			}
+			out = append(out, outFrame{g.p, Frame{Type: FrameReply, ID: g.id, Payload: appendMessage(nil, m.handles, m.value)}})
+			moved = true
+		}
+		if !moved {
+			break
+		}
+	}
+	if q.unfinished == 0 {
+		for _, j := range q.joiners {
+			out = append(out, outFrame{j.p, Frame{Type: FrameReply, ID: j.id}})
+		}
+		q.joiners = nil
+	}
+	return out
+}
+
+// settle frees an entry nobody holds, and answers producers waiting for
+// their handle to be unheld.
+func (b *Broker) settle(e *entry, out []outFrame) []outFrame {
+	others := e.otherHolders()
+	if len(others) == 0 {
+		for _, w := range e.waiters {
+			if !w.done {
+				w.done = true
+				w.timer.Stop()
+				out = append(out, outFrame{w.p, Frame{Type: FrameReply, ID: w.id}})
+			}
+		}
+		e.waiters = nil
+	}
+	if e.held() == 0 {
+		b.free(e)
+	}
+	return out
+}
+
+// otherHolders lists the ranks other than the producer holding e.
+func (e *entry) otherHolders() []int {
+	var rs []int
+	for r, n := range e.holders {
+		if n > 0 && r != int(e.h.Producer) {
+			rs = append(rs, r)
+		}
+	}
+	sort.Ints(rs)
+	return rs
+}
+
+func (e *entry) held() int {
+	n := e.queued
+	for _, c := range e.holders {
+		n += c
+	}
+	return n
+}
+
+func (b *Broker) free(e *entry) {
+	if e.file != nil {
+		e.file.Close()
+	}
+	delete(b.handles, e.h.ID)
+}
+
+// expire answers a producer whose wait timed out with the ranks still
+// holding its handle.
+func (b *Broker) expire(e *entry, w *waiter) {
+	b.mu.Lock()
+	if w.done {
+		b.mu.Unlock()
+		return
+	}
+	w.done = true
+	var payload []byte
+	for _, r := range e.otherHolders() {
+		payload = binary.LittleEndian.AppendUint32(payload, uint32(int32(r)))
+	}
+	b.mu.Unlock()
+	b.send([]outFrame{{w.p, Frame{Type: FrameReply, ID: w.id, Payload: payload}}})
+}
+
+// Detach is called when rank has exited: every hold it had is released,
+// its pending requests are dropped, and every producer-owned handle it
+// produced that others still hold is marked gone, its holders told.
+func (b *Broker) Detach(rank int) {
+	b.mu.Lock()
+	var out []outFrame
+	delete(b.peers, rank)
+	for _, q := range b.queues {
+		q.getters = slices.DeleteFunc(q.getters, func(g pending) bool { return g.p.rank == rank })
+		q.joiners = slices.DeleteFunc(q.joiners, func(g pending) bool { return g.p.rank == rank })
+		for i := range q.putters {
+			if q.putters[i].p.rank == rank {
+				q.putters[i].id = 0 // still delivered, but nobody to answer
+			}
+		}
+	}
+	for _, e := range b.handles {
+		delete(e.holders, rank)
+		if e.h.Kind == KindProducerOwned && int(e.h.Producer) == rank && !e.gone {
+			e.gone = true
+			for _, r := range e.otherHolders() {
+				if p := b.peers[r]; p != nil {
+					out = append(out, outFrame{p, Frame{Type: FrameNotice, Payload: AppendHandle([]byte{noticeProducerGone}, e.h)}})
+				}
+			}
+		}
+		out = b.settle(e, out)
+	}
+	b.mu.Unlock()
+	b.send(out)
+}
+
+// Close ends the broker: later requests fail, every kept descriptor is
+// closed, and the handles still held are returned, one line each, as
+// leaks to report.
+func (b *Broker) Close() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	var leaks []string
+	ids := make([]uint64, 0, len(b.handles))
+	for id := range b.handles {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		e := b.handles[id]
+		for _, w := range e.waiters {
+			w.timer.Stop()
+		}
+		var by []string
+		for r, n := range e.holders {
+			if n > 0 {
+				by = append(by, fmt.Sprintf("rank %d (%d)", r, n))
+			}
+		}
+		sort.Strings(by)
+		if e.queued > 0 {
+			by = append(by, fmt.Sprintf("%d queued messages", e.queued))
+		}
+		leaks = append(leaks, fmt.Sprintf("%s never released; held by %v", e.h, by))
+		b.free(e)
+	}
+	return leaks
+}
+
+// send writes the frames; a rank that has gone away just misses them.
+func (b *Broker) send(out []outFrame) {
+	for _, o := range out {
+		_ = o.p.conn.WriteFrame(o.f)
+	}
+}
+
+func closeFiles(files []*os.File) {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// Publish publishes f (a memfd or another descriptor the kernel counts) of
+// size bytes from the launcher itself: every rank attached to the broker
+// may open it. The broker keeps its own duplicate of f; the caller keeps f.
+// The launcher holds the handle until it calls Release.
+func (b *Broker) Publish(kind Kind, f *os.File, size int64) (Handle, error) {
+	dup, err := dupFile(f)
+	if err != nil {
+		return Handle{}, err
+	}
+	body := binary.LittleEndian.AppendUint64([]byte{byte(kind)}, uint64(size))
+	files := []*os.File{dup}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	defer closeFiles(files)
+	if b.closed {
+		return Handle{}, ErrBrokerClosed
+	}
+	return b.publish(ParentRank, body, files)
+}
+
+// Release drops the launcher's hold on a handle it published.
+func (b *Broker) Release(h Handle) error {
+	b.mu.Lock()
+	e, err := b.lookup(ParentRank, AppendHandle(nil, h))
+	if err == nil && e.holders[ParentRank] == 0 {
+		err = fmt.Errorf("%w: %s is not held by the launcher", ErrBadHandle, h)
+	}
+	var out []outFrame
+	if err == nil {
+		e.holders[ParentRank]--
+		out = b.settle(e, nil)
+	}
+	b.mu.Unlock()
+	b.send(out)
+	return err
+}

@@ -1,0 +1,406 @@
+//go:build linux
+
+package ipc
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The broker tests run real rank processes: the test binary in "rank" mode
+// (brokerRank), attached to a Broker in the test through its control
+// channel, as the launcher attaches its ranks. A rank reads one command line
+// from stdin, runs it (rankCommands), prints one result line, and repeats
+// until stdin closes; so the test drives the ranks step by step, without
+// sleeps.
+
+type testJob struct {
+	t      *testing.T
+	broker *Broker
+	ranks  []*testRank
+}
+
+type testRank struct {
+	rank   int
+	cmd    *exec.Cmd
+	stdin  *os.File
+	out    *bufio.Reader
+	served chan struct{}
+}
+
+func newTestJob(t *testing.T, n int) *testJob {
+	j := &testJob{t: t, broker: NewBroker()}
+	for i := range n {
+		j.ranks = append(j.ranks, j.start(i))
+	}
+	t.Cleanup(func() {
+		for _, r := range j.ranks {
+			r.stdin.Close()
+			_ = r.cmd.Process.Kill()
+			_ = r.cmd.Wait()
+			<-r.served
+		}
+		j.broker.Close()
+	})
+	return j
+}
+
+// start runs rank i and serves its requests with the broker until it exits.
+func (j *testJob) start(i int) *testRank {
+	t := j.t
+	parent, child, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=rank", "RANK="+strconv.Itoa(i))
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.Stderr = os.Stderr
+	inR, inW, _ := os.Pipe()
+	outR, outW, _ := os.Pipe()
+	cmd.Stdin, cmd.Stdout = inR, outW
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	child.Close()
+	inR.Close()
+	outW.Close()
+	r := &testRank{rank: i, cmd: cmd, stdin: inW, out: bufio.NewReader(outR), served: make(chan struct{})}
+	j.broker.Attach(i, parent)
+	go func() {
+		defer close(r.served)
+		defer parent.Close()
+		defer j.broker.Detach(i)
+		for {
+			f, err := parent.ReadFrame()
+			if err != nil {
+				return
+			}
+			j.broker.Handle(i, f)
+		}
+	}()
+	return r
+}
+
+// do sends rank r a command and returns its result line.
+func (j *testJob) do(r int, format string, args ...any) string {
+	j.t.Helper()
+	rk := j.ranks[r]
+	if _, err := fmt.Fprintf(rk.stdin, format+"\n", args...); err != nil {
+		j.t.Fatalf("rank %d: %v", r, err)
+	}
+	line, err := rk.out.ReadString('\n')
+	if err != nil {
+		j.t.Fatalf("rank %d: no answer to %q: %v", r, fmt.Sprintf(format, args...), err)
+	}
+	return strings.TrimSuffix(line, "\n")
+}
+
+// exit ends rank r and waits until the broker has detached it.
+func (j *testJob) exit(r int) {
+	rk := j.ranks[r]
+	rk.stdin.Close()
+	_ = rk.cmd.Wait()
+	<-rk.served
+}
+
+// brokerRank is the rank side: commands on stdin, results on stdout.
+func brokerRank() int {
+	f := os.NewFile(3, "ipc")
+	conn, err := FileConn(f)
+	f.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	rank, _ := strconv.Atoi(os.Getenv("RANK"))
+	c := NewClient(conn, rank)
+	ctx := WithClient(context.Background(), c)
+	st := &rankState{held: map[string]*Mapping{}, blobs: map[string]*Blob{}}
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		res, err := st.run(ctx, c, strings.Fields(sc.Text()))
+		if err != nil {
+			res = "error: " + err.Error()
+			switch {
+			case errors.Is(err, ErrProducerGone):
+				res = "error: producer gone"
+			case errors.Is(err, ErrBadHandle):
+				res = "error: bad handle"
+			}
+		}
+		fmt.Println(res)
+	}
+	for _, w := range c.Close(ctx, 2*time.Second) {
+		fmt.Fprintln(os.Stderr, w)
+	}
+	return 0
+}
+
+type rankState struct {
+	held  map[string]*Mapping
+	blobs map[string]*Blob
+}
+
+// Handles travel between test and ranks as their wire form in hex.
+func hexHandle(h Handle) string { return fmt.Sprintf("%x", AppendHandle(nil, h)) }
+
+func parseHandle(s string) (Handle, error) {
+	var b []byte
+	if _, err := fmt.Sscanf(s, "%x", &b); err != nil {
+		return Handle{}, err
+	}
+	return DecodeHandle(b)
+}
+
+// byteQueue is the queue the tests pass handles and values through.
+var byteQueue = Queue[message2]{ID: 42}
+
+type message2 struct {
+	H    Handle
+	Note string
+}
+
+func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, error) {
+	switch cmd[0] {
+	case "ping":
+		return "pong", nil
+	case "make": // make SIZE BYTE: a buffer filled with BYTE, published and put on the queue; this rank releases it
+		size, _ := strconv.Atoi(cmd[1])
+		v, _ := strconv.Atoi(cmd[2])
+		buf, err := c.NewBuffer(size)
+		if err != nil {
+			return "", err
+		}
+		for i := range buf.Bytes() {
+			buf.Bytes()[i] = byte(v)
+		}
+		h, err := buf.Publish(ctx)
+		if err != nil {
+			return "", err
+		}
+		if err := byteQueue.Put(ctx, message2{H: h, Note: "made by " + strconv.Itoa(c.Rank())}); err != nil {
+			return "", err
+		}
+		return hexHandle(h), buf.Close(ctx)
+	case "take": // take: get from the queue, open, and report size, first byte, sum
+		m, err := byteQueue.Get(ctx)
+		if err != nil {
+			return "", err
+		}
+		mp, err := c.Open(ctx, m.H)
+		if err != nil {
+			return "", err
+		}
+		sum := 0
+		for _, b := range mp.Bytes() {
+			sum += int(b)
+		}
+		st.held[hexHandle(m.H)] = mp
+		return fmt.Sprintf("%s size=%d sum=%d note=%q", hexHandle(m.H), len(mp.Bytes()), sum, m.Note), nil
+	case "close": // close HANDLE: unmap and release a mapping taken before
+		mp := st.held[cmd[1]]
+		if mp == nil {
+			return "", errors.New("not held")
+		}
+		delete(st.held, cmd[1])
+		return "closed", mp.Close(ctx)
+	case "open": // open HANDLE: map a handle named directly (not received through the queue)
+		h, err := parseHandle(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		mp, err := c.Open(ctx, h)
+		if err != nil {
+			return "", err
+		}
+		st.held[cmd[1]] = mp
+		return fmt.Sprintf("size=%d", len(mp.Bytes())), nil
+	case "release": // release HANDLE
+		h, err := parseHandle(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		return "released", c.Release(ctx, h)
+	case "blob": // blob: publish a producer-owned blob and put it on the queue
+		h, err := c.PublishBlob(ctx, []byte("cuda-ipc-handle-of-rank-"+strconv.Itoa(c.Rank())))
+		if err != nil {
+			return "", err
+		}
+		return hexHandle(h), byteQueue.Put(ctx, message2{H: h})
+	case "takeblob": // takeblob: get a blob handle from the queue and open it
+		m, err := byteQueue.Get(ctx)
+		if err != nil {
+			return "", err
+		}
+		b, err := c.OpenBlob(ctx, m.H)
+		if err != nil {
+			return "", err
+		}
+		st.blobs[hexHandle(m.H)] = b
+		return string(b.Bytes()), b.Valid(ctx)
+	case "useblob": // useblob HANDLE: check that what the blob names is still there
+		b := st.blobs[cmd[1]]
+		if b == nil {
+			return "", errors.New("not held")
+		}
+		return "valid", b.Valid(ctx)
+	case "fds": // fds: the number of open descriptors
+		ents, err := os.ReadDir("/proc/self/fd")
+		return strconv.Itoa(len(ents)), err
+	case "put": // put N: put N small values
+		n, _ := strconv.Atoi(cmd[1])
+		q := Queue[int]{ID: 7}
+		for i := range n {
+			if err := q.Put(ctx, i); err != nil {
+				return "", err
+			}
+		}
+		return "put", nil
+	case "get": // get N: get N values and sum them
+		n, _ := strconv.Atoi(cmd[1])
+		q := Queue[int]{ID: 7}
+		sum := 0
+		for range n {
+			v, err := q.Get(ctx)
+			if err != nil {
+				return "", err
+			}
+			sum += v
+		}
+		return strconv.Itoa(sum), nil
+	}
+	return "", fmt.Errorf("unknown command %q", cmd[0])
+}
+
+// TestBufferOutlivesProducer: the producer creates and fills a buffer, puts
+// its handle on a queue and exits; the consumer gets it after the
+// producer's exit and reads the right bytes.
+func TestBufferOutlivesProducer(t *testing.T) {
+	j := newTestJob(t, 2)
+	h := j.do(0, "make %d %d", 1<<20, 7)
+	if strings.HasPrefix(h, "error") {
+		t.Fatal(h)
+	}
+	j.exit(0)
+	want := fmt.Sprintf("%s size=%d sum=%d note=%q", h, 1<<20, 7<<20, "made by 0")
+	if got := j.do(1, "take"); got != want {
+		t.Fatalf("consumer after the producer exited: %q; want %q", got, want)
+	}
+	if got := j.do(1, "close %s", h); got != "closed" {
+		t.Fatal(got)
+	}
+	// Nobody holds it now: it is freed, and its handle is stale.
+	if got := j.do(1, "open %s", h); got != "error: bad handle" {
+		t.Errorf("open after the last release: %q; want a bad handle", got)
+	}
+	if leaks := j.broker.Close(); len(leaks) != 0 {
+		t.Errorf("leaks: %q", leaks)
+	}
+}
+
+// TestHandleSecurity: a rank can open only handles it was given; forged,
+// stale and double-released handles are errors.
+func TestHandleSecurity(t *testing.T) {
+	j := newTestJob(t, 3)
+	h := j.do(0, "make 4096 1")
+	if got := j.do(2, "open %s", h); got != "error: bad handle" {
+		t.Errorf("rank 2 opens a handle it was never given: %q", got)
+	}
+	hd, err := parseHandle(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := hd
+	forged.Token[0] ^= 1
+	if got := j.do(1, "open %s", hexHandle(forged)); got != "error: bad handle" {
+		t.Errorf("forged token: %q", got)
+	}
+	if got := j.do(1, "take"); !strings.HasPrefix(got, h+" size=4096 sum=4096") {
+		t.Fatalf("take: %q", got)
+	}
+	if got := j.do(1, "release %s", h); got != "released" {
+		t.Errorf("release: %q", got)
+	}
+	if got := j.do(1, "release %s", h); got != "error: bad handle" {
+		t.Errorf("second release: %q", got)
+	}
+}
+
+// TestProducerOwned: holders of a producer-owned handle get
+// ErrProducerGone once the producer has died; an orderly producer waits
+// for its holders and names them when they do not let go.
+func TestProducerOwned(t *testing.T) {
+	j := newTestJob(t, 2)
+	h := j.do(0, "blob")
+	if got := j.do(1, "takeblob"); got != "cuda-ipc-handle-of-rank-0" {
+		t.Fatalf("takeblob: %q", got)
+	}
+	if got := j.do(1, "useblob %s", h); got != "valid" {
+		t.Fatalf("useblob while the producer lives: %q", got)
+	}
+	_ = j.ranks[0].cmd.Process.Kill() // the producer dies without waiting
+	j.exit(0)
+	if got := j.do(1, "useblob %s", h); got != "error: producer gone" {
+		t.Errorf("useblob after the producer died: %q; want producer gone", got)
+	}
+	if got := j.do(1, "open %s", h); !strings.HasPrefix(got, "error") {
+		t.Errorf("open after the producer died: %q", got)
+	}
+}
+
+// TestNoFDLeak: many handle transfers leave every process's descriptor
+// count unchanged.
+func TestNoFDLeak(t *testing.T) {
+	j := newTestJob(t, 2)
+	n := 2000
+	if testing.Short() {
+		n = 200
+	}
+	countParent := func() int {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		return len(ents)
+	}
+	before0, before1, beforeP := j.do(0, "fds"), j.do(1, "fds"), countParent()
+	for range n {
+		h := j.do(0, "make 4096 2")
+		if got := j.do(1, "take"); !strings.HasPrefix(got, h) {
+			t.Fatalf("take: %q", got)
+		}
+		if got := j.do(1, "close %s", h); got != "closed" {
+			t.Fatal(got)
+		}
+	}
+	// The test process may close descriptors of earlier tests meanwhile:
+	// only a rise is a leak there.
+	if a0, a1, aP := j.do(0, "fds"), j.do(1, "fds"), countParent(); a0 != before0 || a1 != before1 || aP > beforeP {
+		t.Errorf("fds after %d transfers: producer %s→%s, consumer %s→%s, broker %d→%d", n, before0, a0, before1, a1, beforeP, aP)
+	}
+}
+
+// TestQueueAcrossRanks: values put by one rank are got by another, in order.
+func TestQueueAcrossRanks(t *testing.T) {
+	j := newTestJob(t, 2)
+	var wg sync.WaitGroup
+	var got string
+	wg.Go(func() { got = j.do(1, "get 1000") })
+	if r := j.do(0, "put 1000"); r != "put" {
+		t.Fatal(r)
+	}
+	wg.Wait()
+	if got != strconv.Itoa(999*1000/2) {
+		t.Errorf("sum of got values = %s; want %d", got, 999*1000/2)
+	}
+}
+
+var _ = binary.LittleEndian

@@ -1,0 +1,273 @@
+package ipc
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Client is a rank's side of the broker: it sends requests over the rank's
+// control channel and reads every frame that comes back, so it must be the
+// channel's only reader. A Client is safe for concurrent use.
+type Client struct {
+	conn *Conn
+	rank int
+
+	mu        sync.Mutex
+	nextID    uint64
+	pending   map[uint64]chan Frame
+	gone      map[uint64]bool // producer-owned handles whose producer exited
+	published []Handle        // producer-owned handles this rank published
+	err       error           // why the channel ended
+	done      chan struct{}
+}
+
+// NewClient starts reading conn, the control channel of rank, for replies
+// and notices. The launcher makes it for a rank; a rank's function gets it
+// with ClientFrom.
+func NewClient(conn *Conn, rank int) *Client {
+	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, done: make(chan struct{})}
+	go c.read()
+	return c
+}
+
+// Rank is the rank the client belongs to.
+func (c *Client) Rank() int { return c.rank }
+
+func (c *Client) read() {
+	defer close(c.done)
+	for {
+		f, err := c.conn.ReadFrame()
+		if err != nil {
+			c.mu.Lock()
+			if err == io.EOF {
+				err = ErrBrokerClosed
+			}
+			c.err = err
+			for id, ch := range c.pending {
+				close(ch)
+				delete(c.pending, id)
+			}
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Lock()
+		switch f.Type {
+		case FrameNotice:
+			if len(f.Payload) > 0 && f.Payload[0] == noticeProducerGone {
+				if h, err := DecodeHandle(f.Payload[1:]); err == nil {
+					c.gone[h.ID] = true
+				}
+			}
+		default:
+			if ch := c.pending[f.ID]; ch != nil {
+				delete(c.pending, f.ID)
+				ch <- f
+				f.Files = nil
+			}
+		}
+		c.mu.Unlock()
+		closeFiles(f.Files) // a reply nobody waits for
+	}
+}
+
+// request sends one request and waits for its reply, or for ctx.
+func (c *Client) request(ctx context.Context, payload []byte, files ...*os.File) (Frame, error) {
+	ch := make(chan Frame, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return Frame{}, err
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = ch
+	c.mu.Unlock()
+	if err := c.conn.WriteFrame(Frame{Type: FrameRequest, ID: id, Payload: payload, Files: files}); err != nil {
+		c.forget(id)
+		return Frame{}, fmt.Errorf("ipc: request: %w", err)
+	}
+	select {
+	case f, ok := <-ch:
+		if !ok {
+			return Frame{}, fmt.Errorf("ipc: control channel: %w", c.closedErr())
+		}
+		if f.Type == FrameError {
+			closeFiles(f.Files)
+			return Frame{}, payloadErr(f.Payload)
+		}
+		return f, nil
+	case <-ctx.Done():
+		c.forget(id)
+		return Frame{}, context.Cause(ctx)
+	}
+}
+
+// forget drops a pending request whose reply no longer matters, closing
+// any descriptor that came with it.
+func (c *Client) forget(id uint64) {
+	c.mu.Lock()
+	ch := c.pending[id]
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if ch != nil {
+		select {
+		case f := <-ch:
+			closeFiles(f.Files)
+		default:
+		}
+	}
+}
+
+func (c *Client) closedErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Release drops this rank's hold on h: received through a queue, or
+// published by this rank. A host buffer is freed when nobody holds it.
+func (c *Client) Release(ctx context.Context, h Handle) error {
+	_, err := c.request(ctx, AppendHandle([]byte{opRelease}, h))
+	return err
+}
+
+// PublishBlob publishes a producer-owned blob, such as the 64-byte
+// cudaIpcMemHandle_t of memory this rank allocated. Before this rank exits,
+// Close waits (bounded) for every holder to release it.
+func (c *Client) PublishBlob(ctx context.Context, blob []byte) (Handle, error) {
+	f, err := c.request(ctx, append([]byte{opPublish, byte(KindProducerOwned)}, blob...))
+	if err != nil {
+		return Handle{}, err
+	}
+	h, err := DecodeHandle(f.Payload)
+	if err == nil {
+		c.mu.Lock()
+		c.published = append(c.published, h)
+		c.mu.Unlock()
+	}
+	return h, err
+}
+
+// PublishFD publishes a descriptor the kernel reference-counts (KindFD),
+// such as a CUDA VMM allocation exported as a POSIX fd, of size bytes. The
+// caller keeps f.
+func (c *Client) PublishFD(ctx context.Context, f *os.File, size int64) (Handle, error) {
+	return c.publishFile(ctx, KindFD, f, size)
+}
+
+func (c *Client) publishFile(ctx context.Context, kind Kind, f *os.File, size int64) (Handle, error) {
+	body := binary.LittleEndian.AppendUint64([]byte{opPublish, byte(kind)}, uint64(size))
+	r, err := c.request(ctx, body, f)
+	if err != nil {
+		return Handle{}, err
+	}
+	return DecodeHandle(r.Payload)
+}
+
+// OpenFD returns the descriptor a KindFD or KindHost handle names. The
+// caller closes it, and releases the handle when done.
+func (c *Client) OpenFD(ctx context.Context, h Handle) (*os.File, error) {
+	f, err := c.request(ctx, AppendHandle([]byte{opOpen}, h))
+	if err != nil {
+		return nil, err
+	}
+	if len(f.Files) != 1 {
+		closeFiles(f.Files)
+		return nil, fmt.Errorf("%w: %s: no descriptor", ErrBadHandle, h)
+	}
+	return f.Files[0], nil
+}
+
+// Blob is a producer-owned handle opened by a holder.
+type Blob struct {
+	c    *Client
+	h    Handle
+	data []byte
+}
+
+// OpenBlob returns the blob a producer-owned handle names, for example to
+// pass to cudaIpcOpenMemHandle. Call Valid before every use of what it
+// names, and Close (which releases the handle) when done.
+func (c *Client) OpenBlob(ctx context.Context, h Handle) (*Blob, error) {
+	f, err := c.request(ctx, AppendHandle([]byte{opOpen}, h))
+	if err != nil {
+		return nil, err
+	}
+	closeFiles(f.Files)
+	return &Blob{c: c, h: h, data: f.Payload}, nil
+}
+
+// Bytes is the blob.
+func (b *Blob) Bytes() []byte { return b.data }
+
+// Valid returns ErrProducerGone once the producer has exited: the memory
+// the blob named is gone, and must not be read. It asks the broker, which
+// learns of the producer's exit before anyone else can; a notice the
+// broker pushed when the producer died answers without asking.
+func (b *Blob) Valid(ctx context.Context) error {
+	b.c.mu.Lock()
+	gone := b.c.gone[b.h.ID]
+	b.c.mu.Unlock()
+	if gone {
+		return fmt.Errorf("%w: %s", ErrProducerGone, b.h)
+	}
+	_, err := b.c.request(ctx, AppendHandle([]byte{opCheck}, b.h))
+	return err
+}
+
+// Close releases the handle.
+func (b *Blob) Close(ctx context.Context) error { return b.c.Release(ctx, b.h) }
+
+// DefaultCloseWait bounds how long Close waits for holders of this rank's
+// producer-owned handles.
+const DefaultCloseWait = 10 * time.Second
+
+// Close is called as the rank exits: for every producer-owned handle it
+// published, it waits up to wait for the other holders to release it, and
+// returns a warning naming the ranks that still hold one. It does not close
+// the control channel.
+func (c *Client) Close(ctx context.Context, wait time.Duration) []string {
+	c.mu.Lock()
+	hs := c.published
+	c.published = nil
+	c.mu.Unlock()
+	var warnings []string
+	for _, h := range hs {
+		body := AppendHandle([]byte{opWaitUnheld}, h)
+		body = binary.LittleEndian.AppendUint32(body, uint32(wait/time.Millisecond))
+		f, err := c.request(ctx, body)
+		if err != nil {
+			continue // released and freed already, or the channel is gone
+		}
+		var holders []int
+		for p := f.Payload; len(p) >= 4; p = p[4:] {
+			holders = append(holders, int(int32(binary.LittleEndian.Uint32(p))))
+		}
+		if len(holders) > 0 {
+			sort.Ints(holders)
+			warnings = append(warnings, fmt.Sprintf("ipc: rank %d exits while ranks %v still hold %s: their next use fails with ErrProducerGone", c.rank, holders, h))
+		}
+	}
+	return warnings
+}
+
+type clientKey struct{}
+
+// WithClient returns ctx carrying c.
+func WithClient(ctx context.Context, c *Client) context.Context {
+	return context.WithValue(ctx, clientKey{}, c)
+}
+
+// ClientFrom returns the rank's Client from ctx, or nil outside a rank
+// started by the launcher.
+func ClientFrom(ctx context.Context) *Client {
+	c, _ := ctx.Value(clientKey{}).(*Client)
+	return c
+}

@@ -1,0 +1,137 @@
+package ipc
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// The broker protocol rides on the control channel's frames (see
+// docs/ipc-protocol.md). A rank sends a FrameRequest whose payload starts
+// with an op byte; the broker answers with a FrameReply or a FrameError
+// carrying the same frame ID. Integers in bodies are little endian.
+const (
+	opPublish    = 1 // kind u8, then size u64 (+ 1 fd) or the blob → handle
+	opOpen       = 2 // handle → 1 fd, or the blob
+	opRelease    = 3 // handle → empty
+	opPut        = 4 // queue → empty, once the queue has room
+	opGet        = 5 // queue id u64, capacity u32 → message
+	opTaskDone   = 6 // queue id u64, capacity u32 → empty
+	opJoin       = 7 // queue id u64, capacity u32 → empty, once every put item is done
+	opWaitUnheld = 8 // handle, timeout ms u32 → holder ranks (i32 each) still holding it
+	opCheck      = 9 // handle → empty, or ErrProducerGone
+)
+
+// Error codes, the first byte of a FrameError payload; the rest is the
+// message.
+const (
+	errCodeOther        = 0
+	errCodeBadHandle    = 1
+	errCodeProducerGone = 2
+	errCodeBadRequest   = 3
+	errCodeClosed       = 4
+)
+
+// Notices, the first byte of a FrameNotice payload, followed by a handle.
+const noticeProducerGone = 1
+
+// ErrBrokerClosed is returned for requests after the broker shut down.
+var ErrBrokerClosed = errors.New("ipc: broker closed")
+
+// errPayload encodes err for a FrameError.
+func errPayload(err error) []byte {
+	code := byte(errCodeOther)
+	switch {
+	case errors.Is(err, ErrBadHandle):
+		code = errCodeBadHandle
+	case errors.Is(err, ErrProducerGone):
+		code = errCodeProducerGone
+	case errors.Is(err, errBadRequest):
+		code = errCodeBadRequest
+	case errors.Is(err, ErrBrokerClosed):
+		code = errCodeClosed
+	}
+	return append([]byte{code}, err.Error()...)
+}
+
+// payloadErr decodes a FrameError payload into an error that errors.Is
+// matches against the sentinel it came from.
+func payloadErr(b []byte) error {
+	if len(b) == 0 {
+		return errors.New("ipc: broker error")
+	}
+	msg := string(b[1:])
+	var sentinel error
+	switch b[0] {
+	case errCodeBadHandle:
+		sentinel = ErrBadHandle
+	case errCodeProducerGone:
+		sentinel = ErrProducerGone
+	case errCodeBadRequest:
+		sentinel = errBadRequest
+	case errCodeClosed:
+		sentinel = ErrBrokerClosed
+	default:
+		return errors.New(msg)
+	}
+	return &brokerError{msg: msg, sentinel: sentinel}
+}
+
+type brokerError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *brokerError) Error() string { return e.msg }
+func (e *brokerError) Unwrap() error { return e.sentinel }
+
+var errBadRequest = errors.New("ipc: bad request")
+
+// queueRef is how a request names a queue: its id and capacity (0 means
+// unbounded); the broker creates the queue on first use.
+type queueRef struct {
+	ID  uint64
+	Cap uint32
+}
+
+func appendQueueRef(b []byte, q queueRef) []byte {
+	b = binary.LittleEndian.AppendUint64(b, q.ID)
+	return binary.LittleEndian.AppendUint32(b, q.Cap)
+}
+
+func cutQueueRef(b []byte) (queueRef, []byte, error) {
+	if len(b) < 12 {
+		return queueRef{}, nil, fmt.Errorf("%w: short queue reference", errBadRequest)
+	}
+	return queueRef{ID: binary.LittleEndian.Uint64(b), Cap: binary.LittleEndian.Uint32(b[8:])}, b[12:], nil
+}
+
+// A queue message on the wire: handle count u16, the handles, then the
+// encoded value.
+func appendMessage(b []byte, handles []Handle, value []byte) []byte {
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(handles)))
+	for _, h := range handles {
+		b = AppendHandle(b, h)
+	}
+	return append(b, value...)
+}
+
+func cutMessage(b []byte) ([]Handle, []byte, error) {
+	if len(b) < 2 {
+		return nil, nil, fmt.Errorf("%w: short message", errBadRequest)
+	}
+	n := int(binary.LittleEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < n*HandleSize {
+		return nil, nil, fmt.Errorf("%w: message names %d handles in %d bytes", errBadRequest, n, len(b))
+	}
+	hs := make([]Handle, n)
+	for i := range hs {
+		h, err := DecodeHandle(b[i*HandleSize:])
+		if err != nil {
+			return nil, nil, err
+		}
+		hs[i] = h
+	}
+	return hs, b[n*HandleSize:], nil
+}
