@@ -65,4 +65,3 @@ func BenchmarkPoolMap(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(items)*b.N)/b.Elapsed().Seconds(), "items/s")
 }
-
