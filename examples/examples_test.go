@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"testing"
 )
 
@@ -61,5 +62,29 @@ func TestPoolExample(t *testing.T) {
 		if !regexp.MustCompile(re).Match(out) {
 			t.Errorf("pool output lacks %s:\n%s", re, out)
 		}
+	}
+}
+
+func TestSharedbufExample(t *testing.T) {
+	out, err := exec.Command(build(t, "sharedbuf"), "-mib", "64", "-n", "4").Output()
+	if err != nil {
+		t.Fatalf("sharedbuf: %v\n%s", err, out)
+	}
+	sums := regexp.MustCompile(`(?m)^rank \d: sum (\d+)$`).FindAllSubmatch(out, -1)
+	if len(sums) != 4 {
+		t.Fatalf("sharedbuf printed %d sums:\n%s", len(sums), out)
+	}
+	for _, s := range sums {
+		if string(s[1]) != string(sums[0][1]) {
+			t.Errorf("ranks disagree on the sum:\n%s", out)
+		}
+	}
+	m := regexp.MustCompile(`(?m)^BUFFER_MIB=64\nPSS_TOTAL_MIB=(\d+)$`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no BUFFER_MIB/PSS_TOTAL_MIB lines:\n%s", out)
+	}
+	// Four readers of a 64 MiB buffer cost about one buffer, not four.
+	if pss, _ := strconv.Atoi(string(m[1])); pss > 64*11/10+64 {
+		t.Errorf("PSS total %d MiB for 4 readers of 64 MiB; want at most %d", pss, 64*11/10+64)
 	}
 }

@@ -4,31 +4,12 @@ package gpu
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 )
-
-// fakeSysfs writes the sysfs files hostTopology reads: files maps paths
-// under the root to contents.
-func fakeSysfs(t *testing.T, files map[string]string) string {
-	t.Helper()
-	root := t.TempDir()
-	for p, s := range files {
-		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(full, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root
-}
 
 // noDriver is NVML as it behaves where libnvidia-ml.so.1 is missing.
 func noDriver() *mock.Interface {
@@ -38,7 +19,7 @@ func noDriver() *mock.Interface {
 // TestDiscoverHost reads CPUs and NUMA nodes from a two-socket sysfs with a
 // memory-only node, restricted to the CPUs the process may use.
 func TestDiscoverHost(t *testing.T) {
-	sysfs := fakeSysfs(t, map[string]string{
+	sysfs := writeSysfs(t, map[string]string{
 		"devices/system/cpu/online":         "0-15\n",
 		"devices/system/node/node0/cpulist": "0-3,8-11\n",
 		"devices/system/node/node1/cpulist": "4-7,12-15\n",
@@ -70,7 +51,7 @@ func TestDiscoverHost(t *testing.T) {
 // TestDiscoverNVMLFailing: a driver that is there but fails is reported
 // apart from a missing one, and discovery still returns the CPUs.
 func TestDiscoverNVMLFailing(t *testing.T) {
-	sysfs := fakeSysfs(t, map[string]string{"devices/system/cpu/online": "0-3\n"})
+	sysfs := writeSysfs(t, map[string]string{"devices/system/cpu/online": "0-3\n"})
 	lib := &mock.Interface{
 		InitFunc:        func() nvml.Return { return nvml.ERROR_DRIVER_NOT_LOADED },
 		ErrorStringFunc: func(r nvml.Return) string { return "Driver Not Loaded" },

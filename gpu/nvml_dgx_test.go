@@ -66,7 +66,7 @@ func nvmlBusID(d *server.Device) string { return "0000" + d.PciBusID }
 // reads as NV4 inside a quad and SYS between them; both snapshots validate
 // and plan 4 ranks onto one quad-local set of GPUs and CPUs.
 func TestDiscoverDGXMocks(t *testing.T) {
-	sysfs := fakeSysfs(t, map[string]string{
+	sysfs := writeSysfs(t, map[string]string{
 		"devices/system/cpu/online":         "0-31",
 		"devices/system/node/node0/cpulist": "0-15",
 		"devices/system/node/node1/cpulist": "16-31",

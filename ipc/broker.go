@@ -66,7 +66,7 @@ type waiter struct {
 type queue struct {
 	ref        queueRef
 	items      []message
-	getters    []pending // waiting for an item
+	getters    []getter // waiting for an item
 	putters    []pendingPut
 	unfinished int
 	joiners    []pending
@@ -80,6 +80,14 @@ type message struct {
 type pending struct {
 	p  *peer
 	id uint64
+}
+
+// getter is a rank waiting in Get: for one message, or (batch) for up to
+// max of them.
+type getter struct {
+	pending
+	max   int
+	batch bool
 }
 
 type pendingPut struct {
@@ -182,13 +190,21 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		var err error
 		*out, err = b.put(p, f.ID, body, *out)
 		return err
-	case opGet:
-		ref, _, err := cutQueueRef(body)
+	case opPutBatch:
+		var err error
+		*out, err = b.putBatch(p, body, *out)
+		return err
+	case opGet, opGetBatch:
+		ref, rest, err := cutQueueRef(body)
 		if err != nil {
 			return err
 		}
+		g := getter{pending: pending{p, f.ID}, max: 1}
+		if f.Payload[0] == opGetBatch && len(rest) >= 2 {
+			g.max, g.batch = max(int(binary.LittleEndian.Uint16(rest)), 1), true
+		}
 		q := b.queue(ref)
-		q.getters = append(q.getters, pending{p, f.ID})
+		q.getters = append(q.getters, g)
 		*out = b.pump(q, *out)
 	case opTaskDone:
 		ref, _, err := cutQueueRef(body)
@@ -278,31 +294,63 @@ func (b *Broker) lookup(rank int, body []byte) (*entry, error) {
 	return e, nil
 }
 
-// put queues a message, or parks the putter while the queue is full.
+// put queues a message, or parks the putter while the queue is full. A
+// putter with id 0 gets no reply.
 func (b *Broker) put(p *peer, id uint64, body []byte, out []outFrame) ([]outFrame, error) {
 	ref, rest, err := cutQueueRef(body)
 	if err != nil {
 		return out, err
 	}
-	hs, value, err := cutMessage(rest)
+	m, err := b.message(p, rest)
 	if err != nil {
 		return out, err
+	}
+	q := b.queue(ref)
+	q.putters = append(q.putters, pendingPut{pending{p, id}, m})
+	return b.pump(q, out), nil
+}
+
+// putBatch queues every message of a batch; nobody is answered.
+func (b *Broker) putBatch(p *peer, body []byte, out []outFrame) ([]outFrame, error) {
+	ref, rest, err := cutQueueRef(body)
+	if err != nil {
+		return out, err
+	}
+	items, err := splitBatch(rest)
+	if err != nil {
+		return out, err
+	}
+	q := b.queue(ref)
+	for _, raw := range items {
+		m, err := b.message(p, raw)
+		if err != nil {
+			return b.pump(q, out), err
+		}
+		q.putters = append(q.putters, pendingPut{pending{p, 0}, m})
+	}
+	return b.pump(q, out), nil
+}
+
+// message checks a message a rank puts: it may only send handles it holds,
+// and the queue then holds them until a rank gets the message.
+func (b *Broker) message(p *peer, raw []byte) (message, error) {
+	hs, value, err := cutMessage(raw)
+	if err != nil {
+		return message{}, err
 	}
 	for _, h := range hs {
 		e, err := b.lookup(p.rank, AppendHandle(nil, h))
 		if err != nil {
-			return out, err
+			return message{}, err
 		}
-		if e.holders[p.rank] == 0 && !(e.public && p.rank == ParentRank) {
-			return out, fmt.Errorf("%w: rank %d puts %s it does not hold", ErrBadHandle, p.rank, h)
+		if e.holders[p.rank] == 0 {
+			return message{}, fmt.Errorf("%w: rank %d puts %s it does not hold", ErrBadHandle, p.rank, h)
 		}
 	}
 	for _, h := range hs {
-		b.handles[h.ID].queued++ // the message holds it until a rank gets it
+		b.handles[h.ID].queued++
 	}
-	q := b.queue(ref)
-	q.putters = append(q.putters, pendingPut{pending{p, id}, message{hs, slices.Clone(value)}})
-	return b.pump(q, out), nil
+	return message{hs, slices.Clone(value)}, nil
 }
 
 // queue returns the queue ref names, creating it on first use.
@@ -331,15 +379,26 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 			moved = true
 		}
 		for len(q.getters) > 0 && len(q.items) > 0 {
-			g, m := q.getters[0], q.items[0]
-			q.getters, q.items = q.getters[1:], q.items[1:]
-			for _, h := range m.handles {
-				e := b.handles[h.ID]
-				e.queued--
-				e.given[g.p.rank] = true
-				e.holders[g.p.rank]++
+			g := q.getters[0]
+			// Share what is there among the ranks waiting.
+			n := min(g.max, (len(q.items)+len(q.getters)-1)/len(q.getters))
+			q.getters = q.getters[1:]
+			var payload []byte
+			for _, m := range q.items[:n] {
+				for _, h := range m.handles {
+					e := b.handles[h.ID]
+					e.queued--
+					e.given[g.p.rank] = true
+					e.holders[g.p.rank]++
+				}
+				if g.batch {
+					payload = appendBatchItem(payload, appendMessage(nil, m.handles, m.value))
+				} else {
+					payload = appendMessage(payload, m.handles, m.value)
+				}
 			}
-			out = append(out, outFrame{g.p, Frame{Type: FrameReply, ID: g.id, Payload: appendMessage(nil, m.handles, m.value)}})
+			q.items = q.items[n:]
+			out = append(out, outFrame{g.p, Frame{Type: FrameReply, ID: g.id, Payload: payload}})
 			moved = true
 		}
 		if !moved {
@@ -427,7 +486,7 @@ func (b *Broker) Detach(rank int) {
 	var out []outFrame
 	delete(b.peers, rank)
 	for _, q := range b.queues {
-		q.getters = slices.DeleteFunc(q.getters, func(g pending) bool { return g.p.rank == rank })
+		q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return g.p.rank == rank })
 		q.joiners = slices.DeleteFunc(q.joiners, func(g pending) bool { return g.p.rank == rank })
 		for i := range q.putters {
 			if q.putters[i].p.rank == rank {

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // The broker tests run real rank processes: the test binary in "rank" mode
@@ -25,7 +26,7 @@ import (
 // sleeps.
 
 type testJob struct {
-	t      *testing.T
+	t      testing.TB
 	broker *Broker
 	ranks  []*testRank
 }
@@ -38,7 +39,7 @@ type testRank struct {
 	served chan struct{}
 }
 
-func newTestJob(t *testing.T, n int) *testJob {
+func newTestJob(t testing.TB, n int) *testJob {
 	j := &testJob{t: t, broker: NewBroker()}
 	for i := range n {
 		j.ranks = append(j.ranks, j.start(i))
@@ -57,13 +58,19 @@ func newTestJob(t *testing.T, n int) *testJob {
 
 // start runs rank i and serves its requests with the broker until it exits.
 func (j *testJob) start(i int) *testRank {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=rank", "RANK="+strconv.Itoa(i))
+	return j.startCmd(i, cmd)
+}
+
+// startCmd runs cmd as rank i, with its control channel on fd 3.
+func (j *testJob) startCmd(i int, cmd *exec.Cmd) *testRank {
 	t := j.t
 	parent, child, err := Pair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=rank", "RANK="+strconv.Itoa(i))
+	cmd.Env = append(cmd.Env, "MPSPAWN_CONTROL_FD=3")
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.Stderr = os.Stderr
 	inR, inW, _ := os.Pipe()
@@ -255,6 +262,51 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			return "", errors.New("not held")
 		}
 		return "valid", b.Valid(ctx)
+	case "make64": // make64 N: N times, a 64 MiB buffer of float32 values put on the queue
+		n, _ := strconv.Atoi(cmd[1])
+		q := Queue[Handle]{ID: 64}
+		for i := range n {
+			buf, err := c.NewBuffer(64 << 20)
+			if err != nil {
+				return "", err
+			}
+			fs := unsafe.Slice((*float32)(unsafe.Pointer(&buf.Bytes()[0])), len(buf.Bytes())/4)
+			for k := range fs {
+				fs[k] = float32(i)
+			}
+			h, err := buf.Publish(ctx)
+			if err != nil {
+				return "", err
+			}
+			if err := q.Put(ctx, h); err != nil {
+				return "", err
+			}
+			if err := buf.Close(ctx); err != nil {
+				return "", err
+			}
+		}
+		return "made", nil
+	case "take64": // take64 N: N times, get a buffer, read it all, close it
+		n, _ := strconv.Atoi(cmd[1])
+		q := Queue[Handle]{ID: 64}
+		for i := range n {
+			h, err := q.Get(ctx)
+			if err != nil {
+				return "", err
+			}
+			m, err := c.Open(ctx, h)
+			if err != nil {
+				return "", err
+			}
+			fs := unsafe.Slice((*float32)(unsafe.Pointer(&m.Bytes()[0])), len(m.Bytes())/4)
+			if sum := sum32(fs); fs[0] != float32(i) || fs[len(fs)/2] != float32(i) || fs[len(fs)-1] != float32(i) || i > 0 && sum <= 0 {
+				return "", fmt.Errorf("buffer %d holds %v (sum %v)", i, fs[0], sum)
+			}
+			if err := m.Close(ctx); err != nil {
+				return "", err
+			}
+		}
+		return "taken", nil
 	case "fds": // fds: the number of open descriptors
 		ents, err := os.ReadDir("/proc/self/fd")
 		return strconv.Itoa(len(ents)), err
@@ -267,7 +319,7 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			}
 		}
 		return "put", nil
-	case "get": // get N: get N values and sum them
+	case "get": // get N: get N values one by one and sum them
 		n, _ := strconv.Atoi(cmd[1])
 		q := Queue[int]{ID: 7}
 		sum := 0
@@ -277,6 +329,21 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 				return "", err
 			}
 			sum += v
+		}
+		return strconv.Itoa(sum), nil
+	case "getbatch": // getbatch N: get N values in batches and sum them
+		n, _ := strconv.Atoi(cmd[1])
+		q := Queue[int]{ID: 7}
+		sum := 0
+		for got := 0; got < n; {
+			vs, err := q.GetBatch(ctx, 4096)
+			if err != nil {
+				return "", err
+			}
+			for _, v := range vs {
+				sum += v
+			}
+			got += len(vs)
 		}
 		return strconv.Itoa(sum), nil
 	}
@@ -306,6 +373,53 @@ func TestBufferOutlivesProducer(t *testing.T) {
 	}
 	if leaks := j.broker.Close(); len(leaks) != 0 {
 		t.Errorf("leaks: %q", leaks)
+	}
+}
+
+// TestPythonClient: a Python rank using examples/python/mpspawn_ipc.py
+// takes a handle a Go rank put on a queue, maps the buffer zero-copy and
+// reads it, publishes a buffer of its own, and releases what it held.
+func TestPythonClient(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("no python3")
+	}
+	j := newTestJob(t, 1)
+	h := j.do(0, "make %d %d", 1<<16, 3)
+	py := exec.Command("python3", "-c", `
+import sys
+sys.path.insert(0, "../examples/python")
+from mpspawn_ipc import Client, BrokerError
+c = Client.from_env()
+handles, value = c.get(42)
+mem = c.open(handles[0])
+print(handles[0].raw.hex(), len(mem), sum(mem), flush=True)
+mem.release()
+c.release(handles[0])
+try:
+    c.release(handles[0])
+except BrokerError as e:
+    print("second release:", e.kind, flush=True)
+mine = c.publish(b"from python")
+print("published", mine.size, mine.kind, flush=True)
+c.release(mine)
+sys.stdin.read()
+`)
+	py.Env = os.Environ()
+	r := j.startCmd(1, py)
+	j.ranks = append(j.ranks, r)
+	for _, want := range []string{
+		fmt.Sprintf("%s %d %d", h, 1<<16, 3<<16),
+		"second release: bad handle",
+		"published 11 1",
+	} {
+		line, err := r.out.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != want {
+			t.Fatalf("python rank said %q, %v; want %q", line, err, want)
+		}
+	}
+	j.exit(1)
+	if leaks := j.broker.Close(); len(leaks) != 0 {
+		t.Errorf("leaks after the python rank: %q", leaks)
 	}
 }
 
@@ -400,6 +514,62 @@ func TestQueueAcrossRanks(t *testing.T) {
 	wg.Wait()
 	if got != strconv.Itoa(999*1000/2) {
 		t.Errorf("sum of got values = %s; want %d", got, 999*1000/2)
+	}
+}
+
+// sum32 reads every value of fs, summing in eight lanes.
+func sum32(fs []float32) float64 {
+	var a0, a1, a2, a3, a4, a5, a6, a7 float32
+	for len(fs) >= 8 {
+		a0 += fs[0]
+		a1 += fs[1]
+		a2 += fs[2]
+		a3 += fs[3]
+		a4 += fs[4]
+		a5 += fs[5]
+		a6 += fs[6]
+		a7 += fs[7]
+		fs = fs[8:]
+	}
+	var rest float32
+	for _, f := range fs {
+		rest += f
+	}
+	return float64(a0) + float64(a1) + float64(a2) + float64(a3) + float64(a4) + float64(a5) + float64(a6) + float64(a7) + float64(rest)
+}
+
+// BenchmarkQueueSmall: one small message (an int) through a Queue, from
+// one rank process to another, per op; the producer Puts one by one, the
+// consumer takes what is waiting with GetBatch.
+func BenchmarkQueueSmall(b *testing.B) {
+	j := newTestJob(b, 2)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	var got string
+	wg.Go(func() { got = j.do(1, "getbatch %d", b.N) })
+	j.do(0, "put %d", b.N)
+	wg.Wait()
+	if got != strconv.Itoa((b.N-1)*b.N/2) {
+		b.Fatalf("sum %s", got)
+	}
+}
+
+// BenchmarkBufferHandoff64MiB: a rank creates a 64 MiB buffer, fills it
+// with float32 values and puts its handle; another rank gets it and reads
+// it all; per buffer.
+func BenchmarkBufferHandoff64MiB(b *testing.B) {
+	j := newTestJob(b, 2)
+	var wg sync.WaitGroup
+	b.SetBytes(64 << 20)
+	b.ResetTimer()
+	var got string
+	wg.Go(func() { got = j.do(1, "take64 %d", b.N) })
+	if r := j.do(0, "make64 %d", b.N); r != "made" {
+		b.Fatal(r)
+	}
+	wg.Wait()
+	if got != "taken" {
+		b.Fatal(got)
 	}
 }
 

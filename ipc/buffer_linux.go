@@ -151,7 +151,7 @@ func mapReadOnly(f *os.File, size int64) ([]byte, error) {
 	if st.Size != size || size <= 0 {
 		return nil, fmt.Errorf("%w: buffer is %d bytes, handle says %d", ErrBadHandle, st.Size, size)
 	}
-	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
+	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("ipc: mmap: %w", err)
 	}

@@ -24,15 +24,27 @@ type Client struct {
 	gone      map[uint64]bool // producer-owned handles whose producer exited
 	published []Handle        // producer-owned handles this rank published
 	err       error           // why the channel ended
+	asyncErr  error           // a batched put the broker refused
 	done      chan struct{}
+
+	// Puts to unbounded queues are batched: Put appends to batches and a
+	// flusher goroutine writes them, so that puts made while a write is
+	// under way go out together (as multiprocessing.Queue's feeder thread
+	// does). wmu orders batches before any later request.
+	wmu      sync.Mutex
+	batches  map[queueRef][]byte
+	order    []queueRef
+	flushSig chan struct{}
 }
 
 // NewClient starts reading conn, the control channel of rank, for replies
 // and notices. The launcher makes it for a rank; a rank's function gets it
 // with ClientFrom.
 func NewClient(conn *Conn, rank int) *Client {
-	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, done: make(chan struct{})}
+	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, done: make(chan struct{}),
+		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1)}
 	go c.read()
+	go c.flusher()
 	return c
 }
 
@@ -57,8 +69,12 @@ func (c *Client) read() {
 			return
 		}
 		c.mu.Lock()
-		switch f.Type {
-		case FrameNotice:
+		switch {
+		case f.Type == FrameError && f.ID == 0: // a batched put was refused
+			if c.asyncErr == nil {
+				c.asyncErr = payloadErr(f.Payload)
+			}
+		case f.Type == FrameNotice:
 			if len(f.Payload) > 0 && f.Payload[0] == noticeProducerGone {
 				if h, err := DecodeHandle(f.Payload[1:]); err == nil {
 					c.gone[h.ID] = true
@@ -80,8 +96,11 @@ func (c *Client) read() {
 func (c *Client) request(ctx context.Context, payload []byte, files ...*os.File) (Frame, error) {
 	ch := make(chan Frame, 1)
 	c.mu.Lock()
-	if c.err != nil {
+	if c.err != nil || c.asyncErr != nil {
 		err := c.err
+		if err == nil {
+			err, c.asyncErr = c.asyncErr, nil
+		}
 		c.mu.Unlock()
 		return Frame{}, err
 	}
@@ -89,7 +108,13 @@ func (c *Client) request(ctx context.Context, payload []byte, files ...*os.File)
 	id := c.nextID
 	c.pending[id] = ch
 	c.mu.Unlock()
-	if err := c.conn.WriteFrame(Frame{Type: FrameRequest, ID: id, Payload: payload, Files: files}); err != nil {
+	c.wmu.Lock()
+	err := c.flushLocked()
+	if err == nil {
+		err = c.conn.WriteFrame(Frame{Type: FrameRequest, ID: id, Payload: payload, Files: files})
+	}
+	c.wmu.Unlock()
+	if err != nil {
 		c.forget(id)
 		return Frame{}, fmt.Errorf("ipc: request: %w", err)
 	}
@@ -107,6 +132,70 @@ func (c *Client) request(ctx context.Context, payload []byte, files ...*os.File)
 		c.forget(id)
 		return Frame{}, context.Cause(ctx)
 	}
+}
+
+// putAsync queues msg for q, to be written by the flusher.
+func (c *Client) putAsync(q queueRef, msg []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	if c.asyncErr != nil {
+		err := c.asyncErr
+		c.asyncErr = nil
+		return err
+	}
+	b, ok := c.batches[q]
+	if !ok {
+		c.order = append(c.order, q)
+		b = appendQueueRef([]byte{opPutBatch}, q)
+	}
+	c.batches[q] = appendBatchItem(b, msg)
+	select {
+	case c.flushSig <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// flusher writes batched puts until the channel ends.
+func (c *Client) flusher() {
+	for {
+		select {
+		case <-c.flushSig:
+			c.wmu.Lock()
+			_ = c.flushLocked() // a failed write ends the channel; requests see it
+			c.wmu.Unlock()
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// flushLocked writes every pending batch; c.wmu is held.
+func (c *Client) flushLocked() error {
+	c.mu.Lock()
+	batches, order := c.batches, c.order
+	if len(order) == 0 {
+		c.mu.Unlock()
+		return nil
+	}
+	c.batches, c.order = map[queueRef][]byte{}, nil
+	c.mu.Unlock()
+	for _, q := range order {
+		if err := c.conn.WriteFrame(Frame{Type: FrameRequest, Payload: batches[q]}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Flush writes the puts still batched in this rank.
+func (c *Client) Flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.flushLocked()
 }
 
 // forget drops a pending request whose reply no longer matters, closing
@@ -234,6 +323,7 @@ const DefaultCloseWait = 10 * time.Second
 // returns a warning naming the ranks that still hold one. It does not close
 // the control channel.
 func (c *Client) Close(ctx context.Context, wait time.Duration) []string {
+	_ = c.Flush() // puts made just before the rank returns still arrive
 	c.mu.Lock()
 	hs := c.published
 	c.published = nil

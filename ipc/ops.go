@@ -11,15 +11,17 @@ import (
 // with an op byte; the broker answers with a FrameReply or a FrameError
 // carrying the same frame ID. Integers in bodies are little endian.
 const (
-	opPublish    = 1 // kind u8, then size u64 (+ 1 fd) or the blob → handle
-	opOpen       = 2 // handle → 1 fd, or the blob
-	opRelease    = 3 // handle → empty
-	opPut        = 4 // queue → empty, once the queue has room
-	opGet        = 5 // queue id u64, capacity u32 → message
-	opTaskDone   = 6 // queue id u64, capacity u32 → empty
-	opJoin       = 7 // queue id u64, capacity u32 → empty, once every put item is done
-	opWaitUnheld = 8 // handle, timeout ms u32 → holder ranks (i32 each) still holding it
-	opCheck      = 9 // handle → empty, or ErrProducerGone
+	opPublish    = 1  // kind u8, then size u64 (+ 1 fd) or the blob → handle
+	opOpen       = 2  // handle → 1 fd, or the blob
+	opRelease    = 3  // handle → empty
+	opPut        = 4  // queue → empty, once the queue has room
+	opGet        = 5  // queue id u64, capacity u32 → message
+	opTaskDone   = 6  // queue id u64, capacity u32 → empty
+	opJoin       = 7  // queue id u64, capacity u32 → empty, once every put item is done
+	opWaitUnheld = 8  // handle, timeout ms u32 → holder ranks (i32 each) still holding it
+	opCheck      = 9  // handle → empty, or ErrProducerGone
+	opPutBatch   = 10 // queue, then messages (u32 length + message each); frame ID 0, no reply
+	opGetBatch   = 11 // queue, max u16 → 1..max messages (u32 length + message each)
 )
 
 // Error codes, the first byte of a FrameError payload; the rest is the
@@ -134,4 +136,23 @@ func cutMessage(b []byte) ([]Handle, []byte, error) {
 		hs[i] = h
 	}
 	return hs, b[n*HandleSize:], nil
+}
+
+// appendBatchItem appends one length-prefixed message to a batch.
+func appendBatchItem(b, msg []byte) []byte {
+	return append(binary.LittleEndian.AppendUint32(b, uint32(len(msg))), msg...)
+}
+
+// splitBatch splits a batch into its messages.
+func splitBatch(b []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(b) > 0 {
+		if len(b) < 4 || uint64(binary.LittleEndian.Uint32(b)) > uint64(len(b)-4) {
+			return nil, fmt.Errorf("%w: truncated batch", errBadRequest)
+		}
+		n := binary.LittleEndian.Uint32(b)
+		out = append(out, b[4:4+n])
+		b = b[4+n:]
+	}
+	return out, nil
 }

@@ -1,11 +1,9 @@
 package ipc
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/gob"
 	"errors"
 	"fmt"
 	"reflect"
@@ -46,18 +44,19 @@ const (
 var errNoClient = errors.New("ipc: not in a rank started by the launcher (no client in the context)")
 
 // Put adds v to the queue, waiting for room in a bounded queue or for ctx.
+// On an unbounded queue a value without handles is sent asynchronously, in
+// a batch with the puts made meanwhile, as multiprocessing.Queue does; an
+// error the broker reports then comes back from a later call.
 func (q Queue[T]) Put(ctx context.Context, v T) error {
 	c := ClientFrom(ctx)
 	if c == nil {
 		return errNoClient
 	}
-	var enc bytes.Buffer
-	enc.WriteByte(valueInline)
-	if err := gob.NewEncoder(&enc).Encode(&v); err != nil {
+	value, err := AppendSlice([]byte{valueInline}, []T{v})
+	if err != nil {
 		return fmt.Errorf("ipc: queue put: encode: %w", err)
 	}
 	handles := handlesIn(reflect.ValueOf(&v), nil)
-	value := enc.Bytes()
 	if len(value) > InlineMax {
 		buf, err := c.NewBuffer(len(value) - 1)
 		if err != nil {
@@ -72,8 +71,11 @@ func (q Queue[T]) Put(ctx context.Context, v T) error {
 		handles, value = append(handles, h), []byte{valueBuffer}
 		defer buf.Close(ctx) // the queue holds it now
 	}
+	if q.Capacity == 0 && len(handles) == 0 {
+		return c.putAsync(q.ref(), appendMessage(nil, nil, value))
+	}
 	body := appendMessage(appendQueueRef([]byte{opPut}, q.ref()), handles, value)
-	_, err := c.request(ctx, body)
+	_, err = c.request(ctx, body)
 	return err
 }
 
@@ -90,7 +92,43 @@ func (q Queue[T]) Get(ctx context.Context) (T, error) {
 	if err != nil {
 		return v, err
 	}
-	handles, value, err := cutMessage(f.Payload)
+	return decodeMessage[T](ctx, c, f.Payload)
+}
+
+// GetBatch takes up to limit values at once, waiting for at least one or for
+// ctx: for a consumer of many small values, one round trip to the broker
+// instead of one per value. When several ranks wait, the waiting values are
+// shared out among them. Values a rank took are its own: they are not
+// returned to the queue if it exits.
+func (q Queue[T]) GetBatch(ctx context.Context, limit int) ([]T, error) {
+	c := ClientFrom(ctx)
+	if c == nil {
+		return nil, errNoClient
+	}
+	limit = min(max(limit, 1), 1<<16-1)
+	f, err := c.request(ctx, binary.LittleEndian.AppendUint16(appendQueueRef([]byte{opGetBatch}, q.ref()), uint16(limit)))
+	if err != nil {
+		return nil, err
+	}
+	msgs, err := splitBatch(f.Payload)
+	if err != nil || len(msgs) == 0 {
+		return nil, fmt.Errorf("ipc: queue get: bad batch: %v", err)
+	}
+	out := make([]T, 0, len(msgs))
+	for _, raw := range msgs {
+		v, err := decodeMessage[T](ctx, c, raw)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// decodeMessage decodes one message's value.
+func decodeMessage[T any](ctx context.Context, c *Client, raw []byte) (T, error) {
+	var v T
+	handles, value, err := cutMessage(raw)
 	if err != nil || len(value) == 0 {
 		return v, fmt.Errorf("ipc: queue get: bad message: %v", err)
 	}
@@ -106,10 +144,11 @@ func (q Queue[T]) Get(ctx context.Context) (T, error) {
 		defer m.Close(ctx)
 		data = m.Bytes()
 	}
-	if err := gob.NewDecoder(bytes.NewReader(data)).Decode(&v); err != nil {
-		return v, fmt.Errorf("ipc: queue get: decode: %w", err)
+	vs, err := DecodeSlice[T](data)
+	if err != nil || len(vs) != 1 {
+		return v, fmt.Errorf("ipc: queue get: decode: %v", err)
 	}
-	return v, nil
+	return vs[0], nil
 }
 
 // TaskDone marks one value got from the queue as processed (a joinable

@@ -1,6 +1,8 @@
 // Package launcher owns rank processes: it builds each rank's command,
 // environment and file descriptors, starts the ranks with a start method
-// (spawn: a fresh exec per rank), supervises them, applies the
+// (spawn: a fresh exec per rank; forkserver: Python ranks forked from one
+// server that imported their heavy modules once, see Forkserver),
+// supervises them, applies the
 // first-failure policy, forwards signals, relays their output line by line,
 // and reads the error files they leave behind.
 //

@@ -2,7 +2,9 @@ package launcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"github.com/mpspawn/mpspawn/ipc"
 	"os"
 	"runtime/debug"
 	"strconv"
@@ -67,24 +69,24 @@ func encodeBatchReply[R any](errs map[int]*remoteError, values []R) ([]byte, err
 	var errGob []byte
 	if len(errs) > 0 {
 		var err error
-		if errGob, err = encode(errs); err != nil {
+		if errGob, err = ipc.Encode(errs); err != nil {
 			return nil, err
 		}
 	}
-	return appendSlice(appendField(nil, errGob), values)
+	return ipc.AppendSlice(ipc.AppendField(nil, errGob), values)
 }
 
 func decodeBatchReply[R any](b []byte) (errs map[int]*remoteError, values []R, err error) {
-	errGob, enc, ok := cutField(b)
+	errGob, enc, ok := ipc.CutField(b)
 	if !ok {
-		return nil, nil, errBadSlice
+		return nil, nil, errors.New("launcher: bad batch reply")
 	}
 	if len(errGob) > 0 {
-		if err := decode(errGob, &errs); err != nil {
+		if err := ipc.Decode(errGob, &errs); err != nil {
 			return nil, nil, err
 		}
 	}
-	values, err = decodeSlice[R](enc)
+	values, err = ipc.DecodeSlice[R](enc)
 	return errs, values, err
 }
 
@@ -110,21 +112,21 @@ func Register[A, R any](name string, fn func(ctx context.Context, r Rank, args A
 	}
 	one := func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
 		var args A
-		if err := decode(in, &args); err != nil {
+		if err := ipc.Decode(in, &args); err != nil {
 			return nil, fmt.Errorf("launcher: %s: decode args: %w", name, err)
 		}
 		res, err := fn(ctx, r, args)
 		if err != nil {
 			return nil, err
 		}
-		out, err := encode(res)
+		out, err := ipc.Encode(res)
 		if err != nil {
 			return nil, fmt.Errorf("launcher: %s: encode result: %w", name, err)
 		}
 		return out, nil
 	}
 	batch := func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
-		items, err := decodeSlice[A](in)
+		items, err := ipc.DecodeSlice[A](in)
 		if err != nil {
 			return nil, fmt.Errorf("launcher: %s: decode items: %w", name, err)
 		}

@@ -87,7 +87,7 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		return 2
 	}
 	var msg callMsg
-	if f.Type != ipc.FrameArgs || decode(f.Payload, &msg) != nil {
+	if f.Type != ipc.FrameArgs || ipc.Decode(f.Payload, &msg) != nil {
 		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: unexpected %v frame from the launcher\n", r.Index, f.Type)
 		return 2
 	}
@@ -99,7 +99,7 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		fmt.Fprintf(os.Stderr, "mpspawn: warning: %s\n", w)
 	}
 	if res.Err != nil {
-		b, _ := encode(res.Err)
+		b, _ := ipc.Encode(res.Err)
 		if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameError, Payload: b}); err != nil {
 			fmt.Fprintf(os.Stderr, "mpspawn: rank %d: %s\n", r.Index, res.Err.Message)
 		}
@@ -128,7 +128,7 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: unexpected %v frame\n", r.Index, f.Type)
 			return 2
 		}
-		name, items, ok := cutField(f.Payload)
+		name, items, ok := ipc.CutField(f.Payload)
 		if !ok {
 			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: bad task frame\n", r.Index)
 			return 2
@@ -137,7 +137,7 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		out, rerr := runBatch(ctx, string(name), r, items)
 		if rerr != nil {
 			reply.Type = ipc.FrameError
-			out, _ = encode(rerr) // strings only: cannot fail
+			out, _ = ipc.Encode(rerr) // strings only: cannot fail
 		}
 		reply.Payload = out
 		if err := conn.WriteFrame(reply); err != nil {

@@ -34,15 +34,35 @@ type Group struct {
 // before the waiter goroutine starts and only read after.
 type rankProc struct {
 	spec    Spec
-	proc    *os.Process
+	proc    process
 	started time.Time
 	relays  sync.WaitGroup // stdout and stderr relays
 	pipes   []*os.File     // read ends, closed when draining is over
+
+	// lost is why the rank's exit status is unknown (its forkserver
+	// died); written by the waiter before it reports the exit.
+	lost error
 
 	// owned by the supervisor goroutine
 	res     RankResult
 	exited  bool
 	stopped bool
+}
+
+// process is a started rank process: a child of the launcher (spawn) or of
+// its forkserver, which is not the launcher's child and is waited on
+// through the server's reports.
+type process interface {
+	pid() int
+	// wait blocks until the process has exited and been reaped. An error
+	// means its status is unknown; the process is gone all the same.
+	wait() (syscall.WaitStatus, error)
+}
+
+// setProcess records a started process in the rank and its result.
+func (rp *rankProc) setProcess(p process) {
+	rp.proc = p
+	rp.res = RankResult{Rank: rp.spec.Rank, LocalRank: rp.spec.LocalRank, Pid: p.pid(), Started: rp.started, ErrorFilePath: rp.spec.ErrorFile}
 }
 
 // Start starts one process per spec and supervises them until Wait. If any
@@ -66,12 +86,18 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 		return nil, err
 	}
 	specs = sortedByRank(specs)
-	g.thr = newStarter(min(len(specs), runtime.NumCPU()))
+	if fs := opts.Forkserver; fs != nil {
+		if err := fs.Ready(ctx); err != nil {
+			return nil, err
+		}
+	} else {
+		g.thr = newStarter(min(len(specs), runtime.NumCPU()))
+	}
 	started := make([]startReply, len(specs))
 	var wg sync.WaitGroup
 	for i, s := range specs {
 		wg.Go(func() {
-			rp, err := g.thr.start(i, s)
+			rp, err := g.startRank(i, s)
 			started[i] = startReply{rp, err}
 		})
 	}
@@ -84,7 +110,7 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 			}
 			continue
 		}
-		g.guard.watch(r.rp.proc.Pid)
+		g.guard.watch(r.rp.proc.pid())
 		g.ranks = append(g.ranks, r.rp)
 		go g.waitRank(len(g.ranks)-1, r.rp)
 	}
@@ -96,10 +122,18 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	return g, nil
 }
 
+// startRank starts one rank with the group's start method.
+func (g *Group) startRank(i int, s Spec) (*rankProc, error) {
+	if fs := g.opts.Forkserver; fs != nil {
+		return fs.start(s)
+	}
+	return g.thr.start(i, s)
+}
+
 // abort kills and reaps the ranks started so far, after a failed start.
 func (g *Group) abort() {
 	for _, rp := range g.ranks {
-		killGroup(rp.proc.Pid, syscall.SIGKILL)
+		killGroup(rp.proc.pid(), syscall.SIGKILL)
 	}
 	for range g.ranks {
 		<-g.exits
@@ -107,18 +141,19 @@ func (g *Group) abort() {
 	g.finish()
 }
 
-// waitRank blocks in wait4 for one rank and reports its exit.
+// waitRank blocks until one rank has exited and reports its exit.
 func (g *Group) waitRank(i int, rp *rankProc) {
-	st, err := rp.proc.Wait()
+	ws, err := rp.proc.wait()
 	r := &rp.res
 	r.Ended = time.Now()
 	r.ExitCode, r.Signal = -1, 0
-	if err == nil {
-		if ws, ok := st.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			r.Signal = ws.Signal()
-		} else {
-			r.ExitCode = st.ExitCode()
-		}
+	switch {
+	case err != nil:
+		rp.lost, r.Signal = err, syscall.SIGKILL
+	case ws.Signaled():
+		r.Signal = ws.Signal()
+	default:
+		r.ExitCode = ws.ExitStatus()
 	}
 	g.exits <- i
 }
@@ -154,7 +189,7 @@ func (g *Group) Wait() *Result {
 func (g *Group) Pids() []int {
 	pids := make([]int, len(g.ranks))
 	for i, rp := range g.ranks {
-		pids[i] = rp.proc.Pid
+		pids[i] = rp.proc.pid()
 	}
 	return pids
 }
@@ -203,13 +238,16 @@ func (g *Group) supervise(ctx context.Context) {
 func (s *supervisor) exited(i int) {
 	rp := s.g.ranks[i]
 	rp.exited = true
-	rp.res.Stopped = rp.stopped
+	rp.res.Stopped = rp.stopped || rp.lost != nil
 	s.live--
+	if rp.lost != nil {
+		s.stop(rp.lost, syscall.SIGKILL) // not the rank's failure: the job's
+	}
 	if !rp.res.Failed() {
 		return
 	}
 	s.failures = append(s.failures, i)
-	if s.rootCause < 0 && !rp.stopped {
+	if s.rootCause < 0 && !rp.stopped && rp.lost == nil {
 		s.rootCause = i
 		s.stop(fmt.Errorf("launcher: rank %d failed with %s", rp.spec.Rank, rp.res.Status()), syscall.SIGTERM)
 	}
@@ -250,7 +288,7 @@ func (s *supervisor) signalLive(sig syscall.Signal) {
 	for _, rp := range s.g.ranks {
 		if !rp.exited {
 			rp.stopped = true
-			killGroup(rp.proc.Pid, sig)
+			killGroup(rp.proc.pid(), sig)
 		}
 	}
 }
@@ -260,7 +298,7 @@ func (s *supervisor) signalLive(sig syscall.Signal) {
 // the guard and the starter thread.
 func (g *Group) finish() {
 	for _, rp := range g.ranks {
-		killGroup(rp.proc.Pid, syscall.SIGKILL)
+		killGroup(rp.proc.pid(), syscall.SIGKILL)
 	}
 	drained := make(chan struct{})
 	go func() {
@@ -285,7 +323,7 @@ func (g *Group) finish() {
 		for _, f := range rp.pipes {
 			f.Close()
 		}
-		g.guard.unwatch(rp.proc.Pid)
+		g.guard.unwatch(rp.proc.pid())
 	}
 	g.thr.close()
 }

@@ -28,7 +28,12 @@ type Job struct {
 	MasterAddr   string
 	MasterPort   int
 	RunID        string
-	StartMethod  string // "spawn"
+	StartMethod  string // "spawn" or "forkserver"
+
+	// Preload lists the modules a forkserver imports once before forking
+	// the ranks, when Run starts one (StartMethod "forkserver" and no
+	// Options.Forkserver).
+	Preload []string
 
 	// Ranks, when not nil, holds each local rank's placement (index =
 	// local rank): extra environment (GPU visibility, OMP_NUM_THREADS for a
@@ -211,6 +216,23 @@ type RankSetup struct {
 // ForwardedSignals) and waits for every rank. The error is about starting
 // the job; how the ranks ended is in the Result.
 func (j *Job) Run(ctx context.Context) (*Result, error) {
+	opts := j.Options
+	if j.StartMethod == "forkserver" && opts.Forkserver == nil {
+		fs, err := StartForkserver(ForkserverConfig{Python: j.Path, Preload: j.Preload, Main: j.Command[1:], Env: j.Env, Dir: j.Dir, Stderr: j.Notes})
+		if err != nil {
+			return nil, err
+		}
+		defer fs.Close()
+		opts.Forkserver = fs
+	}
+	if fs := opts.Forkserver; fs != nil {
+		// Before signals are caught: a signal during the preload ends the
+		// launcher with its default action, and the server with it (its
+		// parent-death signal and the guard), as it would before a spawn.
+		if err := fs.Ready(ctx); err != nil {
+			return nil, err
+		}
+	}
 	switch bound := j.boundOMP(); {
 	case bound != "":
 		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)
@@ -229,7 +251,7 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer j.Output.Close()
-	g, err := Start(ctx, specs, j.Options)
+	g, err := Start(ctx, specs, opts)
 	if err != nil {
 		return nil, err
 	}

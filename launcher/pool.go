@@ -269,7 +269,7 @@ func (w *poolWorker) recv(id uint64) ([]byte, error) {
 		return f.Payload, nil
 	case f.Type == ipc.FrameError:
 		var re remoteError
-		if err := decode(f.Payload, &re); err != nil {
+		if err := ipc.Decode(f.Payload, &re); err != nil {
 			return nil, fmt.Errorf("launcher: pool: bad error reply: %w", err)
 		}
 		return nil, &RankError{Rank: w.slot, Pid: w.pid, Message: re.Message}

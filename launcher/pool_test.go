@@ -15,6 +15,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// plainPoint and namedPoint are items of plain data and of data with a
+// string, which travel differently (raw bytes; gob).
+type plainPoint struct{ X, Y float64 }
+
+type namedPoint struct {
+	Name string
+	P    plainPoint
+}
+
 // Pool task functions; items are ints.
 var (
 	squareFn = Register("test.square", func(_ context.Context, r Rank, x int) (int, error) {

@@ -3,6 +3,7 @@ package launcher
 import (
 	"context"
 	"fmt"
+	"github.com/mpspawn/mpspawn/ipc"
 	"iter"
 	"sync"
 )
@@ -40,7 +41,7 @@ func submitItems[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []
 	var chunks []chunk
 	for start := 0; start < len(items); start += chunksize {
 		end := min(start+chunksize, len(items))
-		enc, err := appendSlice(appendField(getBuf(), []byte(fn.name)), items[start:end])
+		enc, err := ipc.AppendSlice(ipc.AppendField(getBuf(), []byte(fn.name)), items[start:end])
 		if err != nil {
 			for _, c := range chunks {
 				putBuf(c.enc)

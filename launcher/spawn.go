@@ -124,11 +124,11 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 	if _, ok := lookup(fn.name); !ok {
 		return nil, fmt.Errorf("launcher: spawn: function %q is not registered", fn.name)
 	}
-	in, err := encode(args)
+	in, err := ipc.Encode(args)
 	if err != nil {
 		return nil, fmt.Errorf("launcher: spawn %s: encode args: %w", fn.name, err)
 	}
-	payload, err := encode(callMsg{Func: fn.name, Args: in})
+	payload, err := ipc.Encode(callMsg{Func: fn.name, Args: in})
 	if err != nil {
 		return nil, fmt.Errorf("launcher: spawn %s: %w", fn.name, err)
 	}
@@ -192,14 +192,14 @@ func (s *Spawned[R]) serve(i int, c *ipc.Conn, pid int, payload []byte) {
 		closeAll(f.Files)
 		switch f.Type {
 		case ipc.FrameResult:
-			if err := decode(f.Payload, &s.results[i]); err != nil {
+			if err := ipc.Decode(f.Payload, &s.results[i]); err != nil {
 				s.chanErr[i] = fmt.Errorf("decode result: %w", err)
 				continue
 			}
 			s.gotRes[i] = true
 		case ipc.FrameError:
 			var re remoteError
-			if err := decode(f.Payload, &re); err != nil {
+			if err := ipc.Decode(f.Payload, &re); err != nil {
 				s.chanErr[i] = fmt.Errorf("decode error: %w", err)
 				continue
 			}

@@ -53,6 +53,12 @@ type Options struct {
 	// has exited (a process outside the ranks' groups may hold their pipes).
 	// Zero means one second.
 	DrainTimeout time.Duration
+
+	// Forkserver, when not nil, starts the ranks (the forkserver start
+	// method): each rank is forked from it instead of exec'd by the
+	// launcher. Every rank's Path must be the server's interpreter. The
+	// server outlives the Group; its owner closes it.
+	Forkserver *Forkserver
 }
 
 func (o Options) grace() time.Duration {

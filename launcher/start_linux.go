@@ -76,6 +76,9 @@ func (t *starter) start(i int, s Spec) (*rankProc, error) {
 
 // close ends the locked threads; call it only after every rank was reaped.
 func (t *starter) close() {
+	if t == nil {
+		return // the forkserver started the ranks
+	}
 	for _, th := range t.threads {
 		close(th.quit)
 		<-th.done
@@ -87,40 +90,11 @@ func (t *starter) close() {
 // the rank's CPU affinity inherited from this thread.
 func spawn(s Spec) (*rankProc, error) {
 	rp := &rankProc{spec: s}
-	files := make([]*os.File, 0, 3+len(s.ExtraFiles))
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	files, release, err := rp.openFiles()
 	if err != nil {
 		return nil, err
 	}
-	defer devnull.Close()
-	files = append(files, devnull)
-	var childEnds []*os.File
-	defer func() {
-		for _, f := range childEnds {
-			f.Close()
-		}
-	}()
-	for _, w := range []io.Writer{s.Stdout, s.Stderr} {
-		if w == nil {
-			files = append(files, devnull)
-			continue
-		}
-		r, cw, err := os.Pipe()
-		if err != nil {
-			rp.closePipes()
-			return nil, err
-		}
-		childEnds = append(childEnds, cw)
-		files = append(files, cw)
-		rp.pipes = append(rp.pipes, r)
-		rp.relays.Add(1)
-		go func() {
-			defer rp.relays.Done()
-			relayLines(r, w)
-		}()
-	}
-	files = append(files, s.ExtraFiles...)
-
+	defer release()
 	restore, err := bindThread(s.CPUs)
 	if err != nil {
 		rp.closePipes()
@@ -136,14 +110,71 @@ func spawn(s Spec) (*rankProc, error) {
 		},
 	}
 	rp.started = time.Now()
-	rp.proc, err = os.StartProcess(s.Path, s.Args, attr)
+	proc, err := os.StartProcess(s.Path, s.Args, attr)
 	restore()
 	if err != nil {
 		rp.closePipes()
 		return nil, err
 	}
-	rp.res = RankResult{Rank: s.Rank, LocalRank: s.LocalRank, Pid: rp.proc.Pid, Started: rp.started, ErrorFilePath: s.ErrorFile}
+	rp.setProcess(execProcess{proc})
 	return rp, nil
+}
+
+// openFiles returns the rank's files 0, 1, 2, ...: /dev/null as stdin, a
+// pipe per output stream that has a writer (relayed line by line from now
+// on; /dev/null otherwise), then Spec.ExtraFiles. release closes the
+// launcher's copies of what the rank inherits; call it once the rank has
+// them. After a failed start, closePipes ends the relays.
+func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
+	s := rp.spec
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	childEnds := []*os.File{devnull}
+	release = func() {
+		for _, f := range childEnds {
+			f.Close()
+		}
+	}
+	files = append(make([]*os.File, 0, 3+len(s.ExtraFiles)), devnull)
+	for _, w := range []io.Writer{s.Stdout, s.Stderr} {
+		if w == nil {
+			files = append(files, devnull)
+			continue
+		}
+		r, cw, err := os.Pipe()
+		if err != nil {
+			release()
+			rp.closePipes()
+			return nil, nil, err
+		}
+		childEnds = append(childEnds, cw)
+		files = append(files, cw)
+		rp.pipes = append(rp.pipes, r)
+		rp.relays.Add(1)
+		go func() {
+			defer rp.relays.Done()
+			relayLines(r, w)
+		}()
+	}
+	return append(files, s.ExtraFiles...), release, nil
+}
+
+// execProcess is a rank the launcher forked and exec'd itself.
+type execProcess struct{ p *os.Process }
+
+var _ process = execProcess{}
+
+func (e execProcess) pid() int { return e.p.Pid }
+
+func (e execProcess) wait() (syscall.WaitStatus, error) {
+	st, err := e.p.Wait()
+	if err != nil {
+		return 0, err
+	}
+	ws, _ := st.Sys().(syscall.WaitStatus)
+	return ws, nil
 }
 
 // closePipes closes the read ends after a failed start, ending the relays.

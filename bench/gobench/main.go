@@ -3,6 +3,8 @@
 // number per line for the script to read.
 //
 //	gobench spawn REPS        seconds to spawn and join 8 no-op ranks, per rep
+//	gobench queue N           messages per second through an ipc.Queue, rank 0 → rank 1
+//	gobench handoff N         64 MiB float32 buffers per second handed from rank 0 to rank 1
 //	gobench map ITEMS WORKERS items per second of Pool.Map(x*x), default chunksize:
 //	                          the median of 5 maps after a warm-up map
 package main
@@ -14,11 +16,28 @@ import (
 	"slices"
 	"strconv"
 	"time"
+	"unsafe"
 
+	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
 )
 
+// ipcArgs tells the two ranks of an ipc benchmark what to do.
+type ipcArgs struct {
+	Mode string
+	N    int
+	Ints ipc.Queue[int]
+	Bufs ipc.Queue[ipc.Handle]
+}
+
 var (
+	ipcRank = launcher.Register("ipc", func(ctx context.Context, r launcher.Rank, a ipcArgs) (float64, error) {
+		c := ipc.ClientFrom(ctx)
+		if r.Index == 0 {
+			return 0, produce(ctx, c, a)
+		}
+		return consume(ctx, c, a)
+	})
 	noop = launcher.Register("noop", func(context.Context, launcher.Rank, int) (int, error) { return 0, nil })
 	sq   = launcher.Register("square", func(_ context.Context, _ launcher.Rank, x int) (int, error) { return x * x, nil })
 )
@@ -34,6 +53,8 @@ func main() {
 	switch os.Args[1] {
 	case "spawn":
 		err = spawn(n)
+	case "queue", "handoff":
+		err = ipcBench(os.Args[1], n)
 	case "map":
 		workers, _ := strconv.Atoi(os.Args[3])
 		err = mapItems(n, workers)
@@ -91,4 +112,97 @@ func mapItems(n, workers int) error {
 	slices.Sort(rates)
 	fmt.Println(rates[len(rates)/2])
 	return nil
+}
+
+// ipcBench runs the two ranks and prints the consumer's rate, timed from
+// its first message to its last (as bench/ipc.py times Python's).
+func ipcBench(mode string, n int) error {
+	args := ipcArgs{Mode: mode, N: n, Ints: ipc.NewQueue[int](0), Bufs: ipc.NewQueue[ipc.Handle](0)}
+	s, err := launcher.Spawn(context.Background(), ipcRank, 2, args, nil)
+	if err != nil {
+		return err
+	}
+	res, err := s.Join()
+	if err != nil {
+		return err
+	}
+	fmt.Println(res[1])
+	return nil
+}
+
+func produce(ctx context.Context, c *ipc.Client, a ipcArgs) error {
+	for i := range a.N {
+		if a.Mode == "queue" {
+			if err := a.Ints.Put(ctx, i); err != nil {
+				return err
+			}
+			continue
+		}
+		buf, err := c.NewBuffer(64 << 20)
+		if err != nil {
+			return err
+		}
+		fs := unsafe.Slice((*float32)(unsafe.Pointer(&buf.Bytes()[0])), len(buf.Bytes())/4)
+		for k := range fs {
+			fs[k] = float32(i)
+		}
+		h, err := buf.Publish(ctx)
+		if err != nil {
+			return err
+		}
+		if err := a.Bufs.Put(ctx, h); err != nil {
+			return err
+		}
+		if err := buf.Close(ctx); err != nil {
+			return err
+		}
+	}
+	return c.Flush()
+}
+
+func consume(ctx context.Context, c *ipc.Client, a ipcArgs) (float64, error) {
+	var start time.Time
+	if a.Mode == "queue" { // GetBatch: one broker round trip for what is waiting
+		for i := 0; i < a.N; {
+			vs, err := a.Ints.GetBatch(ctx, 4096)
+			if err != nil {
+				return 0, err
+			}
+			if i == 0 {
+				start = time.Now()
+			}
+			for _, v := range vs {
+				if v != i {
+					return 0, fmt.Errorf("got %d; want %d", v, i)
+				}
+				i++
+			}
+		}
+		return float64(a.N-1) / time.Since(start).Seconds(), nil
+	}
+	for i := range a.N {
+		if i == 1 {
+			start = time.Now()
+		}
+		h, err := a.Bufs.Get(ctx)
+		if err != nil {
+			return 0, err
+		}
+		m, err := c.Open(ctx, h)
+		if err != nil {
+			return 0, err
+		}
+		fs := unsafe.Slice((*float32)(unsafe.Pointer(&m.Bytes()[0])), len(m.Bytes())/4)
+		var s0, s1, s2, s3 float32
+		for k := 0; k+4 <= len(fs); k += 4 {
+			s0, s1, s2, s3 = s0+fs[k], s1+fs[k+1], s2+fs[k+2], s3+fs[k+3]
+		}
+		if fs[len(fs)-1] != float32(i) || i > 0 && s0+s1+s2+s3 <= 0 {
+			return 0, fmt.Errorf("buffer %d holds %v", i, fs[0])
+		}
+		if err := m.Close(ctx); err != nil {
+			return 0, err
+		}
+	}
+	return float64(a.N-1) / time.Since(start).Seconds(), nil
 }

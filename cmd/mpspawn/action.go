@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/rendezvous"
@@ -21,6 +22,9 @@ type config struct {
 	rdzv        rendezvous.Config
 	runID       string
 	startMethod string
+	preload     []string
+	forkserver  *launcher.Forkserver // started before placement, with --start-method forkserver
+	nprocSpec   nprocSpec
 	path        string   // resolved program
 	argv        []string // rank argv
 	logDir      string
@@ -38,32 +42,65 @@ func action(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if cfg.startMethod == "forkserver" && !cfg.dryRun {
+		// Before placement loads NVML: the server, and every rank forked
+		// from it, must inherit nothing of the launcher's GPU state, and its
+		// preload overlaps with the rest of the set-up.
+		fs, err := launcher.StartForkserver(launcher.ForkserverConfig{
+			Python: cfg.path, Preload: cfg.preload, Main: cfg.argv[1:], Stderr: c.App.ErrWriter,
+		})
+		if err != nil {
+			return err
+		}
+		defer fs.Close()
+		cfg.forkserver = fs
+	}
+	if err := cfg.planRanks(c); err != nil {
+		return err
+	}
 	if cfg.dryRun {
 		return dryRun(c, cfg)
 	}
 	return launch(c, cfg)
 }
 
+// planRanks places the ranks on this machine (or the --topology snapshot)
+// and validates what depends on their number.
+func (cfg *config) planRanks(c *cli.Context) error {
+	var err error
+	if cfg.place, err = place(c, cfg.nprocSpec, c.App.ErrWriter); err != nil {
+		return err
+	}
+	cfg.nproc = len(cfg.place.plan.Ranks)
+	cfg.rdzv.NProcPerNode = cfg.nproc
+	if err := checkRendezvous(cfg.rdzv); err != nil {
+		return err
+	}
+	for r := range cfg.output.Filter {
+		if r >= cfg.nproc {
+			return usagef("--local-ranks-filter %q: %d is not a local rank (0..%d)", c.String(fRanksFilter), r, cfg.nproc-1)
+		}
+	}
+	return nil
+}
+
 // parseConfig validates every flag and the program before anything starts.
+// It does not look at this machine: planRanks does.
 func parseConfig(c *cli.Context) (*config, error) {
 	cfg := &config{runID: c.String(fRunID), summaryJSON: c.String(fSummaryJSON), dryRun: c.Bool(fDryRun), json: c.Bool(fJSON)}
 	if cfg.json && !cfg.dryRun {
 		return nil, usagef("--json goes with --dry-run (or use mpspawn gpus --json)")
 	}
-	spec, err := parseNproc(c.String(fNproc))
-	if err != nil {
+	var err error
+	if cfg.nprocSpec, err = parseNproc(c.String(fNproc)); err != nil {
 		return nil, err
 	}
-	if cfg.place, err = place(c, spec, c.App.ErrWriter); err != nil {
-		return nil, err
-	}
-	cfg.nproc = len(cfg.place.plan.Ranks)
 	nnodes, err := strconv.Atoi(c.String(fNNodes))
 	if err != nil {
 		return nil, usagef("--nnodes %q: want a number of nodes (elastic MIN:MAX ranges are not supported)", c.String(fNNodes))
 	}
 	cfg.rdzv = rendezvous.Config{
-		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: cfg.nproc,
+		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: 1, // set by planRanks
 		MasterAddr: c.String(fMasterAddr), MasterPort: c.Int(fMasterPort), Standalone: c.Bool(fStandalone),
 	}
 	if p := c.Int(fMasterPort); c.IsSet(fMasterPort) && (p < 1 || p > 65535) {
@@ -78,6 +115,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 	if cfg.startMethod, err = parseStartMethod(c.String(fStartMethod)); err != nil {
 		return nil, err
 	}
+	if cfg.preload, err = parsePreload(c, cfg.startMethod); err != nil {
+		return nil, err
+	}
 	if cfg.grace, err = parseDuration(c.String(fGrace)); err != nil {
 		return nil, err
 	}
@@ -86,7 +126,7 @@ func parseConfig(c *cli.Context) (*config, error) {
 	} else if cfg.path, cfg.argv, err = program(c); err != nil {
 		return nil, err
 	}
-	if cfg.output, err = parseOutput(c, cfg.nproc); err != nil {
+	if cfg.output, err = parseOutput(c); err != nil {
 		return nil, err
 	}
 	if cfg.logDir = c.String(fLogDir); cfg.logDir != "" {
@@ -122,14 +162,51 @@ func checkRendezvous(rc rendezvous.Config) error {
 
 func parseStartMethod(s string) (string, error) {
 	switch s {
-	case "spawn":
+	case "spawn", "forkserver":
 		return s, nil
-	case "forkserver":
-		return "", usagef("--start-method forkserver is not available in this version of mpspawn; use spawn")
 	case "fork":
-		return "", usagef("--start-method fork is not supported: forking a launcher breaks CUDA and threads; use spawn")
+		return "", usagef("--start-method fork is not supported: forking a launcher breaks CUDA and threads; use spawn or forkserver")
 	}
-	return "", usagef("--start-method %q: want spawn", s)
+	return "", usagef("--start-method %q: want spawn or forkserver", s)
+}
+
+// parsePreload checks --preload and where forkserver applies: it forks
+// Python ranks only (see docs/forkserver.md for why not --no-python).
+func parsePreload(c *cli.Context, method string) ([]string, error) {
+	if method == "forkserver" && c.Bool(fNoPython) {
+		return nil, usagef("--start-method forkserver forks Python ranks only; a --no-python program is exec'd either way, and spawn already does that as fast as a server could: use spawn")
+	}
+	v := c.String(fPreload)
+	if v == "" {
+		return nil, nil
+	}
+	if method != "forkserver" {
+		return nil, usagef("--preload goes with --start-method forkserver")
+	}
+	var mods []string
+	for _, m := range strings.Split(v, ",") {
+		m = strings.TrimSpace(m)
+		if !validModule(m) {
+			return nil, usagef("--preload %q: %q is not a module name", v, m)
+		}
+		mods = append(mods, m)
+	}
+	return mods, nil
+}
+
+// validModule reports whether s is a dotted Python module name.
+func validModule(s string) bool {
+	for _, part := range strings.Split(s, ".") {
+		if part == "" || (part[0] >= '0' && part[0] <= '9') {
+			return false
+		}
+		for _, r := range part {
+			if r != '_' && !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // parseDuration accepts a Go duration (30s, 500ms) or a number of seconds.
@@ -186,7 +263,7 @@ func unwrapExec(err error) error {
 	return err
 }
 
-func parseOutput(c *cli.Context, nproc int) (*launcher.Output, error) {
+func parseOutput(c *cli.Context) (*launcher.Output, error) {
 	out := &launcher.Output{Prefix: c.String(fPrefix), Timestamps: c.Bool(fTimestamps)}
 	if c.Bool(fNoPrefix) {
 		out.Prefix = ""
@@ -202,8 +279,8 @@ func parseOutput(c *cli.Context, nproc int) (*launcher.Output, error) {
 		out.Filter = map[int]bool{}
 		for _, s := range strings.Split(f, ",") {
 			r, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || r < 0 || r >= nproc {
-				return nil, usagef("--local-ranks-filter %q: %q is not a local rank (0..%d)", f, s, nproc-1)
+			if err != nil || r < 0 {
+				return nil, usagef("--local-ranks-filter %q: %q is not a local rank", f, s)
 			}
 			out.Filter[r] = true
 		}

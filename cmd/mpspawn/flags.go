@@ -18,6 +18,7 @@ const (
 	fNoPython      = "no-python"
 	fModule        = "module"
 	fStartMethod   = "start-method"
+	fPreload       = "preload"
 	fLogDir        = "log-dir"
 	fRedirects     = "redirects"
 	fTee           = "tee"
@@ -45,7 +46,8 @@ const (
 func flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Category: catRanks, Name: fNproc, Value: "1", Usage: "ranks on this node: `N`, gpu (one per usable GPU), cpu (one per CPU) or auto (GPUs if any, else CPUs)"},
-		&cli.StringFlag{Category: catRanks, Name: fStartMethod, Value: "spawn", Usage: "`METHOD` that creates the ranks: spawn (a fresh exec per rank)"},
+		&cli.StringFlag{Category: catRanks, Name: fStartMethod, Value: "spawn", Usage: "`METHOD` that creates the ranks: spawn (a fresh exec per rank) or forkserver (Python ranks forked from one server started first, see --preload)"},
+		&cli.StringFlag{Category: catRanks, Name: fPreload, Usage: "with --start-method forkserver, `MODULES` (comma list, e.g. torch) the server imports once, so that every rank starts with them imported"},
 
 		&cli.IntFlag{Category: catPlacement, Name: fGPUsPerRank, Value: 1, Usage: "`N` GPUs per rank, chosen best-connected (NVLink first)"},
 		&cli.StringFlag{Category: catPlacement, Name: fGPUVisibility, Value: "local-rank", Usage: "`MODE` of CUDA_VISIBLE_DEVICES: local-rank (every rank sees the job's GPUs in local-rank order, so set_device(LOCAL_RANK) is its own) or isolate (each rank sees only its own, as cuda:0)"},

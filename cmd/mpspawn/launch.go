@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/rendezvous"
@@ -42,8 +43,15 @@ func launch(c *cli.Context, cfg *config) error {
 	if scratch != "" {
 		defer removeScratch(job, scratch)
 	}
-	if err != nil {
+	var pe *launcher.PreloadError
+	switch {
+	case errors.As(err, &pe):
+		return usagef("--preload %s: %s", pe.Module, pe.Err)
+	case err != nil:
 		return err
+	}
+	if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil {
+		fmt.Fprintf(stderr, "mpspawn: %v\n", strings.TrimPrefix(res.Cause.Error(), "launcher: "))
 	}
 	host, _ := os.Hostname()
 	sum := res.Summarize(host, cfg.runID)
@@ -68,8 +76,8 @@ func (cfg *config) job(masterAddr string, masterPort int) *launcher.Job {
 		Path: cfg.path, Command: cfg.argv, Env: os.Environ(),
 		NProcPerNode: cfg.nproc, NNodes: cfg.rdzv.NNodes, NodeRank: cfg.rdzv.NodeRank,
 		MasterAddr: masterAddr, MasterPort: masterPort,
-		RunID: cfg.runID, StartMethod: cfg.startMethod,
-		Options: launcher.Options{GracePeriod: cfg.grace},
+		RunID: cfg.runID, StartMethod: cfg.startMethod, Preload: cfg.preload,
+		Options: launcher.Options{GracePeriod: cfg.grace, Forkserver: cfg.forkserver},
 	}
 	for _, s := range cfg.place.setup {
 		job.Ranks = append(job.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})

@@ -22,6 +22,8 @@ func TestRunInProcess(t *testing.T) {
 		{"success", []string{"--no-python", "--nproc-per-node", "3", "true"}, 0, ""},
 		{"failure", []string{"--no-python", "--nproc-per-node", "2", "sh", "-c", "[ $RANK = 1 ] && exit 7; exec sleep 30"}, 7, "Root Cause"},
 		{"usage", []string{"--nproc-per-node", "x", "--no-python", "true"}, 2, "mpspawn: error: --nproc-per-node"},
+		{"forkserver", []string{"--start-method", "forkserver", "--preload", "json", "--nproc-per-node", "2", "-m", "this"}, 0, ""},
+		{"forkserver preload", []string{"--start-method", "forkserver", "--preload", "no_such_module", "-m", "this"}, 2, "mpspawn: error: --preload no_such_module"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -32,17 +32,37 @@ func TestMain(m *testing.M) {
 }
 
 func TestScript(t *testing.T) {
+	testscript.Run(t, scriptParams(t, "testdata/script", nil))
+}
+
+// TestScriptMethods runs the scripts of testdata/script/methods once per
+// start method, with $METHOD set to it: the launcher's guarantees for
+// Python ranks hold under both.
+func TestScriptMethods(t *testing.T) {
+	for _, method := range []string{"spawn", "forkserver"} {
+		t.Run(method, func(t *testing.T) {
+			testscript.Run(t, scriptParams(t, "testdata/script/methods", map[string]string{"METHOD": method}))
+		})
+	}
+}
+
+// scriptParams are the testscript parameters of the CLI's scripts in dir,
+// with env set in every script.
+func scriptParams(t *testing.T, dir string, env map[string]string) testscript.Params {
 	repo, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	testscript.Run(t, testscript.Params{
-		Dir:                 "testdata/script",
+	return testscript.Params{
+		Dir:                 dir,
 		RequireExplicitExec: true,
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("REPO", repo)
 			if py, _ := torchPython(); py != "" {
 				e.Setenv("TORCH_PYTHON", py)
+			}
+			for k, v := range env {
+				e.Setenv(k, v)
 			}
 			return nil
 		},
@@ -63,7 +83,7 @@ func TestScript(t *testing.T) {
 			"exitcode":   cmdExitCode,
 			"jsonget":    cmdJSONGet,
 		},
-	})
+	}
 }
 
 // cmdGone: gone FILE — every pid listed in FILE (whitespace separated)

@@ -1,4 +1,4 @@
-package launcher
+package ipc
 
 import (
 	"errors"
@@ -21,16 +21,16 @@ type namedPoint struct {
 // the encoded offset (aligned, used in place) and one byte further (copied).
 func roundTrip[T any](t *testing.T, s []T, off int) {
 	t.Helper()
-	enc, err := appendSlice(make([]byte, off), s)
+	enc, err := AppendSlice(make([]byte, off), s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := decodeSlice[T](enc[off:])
+	got, err := DecodeSlice[T](enc[off:])
 	if err != nil || !reflect.DeepEqual(got, s) && !(len(got) == 0 && len(s) == 0) {
-		t.Errorf("decodeSlice(appendSlice(%v)) = %v, %v", s, got, err)
+		t.Errorf("decodeSlice(AppendSlice(%v)) = %v, %v", s, got, err)
 	}
 	shifted := append([]byte{0}, enc[off:]...)
-	if got, err := decodeSlice[T](shifted[1:]); err != nil || !reflect.DeepEqual(got, s) && !(len(got) == 0 && len(s) == 0) {
+	if got, err := DecodeSlice[T](shifted[1:]); err != nil || !reflect.DeepEqual(got, s) && !(len(got) == 0 && len(s) == 0) {
 		t.Errorf("decodeSlice(shifted) = %v, %v; want %v", got, err, s)
 	}
 }
@@ -60,8 +60,8 @@ func TestSliceCodec(t *testing.T) {
 		{reflect.TypeFor[uintptr](), false},
 	}
 	for _, tt := range tests {
-		if got := isPlain(tt.typ); got != tt.plain {
-			t.Errorf("isPlain(%v) = %v; want %v", tt.typ, got, tt.plain)
+		if got := IsPlain(tt.typ); got != tt.plain {
+			t.Errorf("IsPlain(%v) = %v; want %v", tt.typ, got, tt.plain)
 		}
 	}
 }
@@ -69,7 +69,7 @@ func TestSliceCodec(t *testing.T) {
 // TestSliceCodecBad: truncated, padded-past-the-end and mis-sized
 // encodings are errors, never a panic or an out-of-bounds view.
 func TestSliceCodecBad(t *testing.T) {
-	good, _ := appendSlice(nil, []int64{1, 2, 3})
+	good, _ := AppendSlice(nil, []int64{1, 2, 3})
 	for _, b := range [][]byte{
 		nil,
 		{sliceRaw},
@@ -80,11 +80,11 @@ func TestSliceCodecBad(t *testing.T) {
 		{2, 0, 0},
 		{sliceRaw, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0},
 	} {
-		if _, err := decodeSlice[int64](b); !errors.Is(err, errBadSlice) {
+		if _, err := DecodeSlice[int64](b); !errors.Is(err, errBadSlice) {
 			t.Errorf("decodeSlice(%v) = %v; want errBadSlice", b, err)
 		}
 	}
-	if _, err := decodeSlice[string](good); !errors.Is(err, errBadSlice) {
-		t.Errorf("decodeSlice[string](raw ints) = %v; want errBadSlice", err)
+	if _, err := DecodeSlice[string](good); !errors.Is(err, errBadSlice) {
+		t.Errorf("DecodeSlice[string](raw ints) = %v; want errBadSlice", err)
 	}
 }

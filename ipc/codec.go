@@ -1,4 +1,4 @@
-package launcher
+package ipc
 
 import (
 	"bytes"
@@ -10,14 +10,16 @@ import (
 	"unsafe"
 )
 
-// Values travel between the parent and its ranks encoded with encoding/gob,
-// except slices of plain data (numbers, bools, and arrays and structs of
-// them: no pointers, strings, slices or maps), which travel as their raw
-// bytes. Both ends run the same binary, so the memory layout is the same on
-// both; a Pool chunk of a million ints then costs a copy, not a million
-// varint encodings.
+// Values travel between the launcher and its ranks encoded with
+// encoding/gob, except slices of plain data (numbers, bools, and arrays and
+// structs of them: no pointers, strings, slices or maps), which travel as
+// their raw bytes. Both ends run the same binary, so the memory layout is
+// the same on both; a Pool chunk of a million ints then costs a copy, not a
+// million varint encodings, and a small int on a Queue costs no gob
+// encoder.
 
-func encode(v any) ([]byte, error) {
+// Encode gob-encodes v.
+func Encode(v any) ([]byte, error) {
 	var b bytes.Buffer
 	if err := gob.NewEncoder(&b).Encode(v); err != nil {
 		return nil, err
@@ -25,25 +27,26 @@ func encode(v any) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-func decode(b []byte, v any) error {
+// Decode gob-decodes b into v.
+func Decode(b []byte, v any) error {
 	return gob.NewDecoder(bytes.NewReader(b)).Decode(v)
 }
 
-// The first byte of an appendSlice encoding.
+// The first byte of an AppendSlice encoding.
 const (
 	sliceGob = 0 // a gob-encoded []T follows
 	sliceRaw = 1 // a uvarint count, a pad length byte, pad bytes, then count*sizeof(T) raw bytes
 )
 
-var errBadSlice = errors.New("launcher: bad encoded slice")
+var errBadSlice = errors.New("ipc: bad encoded slice")
 
-// appendSlice appends the encoding of s to dst: raw bytes when T is plain
+// AppendSlice appends the encoding of s to dst: raw bytes when T is plain
 // data, else gob. The raw bytes are padded to T's alignment relative to the
 // start of dst, so that a receiver that gets dst whole (as a frame payload,
 // which is a fresh, aligned allocation) can use them in place.
-func appendSlice[T any](dst []byte, s []T) ([]byte, error) {
-	if !isPlain(reflect.TypeFor[T]()) {
-		b, err := encode(s)
+func AppendSlice[T any](dst []byte, s []T) ([]byte, error) {
+	if !IsPlain(reflect.TypeFor[T]()) {
+		b, err := Encode(s)
 		return append(append(dst, sliceGob), b...), err
 	}
 	size, align := int(unsafe.Sizeof(*new(T))), int(unsafe.Alignof(*new(T)))
@@ -58,18 +61,18 @@ func appendSlice[T any](dst []byte, s []T) ([]byte, error) {
 	return append(dst, unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(s))), len(s)*size)...), nil
 }
 
-// decodeSlice decodes what appendSlice[T] encoded. Raw data that is
+// DecodeSlice decodes what AppendSlice[T] encoded. Raw data that is
 // aligned for T is used in place: the result then shares b's memory.
-func decodeSlice[T any](b []byte) ([]T, error) {
+func DecodeSlice[T any](b []byte) ([]T, error) {
 	if len(b) == 0 {
 		return nil, errBadSlice
 	}
 	if b[0] == sliceGob {
 		var s []T
-		err := decode(b[1:], &s)
+		err := Decode(b[1:], &s)
 		return s, err
 	}
-	if b[0] != sliceRaw || !isPlain(reflect.TypeFor[T]()) {
+	if b[0] != sliceRaw || !IsPlain(reflect.TypeFor[T]()) {
 		return nil, errBadSlice
 	}
 	n, k := binary.Uvarint(b[1:])
@@ -92,19 +95,19 @@ func decodeSlice[T any](b []byte) ([]T, error) {
 	return s, nil
 }
 
-// isPlain reports whether values of t are plain data: their bytes are the
+// IsPlain reports whether values of t are plain data: their bytes are the
 // whole value, with no pointer into the sending process's memory.
-func isPlain(t reflect.Type) bool {
+func IsPlain(t reflect.Type) bool {
 	switch t.Kind() {
 	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
 		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64,
 		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
 		return true
 	case reflect.Array:
-		return isPlain(t.Elem())
+		return IsPlain(t.Elem())
 	case reflect.Struct:
 		for i := range t.NumField() {
-			if !isPlain(t.Field(i).Type) {
+			if !IsPlain(t.Field(i).Type) {
 				return false
 			}
 		}
@@ -113,13 +116,13 @@ func isPlain(t reflect.Type) bool {
 	return false
 }
 
-// appendField appends b to dst with a uvarint length before it.
-func appendField(dst, b []byte) []byte {
+// AppendField appends b to dst with a uvarint length before it.
+func AppendField(dst, b []byte) []byte {
 	return append(binary.AppendUvarint(dst, uint64(len(b))), b...)
 }
 
-// cutField splits a field written by appendField off the front of b.
-func cutField(b []byte) (field, rest []byte, ok bool) {
+// CutField splits a field written by AppendField off the front of b.
+func CutField(b []byte) (field, rest []byte, ok bool) {
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > uint64(len(b)-k) {
 		return nil, nil, false

@@ -1,0 +1,339 @@
+# mpspawn's forkserver: started by the launcher as
+#
+#     PYTHON -u -c <this file> CONFIG_JSON
+#
+# with a SOCK_SEQPACKET socket on fd 3. It imports the preload modules once,
+# reports {"ready": pid}, then serves one JSON message per packet:
+#
+#   launcher -> server  {"op": "fork", "id": N, "argv": [...], "env": [...],
+#                        "cwd": "...", "cpus": [...]}  + fds (SCM_RIGHTS):
+#                        the rank's fds 0, 1, 2, 3, ... in order
+#   server -> launcher  {"id": N, "pid": P} or {"id": N, "error": "..."}
+#                       {"exit": P, "status": WAITSTATUS}  (when P is reaped)
+#
+# "argv" is the rank's Python command line less the interpreter: -u, then
+# SCRIPT ARGS or -m MODULE ARGS. The server stays single-threaded: SIGCHLD
+# only wakes the select loop (signal.set_wakeup_fd), and children are reaped
+# there. It refuses to fork while CUDA is initialised in it or while it runs
+# more than one thread. When the launcher's end of the socket closes, the
+# server kills its children's process groups and exits.
+
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import sys
+
+CONFIG = json.loads(sys.argv[1])
+SOCK = socket.socket(fileno=3)
+SERVER_PID = os.getpid()
+MAX_PACKET = 4 << 20
+MAX_FDS = 64
+CHILDREN = set()  # pids forked and not reaped yet
+BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
+INTERRUPTED = object()  # run_main's code for an uncaught KeyboardInterrupt
+
+
+def send(msg):
+    SOCK.send(json.dumps(msg).encode())
+
+
+def parse_argv(argv):
+    """Splits a Python command line (interpreter left out) into
+    ("script", path, args) or ("module", name, args)."""
+    i = 0
+    while i < len(argv) and argv[i] == "-u":
+        i += 1
+    if i < len(argv) and argv[i] == "-m" and i + 1 < len(argv):
+        return "module", argv[i + 1], argv[i + 2:]
+    if i < len(argv) and not argv[i].startswith("-"):
+        return "script", argv[i], argv[i + 1:]
+    raise ValueError("forkserver runs PYTHON [-u] SCRIPT ARGS or PYTHON [-u] -m MODULE ARGS, not %r" % (argv,))
+
+
+def path0(kind, target):
+    """sys.path[0] as python sets it for the command line."""
+    if kind == "script":
+        return os.path.dirname(os.path.realpath(target))
+    return os.getcwd()
+
+
+def preload():
+    main = CONFIG.get("main") or []
+    try:
+        kind, target, _ = parse_argv(main)
+        sys.path[0] = path0(kind, target)
+    except (ValueError, OSError):
+        pass
+    for name in CONFIG.get("preload") or []:
+        try:
+            __import__(name)
+        except BaseException as e:  # noqa: BLE001 - reported, then exit
+            send({"error": "%s: %s" % (type(e).__name__, e), "preload": name})
+            sys.exit(1)
+
+
+def refusal():
+    """Why forking now would give broken ranks, or None."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    if cuda is not None and getattr(cuda, "is_initialized", None) is not None:
+        try:
+            initialised = cuda.is_initialized()
+        except Exception:  # noqa: BLE001
+            initialised = False
+        if initialised:
+            return ("CUDA is initialised in the forkserver (torch.cuda.is_initialized() is true after "
+                    "--preload); forked ranks could not use CUDA: preload nothing that touches the GPU, "
+                    "or use --start-method spawn")
+    if cuda_context():
+        return ("CUDA is initialised in the forkserver (libcuda has a context after --preload); forked "
+                "ranks could not use CUDA: preload nothing that touches the GPU, or use --start-method spawn")
+    tasks = os.listdir("/proc/self/task")
+    if len(tasks) > 1:
+        import threading
+        pythons = {t.native_id: t.name for t in threading.enumerate()}
+        names = []
+        for t in sorted(tasks, key=int):
+            if int(t) == SERVER_PID:
+                continue
+            if int(t) in pythons:
+                names.append(pythons[int(t)])
+                continue
+            try:
+                with open("/proc/self/task/%s/comm" % t) as f:
+                    names.append(f.read().strip())
+            except OSError:
+                names.append(t)
+        return ("the forkserver runs %d threads besides its own (%s), started by --preload; a fork "
+                "copies only the forking thread, so locks they hold would stay held in the ranks: "
+                "preload modules that start no threads, or use --start-method spawn"
+                % (len(tasks) - 1, ", ".join(names)))
+    return None
+
+
+def cuda_context():
+    """True when libcuda is loaded and has been initialised (cuInit)."""
+    try:
+        with open("/proc/self/maps") as f:
+            if "libcuda.so" not in f.read():
+                return False
+        import ctypes
+        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        ctx = ctypes.c_void_p()
+        # CUDA_ERROR_NOT_INITIALIZED (3) until cuInit has run.
+        return lib.cuCtxGetCurrent(ctypes.byref(ctx)) != 3
+    except Exception:  # noqa: BLE001 - no libcuda, no CUDA
+        return False
+
+
+def fork_rank(req, fds):
+    err = refusal()
+    if err is not None:
+        return {"id": req["id"], "error": "refusing to fork: " + err}
+    kind, target, args = parse_argv(req["argv"])
+    # Signals the launcher may send at once stay blocked in the child until
+    # it has its own handlers, as if it were a fresh python.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            code = child(req, fds, kind, target, args, mask)
+        except BaseException:  # noqa: BLE001 - set-up failed: say why, on the rank's stderr
+            import traceback
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    CHILDREN.add(pid)
+    # Both sides set the group, so that it exists before the launcher
+    # signals it, whichever runs first.
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass
+    return {"id": req["id"], "pid": pid}
+
+
+def child(req, fds, kind, target, args, mask):
+    """The rank: returns its exit code (the caller os._exits with it)."""
+    import ctypes
+
+    os.setpgid(0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != SERVER_PID:
+        return 1  # the server died before the death signal was armed
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if req.get("cpus"):
+        os.sched_setaffinity(0, req["cpus"])
+    SOCK.close()
+    os.close(WAKE_R)
+    os.close(WAKE_W)
+    # Move the received fds above every target first, then into place.
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, len(fds)) for fd in fds]
+    for fd in fds:
+        os.close(fd)
+    for i, fd in enumerate(high):
+        os.dup2(fd, i)  # inheritable, as a rank's stdio is
+        os.close(fd)
+    if req.get("cwd"):
+        os.chdir(req["cwd"])
+    os.environ.clear()
+    for kv in req["env"]:
+        k, _, v = kv.partition("=")
+        os.environ[k] = v
+    return run_main(kind, target, args, mask)
+
+
+def run_main(kind, target, args, mask):
+    """Runs the script or module as __main__ as python does, and returns
+    the exit code python would exit with."""
+    import atexit
+    import threading
+    import types
+
+    sys.path[0] = path0(kind, target)
+    code = 0
+    try:
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if kind == "module":
+                import runpy
+                sys.argv = [target] + args  # runpy replaces argv[0] with the module's path
+                runpy._run_module_as_main(target, alter_argv=True)
+            else:
+                sys.argv = [target] + args
+                path = os.path.abspath(target)
+                with open(path, "rb") as f:
+                    src = f.read()
+                main = types.ModuleType("__main__")
+                main.__dict__.update({"__file__": path, "__builtins__": __builtins__, "__cached__": None})
+                sys.modules["__main__"] = main
+                exec(compile(src, path, "exec"), main.__dict__)
+        except SystemExit as e:
+            code = exit_code(e)
+        except KeyboardInterrupt:
+            print_exception()
+            code = INTERRUPTED
+        except BaseException:  # noqa: BLE001 - python's own top level
+            print_exception()
+            code = 1
+        threading._shutdown()
+        atexit._run_exitfuncs()
+    finally:
+        for f in (sys.stdout, sys.stderr):
+            try:
+                f.flush()
+            except Exception:  # noqa: BLE001
+                pass
+    if code is INTERRUPTED:
+        # As python does after an uncaught KeyboardInterrupt: die by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    return code
+
+
+def exit_code(e):
+    c = e.code
+    if c is None:
+        return 0
+    if isinstance(c, int):
+        return c & 0xFF
+    try:
+        print(c, file=sys.stderr)
+    except Exception:  # noqa: BLE001
+        pass
+    return 1
+
+
+def print_exception():
+    """sys.excepthook with the server's own frames left out, as if the
+    script were the program."""
+    t, v, tb = sys.exc_info()
+    while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
+        tb = tb.tb_next
+    try:
+        if v is not None:
+            v.__traceback__ = tb
+        sys.excepthook(t, v, tb)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def reap():
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        CHILDREN.discard(pid)
+        send({"exit": pid, "status": status})
+
+
+def serve():
+    while True:
+        r, _, _ = select.select([SOCK, WAKE_R], [], [])
+        if WAKE_R in r:
+            try:
+                while os.read(WAKE_R, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            reap()
+        if SOCK in r:
+            msg, fds, flags, _ = socket.recv_fds(SOCK, MAX_PACKET, MAX_FDS)
+            if not msg:
+                return  # the launcher is gone or done
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                    raise ValueError("request truncated (%d bytes, %d fds)" % (len(msg), len(fds)))
+                req = json.loads(msg)
+                try:
+                    reply = fork_rank(req, fds)
+                except Exception as e:  # noqa: BLE001 - reported to the launcher
+                    reply = {"id": req.get("id"), "error": "%s: %s" % (type(e).__name__, e)}
+                send(reply)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+
+def shutdown():
+    """Kills the process groups of the ranks still running and reaps them:
+    the launcher is gone, or closed the socket with ranks left (it only
+    does so after reaping every rank)."""
+    for pid in list(CHILDREN):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in list(CHILDREN):
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+WAKE_R, WAKE_W = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+signal.set_wakeup_fd(WAKE_W, warn_on_full_buffer=False)
+signal.signal(signal.SIGCHLD, lambda *_: None)
+preload()
+send({"ready": SERVER_PID})
+try:
+    serve()
+finally:
+    shutdown()

@@ -1,0 +1,25 @@
+//go:build !linux
+
+package launcher
+
+import (
+	"context"
+)
+
+// A Forkserver is a running forkserver; see ForkserverConfig. On platforms
+// other than Linux none can be started.
+type Forkserver struct{}
+
+// StartForkserver returns ErrUnsupported on platforms other than Linux.
+func StartForkserver(ForkserverConfig) (*Forkserver, error) { return nil, ErrUnsupported }
+
+// Ready returns ErrUnsupported.
+func (*Forkserver) Ready(context.Context) error { return ErrUnsupported }
+
+// Pid returns 0.
+func (*Forkserver) Pid() int { return 0 }
+
+// Close does nothing.
+func (*Forkserver) Close() error { return nil }
+
+func (*Forkserver) start(Spec) (*rankProc, error) { return nil, ErrUnsupported }

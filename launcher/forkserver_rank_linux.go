@@ -1,0 +1,137 @@
+package launcher
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// start forks one rank from the server: its files travel with the request
+// (SCM_RIGHTS), and the reply carries its pid. The server has already set
+// the rank's process group, so the launcher may signal it at once.
+func (fs *Forkserver) start(s Spec) (*rankProc, error) {
+	if s.Path != fs.cfg.Python {
+		return nil, fmt.Errorf("forkserver runs %s, not %s: only Python ranks of its interpreter can be forked", fs.cfg.Python, s.Path)
+	}
+	req, err := json.Marshal(forkRequest{Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs})
+	if err != nil {
+		return nil, err
+	}
+	rp := &rankProc{spec: s}
+	files, release, err := rp.openFiles()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	reply, id, err := fs.expect()
+	if err != nil {
+		rp.closePipes()
+		return nil, err
+	}
+	// The id goes in front of the request's other fields.
+	req = append(fmt.Appendf(nil, `{"id":%d,`, id), req[1:]...)
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	rp.started = time.Now()
+	if _, _, err := fs.conn.WriteMsgUnix(req, unix.UnixRights(fds...), nil); err != nil {
+		fs.forget(id)
+		rp.closePipes()
+		if errors.Is(err, syscall.EMSGSIZE) {
+			return nil, fmt.Errorf("forkserver: the rank's request (%d bytes, mostly its environment) is too large", len(req))
+		}
+		return nil, fmt.Errorf("forkserver: %w", err)
+	}
+	t := time.NewTimer(forkReplyTimeout)
+	defer t.Stop()
+	var r forkReply
+	select {
+	case r = <-reply:
+	case <-t.C:
+		fs.forget(id)
+		r.err = fmt.Errorf("forkserver (pid %d): no reply to a fork request after %v", fs.pid, forkReplyTimeout)
+	}
+	if r.err != nil {
+		rp.closePipes()
+		return nil, r.err
+	}
+	pidfd, err := unix.PidfdOpen(r.pid, 0)
+	if err != nil {
+		pidfd = -1 // already exited and reaped: its status is on the way
+	}
+	rp.setProcess(&forkedProcess{fs: fs, pidv: r.pid, exit: r.exit, pidfd: pidfd})
+	return rp, nil
+}
+
+// expect registers a fork request's reply channel under a new id.
+func (fs *Forkserver) expect() (chan forkReply, int, error) {
+	ch := make(chan forkReply, 1)
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.pending == nil {
+		<-fs.dead // pending is nil only once died has run, which closes dead last
+		return nil, 0, fs.deadErr
+	}
+	fs.nextID++
+	fs.pending[fs.nextID] = ch
+	return ch, fs.nextID, nil
+}
+
+func (fs *Forkserver) forget(id int) {
+	fs.mu.Lock()
+	delete(fs.pending, id)
+	fs.mu.Unlock()
+}
+
+// forkedProcess is a rank the forkserver forked: the server's child, whose
+// wait status the server reports. If the server dies first, the rank is
+// killed (its parent-death signal already did) and waited for on a pidfd.
+type forkedProcess struct {
+	fs    *Forkserver
+	pidv  int
+	exit  chan syscall.WaitStatus
+	pidfd int // -1 when the rank was gone before it could be opened
+}
+
+var _ process = (*forkedProcess)(nil)
+
+func (p *forkedProcess) pid() int { return p.pidv }
+
+func (p *forkedProcess) wait() (syscall.WaitStatus, error) {
+	if p.pidfd >= 0 {
+		defer unix.Close(p.pidfd)
+	}
+	select {
+	case ws := <-p.exit:
+		return ws, nil
+	case <-p.fs.dead:
+	}
+	select {
+	case ws := <-p.exit: // reported just before the server went
+		return ws, nil
+	default:
+	}
+	killGroup(p.pidv, syscall.SIGKILL)
+	if p.pidfd >= 0 {
+		waitPidfd(p.pidfd, lostRankWait)
+	}
+	return 0, p.fs.deadErr
+}
+
+// waitPidfd waits up to d for the process behind pidfd to exit.
+func waitPidfd(pidfd int, d time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(d)
+	for {
+		n, err := unix.Poll(fds, max(0, int(time.Until(deadline).Milliseconds())))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return n == 1
+	}
+}
