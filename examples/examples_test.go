@@ -88,3 +88,18 @@ func TestSharedbufExample(t *testing.T) {
 		t.Errorf("PSS total %d MiB for 4 readers of 64 MiB; want at most %d", pss, 64*11/10+64)
 	}
 }
+
+func TestDataparExample(t *testing.T) {
+	out, err := exec.Command(build(t, "datapar"), "-ranks", "2", "-rows", "20000", "-steps", "60").Output()
+	if err != nil {
+		t.Fatalf("datapar: %v\n%s", err, out)
+	}
+	for _, re := range []string{
+		`(?m)^2 ranks agree on the weights; loss 0\.000\d+; largest error against the true weights 0\.00\d+$`,
+		`(?m)^1 rank: loss 0\.000\d+ in .*; 2 ranks: .*; speed-up \d+\.\d\dx$`,
+	} {
+		if !regexp.MustCompile(re).Match(out) {
+			t.Errorf("datapar output lacks %s:\n%s", re, out)
+		}
+	}
+}
