@@ -473,11 +473,11 @@ func TestProducerOwned(t *testing.T) {
 	}
 }
 
-// TestNoFDLeak: many handle transfers leave every process's descriptor
+// TestNoFDLeak: 10,000 handle transfers leave every process's descriptor
 // count unchanged.
 func TestNoFDLeak(t *testing.T) {
 	j := newTestJob(t, 2)
-	n := 2000
+	n := 10000
 	if testing.Short() {
 		n = 200
 	}

@@ -51,6 +51,11 @@ type Job struct {
 
 	Options Options
 
+	// IPC gives every rank a control channel to a broker (fd 3, named by
+	// MPSPAWN_CONTROL_FD), so that ranks can share buffers zero-copy and
+	// use queues (package ipc; examples/python/mpspawn_ipc.py).
+	IPC bool
+
 	// Notes receives the launcher's own notices (one line each); nil
 	// discards them.
 	Notes io.Writer
@@ -251,9 +256,26 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer j.Output.Close()
+	var jc *jobControl
+	if j.IPC {
+		if jc, err = addControl(specs); err != nil {
+			return nil, err
+		}
+	}
 	g, err := Start(ctx, specs, opts)
 	if err != nil {
+		if jc != nil {
+			jc.close()
+		}
 		return nil, err
+	}
+	if jc != nil {
+		jc.serve(g)
+		defer func() {
+			for _, leak := range jc.finish() {
+				j.note("warning: %s", leak)
+			}
+		}()
 	}
 	forwarded := make(chan struct{})
 	go func() {

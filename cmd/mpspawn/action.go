@@ -34,6 +34,7 @@ type config struct {
 	summaryJSON string
 	place       *placement
 	dryRun      bool
+	ipc         bool
 	json        bool
 }
 
@@ -87,7 +88,7 @@ func (cfg *config) planRanks(c *cli.Context) error {
 // parseConfig validates every flag and the program before anything starts.
 // It does not look at this machine: planRanks does.
 func parseConfig(c *cli.Context) (*config, error) {
-	cfg := &config{runID: c.String(fRunID), summaryJSON: c.String(fSummaryJSON), dryRun: c.Bool(fDryRun), json: c.Bool(fJSON)}
+	cfg := &config{runID: c.String(fRunID), summaryJSON: c.String(fSummaryJSON), dryRun: c.Bool(fDryRun), json: c.Bool(fJSON), ipc: c.Bool(fIPC)}
 	if cfg.json && !cfg.dryRun {
 		return nil, usagef("--json goes with --dry-run (or use mpspawn gpus --json)")
 	}

@@ -19,6 +19,7 @@ const (
 	fModule        = "module"
 	fStartMethod   = "start-method"
 	fPreload       = "preload"
+	fIPC           = "ipc"
 	fLogDir        = "log-dir"
 	fRedirects     = "redirects"
 	fTee           = "tee"
@@ -66,6 +67,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Category: catProgram, Name: fPython, EnvVars: []string{"PYTHON_EXEC"}, Value: "python3", Usage: "Python interpreter for scripts, run as `PYTHON` -u SCRIPT ARGS"},
 		&cli.BoolFlag{Category: catProgram, Name: fNoPython, Usage: "run PROGRAM directly instead of through Python"},
 		&cli.BoolFlag{Category: catProgram, Name: fModule, Aliases: []string{"m"}, Usage: "run a Python module, as python -m MODULE"},
+		&cli.BoolFlag{Category: catProgram, Name: fIPC, Usage: "give every rank a control channel (fd 3, MPSPAWN_CONTROL_FD) to share buffers zero-copy and use queues (examples/python/mpspawn_ipc.py)"},
 
 		&cli.StringFlag{Category: catLogs, Name: fLogDir, Usage: "base `DIR` of per-rank files: DIR/<run-id>/attempt_0/<local_rank>/{stdout.log,stderr.log,error.json}"},
 		&cli.StringFlag{Category: catLogs, Name: fRedirects, Aliases: []string{"r"}, Value: "0", Usage: "send `STREAMS` to the log files only: 0 none, 1 stdout, 2 stderr, 3 both, or per local rank (0:3,1:2,...)"},

@@ -78,6 +78,7 @@ func (cfg *config) job(masterAddr string, masterPort int) *launcher.Job {
 		MasterAddr: masterAddr, MasterPort: masterPort,
 		RunID: cfg.runID, StartMethod: cfg.startMethod, Preload: cfg.preload,
 		Options: launcher.Options{GracePeriod: cfg.grace, Forkserver: cfg.forkserver},
+		IPC:     cfg.ipc,
 	}
 	for _, s := range cfg.place.setup {
 		job.Ranks = append(job.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})
