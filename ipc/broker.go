@@ -326,6 +326,11 @@ func (b *Broker) putBatch(p *peer, body []byte, out []outFrame) ([]outFrame, err
 		if err != nil {
 			return b.pump(q, out), err
 		}
+		if q.ref.Cap == 0 && len(q.putters) == 0 {
+			q.items = append(q.items, m) // unbounded: straight in
+			q.unfinished++
+			continue
+		}
 		q.putters = append(q.putters, pendingPut{pending{p, 0}, m})
 	}
 	return b.pump(q, out), nil
@@ -350,7 +355,9 @@ func (b *Broker) message(p *peer, raw []byte) (message, error) {
 	for _, h := range hs {
 		b.handles[h.ID].queued++
 	}
-	return message{hs, slices.Clone(value)}, nil
+	// value points into the request frame's payload, which nobody else
+	// uses: kept as it is, not copied.
+	return message{hs, value}, nil
 }
 
 // queue returns the queue ref names, creating it on first use.
@@ -383,7 +390,11 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 			// Share what is there among the ranks waiting.
 			n := min(g.max, (len(q.items)+len(q.getters)-1)/len(q.getters))
 			q.getters = q.getters[1:]
-			var payload []byte
+			size := 0
+			for _, m := range q.items[:n] {
+				size += 6 + len(m.handles)*HandleSize + len(m.value)
+			}
+			payload := make([]byte, 0, size)
 			for _, m := range q.items[:n] {
 				for _, h := range m.handles {
 					e := b.handles[h.ID]
@@ -397,6 +408,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 					payload = appendMessage(payload, m.handles, m.value)
 				}
 			}
+			clear(q.items[:n]) // let the collector have what was sent
 			q.items = q.items[n:]
 			out = append(out, outFrame{g.p, Frame{Type: FrameReply, ID: g.id, Payload: payload}})
 			moved = true
