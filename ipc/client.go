@@ -31,6 +31,10 @@ type Client struct {
 	// flusher goroutine writes them, so that puts made while a write is
 	// under way go out together (as multiprocessing.Queue's feeder thread
 	// does). wmu orders batches before any later request.
+	// inbox receives the launcher's own requests (a Pool worker's tasks)
+	// when the client was made with NewWorkerClient.
+	inbox chan Frame
+
 	wmu      sync.Mutex
 	batches  map[queueRef][]byte
 	order    []queueRef
@@ -48,11 +52,29 @@ func NewClient(conn *Conn, rank int) *Client {
 	return c
 }
 
+// inboxSize bounds the launcher's requests waiting in a worker: the Pool
+// has at most two tasks in flight per worker, then a close.
+const inboxSize = 16
+
+// NewWorkerClient is NewClient for a Pool worker: the requests and the
+// close the launcher sends (its tasks) are delivered on the returned
+// channel, which is closed when the channel ends.
+func NewWorkerClient(conn *Conn, rank int) (*Client, <-chan Frame) {
+	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, done: make(chan struct{}),
+		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1), inbox: make(chan Frame, inboxSize)}
+	go c.read()
+	go c.flusher()
+	return c, c.inbox
+}
+
 // Rank is the rank the client belongs to.
 func (c *Client) Rank() int { return c.rank }
 
 func (c *Client) read() {
 	defer close(c.done)
+	if c.inbox != nil {
+		defer close(c.inbox)
+	}
 	for {
 		f, err := c.conn.ReadFrame()
 		if err != nil {
@@ -67,6 +89,10 @@ func (c *Client) read() {
 			}
 			c.mu.Unlock()
 			return
+		}
+		if c.inbox != nil && (f.Type == FrameRequest || f.Type == FrameClose) {
+			c.inbox <- f // never blocks: see inboxSize
+			continue
 		}
 		c.mu.Lock()
 		switch {

@@ -340,7 +340,10 @@ func TestReadDeadline(t *testing.T) {
 // Conn refuses further writes.
 func TestWriteDeadlineMidFrame(t *testing.T) {
 	_, child := pair(t) // nobody reads
-	if err := child.SetWriteDeadline(time.Now().Add(50 * time.Millisecond)); err != nil {
+	// Long enough that the first sendmsg, which fills the socket buffer
+	// at once, runs before the deadline even on a loaded machine: a
+	// deadline that expires before any byte moved is not sticky.
+	if err := child.SetWriteDeadline(time.Now().Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	big := Frame{Type: FrameArgs, Payload: make([]byte, 16<<20)}

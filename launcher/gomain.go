@@ -2,9 +2,7 @@ package launcher
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"strconv"
@@ -114,19 +112,17 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 
 // serveWorker runs Pool tasks until the Pool closes the channel.
 func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
+	client, tasks := ipc.NewWorkerClient(conn, r.Index) // reads the channel from now on
+	ctx = ipc.WithClient(ctx, client)
 	for {
-		f, err := conn.ReadFrame()
+		f, ok := <-tasks
 		switch {
-		case errors.Is(err, io.EOF):
+		case !ok: // the launcher closed the channel
+			_ = client.Flush()
 			return 0
-		case err != nil:
-			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: %v\n", r.Index, err)
-			return 2
 		case f.Type == ipc.FrameClose:
+			_ = client.Flush()
 			return 0
-		case f.Type != ipc.FrameRequest:
-			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: unexpected %v frame\n", r.Index, f.Type)
-			return 2
 		}
 		name, items, ok := ipc.CutField(f.Payload)
 		if !ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"sync"
@@ -34,17 +35,20 @@ var ErrWorkerDied = errors.New("launcher: pool worker died")
 type Pool struct {
 	opts    SpawnOptions
 	output  *Output // shared by every worker, so lines never interleave
+	broker  *ipc.Broker
+	ownBrk  bool
 	n       int
 	tasks   chan *poolTask
 	quit    chan struct{} // closed by Terminate
 	workers sync.WaitGroup
 	pending sync.WaitGroup // submissions not yet taken by a worker
 
-	mu        sync.Mutex
-	closed    bool
-	live      map[int]*Group // worker slot → its running process
-	closeOnce sync.Once
-	termOnce  sync.Once
+	mu          sync.Mutex
+	closed      bool
+	live        map[int]*Group // worker slot → its running process
+	closeOnce   sync.Once
+	termOnce    sync.Once
+	closeBroker sync.Once
 }
 
 // poolTask is one chunk of items for one function.
@@ -70,6 +74,10 @@ func NewPool(workers int, opts *SpawnOptions) (*Pool, error) {
 		p.opts = *opts
 	}
 	p.output = &Output{Stdout: p.opts.Stdout, Stderr: p.opts.Stderr, Prefix: p.opts.Prefix}
+	p.broker, p.ownBrk = p.opts.Broker, p.opts.Broker == nil
+	if p.ownBrk {
+		p.broker = ipc.NewBroker()
+	}
 	starts := make([]*poolWorker, workers)
 	for i := range workers {
 		w, err := p.startWorker(i)
@@ -89,11 +97,12 @@ func NewPool(workers int, opts *SpawnOptions) (*Pool, error) {
 
 // poolWorker is one running worker process.
 type poolWorker struct {
-	slot  int
-	group *Group
-	conn  *ipc.Conn
-	tail  *tailWriter
-	pid   int
+	slot   int
+	group  *Group
+	conn   *ipc.Conn
+	tail   *tailWriter
+	pid    int
+	broker *ipc.Broker // serves the worker's own requests (buffers, queues)
 }
 
 // startWorker starts the process for worker slot i.
@@ -111,7 +120,8 @@ func (p *Pool) startWorker(i int) (*poolWorker, error) {
 		closeConns(procs.conns)
 		return nil, err
 	}
-	w := &poolWorker{slot: i, group: g, conn: procs.conns[0], tail: procs.tails[0], pid: g.Pids()[0]}
+	w := &poolWorker{slot: i, group: g, conn: procs.conns[0], tail: procs.tails[0], pid: g.Pids()[0], broker: p.broker}
+	p.broker.Attach(i, w.conn)
 	p.mu.Lock()
 	p.live[i] = g
 	p.mu.Unlock()
@@ -123,6 +133,7 @@ func (w *poolWorker) kill() {
 	w.group.Stop(ErrPoolClosed)
 	w.group.Wait()
 	w.conn.Close()
+	w.broker.Detach(w.slot)
 }
 
 // pipelineDepth is how many tasks a worker is given at once: while it runs
@@ -161,6 +172,7 @@ func (p *Pool) run(w *poolWorker) {
 				return
 			case <-w.group.done:
 				w.conn.Close()
+				p.broker.Detach(w.slot)
 				if w = p.replace(w); w == nil {
 					return
 				}
@@ -219,6 +231,7 @@ func (p *Pool) lose(w *poolWorker, flying []flight, err error) *poolWorker {
 	w.conn.Close()
 	w.group.Stop(err) // a broken channel to a live worker
 	rr := w.group.Wait().Ranks[0]
+	p.broker.Detach(w.slot)
 	for _, f := range flying {
 		f.t.done(nil, w.slot, w.pid, &RankError{
 			Rank: w.slot, Pid: w.pid, ExitCode: rr.ExitCode, Signal: rr.Signal, Stderr: w.tail.String(),
@@ -255,6 +268,14 @@ func (w *poolWorker) send(t *poolTask, id uint64) error {
 // the worker's pid and no Err; any other error means the worker is lost.
 func (w *poolWorker) recv(id uint64) ([]byte, error) {
 	f, err := w.conn.ReadFrame()
+	for err == nil && f.Type == ipc.FrameRequest { // the task uses buffers or queues
+		if err = checkPeer(w.conn, w.pid); err != nil {
+			closeAll(f.Files)
+			return nil, err
+		}
+		w.broker.Handle(w.slot, f)
+		f, err = w.conn.ReadFrame()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -290,6 +311,7 @@ func (p *Pool) retire(w *poolWorker) {
 	}
 	w.group.Wait()
 	w.conn.Close()
+	p.broker.Detach(w.slot)
 	p.mu.Lock()
 	delete(p.live, w.slot)
 	p.mu.Unlock()
@@ -363,6 +385,20 @@ func (p *Pool) Terminate() {
 // Join waits for every worker to exit, after Close or Terminate.
 func (p *Pool) Join() {
 	p.workers.Wait()
+	if p.ownBrk {
+		p.closeBroker.Do(func() {
+			for _, leak := range p.broker.Close() {
+				fmt.Fprintf(p.stderr(), "mpspawn: warning: %s\n", leak)
+			}
+		})
+	}
+}
+
+func (p *Pool) stderr() io.Writer {
+	if p.opts.Stderr != nil {
+		return p.opts.Stderr
+	}
+	return os.Stderr
 }
 
 // Size is the number of workers.

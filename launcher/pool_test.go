@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/ipc"
 	"golang.org/x/sys/unix"
 )
 
@@ -240,4 +241,56 @@ func markerLine(t *testing.T, file, marker string) string {
 	}
 	t.Fatalf("no %q in %s", marker, file)
 	return ""
+}
+
+// Pool tasks that share memory: each task publishes a buffer holding its
+// item and puts the handle on a queue; another task reads them back.
+var (
+	bufQueue = ipc.Queue[ipc.Handle]{ID: 99}
+	shareFn  = Register("test.share", func(ctx context.Context, r Rank, x int) (int, error) {
+		c := ipc.ClientFrom(ctx)
+		buf, err := c.NewBuffer(8)
+		if err != nil {
+			return 0, err
+		}
+		buf.Bytes()[0] = byte(x)
+		h, err := buf.Publish(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if err := bufQueue.Put(ctx, h); err != nil {
+			return 0, err
+		}
+		return x, buf.Close(ctx)
+	})
+	readFn = Register("test.read", func(ctx context.Context, r Rank, _ int) (int, error) {
+		c := ipc.ClientFrom(ctx)
+		h, err := bufQueue.Get(ctx)
+		if err != nil {
+			return 0, err
+		}
+		m, err := c.Open(ctx, h)
+		if err != nil {
+			return 0, err
+		}
+		defer m.Close(ctx)
+		return int(m.Bytes()[0]), nil
+	})
+)
+
+func TestPoolIPC(t *testing.T) {
+	p := newTestPool(t, 2)
+	if _, err := Map(context.Background(), p, shareFn, []int{1, 2, 3, 4}, 1); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Map(context.Background(), p, readFn, make([]int, 4), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, []int{1, 2, 3, 4}) {
+		t.Errorf("tasks read %v from the shared buffers; want 1..4", got)
+	}
+	p.Close()
+	p.Join()
 }
