@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/mpspawn/mpspawn/internal/pidfd"
 	"syscall"
 	"time"
 
@@ -118,20 +119,7 @@ func (p *forkedProcess) wait() (syscall.WaitStatus, error) {
 	}
 	killGroup(p.pidv, syscall.SIGKILL)
 	if p.pidfd >= 0 {
-		waitPidfd(p.pidfd, lostRankWait)
+		pidfd.Wait(p.pidfd, lostRankWait)
 	}
 	return 0, p.fs.deadErr
-}
-
-// waitPidfd waits up to d for the process behind pidfd to exit.
-func waitPidfd(pidfd int, d time.Duration) bool {
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	deadline := time.Now().Add(d)
-	for {
-		n, err := unix.Poll(fds, max(0, int(time.Until(deadline).Milliseconds())))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		return n == 1
-	}
 }
