@@ -95,10 +95,12 @@ type pendingPut struct {
 	msg message
 }
 
-// outFrame is a frame to send once the broker's lock is released.
+// outFrame is a frame to send once the broker's lock is released, or
+// (closeAfter) a descriptor to close once the frames before it are sent.
 type outFrame struct {
-	p *peer
-	f Frame
+	p          *peer
+	f          Frame
+	closeAfter *os.File
 }
 
 // NewBroker returns an empty broker.
@@ -107,11 +109,16 @@ func NewBroker() *Broker {
 }
 
 // Attach registers rank's control channel; Handle answers its requests on
-// conn.
-func (b *Broker) Attach(rank int, conn *Conn) {
+// conn. A rank number can be attached once at a time: two jobs sharing a
+// broker at once must not use the same rank numbers.
+func (b *Broker) Attach(rank int, conn *Conn) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if _, dup := b.peers[rank]; dup {
+		return fmt.Errorf("ipc: broker: rank %d is already attached (is the broker shared by two jobs at once?)", rank)
+	}
 	b.peers[rank] = &peer{rank: rank, conn: conn}
+	return nil
 }
 
 // Handle serves one request frame that rank sent. It never blocks on other
@@ -133,7 +140,7 @@ func (b *Broker) Handle(rank int, f Frame) {
 		err = b.serve(p, f, &out)
 	}
 	if err != nil && p != nil {
-		out = append(out, outFrame{p, Frame{Type: FrameError, ID: f.ID, Payload: errPayload(err)}})
+		out = append(out, outFrame{p: p, f: Frame{Type: FrameError, ID: f.ID, Payload: errPayload(err)}})
 	}
 	b.mu.Unlock()
 	closeFiles(f.Files) // the broker dup'ed what it keeps
@@ -143,7 +150,7 @@ func (b *Broker) Handle(rank int, f Frame) {
 // serve dispatches one request; b.mu is held.
 func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 	reply := func(payload []byte, files ...*os.File) {
-		*out = append(*out, outFrame{p, Frame{Type: FrameReply, ID: f.ID, Payload: payload, Files: files}})
+		*out = append(*out, outFrame{p: p, f: Frame{Type: FrameReply, ID: f.ID, Payload: payload, Files: files}})
 	}
 	body := f.Payload[1:]
 	switch f.Payload[0] {
@@ -161,11 +168,27 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		if e.gone {
 			return fmt.Errorf("%w: %s", ErrProducerGone, e.h)
 		}
+		if e.public && p.rank != ParentRank {
+			e.holders[p.rank]++ // released by the rank's Close, or its exit
+		}
 		if e.file != nil {
-			reply(nil, e.file)
+			// A duplicate: e.file may be closed (freed) before the reply
+			// is written, once the lock is released.
+			dup, err := dupFile(e.file)
+			if err != nil {
+				return err
+			}
+			reply(nil, dup)
+			*out = append(*out, outFrame{closeAfter: dup})
 		} else {
 			reply(e.blob)
 		}
+	case opCancel:
+		if len(body) < 8 {
+			return fmt.Errorf("%w: short cancel", errBadRequest)
+		}
+		b.cancel(p, binary.LittleEndian.Uint64(body))
+		reply(nil)
 	case opCheck:
 		e, err := b.lookup(p.rank, body)
 		if err != nil {
@@ -245,6 +268,34 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 	return nil
 }
 
+// cancel drops p's waiting request id (a Get, a Put on a full queue, a
+// Join, a wait for holders), whose caller gave up. A request already
+// answered is not affected: its reply went out before the cancel's.
+func (b *Broker) cancel(p *peer, id uint64) {
+	mine := func(q pending) bool { return q.p == p && q.id == id }
+	for _, q := range b.queues {
+		q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return mine(g.pending) })
+		q.joiners = slices.DeleteFunc(q.joiners, mine)
+		q.putters = slices.DeleteFunc(q.putters, func(pp pendingPut) bool {
+			if !mine(pp.pending) {
+				return false
+			}
+			for _, h := range pp.msg.handles {
+				b.handles[h.ID].queued-- // never queued after all
+			}
+			return true
+		})
+	}
+	for _, e := range b.handles {
+		for _, w := range e.waiters {
+			if w.p == p && w.id == id && !w.done {
+				w.done = true
+				w.timer.Stop()
+			}
+		}
+	}
+}
+
 // publish records a new handle produced by rank.
 func (b *Broker) publish(rank int, body []byte, files []*os.File) (Handle, error) {
 	if len(body) < 1 {
@@ -257,8 +308,14 @@ func (b *Broker) publish(rank int, body []byte, files []*os.File) (Handle, error
 		if len(files) != 1 || len(body) < 9 {
 			return Handle{}, fmt.Errorf("%w: a %s handle needs one descriptor and a size", errBadRequest, kind)
 		}
+		size := int64(binary.LittleEndian.Uint64(body[1:]))
+		if kind == KindHost {
+			if err := checkSealed(files[0], size); err != nil {
+				return Handle{}, err
+			}
+		}
 		e.file, files[0] = files[0], nil // kept: not closed with the frame
-		e.h.Size = int64(binary.LittleEndian.Uint64(body[1:]))
+		e.h.Size = size
 	case KindProducerOwned:
 		if len(files) != 0 || len(body)-1 > MaxBlob || len(body) == 1 {
 			return Handle{}, fmt.Errorf("%w: a producer-owned handle is a blob of 1..%d bytes, no descriptor", errBadRequest, MaxBlob)
@@ -381,7 +438,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 			q.items = append(q.items, pp.msg)
 			q.unfinished++
 			if pp.id != 0 {
-				out = append(out, outFrame{pp.p, Frame{Type: FrameReply, ID: pp.id}})
+				out = append(out, outFrame{p: pp.p, f: Frame{Type: FrameReply, ID: pp.id}})
 			}
 			moved = true
 		}
@@ -410,7 +467,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 			}
 			clear(q.items[:n]) // let the collector have what was sent
 			q.items = q.items[n:]
-			out = append(out, outFrame{g.p, Frame{Type: FrameReply, ID: g.id, Payload: payload}})
+			out = append(out, outFrame{p: g.p, f: Frame{Type: FrameReply, ID: g.id, Payload: payload}})
 			moved = true
 		}
 		if !moved {
@@ -419,7 +476,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 	}
 	if q.unfinished == 0 {
 		for _, j := range q.joiners {
-			out = append(out, outFrame{j.p, Frame{Type: FrameReply, ID: j.id}})
+			out = append(out, outFrame{p: j.p, f: Frame{Type: FrameReply, ID: j.id}})
 		}
 		q.joiners = nil
 	}
@@ -430,12 +487,12 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 // their handle to be unheld.
 func (b *Broker) settle(e *entry, out []outFrame) []outFrame {
 	others := e.otherHolders()
-	if len(others) == 0 {
+	if len(others) == 0 && e.queued == 0 {
 		for _, w := range e.waiters {
 			if !w.done {
 				w.done = true
 				w.timer.Stop()
-				out = append(out, outFrame{w.p, Frame{Type: FrameReply, ID: w.id}})
+				out = append(out, outFrame{p: w.p, f: Frame{Type: FrameReply, ID: w.id}})
 			}
 		}
 		e.waiters = nil
@@ -486,15 +543,24 @@ func (b *Broker) expire(e *entry, w *waiter) {
 	for _, r := range e.otherHolders() {
 		payload = binary.LittleEndian.AppendUint32(payload, uint32(int32(r)))
 	}
+	if e.queued > 0 && len(payload) == 0 {
+		// Nobody has it yet, but queued messages name it: report the
+		// launcher as the holder rather than nobody.
+		payload = binary.LittleEndian.AppendUint32(payload, ^uint32(0)) // ParentRank, -1
+	}
 	b.mu.Unlock()
-	b.send([]outFrame{{w.p, Frame{Type: FrameReply, ID: w.id, Payload: payload}}})
+	b.send([]outFrame{{p: w.p, f: Frame{Type: FrameReply, ID: w.id, Payload: payload}}})
 }
 
-// Detach is called when rank has exited: every hold it had is released,
+// Detach is called when rank, attached with conn, has exited: every hold it had is released,
 // its pending requests are dropped, and every producer-owned handle it
 // produced that others still hold is marked gone, its holders told.
-func (b *Broker) Detach(rank int) {
+func (b *Broker) Detach(rank int, conn *Conn) {
 	b.mu.Lock()
+	if p := b.peers[rank]; p == nil || p.conn != conn {
+		b.mu.Unlock() // not attached, or another job's rank of that number
+		return
+	}
 	var out []outFrame
 	delete(b.peers, rank)
 	for _, q := range b.queues {
@@ -508,11 +574,12 @@ func (b *Broker) Detach(rank int) {
 	}
 	for _, e := range b.handles {
 		delete(e.holders, rank)
+		delete(e.given, rank)
 		if e.h.Kind == KindProducerOwned && int(e.h.Producer) == rank && !e.gone {
 			e.gone = true
 			for _, r := range e.otherHolders() {
 				if p := b.peers[r]; p != nil {
-					out = append(out, outFrame{p, Frame{Type: FrameNotice, Payload: AppendHandle([]byte{noticeProducerGone}, e.h)}})
+					out = append(out, outFrame{p: p, f: Frame{Type: FrameNotice, Payload: AppendHandle([]byte{noticeProducerGone}, e.h)}})
 				}
 			}
 		}
@@ -559,6 +626,10 @@ func (b *Broker) Close() []string {
 // send writes the frames; a rank that has gone away just misses them.
 func (b *Broker) send(out []outFrame) {
 	for _, o := range out {
+		if o.closeAfter != nil {
+			o.closeAfter.Close()
+			continue
+		}
 		_ = o.p.conn.WriteFrame(o.f)
 	}
 }

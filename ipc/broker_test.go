@@ -83,11 +83,13 @@ func (j *testJob) startCmd(i int, cmd *exec.Cmd) *testRank {
 	inR.Close()
 	outW.Close()
 	r := &testRank{rank: i, cmd: cmd, stdin: inW, out: bufio.NewReader(outR), served: make(chan struct{})}
-	j.broker.Attach(i, parent)
+	if err := j.broker.Attach(i, parent); err != nil {
+		t.Fatal(err)
+	}
 	go func() {
 		defer close(r.served)
 		defer parent.Close()
-		defer j.broker.Detach(i)
+		defer j.broker.Detach(i, parent)
 		for {
 			f, err := parent.ReadFrame()
 			if err != nil {
@@ -331,6 +333,22 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			sum += v
 		}
 		return strconv.Itoa(sum), nil
+	case "gettimeout": // gettimeout: a Get on queue 7 that gives up after 50 ms
+		tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		v, err := Queue[int]{ID: 7}.Get(tctx)
+		if err != nil {
+			return "", err
+		}
+		return strconv.Itoa(v), nil
+	case "unsealed": // unsealed: publish a memfd that is not sealed
+		f, _, err := newMemfd(4096)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		_, err = c.publishFile(ctx, KindHost, f, 4096)
+		return "published", err
 	case "getbatch": // getbatch N: get N values in batches and sum them
 		n, _ := strconv.Atoi(cmd[1])
 		q := Queue[int]{ID: 7}
@@ -420,6 +438,30 @@ sys.stdin.read()
 	j.exit(1)
 	if leaks := j.broker.Close(); len(leaks) != 0 {
 		t.Errorf("leaks after the python rank: %q", leaks)
+	}
+}
+
+// TestCancelledGetLosesNothing: a Get that gave up is dropped by the
+// broker, so the next value goes to the next Get instead of vanishing.
+func TestCancelledGetLosesNothing(t *testing.T) {
+	j := newTestJob(t, 2)
+	if got := j.do(1, "gettimeout"); got != "error: context deadline exceeded" {
+		t.Fatalf("get on an empty queue: %q", got)
+	}
+	if got := j.do(0, "put 1"); got != "put" {
+		t.Fatal(got)
+	}
+	if got := j.do(1, "get 1"); got != "0" {
+		t.Errorf("get after a cancelled get = %q; want the value 0", got)
+	}
+}
+
+// TestUnsealedRefused: a host buffer must be sealed, or its producer could
+// change or shrink it under its readers.
+func TestUnsealedRefused(t *testing.T) {
+	j := newTestJob(t, 1)
+	if got := j.do(0, "unsealed"); !strings.Contains(got, "must be sealed") {
+		t.Errorf("publishing an unsealed memfd: %q; want a refusal", got)
 	}
 }
 

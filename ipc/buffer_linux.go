@@ -202,3 +202,23 @@ func dupFile(f *os.File) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), f.Name()), nil
 }
+
+// checkSealed checks that f, published as a host buffer of size bytes, is
+// a memfd sealed against writes and resizing, of that size: otherwise a
+// publisher could change or shrink it under its readers (who would get
+// SIGBUS).
+func checkSealed(f *os.File, size int64) error {
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return fmt.Errorf("%w: a host buffer must be a sealed memfd: %v", errBadRequest, err)
+	}
+	want := unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+	if seals&want != want {
+		return fmt.Errorf("%w: a host buffer must be sealed against writes and resizing (seals %#x)", errBadRequest, seals)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Size != size {
+		return fmt.Errorf("%w: buffer is %d bytes, the request says %d", errBadRequest, st.Size, size)
+	}
+	return nil
+}

@@ -41,3 +41,5 @@ func (m *Mapping) Close(context.Context) error { return nil }
 func (b *Broker) NewHostBuffer(int, func([]byte)) (Handle, error) { return Handle{}, errUnsupported }
 
 func dupFile(*os.File) (*os.File, error) { return nil, errUnsupported }
+
+func checkSealed(*os.File, int64) error { return errUnsupported }

@@ -141,7 +141,7 @@ func (c *Client) request(ctx context.Context, payload []byte, files ...*os.File)
 	}
 	c.wmu.Unlock()
 	if err != nil {
-		c.forget(id)
+		c.forget(id, ch)
 		return Frame{}, fmt.Errorf("ipc: request: %w", err)
 	}
 	select {
@@ -155,9 +155,32 @@ func (c *Client) request(ctx context.Context, payload []byte, files ...*os.File)
 		}
 		return f, nil
 	case <-ctx.Done():
-		c.forget(id)
-		return Frame{}, context.Cause(ctx)
+		return c.cancel(id, ch, context.Cause(ctx))
 	}
+}
+
+// cancelWait bounds how long a cancelled request waits for the broker to
+// confirm that it dropped it.
+const cancelWait = 5 * time.Second
+
+// cancel tells the broker to drop request id, whose caller gave up with
+// cause. If the broker had already answered (the reply arrives before the
+// cancel's ack), the reply is returned as a success, so that no message a
+// Get took is lost.
+func (c *Client) cancel(id uint64, ch chan Frame, cause error) (Frame, error) {
+	ctx, stop := context.WithTimeout(context.Background(), cancelWait)
+	defer stop()
+	_, err := c.request(ctx, binary.LittleEndian.AppendUint64([]byte{opCancel}, id))
+	select {
+	case f, ok := <-ch:
+		if ok && err == nil && f.Type != FrameError {
+			return f, nil
+		}
+		closeFiles(f.Files)
+	default:
+	}
+	c.forget(id, ch)
+	return Frame{}, cause
 }
 
 // putAsync queues msg for q, to be written by the flusher.
@@ -225,18 +248,15 @@ func (c *Client) Flush() error {
 }
 
 // forget drops a pending request whose reply no longer matters, closing
-// any descriptor that came with it.
-func (c *Client) forget(id uint64) {
+// any descriptor that came with it (the reply may already be in ch).
+func (c *Client) forget(id uint64, ch chan Frame) {
 	c.mu.Lock()
-	ch := c.pending[id]
 	delete(c.pending, id)
 	c.mu.Unlock()
-	if ch != nil {
-		select {
-		case f := <-ch:
-			closeFiles(f.Files)
-		default:
-		}
+	select {
+	case f := <-ch:
+		closeFiles(f.Files)
+	default:
 	}
 }
 

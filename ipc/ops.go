@@ -22,6 +22,7 @@ const (
 	opCheck      = 9  // handle → empty, or ErrProducerGone
 	opPutBatch   = 10 // queue, then messages (u32 length + message each); frame ID 0, no reply
 	opGetBatch   = 11 // queue, max u16 → 1..max messages (u32 length + message each)
+	opCancel     = 12 // request id u64 → empty, once that waiting request of this rank is dropped
 )
 
 // Error codes, the first byte of a FrameError payload; the rest is the

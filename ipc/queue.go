@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 )
 
 // Queue is a queue of T values between ranks, held by the broker: many
@@ -203,7 +204,8 @@ func handlesIn(v reflect.Value, out []Handle) []Handle {
 		}
 	case reflect.Struct:
 		if v.Type() == handleType {
-			if h := v.Interface().(Handle); h.ID != 0 {
+			// Once per message, however often the value names it.
+			if h := v.Interface().(Handle); h.ID != 0 && !slices.Contains(out, h) {
 				out = append(out, h)
 			}
 			return out

@@ -116,12 +116,12 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 	ctx = ipc.WithClient(ctx, client)
 	for {
 		f, ok := <-tasks
-		switch {
-		case !ok: // the launcher closed the channel
-			_ = client.Flush()
-			return 0
-		case f.Type == ipc.FrameClose:
-			_ = client.Flush()
+		if !ok || f.Type == ipc.FrameClose { // the pool is done with this worker
+			// Producer-owned handles its tasks published must not be freed
+			// under their holders: wait for them, bounded, as a rank does.
+			for _, w := range client.Close(ctx, ipc.DefaultCloseWait) {
+				fmt.Fprintf(os.Stderr, "mpspawn: warning: %s\n", w)
+			}
 			return 0
 		}
 		name, items, ok := ipc.CutField(f.Payload)
@@ -136,6 +136,12 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 			out, _ = ipc.Encode(rerr) // strings only: cannot fail
 		}
 		reply.Payload = out
+		// Puts the task made go out before its reply: the pool stops
+		// reading this worker's requests once it has the reply.
+		if err := client.Flush(); err != nil {
+			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: %v\n", r.Index, err)
+			return 2
+		}
 		if err := conn.WriteFrame(reply); err != nil {
 			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: send reply: %v\n", r.Index, err)
 			return 2

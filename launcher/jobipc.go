@@ -44,9 +44,9 @@ func (jc *jobControl) serve(g *Group) {
 	jc.children = nil
 	pids := g.Pids()
 	for i, c := range jc.conns {
-		jc.broker.Attach(i, c)
+		_ = jc.broker.Attach(i, c) // the job's own broker: ranks are distinct
 		jc.readers.Go(func() {
-			defer jc.broker.Detach(i)
+			defer jc.broker.Detach(i, c)
 			for {
 				f, err := c.ReadFrame()
 				if err != nil {

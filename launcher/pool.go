@@ -121,7 +121,10 @@ func (p *Pool) startWorker(i int) (*poolWorker, error) {
 		return nil, err
 	}
 	w := &poolWorker{slot: i, group: g, conn: procs.conns[0], tail: procs.tails[0], pid: g.Pids()[0], broker: p.broker}
-	p.broker.Attach(i, w.conn)
+	if err := p.broker.Attach(i, w.conn); err != nil {
+		w.kill()
+		return nil, err
+	}
 	p.mu.Lock()
 	p.live[i] = g
 	p.mu.Unlock()
@@ -133,7 +136,7 @@ func (w *poolWorker) kill() {
 	w.group.Stop(ErrPoolClosed)
 	w.group.Wait()
 	w.conn.Close()
-	w.broker.Detach(w.slot)
+	w.broker.Detach(w.slot, w.conn)
 }
 
 // pipelineDepth is how many tasks a worker is given at once: while it runs
@@ -172,7 +175,7 @@ func (p *Pool) run(w *poolWorker) {
 				return
 			case <-w.group.done:
 				w.conn.Close()
-				p.broker.Detach(w.slot)
+				p.broker.Detach(w.slot, w.conn)
 				if w = p.replace(w); w == nil {
 					return
 				}
@@ -231,7 +234,7 @@ func (p *Pool) lose(w *poolWorker, flying []flight, err error) *poolWorker {
 	w.conn.Close()
 	w.group.Stop(err) // a broken channel to a live worker
 	rr := w.group.Wait().Ranks[0]
-	p.broker.Detach(w.slot)
+	p.broker.Detach(w.slot, w.conn)
 	for _, f := range flying {
 		f.t.done(nil, w.slot, w.pid, &RankError{
 			Rank: w.slot, Pid: w.pid, ExitCode: rr.ExitCode, Signal: rr.Signal, Stderr: w.tail.String(),
@@ -302,16 +305,35 @@ func (w *poolWorker) recv(id uint64) ([]byte, error) {
 // killed if it does not within the grace period.
 func (p *Pool) retire(w *poolWorker) {
 	_ = w.conn.WriteFrame(ipc.Frame{Type: ipc.FrameClose})
+	// Serve what the worker still asks on its way out (its last puts, the
+	// wait for holders of its producer-owned handles) until it exits.
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		for {
+			f, err := w.conn.ReadFrame()
+			if err != nil {
+				return
+			}
+			if f.Type == ipc.FrameRequest && checkPeer(w.conn, w.pid) == nil {
+				w.broker.Handle(w.slot, f)
+				continue
+			}
+			closeAll(f.Files)
+		}
+	}()
 	select {
 	case <-w.group.done:
 	case <-p.quit:
 		w.group.Stop(ErrPoolClosed)
-	case <-time.After(p.opts.grace()):
+	case <-time.After(p.opts.grace() + ipc.DefaultCloseWait):
 		w.group.Stop(errors.New("launcher: pool worker did not exit after close"))
 	}
 	w.group.Wait()
+	_ = w.conn.SetReadDeadline(time.Now().Add(time.Second)) // a grandchild may hold the socket
+	<-served
 	w.conn.Close()
-	p.broker.Detach(w.slot)
+	p.broker.Detach(w.slot, w.conn)
 	p.mu.Lock()
 	delete(p.live, w.slot)
 	p.mu.Unlock()

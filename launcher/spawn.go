@@ -157,7 +157,9 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 	}
 	pids := s.group.Pids()
 	for i, c := range s.conns {
-		s.broker.Attach(i, c)
+		if err := s.broker.Attach(i, c); err != nil {
+			s.group.Stop(err) // this job's ranks cannot be told apart from another's
+		}
 		s.readers.Go(func() { s.serve(i, c, pids[i], payload) })
 	}
 	return s, nil
@@ -166,7 +168,7 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 // serve sends rank i its arguments and reads what it reports until its
 // end of the channel closes.
 func (s *Spawned[R]) serve(i int, c *ipc.Conn, pid int, payload []byte) {
-	defer s.broker.Detach(i) // the rank is gone: its holds are released
+	defer s.broker.Detach(i, c) // the rank is gone: its holds are released
 	if err := c.WriteFrame(ipc.Frame{Type: ipc.FrameArgs, Payload: payload}); err != nil {
 		s.chanErr[i] = err
 		return // the rank died first; its exit says why
