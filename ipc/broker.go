@@ -165,6 +165,9 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		if err != nil {
 			return err
 		}
+		if err := e.heldBy(p.rank); err != nil {
+			return err
+		}
 		if e.gone {
 			return fmt.Errorf("%w: %s", ErrProducerGone, e.h)
 		}
@@ -192,6 +195,9 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 	case opCheck:
 		e, err := b.lookup(p.rank, body)
 		if err != nil {
+			return err
+		}
+		if err := e.heldBy(p.rank); err != nil {
 			return err
 		}
 		if e.gone {
@@ -501,6 +507,15 @@ func (b *Broker) settle(e *entry, out []outFrame) []outFrame {
 		b.free(e)
 	}
 	return out
+}
+
+// heldBy checks that rank may use e now: it holds it (a rank that
+// released a handle cannot open it again), or e is the launcher's.
+func (e *entry) heldBy(rank int) error {
+	if e.public || e.holders[rank] > 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s is not held by rank %d (released?)", ErrBadHandle, e.h, rank)
 }
 
 // otherHolders lists the ranks other than the producer holding e.

@@ -116,9 +116,14 @@ func (q Queue[T]) GetBatch(ctx context.Context, limit int) ([]T, error) {
 		return nil, fmt.Errorf("ipc: queue get: bad batch: %v", err)
 	}
 	out := make([]T, 0, len(msgs))
-	for _, raw := range msgs {
+	for i, raw := range msgs {
 		v, err := decodeMessage[T](ctx, c, raw)
 		if err != nil {
+			for _, rest := range msgs[i+1:] { // nobody will see these values
+				if hs, _, cerr := cutMessage(rest); cerr == nil {
+					c.releaseAll(ctx, hs)
+				}
+			}
 			return out, err
 		}
 		out = append(out, v)
@@ -126,13 +131,18 @@ func (q Queue[T]) GetBatch(ctx context.Context, limit int) ([]T, error) {
 	return out, nil
 }
 
-// decodeMessage decodes one message's value.
-func decodeMessage[T any](ctx context.Context, c *Client, raw []byte) (T, error) {
-	var v T
+// decodeMessage decodes one message's value. When it cannot, the handles
+// the message gave this rank are released: nobody will see them.
+func decodeMessage[T any](ctx context.Context, c *Client, raw []byte) (v T, err error) {
 	handles, value, err := cutMessage(raw)
 	if err != nil || len(value) == 0 {
 		return v, fmt.Errorf("ipc: queue get: bad message: %v", err)
 	}
+	defer func() {
+		if err != nil {
+			c.releaseAll(ctx, handles)
+		}
+	}()
 	data := value[1:]
 	if value[0] == valueBuffer {
 		if len(handles) == 0 {
@@ -192,6 +202,13 @@ func (p Pipe[T]) Put(ctx context.Context, v T) error { return p.Send.Put(ctx, v)
 
 // Get receives the next value the other end sent.
 func (p Pipe[T]) Get(ctx context.Context) (T, error) { return p.Recv.Get(ctx) }
+
+// releaseAll drops this rank's holds on hs, as far as it can.
+func (c *Client) releaseAll(ctx context.Context, hs []Handle) {
+	for _, h := range hs {
+		_ = c.Release(ctx, h)
+	}
+}
 
 var handleType = reflect.TypeFor[Handle]()
 
