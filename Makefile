@@ -36,6 +36,8 @@ bench: build
 	$(GO) build -o bin/gobench ./bench/gobench
 	$(PYTHON) bench/launch.py --mpspawn $(BIN)
 	$(PYTHON) bench/goapi.py --gobench bin/gobench
+	$(PYTHON) bench/ipc.py --gobench bin/gobench
+	$(PYTHON) bench/forkserver.py --mpspawn $(BIN)
 
 clean:
 	rm -rf bin
