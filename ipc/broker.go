@@ -161,15 +161,9 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		}
 		reply(AppendHandle(nil, h))
 	case opOpen:
-		e, err := b.lookup(p.rank, body)
+		e, err := b.usable(p.rank, body)
 		if err != nil {
 			return err
-		}
-		if err := e.heldBy(p.rank); err != nil {
-			return err
-		}
-		if e.gone {
-			return fmt.Errorf("%w: %s", ErrProducerGone, e.h)
 		}
 		if e.public && p.rank != ParentRank {
 			e.holders[p.rank]++ // released by the rank's Close, or its exit
@@ -193,15 +187,8 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		b.cancel(p, binary.LittleEndian.Uint64(body))
 		reply(nil)
 	case opCheck:
-		e, err := b.lookup(p.rank, body)
-		if err != nil {
+		if _, err := b.usable(p.rank, body); err != nil {
 			return err
-		}
-		if err := e.heldBy(p.rank); err != nil {
-			return err
-		}
-		if e.gone {
-			return fmt.Errorf("%w: %s", ErrProducerGone, e.h)
 		}
 		reply(nil)
 	case opRelease:
@@ -507,6 +494,23 @@ func (b *Broker) settle(e *entry, out []outFrame) []outFrame {
 		b.free(e)
 	}
 	return out
+}
+
+// usable finds the handle at the start of body for rank to open or check:
+// genuine, held by rank (or the launcher's), and not gone with its
+// producer.
+func (b *Broker) usable(rank int, body []byte) (*entry, error) {
+	e, err := b.lookup(rank, body)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.heldBy(rank); err != nil {
+		return nil, err
+	}
+	if e.gone {
+		return nil, fmt.Errorf("%w: %s", ErrProducerGone, e.h)
+	}
+	return e, nil
 }
 
 // heldBy checks that rank may use e now: it holds it (a rank that

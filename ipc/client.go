@@ -45,11 +45,7 @@ type Client struct {
 // and notices. The launcher makes it for a rank; a rank's function gets it
 // with ClientFrom.
 func NewClient(conn *Conn, rank int) *Client {
-	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, done: make(chan struct{}),
-		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1)}
-	go c.read()
-	go c.flusher()
-	return c
+	return newClient(conn, rank, nil)
 }
 
 // inboxSize bounds the launcher's requests waiting in a worker: the Pool
@@ -60,11 +56,17 @@ const inboxSize = 16
 // close the launcher sends (its tasks) are delivered on the returned
 // channel, which is closed when the channel ends.
 func NewWorkerClient(conn *Conn, rank int) (*Client, <-chan Frame) {
+	c := newClient(conn, rank, make(chan Frame, inboxSize))
+	return c, c.inbox
+}
+
+// newClient starts a client's reader and flusher; inbox may be nil.
+func newClient(conn *Conn, rank int, inbox chan Frame) *Client {
 	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, done: make(chan struct{}),
-		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1), inbox: make(chan Frame, inboxSize)}
+		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1), inbox: inbox}
 	go c.read()
 	go c.flusher()
-	return c, c.inbox
+	return c
 }
 
 // Rank is the rank the client belongs to.
