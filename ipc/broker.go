@@ -51,6 +51,7 @@ type entry struct {
 	given   map[int]bool
 	public  bool // published by the parent: every rank may receive it
 	gone    bool // producer-owned and the producer exited
+	notify  bool // tell the producer when the handle is freed
 	waiters []*waiter
 }
 
@@ -302,6 +303,12 @@ func (b *Broker) publish(rank int, body []byte, files []*os.File) (Handle, error
 			return Handle{}, fmt.Errorf("%w: a %s handle needs one descriptor and a size", errBadRequest, kind)
 		}
 		size := int64(binary.LittleEndian.Uint64(body[1:]))
+		if len(body) > 9 {
+			if len(body) > 10 || body[9]&^publishNotifyFree != 0 {
+				return Handle{}, fmt.Errorf("%w: unknown publish flags", errBadRequest)
+			}
+			e.notify = body[9]&publishNotifyFree != 0
+		}
 		if kind == KindHost {
 			if err := checkSealed(files[0], size); err != nil {
 				return Handle{}, err
@@ -491,7 +498,7 @@ func (b *Broker) settle(e *entry, out []outFrame) []outFrame {
 		e.waiters = nil
 	}
 	if e.held() == 0 {
-		b.free(e)
+		out = b.free(e, out)
 	}
 	return out
 }
@@ -542,11 +549,17 @@ func (e *entry) held() int {
 	return n
 }
 
-func (b *Broker) free(e *entry) {
+// free forgets an entry and closes its descriptor, and tells its producer
+// if it asked to be told.
+func (b *Broker) free(e *entry, out []outFrame) []outFrame {
 	if e.file != nil {
 		e.file.Close()
 	}
 	delete(b.handles, e.h.ID)
+	if p := b.peers[int(e.h.Producer)]; e.notify && p != nil {
+		out = append(out, outFrame{p: p, f: Frame{Type: FrameNotice, Payload: AppendHandle([]byte{noticeFreed}, e.h)}})
+	}
+	return out
 }
 
 // expire answers a producer whose wait timed out with the ranks still
@@ -637,7 +650,7 @@ func (b *Broker) Close() []string {
 			by = append(by, fmt.Sprintf("%d queued messages", e.queued))
 		}
 		leaks = append(leaks, fmt.Sprintf("%s never released; held by %v", e.h, by))
-		b.free(e)
+		b.free(e, nil)
 	}
 	return leaks
 }

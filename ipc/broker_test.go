@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // The broker tests run real rank processes: the test binary in "rank" mode
@@ -136,6 +138,11 @@ func brokerRank() int {
 	c := NewClient(conn, rank)
 	ctx := WithClient(context.Background(), c)
 	st := &rankState{held: map[string]*Mapping{}, blobs: map[string]*Blob{}}
+	defer func() {
+		if st.pool != nil {
+			st.pool.Close()
+		}
+	}()
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		res, err := st.run(ctx, c, strings.Fields(sc.Text()))
@@ -159,6 +166,7 @@ func brokerRank() int {
 type rankState struct {
 	held  map[string]*Mapping
 	blobs map[string]*Blob
+	pool  *BufferPool
 }
 
 // Handles travel between test and ranks as their wire form in hex.
@@ -264,11 +272,20 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			return "", errors.New("not held")
 		}
 		return "valid", b.Valid(ctx)
-	case "make64": // make64 N: N times, a 64 MiB buffer of float32 values put on the queue
+	case "make64": // make64 N fresh|pooled: N times, a 64 MiB buffer of float32 values put on the queue
 		n, _ := strconv.Atoi(cmd[1])
 		q := Queue[Handle]{ID: 64}
+		get := func(context.Context) (*Buffer, error) { return c.NewBuffer(64 << 20) }
+		if cmd[2] == "pooled" {
+			p, err := c.NewBufferPool(64<<20, 3)
+			if err != nil {
+				return "", err
+			}
+			defer p.Close()
+			get = p.Get
+		}
 		for i := range n {
-			buf, err := c.NewBuffer(64 << 20)
+			buf, err := get(ctx)
 			if err != nil {
 				return "", err
 			}
@@ -347,7 +364,64 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			return "", err
 		}
 		defer f.Close()
-		_, err = c.publishFile(ctx, KindHost, f, 4096)
+		_, err = c.publishFile(ctx, KindHost, f, 4096, 0)
+		return "published", err
+	case "pool": // pool SIZE MAX: make the rank's buffer pool
+		size, _ := strconv.Atoi(cmd[1])
+		n, _ := strconv.Atoi(cmd[2])
+		p, err := c.NewBufferPool(size, n)
+		st.pool = p
+		return "pool", err
+	case "pmake": // pmake BYTE MS: a pooled buffer filled with BYTE, got within MS ms, published and put on the queue; this rank releases it
+		v, _ := strconv.Atoi(cmd[1])
+		ms, _ := strconv.Atoi(cmd[2])
+		gctx, cancel := context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+		defer cancel()
+		buf, err := st.pool.Get(gctx)
+		if err != nil {
+			return "", err
+		}
+		for i := range buf.Bytes() {
+			buf.Bytes()[i] = byte(v)
+		}
+		h, err := buf.Publish(ctx)
+		if err != nil {
+			return "", err
+		}
+		if err := byteQueue.Put(ctx, message2{H: h, Note: "pooled"}); err != nil {
+			return "", err
+		}
+		return hexHandle(h), buf.Close(ctx)
+	case "maps": // maps: how many buffers this rank has mapped
+		b, err := os.ReadFile("/proc/self/maps")
+		return strconv.Itoa(strings.Count(string(b), "memfd:mpspawn-buffer")), err
+	case "writemap": // writemap HANDLE: try to map a handle this rank holds writable
+		h, err := parseHandle(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		f, err := c.OpenFD(ctx, h)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		data, err := unix.Mmap(int(f.Fd()), 0, int(h.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			return "refused: " + err.Error(), nil
+		}
+		unix.Munmap(data)
+		return "writable", nil
+	case "badflags": // badflags: publish a sealed buffer with an unknown publish flag
+		f, data, err := newMemfd(4096)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		if err := seal(f, &data); err != nil {
+			return "", err
+		}
+		unix.Munmap(data)
+		_, err = c.publishFile(ctx, KindHost, f, 4096, 0x80)
 		return "published", err
 	case "getbatch": // getbatch N: get N values in batches and sum them
 		n, _ := strconv.Atoi(cmd[1])
@@ -391,6 +465,78 @@ func TestBufferOutlivesProducer(t *testing.T) {
 	}
 	if leaks := j.broker.Close(); len(leaks) != 0 {
 		t.Errorf("leaks: %q", leaks)
+	}
+}
+
+// TestBufferPoolRecycles: a pooled buffer comes back to its producer once
+// its reader has released it, and is handed out again with new content; at
+// most MAX buffers are out at once; readers cannot write to it; its old
+// handle is stale; a buffer still out outlives its producer.
+func TestBufferPoolRecycles(t *testing.T) {
+	j := newTestJob(t, 2)
+	if got := j.do(0, "pool 4096 2"); got != "pool" {
+		t.Fatal(got)
+	}
+	h1, h2 := j.do(0, "pmake 1 10000"), j.do(0, "pmake 2 10000")
+	if strings.HasPrefix(h1, "error") || strings.HasPrefix(h2, "error") {
+		t.Fatal(h1, h2)
+	}
+	// Both are out (queued): Get waits for one to come back, bounded.
+	if got := j.do(0, "pmake 3 50"); got != "error: context deadline exceeded" {
+		t.Fatalf("a third buffer from a pool of 2 with both out: %q", got)
+	}
+	if got := j.do(1, "take"); !strings.HasPrefix(got, h1+" size=4096 sum=4096 ") {
+		t.Fatalf("take: %q", got)
+	}
+	if got := j.do(1, "writemap %s", h1); !strings.HasPrefix(got, "refused") {
+		t.Errorf("a reader maps a pooled buffer writable: %q", got)
+	}
+	if got := j.do(1, "close %s", h1); got != "closed" {
+		t.Fatal(got)
+	}
+	// Buffer 1 is back in the pool once the broker has told the producer:
+	// this Get waits for that.
+	h3 := j.do(0, "pmake 3 10000")
+	if strings.HasPrefix(h3, "error") || h3 == h1 {
+		t.Fatalf("pmake after a buffer came back: %q (first handle %s)", h3, h1)
+	}
+	if got := j.do(0, "maps"); got != "2" {
+		t.Errorf("producer has %s buffers mapped after 3 hand-offs from a pool of 2; want 2 (reuse)", got)
+	}
+	if got := j.do(1, "open %s", h1); got != "error: bad handle" {
+		t.Errorf("open of a recycled buffer's old handle: %q", got)
+	}
+	for _, want := range []struct{ h, sum string }{{h2, "8192"}, {h3, "12288"}} {
+		if got := j.do(1, "take"); !strings.HasPrefix(got, want.h+" size=4096 sum="+want.sum+" ") {
+			t.Fatalf("take: %q; want %s with sum %s", got, want.h, want.sum)
+		}
+		if got := j.do(1, "close %s", want.h); got != "closed" {
+			t.Fatal(got)
+		}
+	}
+	// The reader's mapping of buffer 1 served buffer 3: two mappings in all.
+	if got := j.do(1, "maps"); got != "2" {
+		t.Errorf("reader has %s buffers mapped after reading 3 that share 2 memfds; want 2", got)
+	}
+	h4 := j.do(0, "pmake 4 10000")
+	j.exit(0)
+	if got := j.do(1, "take"); !strings.HasPrefix(got, h4+" size=4096 sum=16384 ") {
+		t.Fatalf("take after the producer exited: %q", got)
+	}
+	if got := j.do(1, "close %s", h4); got != "closed" {
+		t.Fatal(got)
+	}
+	if leaks := j.broker.Close(); len(leaks) != 0 {
+		t.Errorf("leaks: %q", leaks)
+	}
+}
+
+// TestPublishFlags: a publish with a flag the broker does not know is
+// refused, not half understood.
+func TestPublishFlags(t *testing.T) {
+	j := newTestJob(t, 1)
+	if got := j.do(0, "badflags"); !strings.Contains(got, "unknown publish flags") {
+		t.Errorf("publish with flag 0x80: %q; want a refusal", got)
 	}
 }
 
@@ -598,20 +744,72 @@ func BenchmarkQueueSmall(b *testing.B) {
 
 // BenchmarkBufferHandoff64MiB: a rank creates a 64 MiB buffer, fills it
 // with float32 values and puts its handle; another rank gets it and reads
-// it all; per buffer.
+// it all; per buffer. "pooled" takes the buffers from a BufferPool of 3
+// (after the first three, each is one that came back), "fresh" makes a new
+// one each time (fresh memory: the kernel zeroes every page first).
 func BenchmarkBufferHandoff64MiB(b *testing.B) {
-	j := newTestJob(b, 2)
-	var wg sync.WaitGroup
-	b.SetBytes(64 << 20)
-	b.ResetTimer()
-	var got string
-	wg.Go(func() { got = j.do(1, "take64 %d", b.N) })
-	if r := j.do(0, "make64 %d", b.N); r != "made" {
-		b.Fatal(r)
+	for _, mode := range []string{"pooled", "fresh"} {
+		b.Run(mode, func(b *testing.B) {
+			j := newTestJob(b, 2)
+			var wg sync.WaitGroup
+			b.SetBytes(64 << 20)
+			b.ResetTimer()
+			var got string
+			wg.Go(func() { got = j.do(1, "take64 %d", b.N) })
+			if r := j.do(0, "make64 %d %s", b.N, mode); r != "made" {
+				b.Fatal(r)
+			}
+			wg.Wait()
+			if got != "taken" {
+				b.Fatal(got)
+			}
+		})
 	}
-	wg.Wait()
-	if got != "taken" {
-		b.Fatal(got)
+}
+
+// TestMapCacheBounded: a rank keeps its mappings of pooled buffers after
+// closing them, for their next hand-off, but no more than maxIdleMaps.
+func TestMapCacheBounded(t *testing.T) {
+	mapped := func() int {
+		b, err := os.ReadFile("/proc/self/maps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), "memfd:mpspawn-buffer")
+	}
+	before := mapped()
+	var files []*os.File
+	for range maxIdleMaps + 2 {
+		f, data, err := newMemfd(4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, f)
+		r := &region{f: f, data: data}
+		if err := r.sealFuture(); err != nil {
+			t.Fatal(err)
+		}
+		unix.Munmap(data)
+		_, key, err := mapReadOnly(f, 4096)
+		if err != nil || key == (fileID{}) {
+			t.Fatalf("mapReadOnly of a pooled buffer: key %v, %v", key, err)
+		}
+		maps.done(key)
+	}
+	if got := mapped() - before; got != maxIdleMaps {
+		t.Errorf("%d idle mappings kept; want %d", got, maxIdleMaps)
+	}
+	last := files[len(files)-1]
+	_, key, err := mapReadOnly(last, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mapped() - before; got != maxIdleMaps {
+		t.Errorf("mapping a kept buffer again made a new mapping (%d kept)", got)
+	}
+	maps.done(key)
+	for _, f := range files {
+		f.Close()
 	}
 }
 

@@ -2,8 +2,10 @@ package ipc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -15,20 +17,21 @@ import (
 // killed: the kernel frees the memory with its last descriptor.
 type Buffer struct {
 	c    *Client
-	f    *os.File
-	data []byte
+	m    *region
 	h    Handle
+	pool *BufferPool // nil for a buffer of its own (NewBuffer)
 	once sync.Once
 }
 
 // NewBuffer creates a zeroed shared buffer of size bytes, writable through
-// Bytes until Publish.
+// Bytes until Publish. A rank that hands off many buffers of one size
+// should take them from a BufferPool instead.
 func (c *Client) NewBuffer(size int) (*Buffer, error) {
 	f, data, err := newMemfd(size)
 	if err != nil {
 		return nil, err
 	}
-	return &Buffer{c: c, f: f, data: data}, nil
+	return &Buffer{c: c, m: &region{f: f, data: data}}, nil
 }
 
 // newMemfd creates a sealable memfd of size bytes mapped read-write.
@@ -53,23 +56,48 @@ func newMemfd(size int) (*os.File, []byte, error) {
 	return f, data, nil
 }
 
-// Bytes is the buffer's memory: writable before Publish, read-only after.
-func (b *Buffer) Bytes() []byte { return b.data }
+// Bytes is the buffer's memory: writable before Publish, read-only after
+// (for a pooled buffer, by contract: it must not be written while out),
+// nil after Close.
+func (b *Buffer) Bytes() []byte {
+	if b.m == nil {
+		return nil
+	}
+	return b.m.data
+}
 
-// Publish seals the buffer (its size and content can no longer change, in
-// any process) and registers it with the broker, returning the handle to
-// send to other ranks. This rank holds the handle until Close.
+// Publish seals the buffer (no other process can ever write to it or
+// resize it, and its content no longer changes while anyone holds it: for
+// a buffer of its own the kernel sees to that, for a pooled one this rank
+// must not write to it until it comes back from Get) and
+// registers it with the broker, returning the handle to send to other
+// ranks. This rank holds the handle until Close.
 func (b *Buffer) Publish(ctx context.Context) (Handle, error) {
 	if b.h.ID != 0 {
 		return b.h, nil
 	}
-	size := len(b.data)
-	if err := seal(b.f, &b.data); err != nil {
-		return Handle{}, err
+	if b.m == nil {
+		return Handle{}, errors.New("ipc: publish of a closed buffer")
 	}
-	h, err := b.c.publishFile(ctx, KindHost, b.f, int64(size))
+	size := len(b.m.data)
+	var flags byte
+	if b.pool == nil {
+		if err := seal(b.m.f, &b.m.data); err != nil {
+			return Handle{}, err
+		}
+	} else {
+		if err := b.m.sealFuture(); err != nil {
+			return Handle{}, err
+		}
+		flags = publishNotifyFree
+	}
+	h, err := b.c.publishFile(ctx, KindHost, b.m.f, int64(size), flags)
 	if err != nil {
 		return Handle{}, err
+	}
+	if b.pool != nil {
+		pool, m := b.pool, b.m
+		b.c.onFree(h, func() { pool.put(m) })
 	}
 	b.h = h
 	return h, nil
@@ -95,19 +123,43 @@ func seal(f *os.File, data *[]byte) error {
 	return nil
 }
 
-// Close unmaps the buffer and releases this rank's hold on it; other
-// holders keep it alive.
+// sealFuture seals a pooled memfd, once, against resizing and against
+// writes through any mapping made from now on: the creator's own mapping
+// stays writable, for the buffer's next use. (Making it read-only while the
+// buffer is out, and writable again, costs two page-table walks per use:
+// for 64 MiB, about a sixth of filling it.)
+func (m *region) sealFuture() error {
+	if m.sealed {
+		return nil
+	}
+	seals := unix.F_SEAL_FUTURE_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+	if _, err := unix.FcntlInt(m.f.Fd(), unix.F_ADD_SEALS, seals); err != nil {
+		return fmt.Errorf("ipc: seal buffer: %w", err)
+	}
+	m.sealed = true
+	return nil
+}
+
+// Close releases this rank's hold on the buffer; other holders keep it
+// alive. A buffer of its own is unmapped; a pooled buffer goes back to its
+// pool once every holder has released it (at once if it was never
+// published).
 func (b *Buffer) Close(ctx context.Context) error {
 	var err error
 	b.once.Do(func() {
-		if b.data != nil {
-			err = unix.Munmap(b.data)
-			b.data = nil
-		}
-		b.f.Close()
-		if b.h.ID != 0 {
-			if rerr := b.c.Release(ctx, b.h); err == nil {
-				err = rerr
+		m := b.m
+		b.m = nil
+		switch {
+		case b.pool == nil:
+			m.free()
+			if b.h.ID != 0 {
+				err = b.c.Release(ctx, b.h)
+			}
+		case b.h.ID == 0:
+			b.pool.put(m)
+		default:
+			if err = b.c.Release(ctx, b.h); err != nil && b.c.forgetFree(b.h) {
+				b.pool.discard(m) // it will not come back
 			}
 		}
 	})
@@ -116,10 +168,11 @@ func (b *Buffer) Close(ctx context.Context) error {
 
 // Mapping is a published buffer opened by a rank: read-only memory.
 type Mapping struct {
-	c    *Client
-	h    Handle
-	data []byte
-	once sync.Once
+	c      *Client
+	h      Handle
+	data   []byte
+	pooled fileID // the pooled buffer mapped, kept in maps after Close; zero otherwise
+	once   sync.Once
 }
 
 // Open maps the host buffer h read-only. The rank must have been given h
@@ -134,28 +187,45 @@ func (c *Client) Open(ctx context.Context, h Handle) (*Mapping, error) {
 		return nil, err
 	}
 	defer f.Close()
-	data, err := mapReadOnly(f, h.Size)
+	m := &Mapping{c: c, h: h}
+	m.data, m.pooled, err = mapReadOnly(f, h.Size)
 	if err != nil {
 		return nil, err
 	}
-	return &Mapping{c: c, h: h, data: data}, nil
+	return m, nil
 }
 
 // mapReadOnly maps a sealed memfd read-only, after checking that its size
-// is the handle's.
-func mapReadOnly(f *os.File, size int64) ([]byte, error) {
+// is the handle's. A pooled buffer (sealed against future writes only)
+// reuses this rank's mapping of it from an earlier hand-off, if any: its
+// key is returned.
+func mapReadOnly(f *os.File, size int64) ([]byte, fileID, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return nil, fmt.Errorf("ipc: fstat: %w", err)
+		return nil, fileID{}, fmt.Errorf("ipc: fstat: %w", err)
 	}
 	if st.Size != size || size <= 0 {
-		return nil, fmt.Errorf("%w: buffer is %d bytes, handle says %d", ErrBadHandle, st.Size, size)
+		return nil, fileID{}, fmt.Errorf("%w: buffer is %d bytes, handle says %d", ErrBadHandle, st.Size, size)
+	}
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil {
+		return nil, fileID{}, fmt.Errorf("ipc: seals: %w", err)
+	}
+	var key fileID
+	if seals&unix.F_SEAL_WRITE == 0 {
+		key = fileID{st.Dev, st.Ino}
+		if data := maps.take(key, size); data != nil {
+			return data, key, nil
+		}
 	}
 	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_POPULATE)
 	if err != nil {
-		return nil, fmt.Errorf("ipc: mmap: %w", err)
+		return nil, fileID{}, fmt.Errorf("ipc: mmap: %w", err)
 	}
-	return data, nil
+	if key != (fileID{}) && !maps.add(key, data) {
+		key = fileID{}
+	}
+	return data, key, nil
 }
 
 // Bytes is the mapped memory, read-only: writing to it faults.
@@ -164,17 +234,103 @@ func (m *Mapping) Bytes() []byte { return m.data }
 // Handle is the handle the mapping was opened from.
 func (m *Mapping) Handle() Handle { return m.h }
 
-// Close unmaps the buffer and releases the handle.
+// Close unmaps the buffer and releases the handle. The memory must not be
+// used after Close: a pooled buffer is reused by its producer.
 func (m *Mapping) Close(ctx context.Context) error {
 	var err error
 	m.once.Do(func() {
-		err = unix.Munmap(m.data)
+		if m.pooled != (fileID{}) {
+			maps.done(m.pooled)
+		} else {
+			err = unix.Munmap(m.data)
+		}
 		m.data = nil
 		if rerr := m.c.Release(ctx, m.h); err == nil {
 			err = rerr
 		}
 	})
 	return err
+}
+
+// fileID names a file (a memfd) by device and inode. A mapping keeps its
+// file alive, so the inode number cannot be reused while it is mapped.
+type fileID struct{ dev, ino uint64 }
+
+// mapCache keeps a rank's read-only mappings of pooled buffers after their
+// Mapping is closed: a pooled buffer comes back from its producer again and
+// again, and mapping 64 MiB afresh (and unmapping it) costs more than a
+// third of reading it. Idle mappings keep their memory alive even after
+// the producer frees the buffer, so at most maxIdleMaps of them, and
+// maxIdleBytes in all, are kept; the least recently used go first.
+type mapCache struct {
+	mu        sync.Mutex
+	maps      map[fileID]*cachedMap
+	idle      []fileID // least recently used first
+	idleBytes int
+}
+
+type cachedMap struct {
+	data  []byte
+	users int
+}
+
+const (
+	maxIdleMaps  = 4
+	maxIdleBytes = 512 << 20
+)
+
+var maps = mapCache{maps: map[fileID]*cachedMap{}}
+
+// take returns the mapping of key, if kept and of size bytes.
+func (c *mapCache) take(key fileID, size int64) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.maps[key]
+	if m == nil || int64(len(m.data)) != size {
+		return nil
+	}
+	if m.users == 0 {
+		c.idle = slices.DeleteFunc(c.idle, func(k fileID) bool { return k == key })
+		c.idleBytes -= len(m.data)
+	}
+	m.users++
+	return m.data
+}
+
+// add records a new mapping of key, in use; false if another mapping of
+// key is kept (of another size: a sealed memfd cannot change size, so this
+// does not happen), and data is not kept.
+func (c *mapCache) add(key fileID, data []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.maps[key] != nil {
+		return false
+	}
+	c.maps[key] = &cachedMap{data: data, users: 1}
+	return true
+}
+
+// done marks one use of key's mapping over, and unmaps the least recently
+// used idle mappings beyond the limits.
+func (c *mapCache) done(key fileID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.maps[key]
+	if m == nil {
+		return
+	}
+	if m.users--; m.users > 0 {
+		return
+	}
+	c.idle = append(c.idle, key)
+	c.idleBytes += len(m.data)
+	for len(c.idle) > maxIdleMaps || c.idleBytes > maxIdleBytes {
+		old := c.maps[c.idle[0]]
+		delete(c.maps, c.idle[0])
+		c.idle = c.idle[1:]
+		c.idleBytes -= len(old.data)
+		unix.Munmap(old.data)
+	}
 }
 
 // NewHostBuffer creates a sealed host buffer in the launcher, filled by
@@ -204,16 +360,17 @@ func dupFile(f *os.File) (*os.File, error) {
 }
 
 // checkSealed checks that f, published as a host buffer of size bytes, is
-// a memfd sealed against writes and resizing, of that size: otherwise a
-// publisher could change or shrink it under its readers (who would get
-// SIGBUS).
+// a memfd of that size sealed against resizing and against writes (all
+// writes, or, for a pooled buffer, writes through any mapping made after
+// the seal): otherwise a reader could write to it, or its publisher shrink
+// it under its readers (who would get SIGBUS).
 func checkSealed(f *os.File, size int64) error {
 	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
 	if err != nil {
 		return fmt.Errorf("%w: a host buffer must be a sealed memfd: %v", errBadRequest, err)
 	}
-	want := unix.F_SEAL_WRITE | unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
-	if seals&want != want {
+	want := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+	if seals&want != want || seals&(unix.F_SEAL_WRITE|unix.F_SEAL_FUTURE_WRITE) == 0 {
 		return fmt.Errorf("%w: a host buffer must be sealed against writes and resizing (seals %#x)", errBadRequest, seals)
 	}
 	var st unix.Stat_t

@@ -21,10 +21,11 @@ type Client struct {
 	mu        sync.Mutex
 	nextID    uint64
 	pending   map[uint64]chan Frame
-	gone      map[uint64]bool // producer-owned handles whose producer exited
-	published []Handle        // producer-owned handles this rank published
-	err       error           // why the channel ended
-	asyncErr  error           // a batched put the broker refused
+	gone      map[uint64]bool   // producer-owned handles whose producer exited
+	published []Handle          // producer-owned handles this rank published
+	freed     map[uint64]func() // called when the broker frees a handle published with publishNotifyFree
+	err       error             // why the channel ended
+	asyncErr  error             // a batched put the broker refused
 	done      chan struct{}
 
 	// Puts to unbounded queues are batched: Put appends to batches and a
@@ -62,7 +63,7 @@ func NewWorkerClient(conn *Conn, rank int) (*Client, <-chan Frame) {
 
 // newClient starts a client's reader and flusher; inbox may be nil.
 func newClient(conn *Conn, rank int, inbox chan Frame) *Client {
-	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, done: make(chan struct{}),
+	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, freed: map[uint64]func(){}, done: make(chan struct{}),
 		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1), inbox: inbox}
 	go c.read()
 	go c.flusher()
@@ -96,17 +97,22 @@ func (c *Client) read() {
 			c.inbox <- f // never blocks: see inboxSize
 			continue
 		}
+		var freed func()
 		c.mu.Lock()
 		switch {
 		case f.Type == FrameError && f.ID == 0: // a batched put was refused
 			if c.asyncErr == nil {
 				c.asyncErr = payloadErr(f.Payload)
 			}
-		case f.Type == FrameNotice:
-			if len(f.Payload) > 0 && f.Payload[0] == noticeProducerGone {
-				if h, err := DecodeHandle(f.Payload[1:]); err == nil {
-					c.gone[h.ID] = true
-				}
+		case f.Type == FrameNotice && len(f.Payload) > 0:
+			h, err := DecodeHandle(f.Payload[1:])
+			switch {
+			case err != nil:
+			case f.Payload[0] == noticeProducerGone:
+				c.gone[h.ID] = true
+			case f.Payload[0] == noticeFreed:
+				freed = c.freed[h.ID]
+				delete(c.freed, h.ID)
 			}
 		default:
 			if ch := c.pending[f.ID]; ch != nil {
@@ -117,7 +123,27 @@ func (c *Client) read() {
 		}
 		c.mu.Unlock()
 		closeFiles(f.Files) // a reply nobody waits for
+		if freed != nil {
+			freed()
+		}
 	}
+}
+
+// onFree has fn called (by the reader, so fn must not block) when the
+// broker frees h, which this rank published with publishNotifyFree.
+func (c *Client) onFree(h Handle, fn func()) {
+	c.mu.Lock()
+	c.freed[h.ID] = fn
+	c.mu.Unlock()
+}
+
+// forgetFree stops waiting for h to be freed; false if it was freed.
+func (c *Client) forgetFree(h Handle) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.freed[h.ID]
+	delete(c.freed, h.ID)
+	return ok
 }
 
 // request sends one request and waits for its reply, or for ctx.
@@ -296,11 +322,15 @@ func (c *Client) PublishBlob(ctx context.Context, blob []byte) (Handle, error) {
 // such as a CUDA VMM allocation exported as a POSIX fd, of size bytes. The
 // caller keeps f.
 func (c *Client) PublishFD(ctx context.Context, f *os.File, size int64) (Handle, error) {
-	return c.publishFile(ctx, KindFD, f, size)
+	return c.publishFile(ctx, KindFD, f, size, 0)
 }
 
-func (c *Client) publishFile(ctx context.Context, kind Kind, f *os.File, size int64) (Handle, error) {
+// publishFile publishes f with the publish flags given (publishNotifyFree).
+func (c *Client) publishFile(ctx context.Context, kind Kind, f *os.File, size int64, flags byte) (Handle, error) {
 	body := binary.LittleEndian.AppendUint64([]byte{opPublish, byte(kind)}, uint64(size))
+	if flags != 0 {
+		body = append(body, flags)
+	}
 	r, err := c.request(ctx, body, f)
 	if err != nil {
 		return Handle{}, err

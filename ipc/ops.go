@@ -11,7 +11,7 @@ import (
 // with an op byte; the broker answers with a FrameReply or a FrameError
 // carrying the same frame ID. Integers in bodies are little endian.
 const (
-	opPublish    = 1  // kind u8, then size u64 (+ 1 fd) or the blob → handle
+	opPublish    = 1  // kind u8, then size u64 [flags u8] (+ 1 fd), or the blob → handle
 	opOpen       = 2  // handle → 1 fd, or the blob
 	opRelease    = 3  // handle → empty
 	opPut        = 4  // queue → empty, once the queue has room
@@ -36,7 +36,13 @@ const (
 )
 
 // Notices, the first byte of a FrameNotice payload, followed by a handle.
-const noticeProducerGone = 1
+const (
+	noticeProducerGone = 1 // to holders: the producer of a producer-owned handle exited
+	noticeFreed        = 2 // to the producer: a handle published with publishNotifyFree was freed
+)
+
+// Publish flags, the optional byte after a host or fd handle's size.
+const publishNotifyFree = 1 // tell the producer when nobody holds the handle any more
 
 // ErrBrokerClosed is returned for requests after the broker shut down.
 var ErrBrokerClosed = errors.New("ipc: broker closed")
