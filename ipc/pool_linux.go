@@ -59,7 +59,7 @@ func (c *Client) NewBufferPool(size, max int) (*BufferPool, error) {
 
 // Get returns a writable buffer: one that came back, with the content it
 // had, or a new zeroed one. When max buffers are out, it waits for one to
-// come back, or for ctx.
+// come back, for ctx, or for the control channel to end.
 func (p *BufferPool) Get(ctx context.Context) (*Buffer, error) {
 	for {
 		p.mu.Lock()
@@ -91,6 +91,8 @@ func (p *BufferPool) Get(ctx context.Context) (*Buffer, error) {
 		case <-back:
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
+		case <-p.c.done: // no buffer can come back any more
+			return nil, fmt.Errorf("ipc: buffer pool: every buffer is out and the control channel ended: %w", p.c.closedErr())
 		}
 	}
 }
