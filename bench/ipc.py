@@ -15,7 +15,9 @@ package side by side, in one run.
       an ipc.BufferPool (a buffer comes back once the consumer has read it),
       as a stream of equal-sized buffers should; "fresh" is the same with a
       new buffer each time, for reference: fresh memory costs the kernel's
-      zeroing of every page, more than filling it.
+      zeroing of every page, more than filling it. Both sides fill and sum
+      with vector code: torch.full and Tensor.sum; in Go, doubling copies
+      (memmove) and an eight-lane sum.
 
 Runs alternate between the two sides; figures are medians. Standard library
 only, except torch in the interpreter given by --torch-python. The script
