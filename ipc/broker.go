@@ -49,9 +49,9 @@ type entry struct {
 	holders map[int]int // rank (or ParentRank) → holds
 	queued  int         // messages in queues that name it
 	given   map[int]bool
-	public  bool // published by the parent: every rank may receive it
-	gone    bool // producer-owned and the producer exited
-	notify  bool // tell the producer when the handle is freed
+	public  bool  // published by the parent: every rank may receive it
+	gone    bool  // producer-owned and the producer exited
+	notify  *peer // the producer to tell when the handle is freed, if it asked
 	waiters []*waiter
 }
 
@@ -156,7 +156,7 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 	body := f.Payload[1:]
 	switch f.Payload[0] {
 	case opPublish:
-		h, err := b.publish(p.rank, body, f.Files)
+		h, err := b.publish(p, body, f.Files)
 		if err != nil {
 			return err
 		}
@@ -185,7 +185,7 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		if len(body) < 8 {
 			return fmt.Errorf("%w: short cancel", errBadRequest)
 		}
-		b.cancel(p, binary.LittleEndian.Uint64(body))
+		*out = b.cancel(p, binary.LittleEndian.Uint64(body), *out)
 		reply(nil)
 	case opCheck:
 		if _, err := b.usable(p.rank, body); err != nil {
@@ -265,8 +265,9 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 // cancel drops p's waiting request id (a Get, a Put on a full queue, a
 // Join, a wait for holders), whose caller gave up. A request already
 // answered is not affected: its reply went out before the cancel's.
-func (b *Broker) cancel(p *peer, id uint64) {
+func (b *Broker) cancel(p *peer, id uint64, out []outFrame) []outFrame {
 	mine := func(q pending) bool { return q.p == p && q.id == id }
+	var dropped []*entry
 	for _, q := range b.queues {
 		q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return mine(g.pending) })
 		q.joiners = slices.DeleteFunc(q.joiners, mine)
@@ -275,10 +276,17 @@ func (b *Broker) cancel(p *peer, id uint64) {
 				return false
 			}
 			for _, h := range pp.msg.handles {
-				b.handles[h.ID].queued-- // never queued after all
+				e := b.handles[h.ID]
+				e.queued-- // never queued after all
+				dropped = append(dropped, e)
 			}
 			return true
 		})
+	}
+	for _, e := range dropped {
+		if b.handles[e.h.ID] == e { // not freed by an earlier one
+			out = b.settle(e, out)
+		}
 	}
 	for _, e := range b.handles {
 		for _, w := range e.waiters {
@@ -288,10 +296,12 @@ func (b *Broker) cancel(p *peer, id uint64) {
 			}
 		}
 	}
+	return out
 }
 
-// publish records a new handle produced by rank.
-func (b *Broker) publish(rank int, body []byte, files []*os.File) (Handle, error) {
+// publish records a new handle produced by p.
+func (b *Broker) publish(p *peer, body []byte, files []*os.File) (Handle, error) {
+	rank := p.rank
 	if len(body) < 1 {
 		return Handle{}, fmt.Errorf("%w: short publish", errBadRequest)
 	}
@@ -307,7 +317,9 @@ func (b *Broker) publish(rank int, body []byte, files []*os.File) (Handle, error
 			if len(body) > 10 || body[9]&^publishNotifyFree != 0 {
 				return Handle{}, fmt.Errorf("%w: unknown publish flags", errBadRequest)
 			}
-			e.notify = body[9]&publishNotifyFree != 0
+			if body[9]&publishNotifyFree != 0 {
+				e.notify = p
+			}
 		}
 		if kind == KindHost {
 			if err := checkSealed(files[0], size); err != nil {
@@ -556,7 +568,9 @@ func (b *Broker) free(e *entry, out []outFrame) []outFrame {
 		e.file.Close()
 	}
 	delete(b.handles, e.h.ID)
-	if p := b.peers[int(e.h.Producer)]; e.notify && p != nil {
+	// Only the producer's own channel: not a rank attached later under
+	// its number (a Pool worker's replacement).
+	if p := e.notify; p != nil && b.peers[p.rank] == p {
 		out = append(out, outFrame{p: p, f: Frame{Type: FrameNotice, Payload: AppendHandle([]byte{noticeFreed}, e.h)}})
 	}
 	return out
@@ -691,7 +705,7 @@ func (b *Broker) Publish(kind Kind, f *os.File, size int64) (Handle, error) {
 	if b.closed {
 		return Handle{}, ErrBrokerClosed
 	}
-	return b.publish(ParentRank, body, files)
+	return b.publish(&peer{rank: ParentRank}, body, files)
 }
 
 // Release drops the launcher's hold on a handle it published.

@@ -31,6 +31,9 @@ type testJob struct {
 	t      testing.TB
 	broker *Broker
 	ranks  []*testRank
+	// handled, if set before a rank starts, gets the op of every request
+	// the broker has handled for that rank.
+	handled chan byte
 }
 
 type testRank struct {
@@ -97,7 +100,14 @@ func (j *testJob) startCmd(i int, cmd *exec.Cmd) *testRank {
 			if err != nil {
 				return
 			}
+			op := byte(0)
+			if len(f.Payload) > 0 {
+				op = f.Payload[0]
+			}
 			j.broker.Handle(i, f)
+			if j.handled != nil {
+				j.handled <- op
+			}
 		}
 	}()
 	return r
@@ -164,9 +174,12 @@ func brokerRank() int {
 }
 
 type rankState struct {
-	held  map[string]*Mapping
-	blobs map[string]*Blob
-	pool  *BufferPool
+	held   map[string]*Mapping
+	blobs  map[string]*Blob
+	pool   *BufferPool
+	buf    *Buffer    // a pooled buffer published by pputblock
+	stop   func()     // cancels pputblock's put
+	putErr chan error // pputblock's put's result
 }
 
 // Handles travel between test and ranks as their wire form in hex.
@@ -389,6 +402,28 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			return "", err
 		}
 		return hexHandle(h), buf.Close(ctx)
+	case "pputblock": // pputblock: a pooled buffer published and put on queue 9 (capacity 1, full), in the background
+		buf, err := st.pool.Get(ctx)
+		if err != nil {
+			return "", err
+		}
+		h, err := buf.Publish(ctx)
+		if err != nil {
+			return "", err
+		}
+		q := Queue[Handle]{ID: 9, Capacity: 1}
+		if err := q.Put(ctx, Handle{}); err != nil { // fills it
+			return "", err
+		}
+		pctx, cancel := context.WithCancel(ctx)
+		st.buf, st.stop, st.putErr = buf, cancel, make(chan error, 1)
+		go func() { st.putErr <- q.Put(pctx, h) }()
+		return "putting", nil
+	case "pclose": // pclose: close pputblock's buffer
+		return "closed", st.buf.Close(ctx)
+	case "pcancel": // pcancel: cancel pputblock's put and report its result
+		st.stop()
+		return fmt.Sprint(<-st.putErr), nil
 	case "maps": // maps: how many buffers this rank has mapped
 		b, err := os.ReadFile("/proc/self/maps")
 		return strconv.Itoa(strings.Count(string(b), "memfd:mpspawn-buffer")), err
@@ -525,6 +560,46 @@ func TestBufferPoolRecycles(t *testing.T) {
 	}
 	if leaks := j.broker.Close(); len(leaks) != 0 {
 		t.Errorf("leaks: %q", leaks)
+	}
+}
+
+// TestCancelledPutFrees: a handle whose only hold left is a put that is
+// then cancelled is freed, and a pooled buffer comes back, as when a
+// message naming it is got and released.
+func TestCancelledPutFrees(t *testing.T) {
+	// Room for every request of the test: the serving loop never blocks.
+	j := &testJob{t: t, broker: NewBroker(), handled: make(chan byte, 1024)}
+	j.ranks = []*testRank{j.start(0)}
+	t.Cleanup(func() {
+		r := j.ranks[0]
+		r.stdin.Close()
+		_ = r.cmd.Process.Kill()
+		_ = r.cmd.Wait()
+		<-r.served
+		j.broker.Close()
+	})
+	if got := j.do(0, "pool 4096 1"); got != "pool" {
+		t.Fatal(got)
+	}
+	if got := j.do(0, "pputblock"); got != "putting" {
+		t.Fatal(got)
+	}
+	// Publish, the put that fills the queue (batched or not), then the
+	// put that waits: once the broker has handled that one, close.
+	for puts := 0; puts < 2; {
+		if op := <-j.handled; op == opPut {
+			puts++
+		}
+	}
+	if got := j.do(0, "pclose"); got != "closed" {
+		t.Fatal(got)
+	}
+	if got := j.do(0, "pcancel"); got != "context canceled" {
+		t.Fatalf("the cancelled put returned %q", got)
+	}
+	// The only buffer of the pool must be back: nothing holds it now.
+	if got := j.do(0, "pmake 1 10000"); strings.HasPrefix(got, "error") {
+		t.Errorf("Get after the cancelled put: %q; want the buffer back", got)
 	}
 }
 
@@ -820,6 +895,52 @@ func TestMapCacheBounded(t *testing.T) {
 	for _, f := range files {
 		f.Close()
 	}
+}
+
+// TestMapCacheChecksFile: a kept mapping is used only for the very file it
+// maps, even when another memfd has the same inode number (shmem inode
+// numbers wrap): here a kept mapping of one buffer is filed under the key
+// of another, and opening the other must not return it.
+func TestMapCacheChecksFile(t *testing.T) {
+	pooled := func(v byte) (*os.File, fileID) {
+		f, data, err := newMemfd(4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		for i := range data {
+			data[i] = v
+		}
+		r := &region{f: f, data: data}
+		if err := r.sealFuture(); err != nil {
+			t.Fatal(err)
+		}
+		unix.Munmap(data)
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		return f, fileID{st.Dev, st.Ino}
+	}
+	a, _ := pooled(1)
+	b, keyB := pooled(2)
+	dataA, keyA, err := mapReadOnly(a, 4096)
+	if err != nil || dataA[0] != 1 {
+		t.Fatal(err)
+	}
+	maps.mu.Lock() // file a's kept mapping under b's key: an inode number clash
+	maps.maps[keyB] = maps.maps[keyA]
+	delete(maps.maps, keyA)
+	maps.mu.Unlock()
+	maps.done(keyB)
+	dataB, key, err := mapReadOnly(b, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dataB[0] != 2 {
+		t.Errorf("opening buffer b (2s) gave %d: the kept mapping of buffer a (1s)", dataB[0])
+	}
+	maps.done(key)
 }
 
 var _ = binary.LittleEndian

@@ -97,7 +97,7 @@ func (b *Buffer) Publish(ctx context.Context) (Handle, error) {
 	}
 	if b.pool != nil {
 		pool, m := b.pool, b.m
-		b.c.onFree(h, func() { pool.put(m) })
+		b.c.onFree(h, func() { pool.put(m) }, func() { pool.discard(m) })
 	}
 	b.h = h
 	return h, nil
@@ -157,10 +157,9 @@ func (b *Buffer) Close(ctx context.Context) error {
 			}
 		case b.h.ID == 0:
 			b.pool.put(m)
-		default:
-			if err = b.c.Release(ctx, b.h); err != nil && b.c.forgetFree(b.h) {
-				b.pool.discard(m) // it will not come back
-			}
+		default: // back when freed, or discarded if it cannot come back
+			err = b.c.Release(ctx, b.h)
+			b.c.releasedFree(b.h, err)
 		}
 	})
 	return err
@@ -214,7 +213,7 @@ func mapReadOnly(f *os.File, size int64) ([]byte, fileID, error) {
 	var key fileID
 	if seals&unix.F_SEAL_WRITE == 0 {
 		key = fileID{st.Dev, st.Ino}
-		if data := maps.take(key, size); data != nil {
+		if data := maps.take(key, f, size); data != nil {
 			return data, key, nil
 		}
 	}
@@ -222,7 +221,7 @@ func mapReadOnly(f *os.File, size int64) ([]byte, fileID, error) {
 	if err != nil {
 		return nil, fileID{}, fmt.Errorf("ipc: mmap: %w", err)
 	}
-	if key != (fileID{}) && !maps.add(key, data) {
+	if key != (fileID{}) && !maps.add(key, f, data) {
 		key = fileID{}
 	}
 	return data, key, nil
@@ -252,8 +251,10 @@ func (m *Mapping) Close(ctx context.Context) error {
 	return err
 }
 
-// fileID names a file (a memfd) by device and inode. A mapping keeps its
-// file alive, so the inode number cannot be reused while it is mapped.
+// fileID names a file (a memfd) by device and inode: a key, not proof of
+// identity, since shmem inode numbers can wrap (32 bits without
+// CONFIG_TMPFS_INODE64). The cache confirms with kcmp that the descriptor
+// it kept and the one just received are the same open file.
 type fileID struct{ dev, ino uint64 }
 
 // mapCache keeps a rank's read-only mappings of pooled buffers after their
@@ -261,7 +262,9 @@ type fileID struct{ dev, ino uint64 }
 // again, and mapping 64 MiB afresh (and unmapping it) costs more than a
 // third of reading it. Idle mappings keep their memory alive even after
 // the producer frees the buffer, so at most maxIdleMaps of them, and
-// maxIdleBytes in all, are kept; the least recently used go first.
+// maxIdleBytes in all, are kept; the least recently used go first. Every
+// hand-off of one memfd carries the same open file (the producer's, passed
+// on by the broker), which the cache keeps a descriptor of to compare.
 type mapCache struct {
 	mu        sync.Mutex
 	maps      map[fileID]*cachedMap
@@ -270,6 +273,7 @@ type mapCache struct {
 }
 
 type cachedMap struct {
+	f     *os.File // a duplicate of the descriptor mapped
 	data  []byte
 	users int
 }
@@ -281,12 +285,20 @@ const (
 
 var maps = mapCache{maps: map[fileID]*cachedMap{}}
 
-// take returns the mapping of key, if kept and of size bytes.
-func (c *mapCache) take(key fileID, size int64) []byte {
+// take returns the mapping kept for f (key names it), if any, of size
+// bytes. A kept mapping of another file under the same key is dropped if
+// idle.
+func (c *mapCache) take(key fileID, f *os.File, size int64) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := c.maps[key]
-	if m == nil || int64(len(m.data)) != size {
+	if m == nil {
+		return nil
+	}
+	if !sameFile(m.f, f) || int64(len(m.data)) != size {
+		if m.users == 0 {
+			c.drop(key)
+		}
 		return nil
 	}
 	if m.users == 0 {
@@ -297,16 +309,24 @@ func (c *mapCache) take(key fileID, size int64) []byte {
 	return m.data
 }
 
-// add records a new mapping of key, in use; false if another mapping of
-// key is kept (of another size: a sealed memfd cannot change size, so this
-// does not happen), and data is not kept.
-func (c *mapCache) add(key fileID, data []byte) bool {
+// add keeps data, a new mapping of f, in use, under key; false if it is
+// not kept (another mapping is kept under key and in use, or f cannot be
+// duplicated or compared), and the caller unmaps data itself.
+func (c *mapCache) add(key fileID, f *os.File, data []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.maps[key] != nil {
 		return false
 	}
-	c.maps[key] = &cachedMap{data: data, users: 1}
+	dup, err := dupFile(f)
+	if err != nil {
+		return false
+	}
+	if !sameFile(dup, f) { // kcmp unavailable: entries could not be checked
+		dup.Close()
+		return false
+	}
+	c.maps[key] = &cachedMap{f: dup, data: data, users: 1}
 	return true
 }
 
@@ -325,13 +345,30 @@ func (c *mapCache) done(key fileID) {
 	c.idle = append(c.idle, key)
 	c.idleBytes += len(m.data)
 	for len(c.idle) > maxIdleMaps || c.idleBytes > maxIdleBytes {
-		old := c.maps[c.idle[0]]
-		delete(c.maps, c.idle[0])
-		c.idle = c.idle[1:]
-		c.idleBytes -= len(old.data)
-		unix.Munmap(old.data)
+		c.drop(c.idle[0])
 	}
 }
+
+// drop unmaps key's idle mapping; c.mu is held.
+func (c *mapCache) drop(key fileID) {
+	m := c.maps[key]
+	delete(c.maps, key)
+	c.idle = slices.DeleteFunc(c.idle, func(k fileID) bool { return k == key })
+	c.idleBytes -= len(m.data)
+	unix.Munmap(m.data)
+	m.f.Close()
+}
+
+// sameFile reports whether a and b are the same open file (kcmp
+// KCMP_FILE), false if that cannot be told.
+func sameFile(a, b *os.File) bool {
+	pid := uintptr(os.Getpid())
+	r, _, errno := unix.Syscall6(unix.SYS_KCMP, pid, pid, kcmpFile, a.Fd(), b.Fd(), 0)
+	return errno == 0 && r == 0
+}
+
+// kcmpFile is KCMP_FILE from linux/kcmp.h.
+const kcmpFile = 0
 
 // NewHostBuffer creates a sealed host buffer in the launcher, filled by
 // fill, and publishes it through the broker for every rank to open. The

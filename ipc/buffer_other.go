@@ -43,3 +43,18 @@ func (b *Broker) NewHostBuffer(int, func([]byte)) (Handle, error) { return Handl
 func dupFile(*os.File) (*os.File, error) { return nil, errUnsupported }
 
 func checkSealed(*os.File, int64) error { return errUnsupported }
+
+// BufferPool recycles shared buffers; it needs Linux (memfd).
+type BufferPool struct{}
+
+// ErrPoolClosed is returned by Get after Close.
+var ErrPoolClosed = errUnsupported
+
+// NewBufferPool is not supported off Linux.
+func (c *Client) NewBufferPool(int, int) (*BufferPool, error) { return nil, errUnsupported }
+
+// Get is not supported off Linux.
+func (p *BufferPool) Get(context.Context) (*Buffer, error) { return nil, errUnsupported }
+
+// Close does nothing off Linux.
+func (p *BufferPool) Close() {}

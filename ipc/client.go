@@ -21,11 +21,11 @@ type Client struct {
 	mu        sync.Mutex
 	nextID    uint64
 	pending   map[uint64]chan Frame
-	gone      map[uint64]bool   // producer-owned handles whose producer exited
-	published []Handle          // producer-owned handles this rank published
-	freed     map[uint64]func() // called when the broker frees a handle published with publishNotifyFree
-	err       error             // why the channel ended
-	asyncErr  error             // a batched put the broker refused
+	gone      map[uint64]bool      // producer-owned handles whose producer exited
+	published []Handle             // producer-owned handles this rank published
+	freed     map[uint64]*freeWait // handles published with publishNotifyFree, until freed
+	err       error                // why the channel ended
+	asyncErr  error                // a batched put the broker refused
 	done      chan struct{}
 
 	// Puts to unbounded queues are batched: Put appends to batches and a
@@ -63,7 +63,7 @@ func NewWorkerClient(conn *Conn, rank int) (*Client, <-chan Frame) {
 
 // newClient starts a client's reader and flusher; inbox may be nil.
 func newClient(conn *Conn, rank int, inbox chan Frame) *Client {
-	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, freed: map[uint64]func(){}, done: make(chan struct{}),
+	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, freed: map[uint64]*freeWait{}, done: make(chan struct{}),
 		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1), inbox: inbox}
 	go c.read()
 	go c.flusher()
@@ -90,7 +90,18 @@ func (c *Client) read() {
 				close(ch)
 				delete(c.pending, id)
 			}
+			// Released handles cannot be freed now: no notice will come.
+			var lost []func()
+			for id, w := range c.freed {
+				if w.released {
+					lost = append(lost, w.lost)
+					delete(c.freed, id)
+				}
+			}
 			c.mu.Unlock()
+			for _, fn := range lost {
+				fn()
+			}
 			return
 		}
 		if c.inbox != nil && (f.Type == FrameRequest || f.Type == FrameClose) {
@@ -111,8 +122,10 @@ func (c *Client) read() {
 			case f.Payload[0] == noticeProducerGone:
 				c.gone[h.ID] = true
 			case f.Payload[0] == noticeFreed:
-				freed = c.freed[h.ID]
-				delete(c.freed, h.ID)
+				if w := c.freed[h.ID]; w != nil {
+					freed = w.freed
+					delete(c.freed, h.ID)
+				}
 			}
 		default:
 			if ch := c.pending[f.ID]; ch != nil {
@@ -129,21 +142,39 @@ func (c *Client) read() {
 	}
 }
 
-// onFree has fn called (by the reader, so fn must not block) when the
-// broker frees h, which this rank published with publishNotifyFree.
-func (c *Client) onFree(h Handle, fn func()) {
+// freeWait is a handle this rank published with publishNotifyFree: freed
+// is called (by the reader, so it must not block) when the broker frees
+// it; lost when it cannot be any more, because the channel ended after
+// this rank released it.
+type freeWait struct {
+	freed, lost func()
+	released    bool
+}
+
+// onFree registers h, which this rank published with publishNotifyFree.
+func (c *Client) onFree(h Handle, freed, lost func()) {
 	c.mu.Lock()
-	c.freed[h.ID] = fn
+	c.freed[h.ID] = &freeWait{freed: freed, lost: lost}
 	c.mu.Unlock()
 }
 
-// forgetFree stops waiting for h to be freed; false if it was freed.
-func (c *Client) forgetFree(h Handle) bool {
+// releasedFree is called once this rank has released h (registered with
+// onFree), successfully or not (err): h is then freed when its last holder
+// releases it. If no notice can come for h any more (the release failed,
+// or the channel has ended), h is forgotten and its lost func called.
+func (c *Client) releasedFree(h Handle, err error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	_, ok := c.freed[h.ID]
-	delete(c.freed, h.ID)
-	return ok
+	w := c.freed[h.ID]
+	if w != nil && (err != nil || c.err != nil) {
+		delete(c.freed, h.ID)
+		c.mu.Unlock()
+		w.lost()
+		return
+	}
+	if w != nil {
+		w.released = true
+	}
+	c.mu.Unlock()
 }
 
 // request sends one request and waits for its reply, or for ctx.

@@ -5,13 +5,16 @@ package ipc
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
 
 // TestPoolGetEndsWithChannel: a Get waiting for a buffer to come back
 // returns once the control channel has ended (no buffer can come back
-// then), rather than waiting for ever; before that, it waits.
+// then), rather than waiting for ever; before that, it waits. A buffer
+// the rank had let go of but others still held is written off when the
+// channel ends, making room for a new one.
 func TestPoolGetEndsWithChannel(t *testing.T) {
 	broker := NewBroker()
 	parent, child := pair(t)
@@ -31,40 +34,67 @@ func TestPoolGetEndsWithChannel(t *testing.T) {
 		}
 	}()
 	c := NewClient(child, 0)
-	ctx := context.Background()
-	pool, err := c.NewBufferPool(4096, 1)
+	ctx := WithClient(context.Background(), c)
+	pool, err := c.NewBufferPool(4096, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	buf, err := pool.Get(ctx)
+	kept, err := pool.Get(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := buf.Publish(ctx); err != nil { // held by this rank: it cannot come back
+	if _, err := kept.Publish(ctx); err != nil { // held by this rank: it cannot come back
+		t.Fatal(err)
+	}
+	sent, err := pool.Get(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := sent.Publish(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (Queue[Handle]{ID: 5}).Put(ctx, h); err != nil { // the queue holds it
+		t.Fatal(err)
+	}
+	if err := sent.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
 	if _, err := pool.Get(short); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Get with the only buffer out: %v; want the deadline", err)
+		t.Fatalf("Get with both buffers out: %v; want the deadline", err)
 	}
 	got := make(chan error, 1)
 	go func() {
-		_, err := pool.Get(ctx)
+		b, err := pool.Get(ctx)
+		if err == nil {
+			b.Close(ctx)
+		}
 		got <- err
 	}()
 	parent.Close() // the launcher's end goes away
 	<-served
 	select {
-	case err := <-got:
-		if !errors.Is(err, ErrBrokerClosed) {
-			t.Errorf("Get after the channel ended: %v; want ErrBrokerClosed", err)
+	case err := <-got: // the written-off buffer's room, or the channel's end
+		if err != nil && !errors.Is(err, ErrBrokerClosed) {
+			t.Errorf("Get after the channel ended: %v; want a buffer or ErrBrokerClosed", err)
 		}
 	case <-time.After(10 * time.Second): // a bound, not a synchronisation
 		t.Fatal("Get still waiting 10 s after the control channel ended")
 	}
-	if leaks := broker.Close(); len(leaks) != 0 {
-		t.Errorf("leaks after the rank detached: %q", leaks)
+	<-c.done
+	b, err := pool.Get(ctx)
+	if err != nil {
+		t.Fatalf("Get after the queued buffer was written off: %v; want a new buffer", err)
+	}
+	if _, err := pool.Get(ctx); !errors.Is(err, ErrBrokerClosed) {
+		t.Errorf("Get with both buffers out after the channel ended: %v; want ErrBrokerClosed", err)
+	}
+	b.Close(ctx)
+	// The message nobody got is the one leak left: the queue held it.
+	if leaks := broker.Close(); len(leaks) != 1 || !strings.Contains(leaks[0], "1 queued messages") {
+		t.Errorf("leaks after the rank detached: %q; want the queued buffer's", leaks)
 	}
 }
