@@ -15,9 +15,10 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mpspawn/mpspawn/internal/f32"
 )
 
 // The broker tests run real rank processes: the test binary in "rank" mode
@@ -212,17 +213,7 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 		if err != nil {
 			return "", err
 		}
-		for i := range buf.Bytes() {
-			buf.Bytes()[i] = byte(v)
-		}
-		h, err := buf.Publish(ctx)
-		if err != nil {
-			return "", err
-		}
-		if err := byteQueue.Put(ctx, message2{H: h, Note: "made by " + strconv.Itoa(c.Rank())}); err != nil {
-			return "", err
-		}
-		return hexHandle(h), buf.Close(ctx)
+		return handOff(ctx, buf, byte(v), "made by "+strconv.Itoa(c.Rank()))
 	case "take": // take: get from the queue, open, and report size, first byte, sum
 		m, err := byteQueue.Get(ctx)
 		if err != nil {
@@ -302,7 +293,7 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			if err != nil {
 				return "", err
 			}
-			fill32(unsafe.Slice((*float32)(unsafe.Pointer(&buf.Bytes()[0])), len(buf.Bytes())/4), float32(i))
+			f32.Fill(f32.Of(buf.Bytes()), float32(i))
 			h, err := buf.Publish(ctx)
 			if err != nil {
 				return "", err
@@ -327,8 +318,8 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 			if err != nil {
 				return "", err
 			}
-			fs := unsafe.Slice((*float32)(unsafe.Pointer(&m.Bytes()[0])), len(m.Bytes())/4)
-			if sum := sum32(fs); fs[0] != float32(i) || fs[len(fs)/2] != float32(i) || fs[len(fs)-1] != float32(i) || i > 0 && sum <= 0 {
+			fs := f32.Of(m.Bytes())
+			if sum := f32.Sum(fs); fs[0] != float32(i) || fs[len(fs)/2] != float32(i) || fs[len(fs)-1] != float32(i) || i > 0 && sum <= 0 {
 				return "", fmt.Errorf("buffer %d holds %v (sum %v)", i, fs[0], sum)
 			}
 			if err := m.Close(ctx); err != nil {
@@ -391,17 +382,7 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 		if err != nil {
 			return "", err
 		}
-		for i := range buf.Bytes() {
-			buf.Bytes()[i] = byte(v)
-		}
-		h, err := buf.Publish(ctx)
-		if err != nil {
-			return "", err
-		}
-		if err := byteQueue.Put(ctx, message2{H: h, Note: "pooled"}); err != nil {
-			return "", err
-		}
-		return hexHandle(h), buf.Close(ctx)
+		return handOff(ctx, buf, byte(v), "pooled")
 	case "pputblock": // pputblock: a pooled buffer published and put on queue 9 (capacity 1, full), in the background
 		buf, err := st.pool.Get(ctx)
 		if err != nil {
@@ -472,6 +453,22 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 		return strconv.Itoa(sum), nil
 	}
 	return "", fmt.Errorf("unknown command %q", cmd[0])
+}
+
+// handOff fills buf with v, publishes it, puts its handle on byteQueue
+// with note, and releases it: the handle in hex.
+func handOff(ctx context.Context, buf *Buffer, v byte, note string) (string, error) {
+	for i := range buf.Bytes() {
+		buf.Bytes()[i] = v
+	}
+	h, err := buf.Publish(ctx)
+	if err != nil {
+		return "", err
+	}
+	if err := byteQueue.Put(ctx, message2{H: h, Note: note}); err != nil {
+		return "", err
+	}
+	return hexHandle(h), buf.Close(ctx)
 }
 
 // TestBufferOutlivesProducer: the producer creates and fills a buffer, puts
@@ -775,39 +772,6 @@ func TestQueueAcrossRanks(t *testing.T) {
 	if got != strconv.Itoa(999*1000/2) {
 		t.Errorf("sum of got values = %s; want %d", got, 999*1000/2)
 	}
-}
-
-// fill32 sets every element of fs to v with vector stores: a short loop,
-// then doubling copies (memmove) from a source that stays in cache.
-func fill32(fs []float32, v float32) {
-	n := min(len(fs), 1024)
-	for k := range fs[:n] {
-		fs[k] = v
-	}
-	for n < len(fs) {
-		n += copy(fs[n:], fs[:min(n, 64<<10)])
-	}
-}
-
-// sum32 reads every value of fs, summing in eight lanes.
-func sum32(fs []float32) float64 {
-	var a0, a1, a2, a3, a4, a5, a6, a7 float32
-	for len(fs) >= 8 {
-		a0 += fs[0]
-		a1 += fs[1]
-		a2 += fs[2]
-		a3 += fs[3]
-		a4 += fs[4]
-		a5 += fs[5]
-		a6 += fs[6]
-		a7 += fs[7]
-		fs = fs[8:]
-	}
-	var rest float32
-	for _, f := range fs {
-		rest += f
-	}
-	return float64(a0) + float64(a1) + float64(a2) + float64(a3) + float64(a4) + float64(a5) + float64(a6) + float64(a7) + float64(rest)
 }
 
 // BenchmarkQueueSmall: one small message (an int) through a Queue, from

@@ -18,8 +18,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
-	"unsafe"
 
+	"github.com/mpspawn/mpspawn/internal/f32"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
 )
@@ -157,7 +157,7 @@ func produce(ctx context.Context, c *ipc.Client, a ipcArgs) error {
 		if err != nil {
 			return err
 		}
-		fill(unsafe.Slice((*float32)(unsafe.Pointer(&buf.Bytes()[0])), len(buf.Bytes())/4), float32(i))
+		f32.Fill(f32.Of(buf.Bytes()), float32(i))
 		h, err := buf.Publish(ctx)
 		if err != nil {
 			return err
@@ -204,8 +204,8 @@ func consume(ctx context.Context, c *ipc.Client, a ipcArgs) (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		fs := unsafe.Slice((*float32)(unsafe.Pointer(&m.Bytes()[0])), len(m.Bytes())/4)
-		if fs[len(fs)-1] != float32(i) || i > 0 && sum(fs) <= 0 {
+		fs := f32.Of(m.Bytes())
+		if fs[len(fs)-1] != float32(i) || i > 0 && f32.Sum(fs) <= 0 {
 			return 0, fmt.Errorf("buffer %d holds %v", i, fs[0])
 		}
 		if err := m.Close(ctx); err != nil {
@@ -213,32 +213,4 @@ func consume(ctx context.Context, c *ipc.Client, a ipcArgs) (float64, error) {
 		}
 	}
 	return float64(a.N-1) / time.Since(start).Seconds(), nil
-}
-
-// fill sets every element of fs to v as torch.full does, with vector
-// stores: a short loop, then copies of what is filled (memmove), doubling
-// up to a source that stays in cache, as bytes.Repeat does.
-func fill(fs []float32, v float32) {
-	n := min(len(fs), 1024)
-	for k := range fs[:n] {
-		fs[k] = v
-	}
-	for n < len(fs) {
-		n += copy(fs[n:], fs[:min(n, 64<<10)])
-	}
-}
-
-// sum adds fs up in eight lanes, as a vectorised sum (torch's) does.
-func sum(fs []float32) float32 {
-	var s0, s1, s2, s3, s4, s5, s6, s7 float32
-	for len(fs) >= 8 {
-		v := (*[8]float32)(fs)
-		s0, s1, s2, s3 = s0+v[0], s1+v[1], s2+v[2], s3+v[3]
-		s4, s5, s6, s7 = s4+v[4], s5+v[5], s6+v[6], s7+v[7]
-		fs = fs[8:]
-	}
-	for _, v := range fs {
-		s0 += v
-	}
-	return s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7
 }
