@@ -405,6 +405,51 @@ func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, 
 	case "pcancel": // pcancel: cancel pputblock's put and report its result
 		st.stop()
 		return fmt.Sprint(<-st.putErr), nil
+	case "fdmake": // fdmake TEXT: a memfd holding TEXT published as a kernel-counted descriptor (KindFD) and put on the queue; this rank lets go of it
+		fd, err := unix.MemfdCreate("vmm-export", unix.MFD_CLOEXEC)
+		if err != nil {
+			return "", err
+		}
+		f := os.NewFile(uintptr(fd), "vmm-export")
+		defer f.Close()
+		if _, err := f.WriteString(cmd[1]); err != nil {
+			return "", err
+		}
+		h, err := c.PublishFD(ctx, f, int64(len(cmd[1])))
+		if err != nil {
+			return "", err
+		}
+		if err := byteQueue.Put(ctx, message2{H: h, Note: "fd"}); err != nil {
+			return "", err
+		}
+		return hexHandle(h), c.Release(ctx, h)
+	case "openfd": // openfd HANDLE: ask the broker for a handle's descriptor directly
+		h, err := parseHandle(cmd[1])
+		if err != nil {
+			return "", err
+		}
+		f, err := c.OpenFD(ctx, h)
+		if err != nil {
+			return "", err
+		}
+		f.Close()
+		return "opened", nil
+	case "fdtake": // fdtake: get a KindFD handle from the queue, open it, read it, let go of it
+		m, err := byteQueue.Get(ctx)
+		if err != nil {
+			return "", err
+		}
+		f, err := c.OpenFD(ctx, m.H)
+		if err != nil {
+			return "", err
+		}
+		b := make([]byte, m.H.Size)
+		_, err = f.ReadAt(b, 0)
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s %s %s", hexHandle(m.H), m.H.Kind, b), c.Release(ctx, m.H)
 	case "maps": // maps: how many buffers this rank has mapped
 		b, err := os.ReadFile("/proc/self/maps")
 		return strconv.Itoa(strings.Count(string(b), "memfd:mpspawn-buffer")), err
@@ -597,6 +642,32 @@ func TestCancelledPutFrees(t *testing.T) {
 	// The only buffer of the pool must be back: nothing holds it now.
 	if got := j.do(0, "pmake 1 10000"); strings.HasPrefix(got, "error") {
 		t.Errorf("Get after the cancelled put: %q; want the buffer back", got)
+	}
+}
+
+// TestFDKindOutlivesProducer: a kernel-counted descriptor (KindFD, as a
+// CUDA VMM allocation exported as a POSIX fd) lives like a memfd: the
+// consumer opens it after its producer exited; a rank never given it
+// cannot; once released by all, its handle is stale.
+func TestFDKindOutlivesProducer(t *testing.T) {
+	j := newTestJob(t, 3)
+	h := j.do(0, "fdmake exported-allocation")
+	if strings.HasPrefix(h, "error") {
+		t.Fatal(h)
+	}
+	if got := j.do(2, "openfd %s", h); got != "error: bad handle" {
+		t.Errorf("a rank never given the descriptor opens it: %q", got)
+	}
+	j.exit(0)
+	fd, _ := parseHandle(h)
+	if got, want := j.do(1, "fdtake"), h+" "+fd.Kind.String()+" exported-allocation"; got != want {
+		t.Fatalf("fdtake after the producer exited: %q; want %q", got, want)
+	}
+	if got := j.do(1, "release %s", h); got != "error: bad handle" {
+		t.Errorf("release after the last holder let go: %q; want a bad handle", got)
+	}
+	if leaks := j.broker.Close(); len(leaks) != 0 {
+		t.Errorf("leaks: %q", leaks)
 	}
 }
 
