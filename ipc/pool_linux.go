@@ -78,9 +78,7 @@ func (p *BufferPool) Get(ctx context.Context) (*Buffer, error) {
 			p.mu.Unlock()
 			f, data, err := newMemfd(p.size)
 			if err != nil {
-				p.mu.Lock()
-				p.out--
-				p.mu.Unlock()
+				p.returned(nil, false)
 				return nil, err
 			}
 			return &Buffer{c: p.c, m: &region{f: f, data: data}, pool: p}, nil
@@ -98,26 +96,26 @@ func (p *BufferPool) Get(ctx context.Context) (*Buffer, error) {
 }
 
 // put takes a buffer back; after Close it is freed instead.
-func (p *BufferPool) put(m *region) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.out--
-	if p.closed {
-		m.free()
-		return
-	}
-	p.idle = append(p.idle, m)
-	close(p.back)
-	p.back = make(chan struct{})
-}
+func (p *BufferPool) put(m *region) { p.returned(m, true) }
 
 // discard frees a buffer that will not come back, making room for a new
 // one.
-func (p *BufferPool) discard(m *region) {
-	m.free()
+func (p *BufferPool) discard(m *region) { p.returned(m, false) }
+
+// returned ends a buffer's time out of the pool (m nil: one that could
+// not be made): kept idle for Get, or freed. Waiting Gets are woken
+// either way, as there is room or a buffer now.
+func (p *BufferPool) returned(m *region, keep bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.out--
+	switch {
+	case m == nil:
+	case keep && !p.closed:
+		p.idle = append(p.idle, m)
+	default:
+		m.free()
+	}
 	if !p.closed {
 		close(p.back)
 		p.back = make(chan struct{})
