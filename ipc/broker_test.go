@@ -671,12 +671,18 @@ func TestFDKindOutlivesProducer(t *testing.T) {
 	}
 }
 
-// TestPublishFlags: a publish with a flag the broker does not know is
-// refused, not half understood.
-func TestPublishFlags(t *testing.T) {
+// TestPublishRefused: a host buffer must be sealed, or its producer could
+// change or shrink it under its readers; a publish with a flag the broker
+// does not know is refused, not half understood.
+func TestPublishRefused(t *testing.T) {
 	j := newTestJob(t, 1)
-	if got := j.do(0, "badflags"); !strings.Contains(got, "unknown publish flags") {
-		t.Errorf("publish with flag 0x80: %q; want a refusal", got)
+	for cmd, want := range map[string]string{
+		"unsealed": "must be sealed",        // an unsealed memfd
+		"badflags": "unknown publish flags", // flag 0x80
+	} {
+		if got := j.do(0, "%s", cmd); !strings.Contains(got, want) {
+			t.Errorf("%s: %q; want a refusal (%q)", cmd, got, want)
+		}
 	}
 }
 
@@ -739,15 +745,6 @@ func TestCancelledGetLosesNothing(t *testing.T) {
 	}
 	if got := j.do(1, "get 1"); got != "0" {
 		t.Errorf("get after a cancelled get = %q; want the value 0", got)
-	}
-}
-
-// TestUnsealedRefused: a host buffer must be sealed, or its producer could
-// change or shrink it under its readers.
-func TestUnsealedRefused(t *testing.T) {
-	j := newTestJob(t, 1)
-	if got := j.do(0, "unsealed"); !strings.Contains(got, "must be sealed") {
-		t.Errorf("publishing an unsealed memfd: %q; want a refusal", got)
 	}
 }
 
