@@ -98,12 +98,7 @@ func TestPlanGolden(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			topo := loadTopo(t, tt.file)
-			vis, _, err := Visible(topo, deref(tt.cvd), tt.cvd != nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := Plan(topo, vis, tt.opts)
+			topo, p, err := planFile(t, tt.file, tt.cvd, tt.opts)
 			if err != nil {
 				t.Fatalf("Plan(%s, %+v) = %v", tt.file, tt.opts, err)
 			}
@@ -119,6 +114,19 @@ func TestPlanGolden(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// planFile plans on the snapshot testdata file with CUDA_VISIBLE_DEVICES
+// *cvd (nil: unset), returning the snapshot too.
+func planFile(t *testing.T, file string, cvd *string, opts PlanOptions) (*Topology, *Placement, error) {
+	t.Helper()
+	topo := loadTopo(t, file)
+	vis, _, err := Visible(topo, deref(cvd), cvd != nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Plan(topo, vis, opts)
+	return topo, p, err
+}
 
 func deref(s *string) string {
 	if s == nil {
@@ -179,12 +187,7 @@ func TestPlanErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			topo := loadTopo(t, tt.file)
-			vis, _, err := Visible(topo, deref(tt.cvd), tt.cvd != nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			p, err := Plan(topo, vis, tt.opts)
+			_, p, err := planFile(t, tt.file, tt.cvd, tt.opts)
 			if err == nil || !strings.Contains(err.Error(), tt.want) || tt.is != nil && !errors.Is(err, tt.is) {
 				t.Fatalf("Plan(%s, %+v) = %v, %v; want an error containing %q", tt.file, tt.opts, p, err, tt.want)
 			}
