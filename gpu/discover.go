@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // DiscoverOptions says where Discover looks.
@@ -29,7 +31,7 @@ type DiscoverOptions struct {
 	// derived from them) to these, as the CPUs a process may run on
 	// (sched_getaffinity, cgroup cpusets) restrict what a launcher can
 	// bind ranks to. Snapshots for other machines leave it nil.
-	Allowed CPUSet
+	Allowed place.CPUSet
 }
 
 // Discovery is what Discover found.
@@ -91,7 +93,7 @@ func Discover(opts DiscoverOptions) (*Discovery, error) {
 }
 
 // finish restricts the topology to the allowed CPUs and validates it.
-func (d *Discovery) finish(allowed CPUSet) error {
+func (d *Discovery) finish(allowed place.CPUSet) error {
 	if allowed != nil {
 		d.Topology.restrict(allowed)
 	}
@@ -109,7 +111,7 @@ func hostTopology(sysfs string) (*Topology, error) {
 	cpus, err := readCPUList(filepath.Join(sysfs, "devices/system/cpu/online"))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		cpus = CPUSet{}
+		cpus = place.CPUSet{}
 		for i := range runtime.NumCPU() {
 			cpus = append(cpus, i)
 		}
@@ -134,12 +136,12 @@ func hostTopology(sysfs string) (*Topology, error) {
 }
 
 // readCPUList reads a sysfs file in cpulist form.
-func readCPUList(path string) (CPUSet, error) {
+func readCPUList(path string) (place.CPUSet, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	s, err := ParseCPUList(string(b))
+	s, err := place.ParseCPUList(string(b))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -147,7 +149,7 @@ func readCPUList(path string) (CPUSet, error) {
 }
 
 // restrict keeps only the allowed CPUs in every CPU list of t.
-func (t *Topology) restrict(allowed CPUSet) {
+func (t *Topology) restrict(allowed place.CPUSet) {
 	t.CPUs = t.CPUs.Intersect(allowed)
 	for i := range t.NUMANodes {
 		t.NUMANodes[i].CPUs = t.NUMANodes[i].CPUs.Intersect(allowed)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // noDriver is NVML as it behaves where libnvidia-ml.so.1 is missing.
@@ -91,7 +92,7 @@ func TestDiscoverThisMachine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Topology.CPUs.Len() == 0 || !d.Topology.CPUs.Difference(allowed).Equal(CPUSet{}) {
+	if d.Topology.CPUs.Len() == 0 || !d.Topology.CPUs.Difference(allowed).Equal(place.CPUSet{}) {
 		t.Errorf("cpus %q; want a non-empty subset of the allowed %q", d.Topology.CPUs, allowed)
 	}
 	if len(d.Topology.GPUs) == 0 && d.GPUErr == nil {
@@ -117,7 +118,7 @@ func TestPlanHere(t *testing.T) {
 		t.Fatalf("PlanHere(2 ranks) = %d setups", len(setup))
 	}
 	if a, b := setup[0].CPUs, setup[1].CPUs; a.Len() == 0 || b.Len() == 0 || a.Intersect(b).Len() > 0 ||
-		!a.Union(b).Difference(allowed).Equal(CPUSet{}) {
+		!a.Union(b).Difference(allowed).Equal(place.CPUSet{}) {
 		t.Errorf("ranks bound to %q and %q; want disjoint shares of %q", a, b, allowed)
 	}
 	if setup[0].Env["OMP_NUM_THREADS"] != strconv.Itoa(setup[0].CPUs.Len()) {

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // Visibility is how each rank is shown its GPUs through
@@ -37,19 +39,6 @@ func ParseVisibility(s string) (Visibility, error) {
 	return "", fmt.Errorf("gpu: visibility %q: want local-rank or isolate", s)
 }
 
-// RankSetup is what a placement gives one rank: the variables to set in its
-// environment and the CPUs to bind it to.
-type RankSetup struct {
-	// Env holds CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER for a rank with
-	// GPUs, OMP_NUM_THREADS for a bound rank (to be set only where the user
-	// left it unset), and MPSPAWN_GPUS and MPSPAWN_CPUS, the rank's own
-	// device UUIDs and CPU list.
-	Env map[string]string
-	// CPUs is the rank's CPU binding; nil when the rank is not bound,
-	// including when its share would be every CPU of the node.
-	CPUs CPUSet
-}
-
 // Setup turns p, a plan on t, into each rank's environment and binding under
 // visibility v. Notes explain where v could not be followed.
 //
@@ -61,7 +50,7 @@ type RankSetup struct {
 //
 // A bound rank's OMP_NUM_THREADS is its CPU count divided by the number of
 // ranks bound to overlapping CPUs, at least 1.
-func (p *Placement) Setup(t *Topology, v Visibility) ([]RankSetup, []string) {
+func (p *Placement) Setup(t *Topology, v Visibility) ([]place.Rank, []string) {
 	var notes []string
 	if len(p.Ranks) > 0 && len(p.Ranks[0].Devices) > 0 && v == VisibilityLocalRank {
 		switch {
@@ -77,7 +66,7 @@ func (p *Placement) Setup(t *Topology, v Visibility) ([]RankSetup, []string) {
 	for _, r := range p.Ranks {
 		all = append(all, r.Devices...)
 	}
-	out := make([]RankSetup, len(p.Ranks))
+	out := make([]place.Rank, len(p.Ranks))
 	for i, r := range p.Ranks {
 		env := map[string]string{}
 		if len(r.Devices) > 0 {
@@ -114,17 +103,15 @@ func (p *Placement) sharers(i int) int {
 // does: it discovers the GPUs and CPUs, applies CUDA_VISIBLE_DEVICES, and
 // places opts.NProc ranks (0: one per usable GPU, or per CPU without GPUs),
 // returning each rank's setup under visibility v. It is how Go programs
-// give their launcher.Spawn ranks GPUs and CPU binding:
+// give their Go API (package launcher/mp) ranks GPUs and CPU binding:
 //
-//	setup, notes, err := gpu.PlanHere(gpu.PlanOptions{NProc: 4}, gpu.VisibilityLocalRank)
-//	opts := &launcher.SpawnOptions{}
-//	for _, s := range setup {
-//		opts.Ranks = append(opts.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})
-//	}
+//	ranks, notes, err := gpu.PlanHere(gpu.PlanOptions{NProc: 4}, gpu.VisibilityLocalRank)
+//	...
+//	s, err := mp.Spawn(ctx, train, len(ranks), cfg, &mp.Options{Ranks: ranks})
 //
 // Notes say where the plan fell short (no GPU, shared CPUs, visibility
 // changed for MIG devices).
-func PlanHere(opts PlanOptions, v Visibility) ([]RankSetup, []string, error) {
+func PlanHere(opts PlanOptions, v Visibility) ([]place.Rank, []string, error) {
 	allowed, err := AllowedCPUs()
 	if err != nil {
 		return nil, nil, err

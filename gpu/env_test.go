@@ -3,6 +3,8 @@ package gpu
 import (
 	"strings"
 	"testing"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // TestSetupVisibility checks what each rank is shown: under the default, the
@@ -121,7 +123,7 @@ func TestSetupCPUs(t *testing.T) {
 			}
 			setup, _ := p.Setup(topo, VisibilityLocalRank)
 			if tt.cpus == nil {
-				seen := CPUSet{}
+				seen := place.CPUSet{}
 				for lr, s := range setup {
 					if s.CPUs.Len() != topo.CPUs.Len()/len(setup) || s.CPUs.Intersect(seen).Len() > 0 {
 						t.Errorf("rank %d cpus %q: want a disjoint quarter of %q", lr, s.CPUs, topo.CPUs)

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // NVML is the NVML library discovery reads GPUs through: go-nvml's binding
@@ -160,7 +161,7 @@ func (r *nvmlReader) device(i int, h nvml.Device) (Device, error) {
 // cpuAffinity returns the CPUs closest to GPU i: NVML's ideal affinity,
 // else the PCI device's local_cpulist in sysfs, else the empty set and a
 // warning.
-func (r *nvmlReader) cpuAffinity(i int, h nvml.Device, busID string) CPUSet {
+func (r *nvmlReader) cpuAffinity(i int, h nvml.Device, busID string) place.CPUSet {
 	mask, ret := h.GetCpuAffinity(max(runtime.NumCPU(), minAffinityCPUs))
 	if ret == nvml.SUCCESS {
 		if set := cpuSetFromMask(mask); set.Len() > 0 {
@@ -171,19 +172,19 @@ func (r *nvmlReader) cpuAffinity(i int, h nvml.Device, busID string) CPUSet {
 	set, err := r.sysfsCPUList(busID)
 	if err != nil {
 		r.warn("gpu: gpu %d: cpu affinity unknown (nvml: %v; sysfs: %v)", i, ret, err)
-		return CPUSet{}
+		return place.CPUSet{}
 	}
 	return set
 }
 
 // sysfsCPUList reads the local_cpulist of the PCI device busID, failing
 // when it is missing or empty.
-func (r *nvmlReader) sysfsCPUList(busID string) (CPUSet, error) {
+func (r *nvmlReader) sysfsCPUList(busID string) (place.CPUSet, error) {
 	s, err := r.readPCI(busID, "local_cpulist")
 	if err != nil {
 		return nil, err
 	}
-	set, err := ParseCPUList(s)
+	set, err := place.ParseCPUList(s)
 	if err != nil {
 		return nil, err
 	}
@@ -395,7 +396,7 @@ func pcieLink(level nvml.GpuTopologyLevel) (Link, error) {
 
 // cpuSetFromMask decodes NVML's CPU mask: bit b of word w is CPU
 // w*bits.UintSize+b (64 CPUs a word on 64-bit Linux).
-func cpuSetFromMask(mask []uint) CPUSet {
+func cpuSetFromMask(mask []uint) place.CPUSet {
 	var cpus []int
 	for w, word := range mask {
 		for word != 0 {
@@ -404,7 +405,7 @@ func cpuSetFromMask(mask []uint) CPUSet {
 			word &^= 1 << b
 		}
 	}
-	return NewCPUSet(cpus...)
+	return place.NewCPUSet(cpus...)
 }
 
 // cString converts a NUL-terminated C char array to a string.

@@ -14,6 +14,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/gpus"
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // The tests build their NVML nodes from go-nvml's mock.Interface and
@@ -61,7 +62,7 @@ func pciInfo(busID string) nvml.PciInfo {
 }
 
 // cpuMask encodes s as NVML's CPU mask of the given number of CPUs.
-func cpuMask(s CPUSet, cpus int) []uint {
+func cpuMask(s place.CPUSet, cpus int) []uint {
 	mask := make([]uint, (cpus+63)/64)
 	for _, c := range s {
 		if c/64 < len(mask) {

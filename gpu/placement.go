@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // CPUBind is how ranks are bound to CPUs.
@@ -60,7 +62,7 @@ type RankPlacement struct {
 	// Devices is the rank's GPUs or MIG devices, empty in a CPU-only plan.
 	Devices VisibleSet
 	// CPUs is the rank's CPU binding; empty means not bound.
-	CPUs CPUSet
+	CPUs place.CPUSet
 }
 
 // GPUs returns the positions in Topology.GPUs of r's devices.
@@ -133,9 +135,9 @@ func bindGPURanks(t *Topology, p *Placement, bind CPUBind) {
 	if bind == CPUBindNone {
 		return
 	}
-	local := make([]CPUSet, len(p.Ranks))
+	local := make([]place.CPUSet, len(p.Ranks))
 	for r, rp := range p.Ranks {
-		local[r] = CPUSet{}
+		local[r] = place.CPUSet{}
 		for _, g := range rp.GPUs() {
 			if bind == CPUBindNUMA {
 				local[r] = local[r].Union(t.NUMACPUs(g))
@@ -156,8 +158,8 @@ func bindGPURanks(t *Topology, p *Placement, bind CPUBind) {
 // shareOut gives the ranks that have the same local CPUs an even,
 // non-overlapping share of them, leaving out CPUs already handed to earlier
 // groups. Where a group has fewer CPUs than ranks, its ranks share them all.
-func shareOut(p *Placement, local []CPUSet) {
-	used := CPUSet{}
+func shareOut(p *Placement, local []place.CPUSet) {
+	used := place.CPUSet{}
 	done := make([]bool, len(local))
 	for r := range local {
 		if done[r] {
@@ -203,14 +205,14 @@ func planCPU(t *Topology, opts PlanOptions) (*Placement, error) {
 	if n == 0 {
 		return nil, errors.New("gpu: plan: no gpus and no cpus known; give the number of ranks")
 	}
-	var nodes []CPUSet
+	var nodes []place.CPUSet
 	for _, nn := range t.NUMANodes {
 		if nn.CPUs.Len() > 0 {
 			nodes = append(nodes, nn.CPUs)
 		}
 	}
 	if len(nodes) == 0 {
-		nodes = []CPUSet{t.CPUs}
+		nodes = []place.CPUSet{t.CPUs}
 	}
 	p := &Placement{Ranks: make([]RankPlacement, n)}
 	r := 0
@@ -226,7 +228,7 @@ func planCPU(t *Topology, opts PlanOptions) (*Placement, error) {
 			p.warn("ranks %d-%d share cpus %q: %d cpus for %d ranks", r, r+m-1, cpus.String(), cpus.Len(), m)
 		}
 		for k := range m {
-			rp := RankPlacement{LocalRank: r, Devices: VisibleSet{}, CPUs: CPUSet{}}
+			rp := RankPlacement{LocalRank: r, Devices: VisibleSet{}, CPUs: place.CPUSet{}}
 			switch {
 			case opts.CPUBind == CPUBindNUMA, opts.CPUBind == CPUBindExclusive && parts == nil:
 				rp.CPUs = cpus

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // rankView is one rank of a plan in a form golden tables can spell out:
@@ -145,7 +147,7 @@ func checkPlan(t *testing.T, topo *Topology, p *Placement, opts PlanOptions) {
 		if r.LocalRank != i {
 			t.Errorf("rank %d has LocalRank %d", i, r.LocalRank)
 		}
-		local := CPUSet{}
+		local := place.CPUSet{}
 		for _, d := range r.Devices {
 			if devs[d.UUID] {
 				t.Errorf("device %s placed twice", d.UUID)
@@ -156,7 +158,7 @@ func checkPlan(t *testing.T, topo *Topology, p *Placement, opts PlanOptions) {
 		if opts.CPUBind != "" && opts.CPUBind != CPUBindExclusive || len(p.Warnings) > 0 {
 			continue
 		}
-		if len(r.Devices) > 0 && !r.CPUs.Difference(local).Equal(CPUSet{}) {
+		if len(r.Devices) > 0 && !r.CPUs.Difference(local).Equal(place.CPUSet{}) {
 			t.Errorf("rank %d cpus %q not local to its gpus (%q)", i, r.CPUs, local)
 		}
 		for _, c := range r.CPUs {

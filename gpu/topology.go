@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"slices"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // Topology is a snapshot of one node: its CPUs, NUMA nodes, GPUs and the
@@ -29,7 +31,7 @@ type Topology struct {
 	// Host is the node's host name.
 	Host string `json:"host"`
 	// CPUs is every online CPU of the node.
-	CPUs CPUSet `json:"cpus"`
+	CPUs place.CPUSet `json:"cpus"`
 	// NUMANodes lists the node's NUMA nodes; it may be empty where the
 	// kernel reports none.
 	NUMANodes []NUMANode `json:"numa_nodes"`
@@ -46,7 +48,7 @@ type NUMANode struct {
 	// ID is the kernel's node number.
 	ID int `json:"id"`
 	// CPUs is the node's CPUs.
-	CPUs CPUSet `json:"cpus"`
+	CPUs place.CPUSet `json:"cpus"`
 }
 
 // Device is one physical GPU.
@@ -62,7 +64,7 @@ type Device struct {
 	// NUMANode is the NUMA node the GPU hangs off, or -1 if unknown.
 	NUMANode int `json:"numa_node"`
 	// CPUAffinity is the CPUs closest to the GPU; empty if unknown.
-	CPUAffinity CPUSet `json:"cpu_affinity"`
+	CPUAffinity place.CPUSet `json:"cpu_affinity"`
 	// MemoryBytes is the GPU's total memory.
 	MemoryBytes uint64 `json:"memory_bytes"`
 	// MIGDevices lists the GPU's MIG devices when MIG mode is on.
@@ -236,7 +238,7 @@ func (t *Topology) numaNode(id int) *NUMANode {
 
 // LocalCPUs returns the CPUs local to GPU i: its CPU affinity when known,
 // else its NUMA node's CPUs, else all of the node's CPUs.
-func (t *Topology) LocalCPUs(i int) CPUSet {
+func (t *Topology) LocalCPUs(i int) place.CPUSet {
 	d := t.GPUs[i]
 	if d.CPUAffinity.Len() > 0 {
 		return d.CPUAffinity
@@ -246,7 +248,7 @@ func (t *Topology) LocalCPUs(i int) CPUSet {
 
 // NUMACPUs returns the CPUs of GPU i's NUMA node, or all of the node's CPUs
 // when the GPU's NUMA node is unknown.
-func (t *Topology) NUMACPUs(i int) CPUSet {
+func (t *Topology) NUMACPUs(i int) place.CPUSet {
 	if n := t.numaNode(t.GPUs[i].NUMANode); n != nil && n.CPUs.Len() > 0 {
 		return n.CPUs
 	}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 const topoDir = "../testdata/topology"
@@ -200,4 +202,21 @@ func TestLocalCPUs(t *testing.T) {
 			t.Errorf("NUMACPUs(%d) = %q; want %q", tt.gpu, got, tt.numa)
 		}
 	}
+}
+
+func mustCPUs(t *testing.T, s string) place.CPUSet {
+	t.Helper()
+	c, err := place.ParseCPUList(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func seq(lo, hi int) place.CPUSet {
+	var s place.CPUSet
+	for c := lo; c <= hi; c++ {
+		s = append(s, c)
+	}
+	return s
 }

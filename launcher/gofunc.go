@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/mpspawn/mpspawn/ipc"
 	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/mpspawn/mpspawn/ipc"
 )
 
 // Go cannot send a closure to another process: a rank is a fresh process of

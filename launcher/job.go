@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // Job is one node's part of a launch: the same command started as
@@ -39,7 +41,7 @@ type Job struct {
 	// local rank): extra environment (GPU visibility, OMP_NUM_THREADS for a
 	// bound rank) and the CPUs it is bound to. It is filled from package
 	// gpu's plan; the launcher does not interpret it.
-	Ranks []RankSetup
+	Ranks []place.Rank
 
 	// LogDir is the base log directory; rank files and error files go
 	// under LogDir/<run-id>/attempt_0/<local_rank>/, as torchrun lays them
@@ -209,12 +211,6 @@ func (j *Job) Specs() ([]Spec, error) {
 		}
 	}
 	return specs, nil
-}
-
-// RankSetup is one local rank's placement.
-type RankSetup struct {
-	Env  map[string]string // set over the contract (OMP_NUM_THREADS only when the user left it unset)
-	CPUs []int             // CPU affinity; empty means unbound
 }
 
 // Run starts the job, forwards the launcher's signals to the ranks (see

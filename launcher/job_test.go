@@ -5,6 +5,8 @@ package launcher
 import (
 	"strings"
 	"testing"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 func envMap(env []string) map[string]string {
@@ -22,7 +24,7 @@ func TestRankEnv(t *testing.T) {
 	tests := []struct {
 		name  string
 		env   []string
-		ranks []RankSetup
+		ranks []place.Rank
 		want  map[string]string
 	}{
 		{"contract", nil, nil, map[string]string{
@@ -32,9 +34,9 @@ func TestRankEnv(t *testing.T) {
 			"TORCHELASTIC_RUN_ID": "r", "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
 			"TORCHELASTIC_ERROR_FILE": "/logs/r/attempt_0/2/error.json", "OMP_NUM_THREADS": "1", "PATH": "/bin",
 		}},
-		{"user OMP kept", []string{"OMP_NUM_THREADS=8"}, []RankSetup{2: {Env: map[string]string{"OMP_NUM_THREADS": "3"}}},
+		{"user OMP kept", []string{"OMP_NUM_THREADS=8"}, []place.Rank{2: {Env: map[string]string{"OMP_NUM_THREADS": "3"}}},
 			map[string]string{"OMP_NUM_THREADS": "8"}},
-		{"placement OMP over default", nil, []RankSetup{2: {Env: map[string]string{"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "GPU-a"}}},
+		{"placement OMP over default", nil, []place.Rank{2: {Env: map[string]string{"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "GPU-a"}}},
 			map[string]string{"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "GPU-a"}},
 	}
 	for _, tt := range tests {

@@ -3,9 +3,10 @@ package launcher
 import (
 	"context"
 	"fmt"
-	"github.com/mpspawn/mpspawn/ipc"
 	"iter"
 	"sync"
+
+	"github.com/mpspawn/mpspawn/ipc"
 )
 
 // DefaultChunksize is the chunk size Map uses when given chunksize < 1,

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // DefaultSpawnGracePeriod is the time between SIGTERM and SIGKILL for Go
@@ -27,7 +28,7 @@ type SpawnOptions struct {
 	// Ranks, when not nil, is each rank's placement by index (extra
 	// environment, CPU binding), for example made from package gpu's plan,
 	// as the CLI does.
-	Ranks []RankSetup
+	Ranks []place.Rank
 	// GracePeriod is the time between SIGTERM and SIGKILL when ranks are
 	// stopped; zero means DefaultSpawnGracePeriod.
 	GracePeriod time.Duration

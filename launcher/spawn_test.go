@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/place"
 	"golang.org/x/sys/unix"
 )
 
@@ -198,7 +199,7 @@ func TestSpawnPlacement(t *testing.T) {
 			break
 		}
 	}
-	opts := &SpawnOptions{Stdout: discard{}, Stderr: discard{}, Ranks: []RankSetup{
+	opts := &SpawnOptions{Stdout: discard{}, Stderr: discard{}, Ranks: []place.Rank{
 		{CPUs: []int{cpu}, Env: map[string]string{"PLACED": "yes", "MPSPAWN_CPUS": strconv.Itoa(cpu)}},
 	}}
 	s, err := Spawn(context.Background(), affinityFn, 1, 0, opts)

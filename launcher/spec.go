@@ -6,6 +6,8 @@ import (
 	"io"
 	"os"
 	"time"
+
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // DefaultGracePeriod is how long stopped ranks get between SIGTERM and
@@ -31,7 +33,7 @@ type Spec struct {
 
 	// CPUs, when not empty, is the set of CPUs the rank is bound to before its
 	// program runs (sched_setaffinity).
-	CPUs []int
+	CPUs place.CPUSet
 
 	// Stdout and Stderr receive the rank's output, one complete line per
 	// Write call (see Output). Nil discards the stream.

@@ -37,18 +37,41 @@ type Config struct {
 	Standalone   bool   // --standalone: one node, master 127.0.0.1, a reserved free port
 }
 
-// Job is the resolved, static membership of this node's part of the job.
-//
-// A Job made by Static for a standalone Config with no MasterPort holds a
-// reservation on MasterPort. Keep the Job until the last rank has exited
-// (restarts included), then call Close; a Job must not be copied.
-type Job struct {
+// Membership is who is in the job, as this node sees it: the numbers the
+// rank contract is built from (see launcher.Contract). It is a plain value,
+// safe to copy.
+type Membership struct {
 	NNodes       int    // nodes in the job
 	NodeRank     int    // this node's rank
 	NProcPerNode int    // ranks on this node (LOCAL_WORLD_SIZE)
 	WorldSize    int    // NNodes * NProcPerNode
-	MasterAddr   string // MASTER_ADDR
-	MasterPort   int    // MASTER_PORT
+	MasterAddr   string // MASTER_ADDR; empty when the job has no master (Go API ranks)
+	MasterPort   int    // MASTER_PORT; 0 when the job has no master
+}
+
+// Local is the membership of a job that runs n ranks on this one node and
+// needs no master address (the Go API's ranks and Pool workers).
+func Local(n int) Membership {
+	return Membership{NNodes: 1, NProcPerNode: n, WorldSize: n}
+}
+
+// Rank returns the global rank of this node's local rank localRank. It
+// panics if localRank is not in [0, NProcPerNode).
+func (m Membership) Rank(localRank int) int {
+	if localRank < 0 || localRank >= m.NProcPerNode {
+		panic(fmt.Sprintf("rendezvous: local rank %d out of range [0, %d)", localRank, m.NProcPerNode))
+	}
+	return m.NodeRank*m.NProcPerNode + localRank
+}
+
+// Job is the resolved, static membership of this node's part of the job.
+//
+// A Job made by Static for a standalone Config with no MasterPort holds a
+// reservation on MasterPort. Keep the Job until the last rank has exited
+// (restarts included), then call Close; a Job must not be copied (copy its
+// Membership).
+type Job struct {
+	Membership
 
 	mu   sync.Mutex
 	hold *os.File // the reserved port's socket; nil when none is held
@@ -67,14 +90,14 @@ func Static(cfg Config) (*Job, error) {
 	if err := validate(cfg); err != nil {
 		return nil, err
 	}
-	j := &Job{
+	j := &Job{Membership: Membership{
 		NNodes:       cfg.NNodes,
 		NodeRank:     cfg.NodeRank,
 		NProcPerNode: cfg.NProcPerNode,
 		WorldSize:    cfg.NNodes * cfg.NProcPerNode,
 		MasterAddr:   cfg.MasterAddr,
 		MasterPort:   cfg.MasterPort,
-	}
+	}}
 	if cfg.Standalone {
 		j.MasterAddr = DefaultMasterAddr
 	}
@@ -93,15 +116,6 @@ func Static(cfg Config) (*Job, error) {
 		j.MasterPort = DefaultMasterPort
 	}
 	return j, nil
-}
-
-// Rank returns the global rank of this node's local rank localRank. It
-// panics if localRank is not in [0, NProcPerNode).
-func (j *Job) Rank(localRank int) int {
-	if localRank < 0 || localRank >= j.NProcPerNode {
-		panic(fmt.Sprintf("rendezvous: local rank %d out of range [0, %d)", localRank, j.NProcPerNode))
-	}
-	return j.NodeRank*j.NProcPerNode + localRank
 }
 
 // Close releases the port reservation, if the Job holds one. It is safe to

@@ -117,9 +117,9 @@ func TestRank(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("node%d_nproc%d_local%d", tt.nodeRank, tt.nproc, tt.local), func(t *testing.T) {
-			j := &Job{NodeRank: tt.nodeRank, NProcPerNode: tt.nproc}
+			j := Membership{NodeRank: tt.nodeRank, NProcPerNode: tt.nproc}
 			if got := j.Rank(tt.local); got != tt.want {
-				t.Errorf("Job{NodeRank: %d, NProcPerNode: %d}.Rank(%d) = %d; want %d", tt.nodeRank, tt.nproc, tt.local, got, tt.want)
+				t.Errorf("Membership{NodeRank: %d, NProcPerNode: %d}.Rank(%d) = %d; want %d", tt.nodeRank, tt.nproc, tt.local, got, tt.want)
 			}
 		})
 	}
@@ -130,10 +130,10 @@ func TestRankOutOfRangePanics(t *testing.T) {
 		t.Run(fmt.Sprint(local), func(t *testing.T) {
 			defer func() {
 				if recover() == nil {
-					t.Errorf("Job{NProcPerNode: 4}.Rank(%d) did not panic; want a panic", local)
+					t.Errorf("Membership{NProcPerNode: 4}.Rank(%d) did not panic; want a panic", local)
 				}
 			}()
-			(&Job{NProcPerNode: 4}).Rank(local)
+			Membership{NProcPerNode: 4}.Rank(local)
 		})
 	}
 }

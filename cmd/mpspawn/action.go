@@ -69,7 +69,7 @@ func action(c *cli.Context) error {
 // and validates what depends on their number.
 func (cfg *config) planRanks(c *cli.Context) error {
 	var err error
-	if cfg.place, err = place(c, cfg.nprocSpec, c.App.ErrWriter); err != nil {
+	if cfg.place, err = placeRanks(c, cfg.nprocSpec, c.App.ErrWriter); err != nil {
 		return err
 	}
 	cfg.nproc = len(cfg.place.plan.Ranks)

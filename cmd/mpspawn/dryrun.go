@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/mpspawn/mpspawn/gpu"
+	"github.com/mpspawn/mpspawn/place"
 	"github.com/urfave/cli/v2"
 )
 
@@ -25,7 +26,7 @@ type rankPlanJSON struct {
 	Rank      int               `json:"rank"`
 	LocalRank int               `json:"local_rank"`
 	GPUs      []string          `json:"gpus"`
-	CPUs      gpu.CPUSet        `json:"cpus"`
+	CPUs      place.CPUSet      `json:"cpus"`
 	Env       map[string]string `json:"env"`
 }
 
@@ -56,7 +57,7 @@ func dryRun(c *cli.Context, cfg *config) error {
 			GPUs: rp.Devices.UUIDs(), CPUs: cfg.place.setup[lr].CPUs, Env: env,
 		})
 		if out.Ranks[lr].CPUs == nil {
-			out.Ranks[lr].CPUs = gpu.CPUSet{}
+			out.Ranks[lr].CPUs = place.CPUSet{}
 		}
 	}
 	if cfg.json {

@@ -80,9 +80,7 @@ func (cfg *config) job(masterAddr string, masterPort int) *launcher.Job {
 		Options: launcher.Options{GracePeriod: cfg.grace, Forkserver: cfg.forkserver},
 		IPC:     cfg.ipc,
 	}
-	for _, s := range cfg.place.setup {
-		job.Ranks = append(job.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})
-	}
+	job.Ranks = cfg.place.setup
 	return job
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/mpspawn/mpspawn/gpu"
+	"github.com/mpspawn/mpspawn/place"
 	"github.com/urfave/cli/v2"
 )
 
@@ -38,13 +39,13 @@ type placement struct {
 	topo   *gpu.Topology
 	source string // where the topology came from, for messages
 	plan   *gpu.Placement
-	setup  []gpu.RankSetup
+	setup  []place.Rank
 }
 
-// place reads the topology (--topology FILE, or this machine's), applies
+// placeRanks reads the topology (--topology FILE, or this machine's), applies
 // CUDA_VISIBLE_DEVICES to it and plans the ranks. Notes go to notes, one
 // line each; every refusal is a usage error.
-func place(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, error) {
+func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, error) {
 	gpr := c.Int(fGPUsPerRank)
 	if gpr < 1 {
 		return nil, usagef("--gpus-per-rank %d: want at least 1", gpr)

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/mpspawn/mpspawn/gpu"
+	"github.com/mpspawn/mpspawn/place"
 )
 
 // TestCPUFallbackBinding launches real ranks on this GPU-less machine with
@@ -38,17 +39,17 @@ func TestCPUFallbackBinding(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^mpspawn: note: no usable GPU on this machine .*; running on CPUs$`).Match(stderr.Bytes()) {
 		t.Errorf("stderr has no CPU fallback note:\n%s", &stderr)
 	}
-	bound := map[int]gpu.CPUSet{}
+	bound := map[int]place.CPUSet{}
 	for _, m := range regexp.MustCompile(`(?m)^\[(\d+)\]: Cpus_allowed_list:\s*(\S+)$`).FindAllSubmatch(stdout.Bytes(), -1) {
 		r, _ := strconv.Atoi(string(m[1]))
-		if bound[r], err = gpu.ParseCPUList(string(m[2])); err != nil {
+		if bound[r], err = place.ParseCPUList(string(m[2])); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if len(bound) != allowed.Len() {
 		t.Fatalf("%d ranks reported their CPUs; want one per allowed CPU (%s):\n%s", len(bound), allowed, &stdout)
 	}
-	all := gpu.CPUSet{}
+	all := place.CPUSet{}
 	for r, cpus := range bound {
 		if cpus.Len() != 1 || cpus.Intersect(all).Len() > 0 {
 			t.Errorf("rank %d bound to %q; want one CPU of its own", r, cpus)

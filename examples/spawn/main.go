@@ -34,7 +34,7 @@ func main() {
 	flag.Parse()
 	opts := &launcher.SpawnOptions{}
 	if *place {
-		setup, notes, err := gpu.PlanHere(gpu.PlanOptions{NProc: *n}, gpu.VisibilityLocalRank)
+		ranks, notes, err := gpu.PlanHere(gpu.PlanOptions{NProc: *n}, gpu.VisibilityLocalRank)
 		for _, note := range notes {
 			fmt.Fprintln(os.Stderr, note)
 		}
@@ -42,9 +42,7 @@ func main() {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		for _, s := range setup {
-			opts.Ranks = append(opts.Ranks, launcher.RankSetup{Env: s.Env, CPUs: s.CPUs})
-		}
+		opts.Ranks = ranks
 	}
 	s, err := launcher.Spawn(context.Background(), hello, *n, "hello", opts)
 	if err != nil {

@@ -1,4 +1,4 @@
-package gpu
+package place
 
 import (
 	"encoding/json"
@@ -153,7 +153,7 @@ func TestCPUSetJSON(t *testing.T) {
 				t.Fatalf("json.Marshal(%v) = %s, %v; want %s", tt.in, b, err, tt.want)
 			}
 			var back wrap
-			if err := json.Unmarshal(b, &back); err != nil || !back.CPUs.Equal(nonNil(tt.in.CPUs)) {
+			if err := json.Unmarshal(b, &back); err != nil || !back.CPUs.Equal(tt.in.CPUs) {
 				t.Fatalf("json.Unmarshal(%s) = %v, %v; want %v", b, back.CPUs, err, tt.in.CPUs)
 			}
 		})

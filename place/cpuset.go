@@ -1,4 +1,4 @@
-package gpu
+package place
 
 import (
 	"encoding/json"
@@ -33,15 +33,15 @@ func ParseCPUList(s string) (CPUSet, error) {
 		lo, hi, isRange := strings.Cut(item, "-")
 		first, err := parseCPU(lo)
 		if err != nil {
-			return nil, fmt.Errorf("gpu: parse cpu list %q: %w", s, err)
+			return nil, fmt.Errorf("place: parse cpu list %q: %w", s, err)
 		}
 		last := first
 		if isRange {
 			if last, err = parseCPU(hi); err != nil {
-				return nil, fmt.Errorf("gpu: parse cpu list %q: %w", s, err)
+				return nil, fmt.Errorf("place: parse cpu list %q: %w", s, err)
 			}
 			if last < first {
-				return nil, fmt.Errorf("gpu: parse cpu list %q: range %q runs backwards", s, item)
+				return nil, fmt.Errorf("place: parse cpu list %q: range %q runs backwards", s, item)
 			}
 		}
 		for c := first; c <= last; c++ {
@@ -227,7 +227,7 @@ func (s *CPUSet) UnmarshalJSON(b []byte) error {
 	}
 	var str string
 	if err := json.Unmarshal(b, &str); err != nil {
-		return fmt.Errorf("gpu: cpu list must be a string such as \"0-15,32-47\": %w", err)
+		return fmt.Errorf("place: cpu list must be a string such as \"0-15,32-47\": %w", err)
 	}
 	return s.UnmarshalText([]byte(str))
 }
