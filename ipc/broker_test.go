@@ -5,7 +5,6 @@ package ipc
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -17,8 +16,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/mpspawn/mpspawn/internal/f32"
 )
 
 // The broker tests run real rank processes: the test binary in "rank" mode
@@ -148,7 +145,7 @@ func brokerRank() int {
 	rank, _ := strconv.Atoi(os.Getenv("RANK"))
 	c := NewClient(conn, rank)
 	ctx := WithClient(context.Background(), c)
-	st := &rankState{held: map[string]*Mapping{}, blobs: map[string]*Blob{}}
+	st := &rankState{c: c, held: map[string]*Mapping{}, blobs: map[string]*Blob{}}
 	defer func() {
 		if st.pool != nil {
 			st.pool.Close()
@@ -156,7 +153,7 @@ func brokerRank() int {
 	}()
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		res, err := st.run(ctx, c, strings.Fields(sc.Text()))
+		res, err := st.run(ctx, strings.Fields(sc.Text()))
 		if err != nil {
 			res = "error: " + err.Error()
 			switch {
@@ -172,348 +169,6 @@ func brokerRank() int {
 		fmt.Fprintln(os.Stderr, w)
 	}
 	return 0
-}
-
-type rankState struct {
-	held   map[string]*Mapping
-	blobs  map[string]*Blob
-	pool   *BufferPool
-	buf    *Buffer    // a pooled buffer published by pputblock
-	stop   func()     // cancels pputblock's put
-	putErr chan error // pputblock's put's result
-}
-
-// Handles travel between test and ranks as their wire form in hex.
-func hexHandle(h Handle) string { return fmt.Sprintf("%x", AppendHandle(nil, h)) }
-
-func parseHandle(s string) (Handle, error) {
-	var b []byte
-	if _, err := fmt.Sscanf(s, "%x", &b); err != nil {
-		return Handle{}, err
-	}
-	return DecodeHandle(b)
-}
-
-// byteQueue is the queue the tests pass handles and values through.
-var byteQueue = Queue[message2]{ID: 42}
-
-type message2 struct {
-	H    Handle
-	Note string
-}
-
-func (st *rankState) run(ctx context.Context, c *Client, cmd []string) (string, error) {
-	switch cmd[0] {
-	case "ping":
-		return "pong", nil
-	case "make": // make SIZE BYTE: a buffer filled with BYTE, published and put on the queue; this rank releases it
-		size, _ := strconv.Atoi(cmd[1])
-		v, _ := strconv.Atoi(cmd[2])
-		buf, err := c.NewBuffer(size)
-		if err != nil {
-			return "", err
-		}
-		return handOff(ctx, buf, byte(v), "made by "+strconv.Itoa(c.Rank()))
-	case "take": // take: get from the queue, open, and report size, first byte, sum
-		m, err := byteQueue.Get(ctx)
-		if err != nil {
-			return "", err
-		}
-		mp, err := c.Open(ctx, m.H)
-		if err != nil {
-			return "", err
-		}
-		sum := 0
-		for _, b := range mp.Bytes() {
-			sum += int(b)
-		}
-		st.held[hexHandle(m.H)] = mp
-		return fmt.Sprintf("%s size=%d sum=%d note=%q", hexHandle(m.H), len(mp.Bytes()), sum, m.Note), nil
-	case "close": // close HANDLE: unmap and release a mapping taken before
-		mp := st.held[cmd[1]]
-		if mp == nil {
-			return "", errors.New("not held")
-		}
-		delete(st.held, cmd[1])
-		return "closed", mp.Close(ctx)
-	case "open": // open HANDLE: map a handle named directly (not received through the queue)
-		h, err := parseHandle(cmd[1])
-		if err != nil {
-			return "", err
-		}
-		mp, err := c.Open(ctx, h)
-		if err != nil {
-			return "", err
-		}
-		st.held[cmd[1]] = mp
-		return fmt.Sprintf("size=%d", len(mp.Bytes())), nil
-	case "release": // release HANDLE
-		h, err := parseHandle(cmd[1])
-		if err != nil {
-			return "", err
-		}
-		return "released", c.Release(ctx, h)
-	case "blob": // blob: publish a producer-owned blob and put it on the queue
-		h, err := c.PublishBlob(ctx, []byte("cuda-ipc-handle-of-rank-"+strconv.Itoa(c.Rank())))
-		if err != nil {
-			return "", err
-		}
-		return hexHandle(h), byteQueue.Put(ctx, message2{H: h})
-	case "takeblob": // takeblob: get a blob handle from the queue and open it
-		m, err := byteQueue.Get(ctx)
-		if err != nil {
-			return "", err
-		}
-		b, err := c.OpenBlob(ctx, m.H)
-		if err != nil {
-			return "", err
-		}
-		st.blobs[hexHandle(m.H)] = b
-		return string(b.Bytes()), b.Valid(ctx)
-	case "useblob": // useblob HANDLE: check that what the blob names is still there
-		b := st.blobs[cmd[1]]
-		if b == nil {
-			return "", errors.New("not held")
-		}
-		return "valid", b.Valid(ctx)
-	case "make64": // make64 N fresh|pooled: N times, a 64 MiB buffer of float32 values put on the queue
-		n, _ := strconv.Atoi(cmd[1])
-		q := Queue[Handle]{ID: 64}
-		get := func(context.Context) (*Buffer, error) { return c.NewBuffer(64 << 20) }
-		if cmd[2] == "pooled" {
-			p, err := c.NewBufferPool(64<<20, 3)
-			if err != nil {
-				return "", err
-			}
-			defer p.Close()
-			get = p.Get
-		}
-		for i := range n {
-			buf, err := get(ctx)
-			if err != nil {
-				return "", err
-			}
-			f32.Fill(f32.Of(buf.Bytes()), float32(i))
-			h, err := buf.Publish(ctx)
-			if err != nil {
-				return "", err
-			}
-			if err := q.Put(ctx, h); err != nil {
-				return "", err
-			}
-			if err := buf.Close(ctx); err != nil {
-				return "", err
-			}
-		}
-		return "made", nil
-	case "take64": // take64 N: N times, get a buffer, read it all, close it
-		n, _ := strconv.Atoi(cmd[1])
-		q := Queue[Handle]{ID: 64}
-		for i := range n {
-			h, err := q.Get(ctx)
-			if err != nil {
-				return "", err
-			}
-			m, err := c.Open(ctx, h)
-			if err != nil {
-				return "", err
-			}
-			fs := f32.Of(m.Bytes())
-			if sum := f32.Sum(fs); fs[0] != float32(i) || fs[len(fs)/2] != float32(i) || fs[len(fs)-1] != float32(i) || i > 0 && sum <= 0 {
-				return "", fmt.Errorf("buffer %d holds %v (sum %v)", i, fs[0], sum)
-			}
-			if err := m.Close(ctx); err != nil {
-				return "", err
-			}
-		}
-		return "taken", nil
-	case "fds": // fds: the number of open descriptors
-		ents, err := os.ReadDir("/proc/self/fd")
-		return strconv.Itoa(len(ents)), err
-	case "put": // put N: put N small values
-		n, _ := strconv.Atoi(cmd[1])
-		q := Queue[int]{ID: 7}
-		for i := range n {
-			if err := q.Put(ctx, i); err != nil {
-				return "", err
-			}
-		}
-		return "put", nil
-	case "get": // get N: get N values one by one and sum them
-		n, _ := strconv.Atoi(cmd[1])
-		q := Queue[int]{ID: 7}
-		sum := 0
-		for range n {
-			v, err := q.Get(ctx)
-			if err != nil {
-				return "", err
-			}
-			sum += v
-		}
-		return strconv.Itoa(sum), nil
-	case "gettimeout": // gettimeout: a Get on queue 7 that gives up after 50 ms
-		tctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-		defer cancel()
-		v, err := Queue[int]{ID: 7}.Get(tctx)
-		if err != nil {
-			return "", err
-		}
-		return strconv.Itoa(v), nil
-	case "unsealed": // unsealed: publish a memfd that is not sealed
-		f, _, err := newMemfd(4096)
-		if err != nil {
-			return "", err
-		}
-		defer f.Close()
-		_, err = c.publishFile(ctx, KindHost, f, 4096, 0)
-		return "published", err
-	case "pool": // pool SIZE MAX: make the rank's buffer pool
-		size, _ := strconv.Atoi(cmd[1])
-		n, _ := strconv.Atoi(cmd[2])
-		p, err := c.NewBufferPool(size, n)
-		st.pool = p
-		return "pool", err
-	case "pmake": // pmake BYTE MS: a pooled buffer filled with BYTE, got within MS ms, published and put on the queue; this rank releases it
-		v, _ := strconv.Atoi(cmd[1])
-		ms, _ := strconv.Atoi(cmd[2])
-		gctx, cancel := context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
-		defer cancel()
-		buf, err := st.pool.Get(gctx)
-		if err != nil {
-			return "", err
-		}
-		return handOff(ctx, buf, byte(v), "pooled")
-	case "pputblock": // pputblock: a pooled buffer published and put on queue 9 (capacity 1, full), in the background
-		buf, err := st.pool.Get(ctx)
-		if err != nil {
-			return "", err
-		}
-		h, err := buf.Publish(ctx)
-		if err != nil {
-			return "", err
-		}
-		q := Queue[Handle]{ID: 9, Capacity: 1}
-		if err := q.Put(ctx, Handle{}); err != nil { // fills it
-			return "", err
-		}
-		pctx, cancel := context.WithCancel(ctx)
-		st.buf, st.stop, st.putErr = buf, cancel, make(chan error, 1)
-		go func() { st.putErr <- q.Put(pctx, h) }()
-		return "putting", nil
-	case "pclose": // pclose: close pputblock's buffer
-		return "closed", st.buf.Close(ctx)
-	case "pcancel": // pcancel: cancel pputblock's put and report its result
-		st.stop()
-		return fmt.Sprint(<-st.putErr), nil
-	case "fdmake": // fdmake TEXT: a memfd holding TEXT published as a kernel-counted descriptor (KindFD) and put on the queue; this rank lets go of it
-		fd, err := unix.MemfdCreate("vmm-export", unix.MFD_CLOEXEC)
-		if err != nil {
-			return "", err
-		}
-		f := os.NewFile(uintptr(fd), "vmm-export")
-		defer f.Close()
-		if _, err := f.WriteString(cmd[1]); err != nil {
-			return "", err
-		}
-		h, err := c.PublishFD(ctx, f, int64(len(cmd[1])))
-		if err != nil {
-			return "", err
-		}
-		if err := byteQueue.Put(ctx, message2{H: h, Note: "fd"}); err != nil {
-			return "", err
-		}
-		return hexHandle(h), c.Release(ctx, h)
-	case "openfd": // openfd HANDLE: ask the broker for a handle's descriptor directly
-		h, err := parseHandle(cmd[1])
-		if err != nil {
-			return "", err
-		}
-		f, err := c.OpenFD(ctx, h)
-		if err != nil {
-			return "", err
-		}
-		f.Close()
-		return "opened", nil
-	case "fdtake": // fdtake: get a KindFD handle from the queue, open it, read it, let go of it
-		m, err := byteQueue.Get(ctx)
-		if err != nil {
-			return "", err
-		}
-		f, err := c.OpenFD(ctx, m.H)
-		if err != nil {
-			return "", err
-		}
-		b := make([]byte, m.H.Size)
-		_, err = f.ReadAt(b, 0)
-		f.Close()
-		if err != nil {
-			return "", err
-		}
-		return fmt.Sprintf("%s %s %s", hexHandle(m.H), m.H.Kind, b), c.Release(ctx, m.H)
-	case "maps": // maps: how many buffers this rank has mapped
-		b, err := os.ReadFile("/proc/self/maps")
-		return strconv.Itoa(strings.Count(string(b), "memfd:mpspawn-buffer")), err
-	case "writemap": // writemap HANDLE: try to map a handle this rank holds writable
-		h, err := parseHandle(cmd[1])
-		if err != nil {
-			return "", err
-		}
-		f, err := c.OpenFD(ctx, h)
-		if err != nil {
-			return "", err
-		}
-		defer f.Close()
-		data, err := unix.Mmap(int(f.Fd()), 0, int(h.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err != nil {
-			return "refused: " + err.Error(), nil
-		}
-		unix.Munmap(data)
-		return "writable", nil
-	case "badflags": // badflags: publish a sealed buffer with an unknown publish flag
-		f, data, err := newMemfd(4096)
-		if err != nil {
-			return "", err
-		}
-		defer f.Close()
-		if err := seal(f, &data); err != nil {
-			return "", err
-		}
-		unix.Munmap(data)
-		_, err = c.publishFile(ctx, KindHost, f, 4096, 0x80)
-		return "published", err
-	case "getbatch": // getbatch N: get N values in batches and sum them
-		n, _ := strconv.Atoi(cmd[1])
-		q := Queue[int]{ID: 7}
-		sum := 0
-		for got := 0; got < n; {
-			vs, err := q.GetBatch(ctx, 4096)
-			if err != nil {
-				return "", err
-			}
-			for _, v := range vs {
-				sum += v
-			}
-			got += len(vs)
-		}
-		return strconv.Itoa(sum), nil
-	}
-	return "", fmt.Errorf("unknown command %q", cmd[0])
-}
-
-// handOff fills buf with v, publishes it, puts its handle on byteQueue
-// with note, and releases it: the handle in hex.
-func handOff(ctx context.Context, buf *Buffer, v byte, note string) (string, error) {
-	for i := range buf.Bytes() {
-		buf.Bytes()[i] = v
-	}
-	h, err := buf.Publish(ctx)
-	if err != nil {
-		return "", err
-	}
-	if err := byteQueue.Put(ctx, message2{H: h, Note: note}); err != nil {
-		return "", err
-	}
-	return hexHandle(h), buf.Close(ctx)
 }
 
 // TestBufferOutlivesProducer: the producer creates and fills a buffer, puts
@@ -675,14 +330,19 @@ func TestFDKindOutlivesProducer(t *testing.T) {
 // change or shrink it under its readers; a publish with a flag the broker
 // does not know is refused, not half understood.
 func TestPublishRefused(t *testing.T) {
-	j := newTestJob(t, 1)
-	for cmd, want := range map[string]string{
-		"unsealed": "must be sealed",        // an unsealed memfd
-		"badflags": "unknown publish flags", // flag 0x80
+	for _, tc := range []struct {
+		cmd  string
+		want string // in the refusal
+	}{
+		{"unsealed", "must be sealed"},        // an unsealed memfd
+		{"badflags", "unknown publish flags"}, // flag 0x80
 	} {
-		if got := j.do(0, "%s", cmd); !strings.Contains(got, want) {
-			t.Errorf("%s: %q; want a refusal (%q)", cmd, got, want)
-		}
+		t.Run(tc.cmd, func(t *testing.T) {
+			j := newTestJob(t, 1)
+			if got := j.do(0, "%s", tc.cmd); !strings.Contains(got, tc.want) {
+				t.Errorf("do(0, %q) = %q; want a refusal (%q)", tc.cmd, got, tc.want)
+			}
+		})
 	}
 }
 
@@ -974,5 +634,3 @@ func TestMapCacheChecksFile(t *testing.T) {
 	}
 	maps.done(key)
 }
-
-var _ = binary.LittleEndian
