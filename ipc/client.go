@@ -49,15 +49,18 @@ func NewClient(conn *Conn, rank int) *Client {
 	return newClient(conn, rank, nil)
 }
 
-// inboxSize bounds the launcher's requests waiting in a worker: the Pool
-// has at most two tasks in flight per worker, then a close.
-const inboxSize = 16
+// WorkerDepth is how many tasks a Pool sends a worker before it waits for
+// a reply: while the worker runs one, the next is already on its way, so
+// that it never waits for the parent between tasks. A worker's inbox
+// holds that many and the close that follows them, so the client's reader
+// never blocks on it.
+const WorkerDepth = 2
 
 // NewWorkerClient is NewClient for a Pool worker: the requests and the
 // close the launcher sends (its tasks) are delivered on the returned
 // channel, which is closed when the channel ends.
 func NewWorkerClient(conn *Conn, rank int) (*Client, <-chan Frame) {
-	c := newClient(conn, rank, make(chan Frame, inboxSize))
+	c := newClient(conn, rank, make(chan Frame, WorkerDepth+1))
 	return c, c.inbox
 }
 
@@ -105,7 +108,7 @@ func (c *Client) read() {
 			return
 		}
 		if c.inbox != nil && (f.Type == FrameRequest || f.Type == FrameClose) {
-			c.inbox <- f // never blocks: see inboxSize
+			c.inbox <- f // never blocks: see WorkerDepth
 			continue
 		}
 		var freed func()

@@ -75,7 +75,7 @@ func TestForkserverFirstFailure(t *testing.T) {
 		pySpec(2, python, script, "exit", "3"),
 	}
 	specs[2].ErrorFile = filepath.Join(t.TempDir(), "error.json")
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute, Forkserver: fs})
+	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute, Method: fs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +103,7 @@ func TestForkserverEnvAndOutput(t *testing.T) {
 	}
 	// Two Groups in turn on one server.
 	for range 2 {
-		g, err := Start(context.Background(), specs, Options{Forkserver: fs})
+		g, err := Start(context.Background(), specs, Options{Method: fs})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,7 +123,7 @@ func TestForkserverDies(t *testing.T) {
 	fs, python, script := startForkserver(t)
 	specs := []Spec{pySpec(0, python, script, "block"), pySpec(1, python, script, "block")}
 	ready := withReady(t, specs)
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute, Forkserver: fs})
+	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute, Method: fs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestForkserverDies(t *testing.T) {
 		}
 	}
 	// Later starts fail at once, naming the cause.
-	if _, err := Start(context.Background(), specs[:1], Options{Forkserver: fs}); !errors.Is(err, ErrForkserverDied) {
+	if _, err := Start(context.Background(), specs[:1], Options{Method: fs}); !errors.Is(err, ErrForkserverDied) {
 		t.Errorf("Start after the server died = %v; want ErrForkserverDied", err)
 	}
 }
@@ -167,7 +167,7 @@ func TestForkserverRefusals(t *testing.T) {
 	fs.Close()
 
 	fs, _, _ = startForkserver(t)
-	_, err = Start(context.Background(), []Spec{{Path: "/bin/true", Args: []string{"true"}}}, Options{Forkserver: fs})
+	_, err = Start(context.Background(), []Spec{{Path: "/bin/true", Args: []string{"true"}}}, Options{Method: fs})
 	if err == nil || !strings.Contains(err.Error(), "only Python ranks") {
 		t.Errorf("Start(/bin/true) = %v; want a refusal of a non-Python rank", err)
 	}

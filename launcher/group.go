@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"runtime"
 	"sort"
 	"sync"
 	"syscall"
@@ -21,7 +20,7 @@ type Group struct {
 	opts  Options
 	ranks []*rankProc
 	guard *guard
-	thr   *starter
+	thr   rankStarter
 
 	exits chan int       // index of a rank whose process was reaped
 	sigs  chan os.Signal // forwarded signals
@@ -86,18 +85,16 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 		return nil, err
 	}
 	specs = sortedByRank(specs)
-	if fs := opts.Forkserver; fs != nil {
-		if err := fs.Ready(ctx); err != nil {
-			return nil, err
-		}
-	} else {
-		g.thr = newStarter(min(len(specs), runtime.NumCPU()))
+	m := opts.method()
+	if err := m.Ready(ctx); err != nil {
+		return nil, err
 	}
+	g.thr = m.starter(len(specs))
 	started := make([]startReply, len(specs))
 	var wg sync.WaitGroup
 	for i, s := range specs {
 		wg.Go(func() {
-			rp, err := g.startRank(i, s)
+			rp, err := g.thr.start(i, s)
 			started[i] = startReply{rp, err}
 		})
 	}
@@ -120,14 +117,6 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	}
 	go g.supervise(ctx)
 	return g, nil
-}
-
-// startRank starts one rank with the group's start method.
-func (g *Group) startRank(i int, s Spec) (*rankProc, error) {
-	if fs := g.opts.Forkserver; fs != nil {
-		return fs.start(s)
-	}
-	return g.thr.start(i, s)
 }
 
 // abort kills and reaps the ranks started so far, after a failed start.
@@ -184,6 +173,10 @@ func (g *Group) Wait() *Result {
 	<-g.done
 	return g.res
 }
+
+// Done returns a channel that is closed once every rank has been reaped
+// and Wait's Result is ready.
+func (g *Group) Done() <-chan struct{} { return g.done }
 
 // Pids returns the process ids of the ranks, ordered by rank.
 func (g *Group) Pids() []int {

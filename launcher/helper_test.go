@@ -19,7 +19,6 @@ import (
 // The test binary is also the rank program: with MPSPAWN_TEST_HELPER set it
 // runs one of the helper modes below and exits (the os/exec helper pattern).
 func TestMain(m *testing.M) {
-	Main() // a Go rank or Pool worker started by Spawn or NewPool
 	if mode := os.Getenv("MPSPAWN_TEST_HELPER"); mode != "" {
 		os.Exit(helper(mode, os.Args[1:]))
 	}
@@ -119,8 +118,6 @@ func helper(mode string, args []string) int {
 		msg := `{"message": {"message": "RuntimeError: boom", "extraInfo": {"py_callstack": "Traceback (most recent call last):\n  File \"x.py\", line 3\nRuntimeError: boom\n", "timestamp": "1700000000"}}}`
 		_ = os.WriteFile(os.Getenv("TORCHELASTIC_ERROR_FILE"), []byte(msg), 0o644)
 		return 1
-	case "spawner": // a Spawn parent for TestSpawnParentKilled
-		return helperSpawner()
 	case "launcher": // a launcher process for the no-orphans test: args are ranks' modes
 		return helperLauncher(args)
 	}

@@ -12,11 +12,13 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/place"
+	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
 // Job is one node's part of a launch: the same command started as
-// NProcPerNode local ranks, each with the torchrun environment contract.
+// NProcPerNode local ranks, each with the rank contract (see Contract).
 type Job struct {
 	// Command is the rank program's argv; Path is Command[0] resolved.
 	Path    string
@@ -24,18 +26,9 @@ type Job struct {
 	Dir     string
 	Env     []string // base environment, usually os.Environ()
 
-	NProcPerNode int
-	NNodes       int
-	NodeRank     int
-	MasterAddr   string
-	MasterPort   int
-	RunID        string
-	StartMethod  string // "spawn" or "forkserver"
-
-	// Preload lists the modules a forkserver imports once before forking
-	// the ranks, when Run starts one (StartMethod "forkserver" and no
-	// Options.Forkserver).
-	Preload []string
+	// Membership is who is in the job (package rendezvous).
+	rendezvous.Membership
+	RunID string
 
 	// Ranks, when not nil, holds each local rank's placement (index =
 	// local rank): extra environment (GPU visibility, OMP_NUM_THREADS for a
@@ -51,6 +44,8 @@ type Job struct {
 	ScratchDir string
 	Output     *Output
 
+	// Options tune the ranks' Group; Options.Method is the start method
+	// (nil: spawn), which the caller starts and closes.
 	Options Options
 
 	// IPC gives every rank a control channel to a broker (fd 3, named by
@@ -68,80 +63,31 @@ func (j *Job) AttemptDir() string {
 	return filepath.Join(j.LogDir, j.RunID, "attempt_0")
 }
 
-// WorldSize is the number of ranks over all nodes.
-func (j *Job) WorldSize() int { return j.NNodes * j.NProcPerNode }
-
-// RankEnv is the environment of one local rank: the base environment with
-// Vars set over it.
-func (j *Job) RankEnv(localRank int) []string {
-	set := j.Vars(localRank)
-	env := make([]string, 0, len(j.Env)+len(set))
-	for _, kv := range j.Env {
-		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := set[k]; !ok {
-			env = append(env, kv)
-		}
-	}
-	for k, v := range set {
-		env = append(env, k+"="+v)
-	}
-	return env
-}
-
-// Vars is what the launcher sets in one local rank's environment:
-// torchrun's contract, the MPSPAWN_* variables, OMP_NUM_THREADS where the
-// user left it unset, and the rank's placement variables (Ranks).
-func (j *Job) Vars(localRank int) map[string]string {
-	rank := j.NodeRank*j.NProcPerNode + localRank
-	set := map[string]string{
-		"LOCAL_RANK":                 strconv.Itoa(localRank),
-		"RANK":                       strconv.Itoa(rank),
-		"GROUP_RANK":                 strconv.Itoa(j.NodeRank),
-		"ROLE_RANK":                  strconv.Itoa(rank),
-		"ROLE_NAME":                  "default",
-		"LOCAL_WORLD_SIZE":           strconv.Itoa(j.NProcPerNode),
-		"WORLD_SIZE":                 strconv.Itoa(j.WorldSize()),
-		"GROUP_WORLD_SIZE":           strconv.Itoa(j.NNodes),
-		"ROLE_WORLD_SIZE":            strconv.Itoa(j.WorldSize()),
-		"MASTER_ADDR":                j.MasterAddr,
-		"MASTER_PORT":                strconv.Itoa(j.MasterPort),
-		"TORCHELASTIC_RUN_ID":        j.RunID,
-		"TORCHELASTIC_RESTART_COUNT": "0",
-		"TORCHELASTIC_MAX_RESTARTS":  "0",
-		"TORCHELASTIC_ERROR_FILE":    j.ErrorFile(localRank),
-		"MPSPAWN_START_METHOD":       j.StartMethod,
-		"MPSPAWN_LAUNCHER_PID":       strconv.Itoa(os.Getpid()),
-		"MPSPAWN_NODE_RANK":          strconv.Itoa(j.NodeRank),
+// Contract is the rank contract of the job's ranks.
+func (j *Job) Contract() *Contract {
+	c := &Contract{
+		Membership: j.Membership, RunID: j.RunID, StartMethod: j.Options.method().Name(),
+		ErrorFile: j.ErrorFile, Base: j.Env,
 	}
 	if j.LogDir != "" {
-		set["MPSPAWN_LOG_DIR"] = filepath.Join(j.AttemptDir(), strconv.Itoa(localRank))
+		c.LogDir = func(lr int) string { return filepath.Join(j.AttemptDir(), strconv.Itoa(lr)) }
 	}
-	userOMP := j.userSet("OMP_NUM_THREADS")
-	if j.ompDefault() {
-		set["OMP_NUM_THREADS"] = "1"
-	}
-	if localRank < len(j.Ranks) {
-		for k, v := range j.Ranks[localRank].Env {
-			if k == "OMP_NUM_THREADS" && userOMP {
-				continue
-			}
-			set[k] = v
-		}
-	}
-	return set
+	return c
 }
 
-// ompDefault reports whether OMP_NUM_THREADS is set to 1 for the ranks:
-// when it is unset and more than one rank shares the node, as torchrun does.
-func (j *Job) ompDefault() bool {
-	return j.NProcPerNode > 1 && !j.userSet("OMP_NUM_THREADS")
+// Placement is local rank lr's placement (none when Ranks does not say).
+func (j *Job) Placement(lr int) place.Rank {
+	if lr < len(j.Ranks) {
+		return j.Ranks[lr]
+	}
+	return place.Rank{}
 }
 
 // boundOMP lists the OMP_NUM_THREADS values the placement gives the ranks
 // ("4,4,4,4"), or returns "" when the user set the variable or no rank is
 // bound.
 func (j *Job) boundOMP() string {
-	if j.userSet("OMP_NUM_THREADS") {
+	if j.Contract().userSet("OMP_NUM_THREADS") {
 		return ""
 	}
 	vals := make([]string, j.NProcPerNode)
@@ -156,16 +102,6 @@ func (j *Job) boundOMP() string {
 		return ""
 	}
 	return strings.Join(vals, ",")
-}
-
-// userSet reports whether the base environment sets key.
-func (j *Job) userSet(key string) bool {
-	for _, kv := range j.Env {
-		if strings.HasPrefix(kv, key+"=") {
-			return true
-		}
-	}
-	return false
 }
 
 // ErrorFile is where a local rank is told to write its torchelastic error
@@ -185,6 +121,7 @@ func (j *Job) Specs() ([]Spec, error) {
 	}
 	j.Output.Dir = j.AttemptDir()
 	j.Output.RoleName = "default"
+	contract := j.Contract()
 	specs := make([]Spec, j.NProcPerNode)
 	for lr := range specs {
 		ef := j.ErrorFile(lr)
@@ -196,18 +133,15 @@ func (j *Job) Specs() ([]Spec, error) {
 		if err := os.Remove(ef); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("launcher: stale error file: %w", err)
 		}
-		rank := j.NodeRank*j.NProcPerNode + lr
+		rank := j.Rank(lr)
 		stdout, stderr, err := j.Output.Open(rank, lr)
 		if err != nil {
 			return nil, err
 		}
 		specs[lr] = Spec{
 			Rank: rank, LocalRank: lr,
-			Path: j.Path, Args: j.Command, Env: j.RankEnv(lr), Dir: j.Dir,
-			Stdout: stdout, Stderr: stderr, ErrorFile: ef,
-		}
-		if lr < len(j.Ranks) {
-			specs[lr].CPUs = j.Ranks[lr].CPUs
+			Path: j.Path, Args: j.Command, Env: contract.Env(lr, j.Placement(lr)), Dir: j.Dir,
+			Stdout: stdout, Stderr: stderr, ErrorFile: ef, CPUs: j.Placement(lr).CPUs,
 		}
 	}
 	return specs, nil
@@ -217,29 +151,13 @@ func (j *Job) Specs() ([]Spec, error) {
 // ForwardedSignals) and waits for every rank. The error is about starting
 // the job; how the ranks ended is in the Result.
 func (j *Job) Run(ctx context.Context) (*Result, error) {
-	opts := j.Options
-	if j.StartMethod == "forkserver" && opts.Forkserver == nil {
-		fs, err := StartForkserver(ForkserverConfig{Python: j.Path, Preload: j.Preload, Main: j.Command[1:], Env: j.Env, Dir: j.Dir, Stderr: j.Notes})
-		if err != nil {
-			return nil, err
-		}
-		defer fs.Close()
-		opts.Forkserver = fs
+	// Before signals are caught: a signal during a forkserver's preload
+	// ends the launcher with its default action, and the server with it
+	// (its parent-death signal and the guard), as it would before a spawn.
+	if err := j.Options.method().Ready(ctx); err != nil {
+		return nil, err
 	}
-	if fs := opts.Forkserver; fs != nil {
-		// Before signals are caught: a signal during the preload ends the
-		// launcher with its default action, and the server with it (its
-		// parent-death signal and the guard), as it would before a spawn.
-		if err := fs.Ready(ctx); err != nil {
-			return nil, err
-		}
-	}
-	switch bound := j.boundOMP(); {
-	case bound != "":
-		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)
-	case j.ompDefault():
-		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks so they do not oversubscribe the CPUs (set it yourself to tune)", j.NProcPerNode)
-	}
+	j.noteOMP()
 	// Catch signals before any rank starts so that none is lost. SIGPIPE is
 	// caught (not ignored, which ranks would inherit) so that a closed
 	// console does not kill the launcher.
@@ -252,23 +170,26 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer j.Output.Close()
-	var jc *jobControl
+	var chans *Channels
+	var broker *ipc.Broker
 	if j.IPC {
-		if jc, err = addControl(specs); err != nil {
+		broker = ipc.NewBroker()
+		if chans, err = AddChannels(broker, specs); err != nil {
 			return nil, err
 		}
 	}
-	g, err := Start(ctx, specs, opts)
+	g, err := Start(ctx, specs, j.Options)
 	if err != nil {
-		if jc != nil {
-			jc.close()
+		if chans != nil {
+			chans.Close()
 		}
 		return nil, err
 	}
-	if jc != nil {
-		jc.serve(g)
+	if chans != nil {
+		chans.Serve(g, nil)
 		defer func() {
-			for _, leak := range jc.finish() {
+			chans.Close()
+			for _, leak := range broker.Close() {
 				j.note("warning: %s", leak)
 			}
 		}()
@@ -282,7 +203,7 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 				if sig != syscall.SIGPIPE {
 					g.Signal(sig)
 				}
-			case <-g.done:
+			case <-g.Done():
 				return
 			}
 		}
@@ -290,6 +211,17 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 	res := g.Wait()
 	<-forwarded
 	return res, nil
+}
+
+// noteOMP says what OMP_NUM_THREADS the ranks get when the user left it
+// unset.
+func (j *Job) noteOMP() {
+	switch bound := j.boundOMP(); {
+	case bound != "":
+		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)
+	case j.Contract().ompDefault():
+		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks so they do not oversubscribe the CPUs (set it yourself to tune)", j.NProcPerNode)
+	}
 }
 
 func (j *Job) note(format string, args ...any) {

@@ -5,8 +5,6 @@ package launcher
 import (
 	"strings"
 	"testing"
-
-	"github.com/mpspawn/mpspawn/place"
 )
 
 func envMap(env []string) map[string]string {
@@ -16,42 +14,6 @@ func envMap(env []string) map[string]string {
 		m[k] = v
 	}
 	return m
-}
-
-func TestRankEnv(t *testing.T) {
-	base := &Job{NProcPerNode: 4, NNodes: 2, NodeRank: 1, MasterAddr: "10.0.0.1", MasterPort: 29500,
-		RunID: "r", StartMethod: "spawn", LogDir: "/logs", Env: []string{"PATH=/bin", "RANK=stale"}}
-	tests := []struct {
-		name  string
-		env   []string
-		ranks []place.Rank
-		want  map[string]string
-	}{
-		{"contract", nil, nil, map[string]string{
-			"RANK": "6", "LOCAL_RANK": "2", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
-			"GROUP_RANK": "1", "GROUP_WORLD_SIZE": "2", "ROLE_RANK": "6", "ROLE_NAME": "default",
-			"ROLE_WORLD_SIZE": "8", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
-			"TORCHELASTIC_RUN_ID": "r", "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
-			"TORCHELASTIC_ERROR_FILE": "/logs/r/attempt_0/2/error.json", "OMP_NUM_THREADS": "1", "PATH": "/bin",
-		}},
-		{"user OMP kept", []string{"OMP_NUM_THREADS=8"}, []place.Rank{2: {Env: map[string]string{"OMP_NUM_THREADS": "3"}}},
-			map[string]string{"OMP_NUM_THREADS": "8"}},
-		{"placement OMP over default", nil, []place.Rank{2: {Env: map[string]string{"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "GPU-a"}}},
-			map[string]string{"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "GPU-a"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			j := *base
-			j.Env = append(append([]string(nil), base.Env...), tt.env...)
-			j.Ranks = tt.ranks
-			got := envMap(j.RankEnv(2))
-			for k, v := range tt.want {
-				if got[k] != v {
-					t.Errorf("RankEnv(2)[%s] = %q; want %q", k, got[k], v)
-				}
-			}
-		})
-	}
 }
 
 func TestParseStreams(t *testing.T) {

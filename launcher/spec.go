@@ -56,11 +56,10 @@ type Options struct {
 	// Zero means one second.
 	DrainTimeout time.Duration
 
-	// Forkserver, when not nil, starts the ranks (the forkserver start
-	// method): each rank is forked from it instead of exec'd by the
-	// launcher. Every rank's Path must be the server's interpreter. The
-	// server outlives the Group; its owner closes it.
-	Forkserver *Forkserver
+	// Method starts the ranks; nil means spawn. With a Forkserver every
+	// rank's Path must be the server's interpreter. The method outlives
+	// the Group; its owner closes it.
+	Method StartMethod
 }
 
 func (o Options) grace() time.Duration {

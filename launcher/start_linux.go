@@ -76,9 +76,6 @@ func (t *starter) start(i int, s Spec) (*rankProc, error) {
 
 // close ends the locked threads; call it only after every rank was reaped.
 func (t *starter) close() {
-	if t == nil {
-		return // the forkserver started the ranks
-	}
 	for _, th := range t.threads {
 		close(th.quit)
 		<-th.done

@@ -6,21 +6,23 @@ import (
 	"sync"
 )
 
-// tailLines is how many of a rank's last stderr lines a RankError keeps.
+// tailLines is how many of a rank's last stderr lines a Tail keeps.
 const tailLines = 64
 
-// tailWriter passes whole lines on to w (which may be nil) and keeps the
-// last tailLines of them.
-type tailWriter struct {
+// A Tail passes whole lines on to w (which may be nil) and keeps the last
+// 64 of them: a rank's stderr, kept to say why it failed. Give it as
+// Spec.Stderr, which writes one line per Write.
+type Tail struct {
 	w     io.Writer
 	mu    sync.Mutex
 	lines []string
 }
 
-func newTailWriter(w io.Writer) *tailWriter { return &tailWriter{w: w} }
+// NewTail returns a Tail passing lines on to w.
+func NewTail(w io.Writer) *Tail { return &Tail{w: w} }
 
 // Write takes one line, as the launcher's relay writes them.
-func (t *tailWriter) Write(p []byte) (int, error) {
+func (t *Tail) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	if len(t.lines) == tailLines {
 		t.lines = append(t.lines[:0], t.lines[1:]...)
@@ -34,7 +36,7 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 }
 
 // String returns the kept lines.
-func (t *tailWriter) String() string {
+func (t *Tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.Join(t.lines, "\n")

@@ -21,7 +21,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/f32"
 	"github.com/mpspawn/mpspawn/ipc"
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/mp"
 )
 
 // ipcArgs tells the two ranks of an ipc benchmark what to do.
@@ -33,19 +33,19 @@ type ipcArgs struct {
 }
 
 var (
-	ipcRank = launcher.Register("ipc", func(ctx context.Context, r launcher.Rank, a ipcArgs) (float64, error) {
+	ipcRank = mp.Register("ipc", func(ctx context.Context, r mp.Rank, a ipcArgs) (float64, error) {
 		c := ipc.ClientFrom(ctx)
 		if r.Index == 0 {
 			return 0, produce(ctx, c, a)
 		}
 		return consume(ctx, c, a)
 	})
-	noop = launcher.Register("noop", func(context.Context, launcher.Rank, int) (int, error) { return 0, nil })
-	sq   = launcher.Register("square", func(_ context.Context, _ launcher.Rank, x int) (int, error) { return x * x, nil })
+	noop = mp.Register("noop", func(context.Context, mp.Rank, int) (int, error) { return 0, nil })
+	sq   = mp.Register("square", func(_ context.Context, _ mp.Rank, x int) (int, error) { return x * x, nil })
 )
 
 func main() {
-	launcher.Main()
+	mp.Main()
 	if len(os.Args) < 3 {
 		fmt.Fprintln(os.Stderr, "usage: gobench spawn REPS | gobench map ITEMS WORKERS")
 		os.Exit(2)
@@ -70,7 +70,7 @@ func main() {
 func spawn(reps int) error {
 	for range reps {
 		start := time.Now()
-		s, err := launcher.Spawn(context.Background(), noop, 8, 0, nil)
+		s, err := mp.Spawn(context.Background(), noop, 8, 0, nil)
 		if err != nil {
 			return err
 		}
@@ -86,7 +86,7 @@ func spawn(reps int) error {
 const maps = 5
 
 func mapItems(n, workers int) error {
-	p, err := launcher.NewPool(workers, nil)
+	p, err := mp.NewPool(workers, nil)
 	if err != nil {
 		return err
 	}
@@ -96,13 +96,13 @@ func mapItems(n, workers int) error {
 	for i := range items {
 		items[i] = i
 	}
-	if _, err := launcher.Map(context.Background(), p, sq, items, 0); err != nil { // warm-up, as on the Python side
+	if _, err := mp.Map(context.Background(), p, sq, items, 0); err != nil { // warm-up, as on the Python side
 		return err
 	}
 	var rates []float64
 	for range maps {
 		start := time.Now()
-		got, err := launcher.Map(context.Background(), p, sq, items, 0)
+		got, err := mp.Map(context.Background(), p, sq, items, 0)
 		if err != nil {
 			return err
 		}
@@ -120,7 +120,7 @@ func mapItems(n, workers int) error {
 // its first message to its last (as bench/ipc.py times Python's).
 func ipcBench(mode string, n int) error {
 	args := ipcArgs{Mode: mode, N: n, Ints: ipc.NewQueue[int](0), Bufs: ipc.NewQueue[ipc.Handle](0)}
-	s, err := launcher.Spawn(context.Background(), ipcRank, 2, args, nil)
+	s, err := mp.Spawn(context.Background(), ipcRank, 2, args, nil)
 	if err != nil {
 		return err
 	}

@@ -23,7 +23,7 @@ type config struct {
 	runID       string
 	startMethod string
 	preload     []string
-	forkserver  *launcher.Forkserver // started before placement, with --start-method forkserver
+	method      launcher.StartMethod // started before placement; nil in a dry run
 	nprocSpec   nprocSpec
 	path        string   // resolved program
 	argv        []string // rank argv
@@ -43,18 +43,18 @@ func action(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if cfg.startMethod == "forkserver" && !cfg.dryRun {
-		// Before placement loads NVML: the server, and every rank forked
+	if !cfg.dryRun {
+		// Before placement loads NVML: a forkserver, and every rank forked
 		// from it, must inherit nothing of the launcher's GPU state, and its
 		// preload overlaps with the rest of the set-up.
-		fs, err := launcher.StartForkserver(launcher.ForkserverConfig{
+		m, err := launcher.NewStartMethod(cfg.startMethod, launcher.ForkserverConfig{
 			Python: cfg.path, Preload: cfg.preload, Main: cfg.argv[1:], Stderr: c.App.ErrWriter,
 		})
 		if err != nil {
 			return err
 		}
-		defer fs.Close()
-		cfg.forkserver = fs
+		defer m.Close()
+		cfg.method = m
 	}
 	if err := cfg.planRanks(c); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/place"
+	"github.com/mpspawn/mpspawn/rendezvous"
 	"github.com/urfave/cli/v2"
 )
 
@@ -37,13 +38,18 @@ func dryRun(c *cli.Context, cfg *config) error {
 	if cfg.rdzv.Standalone {
 		addr = "127.0.0.1"
 	}
-	job := cfg.job(addr, port)
+	job := cfg.job(rendezvous.Membership{
+		NNodes: cfg.rdzv.NNodes, NodeRank: cfg.rdzv.NodeRank, NProcPerNode: cfg.nproc,
+		WorldSize: cfg.rdzv.NNodes * cfg.nproc, MasterAddr: addr, MasterPort: port,
+	})
+	contract := job.Contract()
+	contract.StartMethod = cfg.startMethod // no method is started for a dry run
 	out := planJSON{Host: cfg.place.topo.Host, Source: cfg.place.source, Warnings: cfg.place.plan.Warnings}
 	if out.Warnings == nil {
 		out.Warnings = []string{}
 	}
 	for lr, rp := range cfg.place.plan.Ranks {
-		env := job.Vars(lr)
+		env := contract.Vars(lr, job.Placement(lr))
 		// What only a real launch knows: the launcher's pid, files, a
 		// port --standalone picks.
 		for _, k := range []string{"TORCHELASTIC_ERROR_FILE", "MPSPAWN_LAUNCHER_PID", "MPSPAWN_LOG_DIR"} {
@@ -53,7 +59,7 @@ func dryRun(c *cli.Context, cfg *config) error {
 			delete(env, "MASTER_PORT")
 		}
 		out.Ranks = append(out.Ranks, rankPlanJSON{
-			Rank: cfg.rdzv.NodeRank*cfg.nproc + lr, LocalRank: lr,
+			Rank: job.Rank(lr), LocalRank: lr,
 			GPUs: rp.Devices.UUIDs(), CPUs: cfg.place.setup[lr].CPUs, Env: env,
 		})
 		if out.Ranks[lr].CPUs == nil {

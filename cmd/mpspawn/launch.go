@@ -37,7 +37,7 @@ func launch(c *cli.Context, cfg *config) error {
 		}
 	}
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
-	job := cfg.job(rdzv.MasterAddr, rdzv.MasterPort)
+	job := cfg.job(rdzv.Membership)
 	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
 	res, err := job.Run(c.Context)
 	if scratch != "" {
@@ -71,17 +71,13 @@ func launch(c *cli.Context, cfg *config) error {
 
 // job is the launcher job cfg describes, with its placement, before log
 // files are chosen.
-func (cfg *config) job(masterAddr string, masterPort int) *launcher.Job {
-	job := &launcher.Job{
+func (cfg *config) job(m rendezvous.Membership) *launcher.Job {
+	return &launcher.Job{
 		Path: cfg.path, Command: cfg.argv, Env: os.Environ(),
-		NProcPerNode: cfg.nproc, NNodes: cfg.rdzv.NNodes, NodeRank: cfg.rdzv.NodeRank,
-		MasterAddr: masterAddr, MasterPort: masterPort,
-		RunID: cfg.runID, StartMethod: cfg.startMethod, Preload: cfg.preload,
-		Options: launcher.Options{GracePeriod: cfg.grace, Forkserver: cfg.forkserver},
+		Membership: m, RunID: cfg.runID, Ranks: cfg.place.setup,
+		Options: launcher.Options{GracePeriod: cfg.grace, Method: cfg.method},
 		IPC:     cfg.ipc,
 	}
-	job.Ranks = cfg.place.setup
-	return job
 }
 
 func writeSummary(path string, sum *launcher.Summary) error {

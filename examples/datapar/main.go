@@ -20,7 +20,7 @@ import (
 	"unsafe"
 
 	"github.com/mpspawn/mpspawn/ipc"
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/mp"
 )
 
 // dim is the number of features; the model has dim weights and a bias.
@@ -46,7 +46,7 @@ type result struct {
 	Loss float64
 }
 
-var train = launcher.Register("train", func(ctx context.Context, r launcher.Rank, j job) (result, error) {
+var train = mp.Register("train", func(ctx context.Context, r mp.Rank, j job) (result, error) {
 	c := ipc.ClientFrom(ctx)
 	m, err := c.Open(ctx, j.Data)
 	if err != nil {
@@ -102,7 +102,7 @@ func loss(data []float64, lo, hi int, w *[dim + 1]float64) float64 {
 
 // allreduce sums every rank's gradient: rank 0 gathers them in rank order
 // (so the sum is the same bits every run), then hands the sum to the rest.
-func allreduce(ctx context.Context, r launcher.Rank, j job, g grad) (grad, error) {
+func allreduce(ctx context.Context, r mp.Rank, j job, g grad) (grad, error) {
 	if r.WorldSize == 1 {
 		return g, nil
 	}
@@ -137,7 +137,7 @@ func allreduce(ctx context.Context, r launcher.Rank, j job, g grad) (grad, error
 }
 
 func main() {
-	launcher.Main()
+	mp.Main()
 	ranks := flag.Int("ranks", 2, "ranks")
 	rows := flag.Int("rows", 200_000, "rows in the dataset")
 	steps := flag.Int("steps", 100, "gradient steps")
@@ -169,7 +169,7 @@ func main() {
 	run := func(n int) ([]result, time.Duration) {
 		j := job{Data: h, Rows: *rows, Steps: *steps, LR: 0.2, Sum: ipc.NewQueue[grad](0), Mean: ipc.NewQueue[grad](0)}
 		start := time.Now()
-		s, err := launcher.Spawn(context.Background(), train, n, j, &launcher.SpawnOptions{Broker: broker})
+		s, err := mp.Spawn(context.Background(), train, n, j, &mp.Options{Broker: broker})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)

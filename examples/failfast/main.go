@@ -11,12 +11,12 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/mp"
 )
 
 type step struct{ Rank, Of int }
 
-var work = launcher.Register("work", func(ctx context.Context, r launcher.Rank, steps int) (int, error) {
+var work = mp.Register("work", func(ctx context.Context, r mp.Rank, steps int) (int, error) {
 	if r.Index == 1 {
 		var batches []step
 		return batches[steps].Of, nil // rank 1 indexes past the end: a panic
@@ -26,14 +26,14 @@ var work = launcher.Register("work", func(ctx context.Context, r launcher.Rank, 
 })
 
 func main() {
-	launcher.Main()
-	s, err := launcher.Spawn(context.Background(), work, 4, 3, nil)
+	mp.Main()
+	s, err := mp.Spawn(context.Background(), work, 4, 3, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	_, err = s.Join()
-	var re *launcher.RankError
+	var re *mp.RankError
 	if !errors.As(err, &re) {
 		fmt.Fprintln(os.Stderr, "unexpected:", err)
 		os.Exit(1)

@@ -13,7 +13,7 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/mp"
 )
 
 // countPrimes counts the primes below n, slowly on purpose.
@@ -34,12 +34,12 @@ func countPrimes(n int) int {
 	return count
 }
 
-var primes = launcher.Register("primes", func(_ context.Context, _ launcher.Rank, n int) (int, error) {
+var primes = mp.Register("primes", func(_ context.Context, _ mp.Rank, n int) (int, error) {
 	return countPrimes(n), nil
 })
 
 func main() {
-	launcher.Main()
+	mp.Main()
 	nItems := flag.Int("items", 48, "number of items")
 	chunksize := flag.Int("chunksize", 2, "items per task")
 	workers := flag.Int("workers", runtime.NumCPU(), "worker processes")
@@ -56,7 +56,7 @@ func main() {
 	}
 	serialTime := time.Since(start)
 
-	pool, err := launcher.NewPool(*workers, nil)
+	pool, err := mp.NewPool(*workers, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -64,7 +64,7 @@ func main() {
 	defer pool.Join()
 	defer pool.Close()
 	start = time.Now()
-	got, err := launcher.Map(context.Background(), pool, primes, items, *chunksize)
+	got, err := mp.Map(context.Background(), pool, primes, items, *chunksize)
 	poolTime := time.Since(start)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -18,7 +18,7 @@ import (
 	"unsafe"
 
 	"github.com/mpspawn/mpspawn/ipc"
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/mp"
 )
 
 type args struct {
@@ -32,7 +32,7 @@ type report struct {
 	PSSKiB int // rank 0: the PSS of all ranks together
 }
 
-var sum = launcher.Register("sum", func(ctx context.Context, r launcher.Rank, a args) (report, error) {
+var sum = mp.Register("sum", func(ctx context.Context, r mp.Rank, a args) (report, error) {
 	c := ipc.ClientFrom(ctx)
 	m, err := c.Open(ctx, a.Buf)
 	if err != nil {
@@ -87,7 +87,7 @@ func pss(pid int) (int, error) {
 }
 
 func main() {
-	launcher.Main()
+	mp.Main()
 	mib := flag.Int("mib", 512, "buffer size in MiB")
 	n := flag.Int("n", 8, "ranks")
 	flag.Parse()
@@ -103,7 +103,7 @@ func main() {
 		os.Exit(1)
 	}
 	a := args{Buf: h, Opened: ipc.NewQueue[int](0), Done: ipc.NewQueue[int](0)}
-	s, err := launcher.Spawn(context.Background(), sum, *n, a, &launcher.SpawnOptions{Broker: broker})
+	s, err := mp.Spawn(context.Background(), sum, *n, a, &mp.Options{Broker: broker})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

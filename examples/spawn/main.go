@@ -13,13 +13,13 @@ import (
 	"os"
 
 	"github.com/mpspawn/mpspawn/gpu"
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/mp"
 )
 
 // hello runs in each rank. Go cannot ship a closure to another process, so
 // the function is registered by name, at package level, in every process of
 // the binary.
-var hello = launcher.Register("hello", func(ctx context.Context, r launcher.Rank, greeting string) (string, error) {
+var hello = mp.Register("hello", func(ctx context.Context, r mp.Rank, greeting string) (string, error) {
 	line := fmt.Sprintf("%s from rank %d of world size %d, pid %d", greeting, r.Index, r.WorldSize, os.Getpid())
 	if r.CPUs != nil || r.GPUs != nil {
 		line += fmt.Sprintf(", cpus %v, gpus %v", r.CPUs, r.GPUs)
@@ -28,11 +28,11 @@ var hello = launcher.Register("hello", func(ctx context.Context, r launcher.Rank
 })
 
 func main() {
-	launcher.Main() // a rank runs its function here and exits
+	mp.Main() // a rank runs its function here and exits
 	n := flag.Int("n", 4, "number of ranks")
 	place := flag.Bool("place", false, "give each rank its GPUs and CPUs, as the mpspawn CLI does")
 	flag.Parse()
-	opts := &launcher.SpawnOptions{}
+	opts := &mp.Options{}
 	if *place {
 		ranks, notes, err := gpu.PlanHere(gpu.PlanOptions{NProc: *n}, gpu.VisibilityLocalRank)
 		for _, note := range notes {
@@ -44,7 +44,7 @@ func main() {
 		}
 		opts.Ranks = ranks
 	}
-	s, err := launcher.Spawn(context.Background(), hello, *n, "hello", opts)
+	s, err := mp.Spawn(context.Background(), hello, *n, "hello", opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

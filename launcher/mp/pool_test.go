@@ -1,6 +1,6 @@
 //go:build linux
 
-package launcher
+package mp
 
 import (
 	"context"
@@ -61,7 +61,7 @@ var (
 
 func newTestPool(t *testing.T, workers int) *Pool {
 	t.Helper()
-	p, err := NewPool(workers, &SpawnOptions{Stdout: discard{}, Stderr: discard{}})
+	p, err := NewPool(workers, &Options{Stdout: discard{}, Stderr: discard{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package launcher
+package mp
 
 import (
 	"bufio"
@@ -29,7 +29,7 @@ var (
 	noopFn = Register("test.noop", func(context.Context, Rank, struct{}) (struct{}, error) {
 		return struct{}{}, nil
 	})
-	failFn = Register("test.fail", func(ctx context.Context, r Rank, a failArgs) (int, error) {
+	failFn = Register("test.fail", func(ctx context.Context, r Rank, a failArgs) (int, error) { // failFnLine
 		if r.Index != a.Rank {
 			<-ctx.Done() // the launcher stops the others with SIGTERM
 			return 0, ctx.Err()
@@ -78,25 +78,12 @@ func failNow(kind string) (int, error) {
 }
 
 // panicLine is "spawn_test.go:N" for the line failNow panics on.
-func panicLine(t *testing.T) string {
-	t.Helper()
-	src, err := os.ReadFile("spawn_test.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, l := range strings.Split(string(src), "\n") {
-		if strings.Contains(l, "// PANIC LINE") && !strings.Contains(l, "strings.Contains") {
-			return "spawn_test.go:" + strconv.Itoa(i+1)
-		}
-	}
-	t.Fatal("no PANIC LINE marker")
-	return ""
-}
+func panicLine(t *testing.T) string { return markerLine(t, "spawn_test.go", "// PANIC LINE") }
 
 // TestSpawnOrdered spawns 8 ranks and gets their results back ordered by
 // rank, each from its own process.
 func TestSpawnOrdered(t *testing.T) {
-	s, err := Spawn(context.Background(), echoFn, 8, "hello", &SpawnOptions{Stdout: discard{}, Stderr: discard{}})
+	s, err := Spawn(context.Background(), echoFn, 8, "hello", &Options{Stdout: discard{}, Stderr: discard{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,15 +113,20 @@ func TestSpawnFailures(t *testing.T) {
 		exitCode int
 		signal   syscall.Signal
 		stack    []string // substrings of RankError.Stack
+		notStack []string // what it must not hold
+		exit     string   // RankError.Exit()
 	}{
-		{kind: "error", message: "rank gave up", exitCode: 1, stack: []string{"launcher.call"}},
-		{kind: "panic", message: "panic: runtime error: integer divide by zero", exitCode: 1, stack: []string{"launcher.failNow", panicLine(t)}},
-		{kind: "exit", message: "exit code 3", exitCode: 3},
-		{kind: "signal", message: "signal 9 (SIGKILL)", exitCode: -1, signal: syscall.SIGKILL},
+		// A returned error names the registered function where it is
+		// defined, and none of the package's own frames that called it.
+		{kind: "error", message: "rank gave up", exitCode: 1, exit: "exit code 1",
+			stack: []string{"returned by ", markerLine(t, "spawn_test.go", "// failFnLine")}, notStack: []string{"mp.serveRank", "mp.register", "goroutine "}},
+		{kind: "panic", message: "panic: runtime error: integer divide by zero", exitCode: 1, exit: "exit code 1", stack: []string{"mp.failNow", panicLine(t)}},
+		{kind: "exit", message: "exit code 3", exitCode: 3, exit: "exit code 3"},
+		{kind: "signal", message: "signal 9 (SIGKILL)", exitCode: -1, signal: syscall.SIGKILL, exit: "signal 9 (SIGKILL)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind, func(t *testing.T) {
-			s, err := Spawn(context.Background(), failFn, 4, failArgs{Rank: 2, Kind: tt.kind}, &SpawnOptions{Stdout: discard{}, Stderr: discard{}})
+			s, err := Spawn(context.Background(), failFn, 4, failArgs{Rank: 2, Kind: tt.kind}, &Options{Stdout: discard{}, Stderr: discard{}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -156,6 +148,14 @@ func TestSpawnFailures(t *testing.T) {
 					t.Errorf("stack does not name %q:\n%s", want, re.Stack)
 				}
 			}
+			for _, bad := range tt.notStack {
+				if strings.Contains(re.Stack, bad) {
+					t.Errorf("stack names %q:\n%s", bad, re.Stack)
+				}
+			}
+			if got := re.Exit(); got != tt.exit {
+				t.Errorf("RankError.Exit() = %q; want %q", got, tt.exit)
+			}
 			for i, pid := range pids {
 				if !proctest.WaitExit(pid, 0) {
 					t.Errorf("rank %d (pid %d) still alive after Join", i, pid)
@@ -168,7 +168,7 @@ func TestSpawnFailures(t *testing.T) {
 // TestSpawnCancel: cancelling ctx stops every rank, and Join says why.
 func TestSpawnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
-	s, err := Spawn(ctx, blockFn, 3, 0, &SpawnOptions{Stdout: discard{}, Stderr: discard{}})
+	s, err := Spawn(ctx, blockFn, 3, 0, &Options{Stdout: discard{}, Stderr: discard{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,8 +199,8 @@ func TestSpawnPlacement(t *testing.T) {
 			break
 		}
 	}
-	opts := &SpawnOptions{Stdout: discard{}, Stderr: discard{}, Ranks: []place.Rank{
-		{CPUs: []int{cpu}, Env: map[string]string{"PLACED": "yes", "MPSPAWN_CPUS": strconv.Itoa(cpu)}},
+	opts := &Options{Stdout: discard{}, Stderr: discard{}, Ranks: []place.Rank{
+		{CPUs: place.NewCPUSet(cpu), Env: map[string]string{"PLACED": "yes"}}, // MPSPAWN_CPUS comes from CPUs
 	}}
 	s, err := Spawn(context.Background(), affinityFn, 1, 0, opts)
 	if err != nil {
@@ -210,7 +210,7 @@ func TestSpawnPlacement(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := fmt.Sprintf("affinity=%d rank.CPUs=[%d] env=yes", cpu, cpu); got[0] != want {
+	if want := fmt.Sprintf("affinity=%d rank.CPUs=%d env=yes", cpu, cpu); got[0] != want {
 		t.Errorf("rank reports %q; want %q", got[0], want)
 	}
 }

@@ -1,30 +1,42 @@
-package launcher
+package mp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
 	"syscall"
 
 	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/launcher"
 )
 
 // The environment that makes a process of the binary a Go rank or a Pool
-// worker instead of the parent.
+// worker instead of the parent. Main reads it and removes it, with the
+// control channel's variable, before the function runs, so that the
+// function's own processes do not take the rank's role.
 const (
-	envRole      = "MPSPAWN_GO_ROLE"    // roleRank or roleWorker
-	envControlFD = "MPSPAWN_CONTROL_FD" // the inherited control socket
-	roleRank     = "rank"
-	roleWorker   = "worker"
-	controlFD    = 3 // the control socket is the first of Spec.ExtraFiles
+	envRole    = "MPSPAWN_GO_ROLE" // roleRank or roleWorker
+	roleRank   = "rank"
+	roleWorker = "worker"
 )
+
+// ErrInsideRank is returned by Spawn and NewPool called in a process that
+// the Go API started as a rank whose Main did not run first: without that
+// check, every rank would start ranks again, without end.
+var ErrInsideRank = errors.New("mp: Spawn or NewPool called inside a rank: call mp.Main() first thing in main")
+
+// insideRank reports whether this process is a rank that has not run Main.
+func insideRank() bool {
+	_, ok := os.LookupEnv(envRole)
+	return ok
+}
 
 // callMsg is the FrameArgs payload of a spawned rank (Args: one encoded
 // argument). A Pool task's FrameRequest payload is instead the function's
-// name as a field (appendField) followed by the chunk of items as
-// encodeSlice encodes them; its FrameReply carries a batch reply (see
+// name as a field (ipc.AppendField) followed by the chunk of items as
+// ipc.AppendSlice encodes them; its FrameReply carries a batch reply (see
 // encodeBatchReply), or its FrameError a remoteError when the chunk could
 // not be run at all.
 type callMsg struct {
@@ -32,45 +44,41 @@ type callMsg struct {
 	Args []byte
 }
 
-// itemResult is the outcome of one call.
-type itemResult struct {
-	Value []byte
-	Err   *remoteError
-}
-
-// Main makes the binary a rank when the launcher started it as one: it runs
-// the registered function it is asked to, reports the result or the error
-// (with the panic value and stack) to the parent over the control channel,
-// and exits — 0 on success, 1 on failure. In the parent, and in any process
-// not started by Spawn or a Pool, Main returns at once. Call it at the top
-// of main, after every Register.
+// Main makes the binary a rank when Spawn or a Pool started it as one: it
+// runs the registered function it is asked to, reports the result or the
+// error (with the panic value and stack) to the parent over the control
+// channel, and exits — 0 on success, 1 on failure. In the parent, and in
+// any process not started by Spawn or a Pool, Main returns at once. Call it
+// first thing in main, after every Register (registering at package level
+// does that).
 func Main() {
-	role := os.Getenv(envRole)
-	if role == "" {
+	role, ok := os.LookupEnv(envRole)
+	if !ok {
 		return
 	}
+	os.Unsetenv(envRole)
 	os.Exit(runChild(role))
 }
 
 // runChild serves one rank or one Pool worker and returns its exit code.
 func runChild(role string) int {
-	fd, err := strconv.Atoi(os.Getenv(envControlFD))
+	conn, err := ipc.ConnFromEnv()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "mpspawn: %s=%q: not a file descriptor\n", envControlFD, os.Getenv(envControlFD))
-		return 2
-	}
-	conn, err := ipc.FileConn(os.NewFile(uintptr(fd), "mpspawn-control"))
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "mpspawn: control channel: %v\n", err)
+		fmt.Fprintf(os.Stderr, "mpspawn: %v\n", err)
 		return 2
 	}
 	defer conn.Close()
+	env, err := launcher.ReadRankEnv(os.Getenv)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mpspawn: %v\n", err)
+		return 2
+	}
 	// SIGTERM (the launcher stopping the job) cancels the function's
 	// context; SIGKILL follows after the grace period if it does not
 	// return.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	r := rankFromEnv()
+	r := rankOf(env)
 	if role == roleWorker {
 		return serveWorker(ctx, conn, r)
 	}
@@ -90,20 +98,24 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		return 2
 	}
 	client := ipc.NewClient(conn, r.Index) // reads the channel from now on
-	res := runItem(ipc.WithClient(ctx, client), msg.Func, r, msg.Args)
+	var out []byte
+	e, rerr := registered(msg.Func)
+	if rerr == nil {
+		out, rerr = e.one(ipc.WithClient(ctx, client), r, msg.Args)
+	}
 	// Producer-owned handles this rank published must not be freed under
 	// their holders: wait for them, bounded, and say who still holds one.
 	for _, w := range client.Close(ctx, ipc.DefaultCloseWait) {
 		fmt.Fprintf(os.Stderr, "mpspawn: warning: %s\n", w)
 	}
-	if res.Err != nil {
-		b, _ := ipc.Encode(res.Err)
+	if rerr != nil {
+		b, _ := ipc.Encode(rerr)
 		if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameError, Payload: b}); err != nil {
-			fmt.Fprintf(os.Stderr, "mpspawn: rank %d: %s\n", r.Index, res.Err.Message)
+			fmt.Fprintf(os.Stderr, "mpspawn: rank %d: %s\n", r.Index, rerr.Message)
 		}
 		return 1
 	}
-	if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameResult, Payload: res.Value}); err != nil {
+	if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameResult, Payload: out}); err != nil {
 		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: send result: %v\n", r.Index, err)
 		return 1
 	}
@@ -130,7 +142,11 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 			return 2
 		}
 		reply := ipc.Frame{Type: ipc.FrameReply, ID: f.ID}
-		out, rerr := runBatch(ctx, string(name), r, items)
+		var out []byte
+		e, rerr := registered(string(name))
+		if rerr == nil {
+			out, rerr = e.batch(ctx, r, items)
+		}
 		if rerr != nil {
 			reply.Type = ipc.FrameError
 			out, _ = ipc.Encode(rerr) // strings only: cannot fail
@@ -149,29 +165,12 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 	}
 }
 
-// runBatch runs the registered function name on a Pool chunk.
-func runBatch(ctx context.Context, name string, r Rank, items []byte) ([]byte, *remoteError) {
+// registered returns the function registered as name, or the error a
+// rank reports when this binary has none.
+func registered(name string) (entry, *remoteError) {
 	e, ok := lookup(name)
 	if !ok {
-		return nil, notRegistered(name)
+		return entry{}, &remoteError{Message: fmt.Sprintf("mp: function %q is not registered in this binary (register it at package level or before mp.Main)", name)}
 	}
-	out, err := e.batch(ctx, r, items)
-	if err != nil {
-		return nil, &remoteError{Message: err.Error()}
-	}
-	return out, nil
-}
-
-func notRegistered(name string) *remoteError {
-	return &remoteError{Message: fmt.Sprintf("launcher: function %q is not registered in this binary (register it at package level or before launcher.Main)", name)}
-}
-
-// runItem runs the registered function name on one encoded argument.
-func runItem(ctx context.Context, name string, r Rank, arg []byte) itemResult {
-	e, ok := lookup(name)
-	if !ok {
-		return itemResult{Err: notRegistered(name)}
-	}
-	v, rerr := call(ctx, e.one, r, arg)
-	return itemResult{Value: v, Err: rerr}
+	return e, nil
 }

@@ -1,35 +1,21 @@
-package launcher
+package mp
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"reflect"
+	"runtime"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/place"
 )
 
-// Go cannot send a closure to another process: a rank is a fresh process of
-// the same binary, which finds the function to run by name. Functions are
-// therefore registered, at package init or at the top of main, before Main:
-//
-//	var train = launcher.Register("train", func(ctx context.Context, r launcher.Rank, cfg Config) (Stats, error) {
-//		...
-//	})
-//
-//	func main() {
-//		launcher.Main() // a rank runs its function here and exits
-//		results, err := launcher.Spawn(ctx, train, 8, cfg, nil) ...
-//	}
-//
-// Arguments and results travel encoded with encoding/gob, so their types need
-// exported fields (or a GobEncoder); interface values must be gob.Register'ed.
-
-// Rank is what a registered function is told about the process it runs in.
+// Rank is what a registered function is told about the process it runs in,
+// read from the rank contract (launcher.ReadRankEnv).
 type Rank struct {
 	// Index is the rank, 0 .. WorldSize-1 (in a Pool: the worker's index).
 	Index int
@@ -41,7 +27,12 @@ type Rank struct {
 	// (MPSPAWN_GPUS); CUDA_VISIBLE_DEVICES is set to match.
 	GPUs []string
 	// CPUs is the CPUs the rank is bound to (MPSPAWN_CPUS), or nil.
-	CPUs []int
+	CPUs place.CPUSet
+}
+
+// rankOf is the Rank a launcher's contract describes.
+func rankOf(e launcher.RankEnv) Rank {
+	return Rank{Index: e.Rank, WorldSize: e.WorldSize, LocalRank: e.LocalRank, GPUs: e.GPUs, CPUs: e.CPUs}
 }
 
 // Func is a registered function taking A and returning R; Register returns
@@ -53,14 +44,29 @@ type Func[A, R any] struct {
 // Name is the name the function was registered under.
 func (f Func[A, R]) Name() string { return f.name }
 
-// invoker runs a registered function on gob-encoded arguments.
-type invoker func(ctx context.Context, r Rank, args []byte) ([]byte, error)
+// invoker runs a registered function on gob-encoded arguments. A failure
+// is a *remoteError: the function's own (returned or panicked), or one of
+// decoding or encoding.
+type invoker func(ctx context.Context, r Rank, args []byte) ([]byte, *remoteError)
 
 // entry is a registered function: one call for a spawned rank, and a batch
 // of calls (a Pool chunk, encoded as one []A) for a worker.
 type entry struct {
 	one   invoker
 	batch invoker // []A in, batchReply[R] out; an error only when decoding or encoding fails
+}
+
+// frame is where a registered function is defined, the frame a returned
+// error is reported at: "returned by main.train (/src/main.go:42)".
+type frame string
+
+func frameOf(fn any) frame {
+	f := runtime.FuncForPC(reflect.ValueOf(fn).Pointer())
+	if f == nil {
+		return ""
+	}
+	file, line := f.FileLine(f.Entry())
+	return frame(fmt.Sprintf("%s\n\t%s:%d", f.Name(), file, line))
 }
 
 // A Pool chunk's reply is a field (see appendField) holding the gob-encoded
@@ -80,7 +86,7 @@ func encodeBatchReply[R any](errs map[int]*remoteError, values []R) ([]byte, err
 func decodeBatchReply[R any](b []byte) (errs map[int]*remoteError, values []R, err error) {
 	errGob, enc, ok := ipc.CutField(b)
 	if !ok {
-		return nil, nil, errors.New("launcher: bad batch reply")
+		return nil, nil, errors.New("mp: bad batch reply")
 	}
 	if len(errGob) > 0 {
 		if err := ipc.Decode(errGob, &errs); err != nil {
@@ -103,42 +109,47 @@ var registry = struct {
 // binary (at package level, or at the top of main before Main): ranks find
 // fn by name. A name registered twice panics, as a programming error.
 func Register[A, R any](name string, fn func(ctx context.Context, r Rank, args A) (R, error)) Func[A, R] {
+	return register(name, fn, frameOf(fn))
+}
+
+// register registers fn, defined at where.
+func register[A, R any](name string, fn func(ctx context.Context, r Rank, args A) (R, error), where frame) Func[A, R] {
 	if name == "" || fn == nil {
-		panic("launcher: Register: empty name or nil function")
+		panic("mp: Register: empty name or nil function")
 	}
 	registry.Lock()
 	defer registry.Unlock()
 	if _, dup := registry.funcs[name]; dup {
-		panic(fmt.Sprintf("launcher: Register: %q is already registered", name))
+		panic(fmt.Sprintf("mp: Register: %q is already registered", name))
 	}
-	one := func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
+	one := func(ctx context.Context, r Rank, in []byte) (out []byte, rerr *remoteError) {
 		var args A
 		if err := ipc.Decode(in, &args); err != nil {
-			return nil, fmt.Errorf("launcher: %s: decode args: %w", name, err)
+			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: decode args: %v", name, err)}
 		}
+		defer recoverInto(&rerr)
 		res, err := fn(ctx, r, args)
 		if err != nil {
-			return nil, err
+			return nil, errorOf(err, where)
 		}
-		out, err := ipc.Encode(res)
-		if err != nil {
-			return nil, fmt.Errorf("launcher: %s: encode result: %w", name, err)
+		if out, err = ipc.Encode(res); err != nil {
+			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: encode result: %v", name, err)}
 		}
 		return out, nil
 	}
-	batch := func(ctx context.Context, r Rank, in []byte) ([]byte, error) {
+	batch := func(ctx context.Context, r Rank, in []byte) ([]byte, *remoteError) {
 		items, err := ipc.DecodeSlice[A](in)
 		if err != nil {
-			return nil, fmt.Errorf("launcher: %s: decode items: %w", name, err)
+			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: decode items: %v", name, err)}
 		}
 		values := make([]R, len(items))
 		errs := map[int]*remoteError{}
 		for next := 0; next < len(items); {
-			next = callFrom(ctx, fn, r, items, values, next, errs)
+			next = callFrom(ctx, fn, where, r, items, values, next, errs)
 		}
 		out, err := encodeBatchReply(errs, values)
 		if err != nil {
-			return nil, fmt.Errorf("launcher: %s: encode results: %w", name, err)
+			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: encode results: %v", name, err)}
 		}
 		return out, nil
 	}
@@ -156,9 +167,9 @@ type Pair[A, B any] struct {
 // Starmap can apply it to a list of argument pairs, as Python's
 // Pool.starmap applies a function to argument tuples.
 func Register2[A, B, R any](name string, fn func(ctx context.Context, r Rank, a A, b B) (R, error)) Func[Pair[A, B], R] {
-	return Register(name, func(ctx context.Context, r Rank, p Pair[A, B]) (R, error) {
+	return register(name, func(ctx context.Context, r Rank, p Pair[A, B]) (R, error) {
 		return fn(ctx, r, p.First, p.Second)
-	})
+	}, frameOf(fn))
 }
 
 func lookup(name string) (entry, bool) {
@@ -176,21 +187,11 @@ type remoteError struct {
 	Stack    string
 }
 
-// call runs fn, turning a panic or a returned error into a remoteError.
-func call(ctx context.Context, fn invoker, r Rank, args []byte) (out []byte, rerr *remoteError) {
-	defer recoverInto(&rerr)
-	out, err := fn(ctx, r, args)
-	if err != nil {
-		return nil, errorOf(err)
-	}
-	return out, nil
-}
-
 // callFrom runs fn on items[start:], storing results in values and
 // failures in errs, and returns where to go on: len(items), or the item
 // after one that panicked. It recovers once per panic rather than once per
 // item, which would cost more than a tiny function does.
-func callFrom[A, R any](ctx context.Context, fn func(context.Context, Rank, A) (R, error), r Rank, items []A, values []R, start int, errs map[int]*remoteError) (next int) {
+func callFrom[A, R any](ctx context.Context, fn func(context.Context, Rank, A) (R, error), where frame, r Rank, items []A, values []R, start int, errs map[int]*remoteError) (next int) {
 	i := start
 	defer func() {
 		if v := recover(); v != nil {
@@ -200,7 +201,7 @@ func callFrom[A, R any](ctx context.Context, fn func(context.Context, Rank, A) (
 	for ; i < len(items); i++ {
 		v, err := fn(ctx, r, items[i])
 		if err != nil {
-			errs[i] = errorOf(err)
+			errs[i] = errorOf(err, where)
 			continue
 		}
 		values[i] = v
@@ -222,39 +223,16 @@ func panicError(v any) *remoteError {
 }
 
 // errorOf is a returned error as it travels. An error has no stack of its
-// own unless it formats one (as pkg/errors' %+v does); the stack at return
-// shows where the function was called.
-func errorOf(err error) *remoteError {
+// own unless it formats one (as pkg/errors' %+v does); otherwise the stack
+// names the function that returned it, where it is defined: the
+// launcher's own frames, which called it, would say nothing.
+func errorOf(err error, where frame) *remoteError {
 	stack := fmt.Sprintf("%+v", err)
 	if stack == err.Error() {
-		stack = string(debug.Stack())
-	}
-	return &remoteError{Message: err.Error(), Stack: stack}
-}
-
-// rankFromEnv reads the Rank a launcher gave this process.
-func rankFromEnv() Rank {
-	atoi := func(k string) int {
-		n, _ := strconv.Atoi(os.Getenv(k))
-		return n
-	}
-	r := Rank{Index: atoi("RANK"), WorldSize: atoi("WORLD_SIZE"), LocalRank: atoi("LOCAL_RANK")}
-	if g := os.Getenv("MPSPAWN_GPUS"); g != "" {
-		r.GPUs = strings.Split(g, ",")
-	}
-	for _, part := range strings.Split(os.Getenv("MPSPAWN_CPUS"), ",") {
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, err1 := strconv.Atoi(lo)
-		b, err2 := strconv.Atoi(hi)
-		switch {
-		case err1 != nil:
-		case !isRange:
-			r.CPUs = append(r.CPUs, a)
-		case err2 == nil:
-			for c := a; c <= b; c++ {
-				r.CPUs = append(r.CPUs, c)
-			}
+		stack = ""
+		if where != "" {
+			stack = "returned by " + string(where)
 		}
 	}
-	return r
+	return &remoteError{Message: err.Error(), Stack: stack}
 }

@@ -1,0 +1,117 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+)
+
+// The control-fd contract: a rank given a control channel inherits its end
+// as file descriptor ControlFD, and ControlFDEnv names it in the rank's
+// environment. Plain scripts ignore both.
+const (
+	ControlFDEnv = "MPSPAWN_CONTROL_FD"
+	ControlFD    = 3 // the first of the rank's extra files
+)
+
+// ControlFDVar is the environment entry that tells a rank where its
+// control channel is.
+func ControlFDVar() string { return ControlFDEnv + "=" + strconv.Itoa(ControlFD) }
+
+// ConnFromEnv returns the control channel this process inherited, as
+// ControlFDEnv names it, and removes the variable from the environment, so
+// that a process this one starts does not take the descriptor for its own.
+func ConnFromEnv() (*Conn, error) {
+	v, ok := os.LookupEnv(ControlFDEnv)
+	if !ok {
+		return nil, fmt.Errorf("ipc: no control channel: %s is not set", ControlFDEnv)
+	}
+	os.Unsetenv(ControlFDEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 0 {
+		return nil, fmt.Errorf("ipc: %s=%q: not a file descriptor", ControlFDEnv, v)
+	}
+	return FileConn(os.NewFile(uintptr(fd), "mpspawn-control"))
+}
+
+// ClientFromEnv returns a Client on the control channel this process
+// inherited (see ConnFromEnv): how a program started with `mpspawn --ipc`
+// reaches the broker. rank labels the client.
+func ClientFromEnv(rank int) (*Client, error) {
+	conn, err := ConnFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	return NewClient(conn, rank), nil
+}
+
+// PeerError is a frame on a rank's control channel that another process
+// than the rank wrote (a child the rank passed its descriptor to, or a
+// stranger that got hold of it). The kernel stamps every frame with its
+// writer's pid, so the lie is always caught.
+type PeerError struct {
+	Rank int // the channel's rank
+	Want int // the rank's pid
+	Got  int // the pid that wrote the frame
+}
+
+func (e *PeerError) Error() string {
+	return fmt.Sprintf("ipc: rank %d's control channel: pid %d wrote a frame, but only the rank (pid %d) may", e.Rank, e.Got, e.Want)
+}
+
+// Serve is the launcher's one read loop on a rank's control channel. It
+// attaches conn to b as rank, then reads frames until the channel ends:
+// broker requests (FrameRequest) are answered by b, and every other frame
+// goes to deliver, which owns its files. Each frame must have been written
+// by pid, the rank's process: the first that was not ends Serve with a
+// *PeerError. Serve detaches the rank before it returns.
+//
+// Serve returns nil when the channel ended (the rank closed it, or the
+// caller closed conn or set a read deadline to stop it), the error of
+// Attach, the error deliver returned, or why the channel broke. A nil
+// deliver makes any frame but a request such an error.
+func (b *Broker) Serve(rank int, conn *Conn, pid int, deliver func(Frame) error) error {
+	if err := b.Attach(rank, conn); err != nil {
+		return err
+	}
+	defer b.Detach(rank, conn) // the rank is gone: its holds are released
+	for {
+		f, err := conn.ReadFrame()
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("ipc: rank %d's control channel: %w", rank, err)
+		}
+		if err := checkPeer(conn, rank, pid); err != nil {
+			closeFiles(f.Files)
+			return err
+		}
+		switch {
+		case f.Type == FrameRequest:
+			b.Handle(rank, f)
+		case deliver == nil:
+			closeFiles(f.Files)
+			return fmt.Errorf("ipc: rank %d's control channel: unexpected %v frame", rank, f.Type)
+		default:
+			if err := deliver(f); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// checkPeer verifies that the frame just read from conn was written by pid.
+func checkPeer(conn *Conn, rank, pid int) error {
+	cred, err := conn.PeerCred()
+	if err != nil {
+		return fmt.Errorf("ipc: rank %d's control channel: peer: %w", rank, err)
+	}
+	if int(cred.Pid) != pid {
+		return &PeerError{Rank: rank, Want: pid, Got: int(cred.Pid)}
+	}
+	return nil
+}
