@@ -2,14 +2,22 @@
 #
 #     PYTHON -u -c <this file> CONFIG_JSON
 #
-# with a SOCK_SEQPACKET socket on fd 3. It imports the preload modules once,
-# reports {"ready": pid}, then serves one JSON message per packet:
+# with a SOCK_SEQPACKET socket on fd 3. CONFIG_JSON is {"preload": [...],
+# "main": [...], "max_fds": F, "max_packet": B}: the launcher owns the bounds
+# on a request (at most F fds and B bytes) and keeps its own requests within
+# them. The server imports the preload modules once, reports {"ready": pid},
+# then serves one JSON message per packet:
 #
 #   launcher -> server  {"op": "fork", "id": N, "argv": [...], "env": [...],
 #                        "cwd": "...", "cpus": [...]}  + fds (SCM_RIGHTS):
 #                        the rank's fds 0, 1, 2, 3, ... in order
 #   server -> launcher  {"id": N, "pid": P} or {"id": N, "error": "..."}
+#                       {"error": "..."}  (a bad request with no readable id)
 #                       {"exit": P, "status": WAITSTATUS}  (when P is reaped)
+#
+# A bad request (not JSON, truncated, too many fds, unknown op, missing or
+# ill-typed fields, a cwd that is no directory, ...) gets an error reply, its
+# fds are closed, and the server goes on serving.
 #
 # "argv" is the rank's Python command line less the interpreter: -u, then
 # SCRIPT ARGS or -m MODULE ARGS. The server stays single-threaded: SIGCHLD
@@ -29,8 +37,9 @@ import sys
 CONFIG = json.loads(sys.argv[1])
 SOCK = socket.socket(fileno=3)
 SERVER_PID = os.getpid()
-MAX_PACKET = 4 << 20
-MAX_FDS = 64
+MAX_PACKET = CONFIG["max_packet"]  # bytes in a request
+MAX_FDS = CONFIG["max_fds"]  # fds with a request, the rank's stdio included
+MAX_ERROR = 4000  # characters of an error message: replies stay far below the launcher's read buffer
 CHILDREN = set()  # pids forked and not reaped yet
 BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
 INTERRUPTED = object()  # run_main's code for an uncaught KeyboardInterrupt
@@ -38,6 +47,16 @@ INTERRUPTED = object()  # run_main's code for an uncaught KeyboardInterrupt
 
 def send(msg):
     SOCK.send(json.dumps(msg).encode())
+
+
+def clip(text):
+    if len(text) <= MAX_ERROR:
+        return text
+    return "%s... (%d more characters)" % (text[:MAX_ERROR], len(text) - MAX_ERROR)
+
+
+class BadRequest(ValueError):
+    """A request the server refuses to act on."""
 
 
 def parse_argv(argv):
@@ -50,7 +69,7 @@ def parse_argv(argv):
         return "module", argv[i + 1], argv[i + 2:]
     if i < len(argv) and not argv[i].startswith("-"):
         return "script", argv[i], argv[i + 1:]
-    raise ValueError("forkserver runs PYTHON [-u] SCRIPT ARGS or PYTHON [-u] -m MODULE ARGS, not %r" % (argv,))
+    raise BadRequest("forkserver runs PYTHON [-u] SCRIPT ARGS or PYTHON [-u] -m MODULE ARGS, not %r" % (argv,))
 
 
 def path0(kind, target):
@@ -71,7 +90,7 @@ def preload():
         try:
             __import__(name)
         except BaseException as e:  # noqa: BLE001 - reported, then exit
-            send({"error": "%s: %s" % (type(e).__name__, e), "preload": name})
+            send({"error": clip("%s: %s" % (type(e).__name__, e)), "preload": name})
             sys.exit(1)
 
 
@@ -129,10 +148,71 @@ def cuda_context():
         return False
 
 
+def handle(msg, fds, flags):
+    """The reply to one packet: a forked rank's pid, or an error, with the
+    request's id when one can be read. Never raises an Exception."""
+    try:
+        req, why = json.loads(msg), None
+    except Exception as e:  # noqa: BLE001 - not JSON, not UTF-8, or nested too deep
+        req, why = None, "not JSON (%s: %s)" % (type(e).__name__, e)
+    rid = request_id(req)
+    try:
+        if flags & socket.MSG_TRUNC:
+            raise BadRequest("longer than %d bytes" % MAX_PACKET)
+        if flags & socket.MSG_CTRUNC:
+            raise BadRequest("more than %d fds (ancillary data truncated)" % MAX_FDS)
+        if why is not None:
+            raise BadRequest(why)
+        check(req, rid, len(fds))
+        return fork_rank(req, fds)
+    except BadRequest as e:
+        return error_reply(rid, "bad request: %s" % e)
+    except Exception as e:  # noqa: BLE001 - reported to the launcher
+        return error_reply(rid, "%s: %s" % (type(e).__name__, e))
+
+
+def request_id(req):
+    """req's id, or None when it has none the launcher could read back (an
+    integer that fits its int)."""
+    rid = req.get("id") if isinstance(req, dict) else None
+    if type(rid) is int and -(1 << 63) <= rid < 1 << 63:
+        return rid
+    return None
+
+
+def check(req, rid, nfds):
+    """Raises BadRequest unless req is a fork request the server can act on."""
+    if not isinstance(req, dict):
+        raise BadRequest("a JSON %s, not an object" % type(req).__name__)
+    if rid is None:
+        raise BadRequest("id %r is not an integer" % (req.get("id"),))
+    if req.get("op") != "fork":
+        raise BadRequest("unknown op %r" % (req.get("op"),))
+    for key in ("argv", "env"):
+        v = req.get(key)
+        if not isinstance(v, list) or not all(isinstance(a, str) and "\0" not in a for a in v):
+            raise BadRequest("%s %r is not a list of strings without NUL" % (key, v))
+    cwd = req.get("cwd")
+    if cwd not in (None, "") and not (isinstance(cwd, str) and os.path.isdir(cwd)):
+        raise BadRequest("cwd %r is not a directory" % (cwd,))
+    cpus = req.get("cpus")
+    if cpus is not None and not (isinstance(cpus, list) and all(type(c) is int and c >= 0 for c in cpus)):
+        raise BadRequest("cpus %r is not a list of CPU numbers" % (cpus,))
+    if nfds < 3:
+        raise BadRequest("%d fds; a rank needs at least its stdin, stdout and stderr" % nfds)
+
+
+def error_reply(rid, text):
+    msg = {"error": clip(text)}
+    if rid is not None:
+        msg["id"] = rid
+    return msg
+
+
 def fork_rank(req, fds):
     err = refusal()
     if err is not None:
-        return {"id": req["id"], "error": "refusing to fork: " + err}
+        return error_reply(req["id"], "refusing to fork: " + err)
     kind, target, args = parse_argv(req["argv"])
     # Signals the launcher may send at once stay blocked in the child until
     # it has its own handlers, as if it were a fresh python.
@@ -296,20 +376,22 @@ def serve():
             reap()
         if SOCK in r:
             msg, fds, flags, _ = socket.recv_fds(SOCK, MAX_PACKET, MAX_FDS)
-            if not msg:
+            if not msg and not fds and peer_closed():
                 return  # the launcher is gone or done
             try:
-                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                    raise ValueError("request truncated (%d bytes, %d fds)" % (len(msg), len(fds)))
-                req = json.loads(msg)
-                try:
-                    reply = fork_rank(req, fds)
-                except Exception as e:  # noqa: BLE001 - reported to the launcher
-                    reply = {"id": req.get("id"), "error": "%s: %s" % (type(e).__name__, e)}
-                send(reply)
+                reply = handle(msg, fds, flags)
             finally:
-                for fd in fds:
+                for fd in fds:  # the rank has its own copies
                     os.close(fd)
+            send(reply)
+
+
+def peer_closed():
+    """True once the launcher has closed (or shut down) its end: reading
+    nothing is then the end, not an empty packet."""
+    p = select.poll()
+    p.register(SOCK, select.POLLRDHUP)
+    return bool(p.poll(0))
 
 
 def shutdown():

@@ -27,6 +27,14 @@ const (
 	lostRankWait       = 5 * time.Second // a lost rank's exit after SIGKILL
 )
 
+// Bounds on one fork request, given to the server at start (serverConfig):
+// the launcher refuses a rank beyond them before sending anything, and the
+// server refuses, with an error reply, any request beyond them.
+const (
+	forkserverMaxFDs    = 64      // the rank's fds 0, 1, 2 and its ExtraFiles
+	forkserverMaxPacket = 4 << 20 // bytes of JSON
+)
+
 // A Forkserver is a running forkserver (see ForkserverConfig): one Python
 // process, the launcher's child, in a process group of its own, with
 // SIGKILL as its parent-death signal and registered with the launcher's
@@ -51,6 +59,13 @@ type Forkserver struct {
 	nextID  int
 	pending map[int]chan forkReply          // nil once the server is dead
 	exits   map[int]chan syscall.WaitStatus // running ranks' exit channels, by pid
+
+	// stray counts the errors the server sent with no id, the last in
+	// strayErr: requests it could not read an id from. The launcher's own
+	// requests carry their id and stay within the server's bounds, so no
+	// start waits on such a reply; they are kept for tests.
+	stray    int
+	strayErr string
 
 	reaped  chan struct{} // closed when the server has been reaped
 	status  string        // how it exited, once reaped
@@ -77,6 +92,14 @@ type serverMsg struct {
 	Pid     int    `json:"pid"`     // the forked rank
 	Exit    int    `json:"exit"`    // a reaped rank's pid...
 	Status  int    `json:"status"`  // ...and its wait status
+}
+
+// serverConfig is the server's argument (CONFIG_JSON in forkserver.py).
+type serverConfig struct {
+	Preload   []string `json:"preload"`
+	Main      []string `json:"main"`
+	MaxFDs    int      `json:"max_fds"`
+	MaxPacket int      `json:"max_packet"`
 }
 
 type forkRequest struct {
@@ -153,7 +176,10 @@ func (fs *Forkserver) startProcess(sock *os.File) (output *os.File, err error) {
 		return nil, err
 	}
 	defer devnull.Close()
-	conf, _ := json.Marshal(map[string][]string{"preload": fs.cfg.Preload, "main": fs.cfg.Main})
+	conf, _ := json.Marshal(serverConfig{
+		Preload: fs.cfg.Preload, Main: fs.cfg.Main,
+		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket,
+	})
 	env := fs.cfg.Env
 	if env == nil {
 		env = os.Environ()
@@ -262,7 +288,13 @@ func (fs *Forkserver) dispatch(m serverMsg) {
 	case m.Preload != "":
 		fs.setReady(&PreloadError{Module: m.Preload, Err: m.Error})
 	case m.Error != "":
+		// Before ready, the server failed to start serving; after, it
+		// refused a request it could not read an id from (see stray).
 		fs.setReady(fmt.Errorf("launcher: forkserver: %s", m.Error))
+		fs.mu.Lock()
+		fs.stray++
+		fs.strayErr = m.Error
+		fs.mu.Unlock()
 	}
 }
 

@@ -18,6 +18,9 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 	if s.Path != fs.cfg.Python {
 		return nil, fmt.Errorf("forkserver runs %s, not %s: only Python ranks of its interpreter can be forked", fs.cfg.Python, s.Path)
 	}
+	if n := len(s.ExtraFiles); 3+n > forkserverMaxFDs {
+		return nil, fmt.Errorf("forkserver: the rank has %d extra files; a forked rank can have at most %d (fds 3 to %d)", n, forkserverMaxFDs-3, forkserverMaxFDs-1)
+	}
 	req, err := json.Marshal(forkRequest{Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs})
 	if err != nil {
 		return nil, err
@@ -40,7 +43,11 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 		fds[i] = int(f.Fd())
 	}
 	rp.started = time.Now()
-	if _, _, err := fs.conn.WriteMsgUnix(req, unix.UnixRights(fds...), nil); err != nil {
+	err = syscall.EMSGSIZE // beyond the server's bound, as beyond the socket's
+	if len(req) <= forkserverMaxPacket {
+		_, _, err = fs.conn.WriteMsgUnix(req, unix.UnixRights(fds...), nil)
+	}
+	if err != nil {
 		fs.forget(id)
 		rp.closePipes()
 		if errors.Is(err, syscall.EMSGSIZE) {

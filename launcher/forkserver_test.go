@@ -4,10 +4,14 @@ package launcher
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +20,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/proctest"
+	"golang.org/x/sys/unix"
 )
 
 // forkRank is the Python rank of the forkserver tests:
@@ -24,10 +29,13 @@ import (
 //	rank.py block        write "PID PPID" to fd 3, then wait for a signal
 //	rank.py wait         wait for a signal
 //	rank.py env KEY...   print KEY=value for each key
+//	rank.py fd N         exit 0 if fd N is open (else a traceback, exit 1)
 const forkRank = `import os, signal, sys
 mode = sys.argv[1]
 if mode == "exit":
     sys.exit(int(sys.argv[2]))
+if mode == "fd":
+    os.fstat(int(sys.argv[2]))
 if mode == "block":
     os.write(3, b"%d %d\n" % (os.getpid(), os.getppid()))
     os.close(3)
@@ -171,6 +179,178 @@ func TestForkserverRefusals(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "only Python ranks") {
 		t.Errorf("Start(/bin/true) = %v; want a refusal of a non-Python rank", err)
 	}
+}
+
+func TestForkserverBadRequests(t *testing.T) {
+	fs, python, script := startForkserver(t)
+	if err := fs.Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	stdio := slices.Repeat([]int{int(devnull.Fd())}, 3)
+	tooMany := slices.Repeat([]int{int(devnull.Fd())}, forkserverMaxFDs+1)
+	argv, _ := json.Marshal([]string{"-u", script, "exit", "0"})
+	fork := `"op":"fork","env":[],"argv":` + string(argv)
+	tests := []struct {
+		name   string
+		packet string // %d, if any, is the request's id; none: the server can read no id
+		fds    []int
+		want   string // in the error reply
+	}{
+		{"unknown op", `{"id":%d,"op":"exec"}`, stdio, "bad request: unknown op 'exec'"},
+		{"no argv", `{"id":%d,"op":"fork","env":[]}`, stdio, "bad request: argv None is not a list of strings"},
+		{"env not a list", `{"id":%d,"op":"fork","env":"A=1","argv":[]}`, stdio, "bad request: env 'A=1' is not a list"},
+		{"NUL in env", `{"id":%d,"op":"fork","env":["A=\u0000"],"argv":` + string(argv) + `}`, stdio, "bad request: env ['A=\\x00'] is not a list of strings without NUL"},
+		{"cpus not numbers", `{"id":%d,` + fork + `,"cpus":["0"]}`, stdio, "bad request: cpus ['0'] is not a list of CPU numbers"},
+		{"bad cwd", `{"id":%d,` + fork + `,"cwd":"/nonexistent/mpspawn"}`, stdio, "bad request: cwd '/nonexistent/mpspawn' is not a directory"},
+		{"no stdio", `{"id":%d,` + fork + `}`, stdio[:1], "bad request: 1 fds"},
+		{"too many fds", `{"id":%d,` + fork + `}`, tooMany, "bad request: more than 64 fds"},
+		{"not python", `{"id":%d,"op":"fork","env":[],"argv":["-c","pass"]}`, stdio, "bad request: forkserver runs PYTHON"},
+		{"not JSON", `{"id":1,`, stdio, "bad request: not JSON"},
+		{"empty", ``, nil, "bad request: not JSON"},
+		{"not an object", `[1]`, stdio, "bad request: a JSON list, not an object"},
+		{"id not an integer", `{"id":"7","op":"fork"}`, stdio, "bad request: id '7' is not an integer"},
+		{"id out of range", `{"id":9223372036854775808,"op":"fork"}`, nil, "is not an integer"},
+		{"too many fds, no id", `[]`, tooMany, "bad request: more than 64 fds"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			stray := fs.strays()
+			if strings.Contains(tc.packet, "%d") {
+				reply, id, err := fs.expect()
+				if err != nil {
+					t.Fatal(err)
+				}
+				closed := sendRaw(t, fs, fmt.Sprintf(tc.packet, id), tc.fds)
+				r := awaitReply(t, reply)
+				if r.err == nil || !strings.Contains(r.err.Error(), tc.want) {
+					t.Errorf("reply to %q = pid %d, error %v; want an error with %q", tc.packet, r.pid, r.err, tc.want)
+				}
+				closed()
+			} else {
+				closed := sendRaw(t, fs, tc.packet, tc.fds)
+				// The server answers in order: once a later request's reply
+				// is in, so is the error for this one.
+				reply, id, err := fs.expect()
+				if err != nil {
+					t.Fatal(err)
+				}
+				sendRaw(t, fs, fmt.Sprintf(`{"id":%d,"op":"sync"}`, id), nil)
+				awaitReply(t, reply)
+				fs.mu.Lock()
+				n, got := fs.stray, fs.strayErr
+				fs.mu.Unlock()
+				if n != stray+1 || !strings.Contains(got, tc.want) {
+					t.Errorf("%q got %d errors with no id (last %q); want 1 with %q", tc.packet, n-stray, got, tc.want)
+				}
+				closed()
+				return
+			}
+			if n := fs.strays(); n != stray {
+				t.Errorf("%q got %d errors with no id; want none", tc.packet, n-stray)
+			}
+		})
+	}
+	// The server lives on and forks.
+	out := &lineBuffer{}
+	spec := pySpec(0, python, script, "env", "RANK")
+	spec.Stdout = out
+	g, err := Start(context.Background(), []Spec{spec}, Options{Forkserver: fs})
+	if err != nil {
+		t.Fatalf("Start after bad requests = %v; want a forked rank", err)
+	}
+	if res := waitResult(t, g); !res.Succeeded() || out.String() != "RANK=0\n" {
+		t.Fatalf("result = %+v, output %q; want success, RANK=0", res, out.String())
+	}
+}
+
+func TestForkserverMaxFDs(t *testing.T) {
+	fs, python, script := startForkserver(t)
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devnull.Close()
+	last := strconv.Itoa(forkserverMaxFDs - 1)
+	spec := pySpec(0, python, script, "fd", last)
+	spec.ExtraFiles = slices.Repeat([]*os.File{devnull}, forkserverMaxFDs-3)
+	g, err := Start(context.Background(), []Spec{spec}, Options{Forkserver: fs})
+	if err != nil {
+		t.Fatalf("Start(%d extra files) = %v; want a forked rank", len(spec.ExtraFiles), err)
+	}
+	if res := waitResult(t, g); !res.Succeeded() {
+		t.Fatalf("rank with fds up to %s: result = %+v; want success", last, res)
+	}
+
+	fs.mu.Lock()
+	sent := fs.nextID
+	fs.mu.Unlock()
+	spec.ExtraFiles = append(spec.ExtraFiles, devnull)
+	_, err = Start(context.Background(), []Spec{spec}, Options{Forkserver: fs})
+	want := fmt.Sprintf("the rank has %d extra files; a forked rank can have at most %d", forkserverMaxFDs-2, forkserverMaxFDs-3)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Start(%d extra files) = %v; want an error with %q", len(spec.ExtraFiles), err, want)
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if fs.nextID != sent {
+		t.Errorf("%d requests sent for a refused rank; want none", fs.nextID-sent)
+	}
+}
+
+// sendRaw sends packet with fds to fs's server, as start sends a request,
+// but with fds[0] replaced by a pipe's write end. The returned func fails
+// the test unless the server has closed that end: call it once the server
+// has answered.
+func sendRaw(t *testing.T, fs *Forkserver, packet string, fds []int) (closed func()) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	var oob []byte
+	if len(fds) > 0 {
+		fds = slices.Clone(fds)
+		fds[0] = int(w.Fd())
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := fs.conn.WriteMsgUnix([]byte(packet), oob, nil); err != nil {
+		r.Close()
+		t.Fatalf("send %q: %v", packet, err)
+	}
+	return func() {
+		t.Helper()
+		defer r.Close()
+		if len(fds) == 0 {
+			return
+		}
+		r.SetReadDeadline(time.Now().Add(time.Minute)) // a bound on failure: EOF is due at once
+		if n, err := r.Read(make([]byte, 1)); n != 0 || !errors.Is(err, io.EOF) {
+			t.Errorf("after the reply to %q, read from a pipe whose write end was sent = %d, %v; want EOF (the server closed its copy)", packet, n, err)
+		}
+	}
+}
+
+func awaitReply(t *testing.T, reply chan forkReply) forkReply {
+	t.Helper()
+	select {
+	case r := <-reply:
+		return r
+	case <-time.After(forkReplyTimeout):
+		t.Fatalf("no reply after %v", forkReplyTimeout)
+		return forkReply{}
+	}
+}
+
+func (fs *Forkserver) strays() int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.stray
 }
 
 // lineBuffer collects lines from several relays.
