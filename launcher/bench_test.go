@@ -29,4 +29,3 @@ func BenchmarkStartWait8True(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
-

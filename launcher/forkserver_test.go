@@ -259,7 +259,7 @@ func TestForkserverBadRequests(t *testing.T) {
 	out := &lineBuffer{}
 	spec := pySpec(0, python, script, "env", "RANK")
 	spec.Stdout = out
-	g, err := Start(context.Background(), []Spec{spec}, Options{Forkserver: fs})
+	g, err := Start(context.Background(), []Spec{spec}, Options{Method: fs})
 	if err != nil {
 		t.Fatalf("Start after bad requests = %v; want a forked rank", err)
 	}
@@ -278,7 +278,7 @@ func TestForkserverMaxFDs(t *testing.T) {
 	last := strconv.Itoa(forkserverMaxFDs - 1)
 	spec := pySpec(0, python, script, "fd", last)
 	spec.ExtraFiles = slices.Repeat([]*os.File{devnull}, forkserverMaxFDs-3)
-	g, err := Start(context.Background(), []Spec{spec}, Options{Forkserver: fs})
+	g, err := Start(context.Background(), []Spec{spec}, Options{Method: fs})
 	if err != nil {
 		t.Fatalf("Start(%d extra files) = %v; want a forked rank", len(spec.ExtraFiles), err)
 	}
@@ -290,7 +290,7 @@ func TestForkserverMaxFDs(t *testing.T) {
 	sent := fs.nextID
 	fs.mu.Unlock()
 	spec.ExtraFiles = append(spec.ExtraFiles, devnull)
-	_, err = Start(context.Background(), []Spec{spec}, Options{Forkserver: fs})
+	_, err = Start(context.Background(), []Spec{spec}, Options{Method: fs})
 	want := fmt.Sprintf("the rank has %d extra files; a forked rank can have at most %d", forkserverMaxFDs-2, forkserverMaxFDs-3)
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("Start(%d extra files) = %v; want an error with %q", len(spec.ExtraFiles), err, want)

@@ -78,7 +78,7 @@ func (fs *Forkserver) starter(int) rankStarter { return forkStarter{fs} }
 type forkStarter struct{ fs *Forkserver }
 
 func (f forkStarter) start(_ int, s Spec) (*rankProc, error) { return f.fs.start(s) }
-func (forkStarter) close()                                    {}
+func (forkStarter) close()                                   {}
 
 // method returns the start method the options ask for.
 func (o Options) method() StartMethod {

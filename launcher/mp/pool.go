@@ -379,6 +379,7 @@ func (p *Pool) retire(w *poolWorker) {
 	delete(p.live, w.slot)
 	p.mu.Unlock()
 }
+
 // fail terminates the pool after an error it cannot recover from (a worker
 // that cannot be replaced).
 func (p *Pool) fail(err error) {
