@@ -239,7 +239,7 @@ func TestForkserverBadRequests(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				sendRaw(t, fs, fmt.Sprintf(`{"id":%d,"op":"sync"}`, id), nil)
+				sendRaw(t, fs, fmt.Sprintf(`{"id":%d,"op":"sync"}`, id), nil)()
 				awaitReply(t, reply)
 				fs.mu.Lock()
 				n, got := fs.stray, fs.strayErr

@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -287,15 +289,25 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// TestStartFailureLeavesNothing: when one rank cannot start, the ranks
+// that did are killed and reaped before Start returns, and the error names
+// the rank and why.
 func TestStartFailureLeavesNothing(t *testing.T) {
-	specs := []Spec{helperSpec(t, 0, "block"), {Rank: 1, Path: "/nonexistent/program", Args: []string{"x"}}}
+	if _, err := startGuard(); err != nil { // a child of its own, for good
+		t.Fatal(err)
+	}
+	kids := proctest.Children(os.Getpid())
+	specs := []Spec{helperSpec(t, 0, "block"), helperSpec(t, 1, "block"), {Rank: 2, Path: "/nonexistent/program", Args: []string{"x"}}}
 	g, err := Start(context.Background(), specs, Options{})
 	if err == nil {
 		waitResult(t, g)
 		t.Fatal("Start with a missing program succeeded")
 	}
-	if !strings.Contains(err.Error(), "rank 1") {
-		t.Errorf("error %q does not name rank 1", err)
+	if !strings.Contains(err.Error(), "rank 2") || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Start error = %v; want one naming rank 2 and wrapping fs.ErrNotExist", err)
+	}
+	if after := proctest.Children(os.Getpid()); !slices.Equal(after, kids) {
+		t.Errorf("children after a failed Start = %v; want %v (the ranks that started killed and reaped)", after, kids)
 	}
 }
 

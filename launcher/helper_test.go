@@ -7,22 +7,79 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/ipc"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
 
 // The test binary is also the rank program: with MPSPAWN_TEST_HELPER set it
 // runs one of the helper modes below and exits (the os/exec helper pattern).
+//
+// After the tests it checks that they leaked no goroutine and no file
+// descriptor: every pipe, socket and pidfd the launcher opens for a Group
+// is closed by the time Wait returns.
 func TestMain(m *testing.M) {
 	if mode := os.Getenv("MPSPAWN_TEST_HELPER"); mode != "" {
 		os.Exit(helper(mode, os.Args[1:]))
 	}
-	goleak.VerifyTestMain(m)
+	// The runtime's poller and the shared guard keep descriptors for the
+	// life of the process: open them before taking the baseline.
+	if err := primeRuntimeFDs(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	before := proctest.OpenFDs()
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+		if leaked := leakedFDs(before, proctest.OpenFDs()); len(leaked) > 0 {
+			fmt.Fprintf(os.Stderr, "the tests leaked file descriptors: %s\n", strings.Join(leaked, ", "))
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// primeRuntimeFDs makes the runtime open the descriptors it keeps for
+// good (its poller) and starts the shared guard.
+func primeRuntimeFDs() error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	_ = r.SetReadDeadline(time.Now()) // registers r with the poller
+	r.Close()
+	w.Close()
+	_, err = startGuard()
+	return err
+}
+
+// leakedFDs lists the descriptors open in after but not in before,
+// except the shared guard's pipe (restarted by the guard tests).
+func leakedFDs(before, after map[int]string) []string {
+	guardFD := -1
+	if sharedGuard != nil {
+		guardFD = int(sharedGuard.w.Fd())
+	}
+	var leaked []string
+	for fd, target := range after {
+		if before[fd] != target && fd != guardFD {
+			leaked = append(leaked, fmt.Sprintf("%d -> %s", fd, target))
+		}
+	}
+	sort.Strings(leaked)
+	return leaked
 }
 
 // helperSpec is a spec running the test binary in a helper mode.
@@ -118,6 +175,27 @@ func helper(mode string, args []string) int {
 		msg := `{"message": {"message": "RuntimeError: boom", "extraInfo": {"py_callstack": "Traceback (most recent call last):\n  File \"x.py\", line 3\nRuntimeError: boom\n", "timestamp": "1700000000"}}}`
 		_ = os.WriteFile(os.Getenv("TORCHELASTIC_ERROR_FILE"), []byte(msg), 0o644)
 		return 1
+	case "peer-liar": // a child of the rank writes on the rank's control channel (fd 3)
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), "MPSPAWN_TEST_HELPER=write-frame")
+		cmd.ExtraFiles = []*os.File{os.NewFile(3, "control")}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return blockForever()
+	case "write-frame": // write a broker request on fd 3
+		conn, err := ipc.FileConn(os.NewFile(3, "control"))
+		if err == nil {
+			err = conn.WriteFrame(ipc.Frame{Type: ipc.FrameRequest, ID: 1, Payload: []byte{1}})
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
 	case "launcher": // a launcher process for the no-orphans test: args are ranks' modes
 		return helperLauncher(args)
 	}

@@ -13,10 +13,15 @@ import (
 // every binary using the package must. With MPSPAWN_TEST_HELPER set it is
 // instead a parent for the tests that need one in another process.
 func TestMain(m *testing.M) {
+	if os.Getenv("MPSPAWN_TEST_HELPER") == "forgetful" {
+		os.Exit(helperForgetful()) // a binary whose main forgets Main
+	}
 	Main()
 	switch os.Getenv("MPSPAWN_TEST_HELPER") {
 	case "spawner":
 		os.Exit(helperSpawner())
+	case "pool-replaced":
+		os.Exit(helperPoolReplaced())
 	}
 	goleak.VerifyTestMain(m)
 }

@@ -37,6 +37,8 @@ var (
 			select {}
 		case -3:
 			return 0, errors.New("negative three")
+		case -7:
+			os.Exit(7) // the worker exits under its task
 		}
 		return x * x, nil
 	})
@@ -188,10 +190,74 @@ func TestPoolWorkerDies(t *testing.T) {
 	if got, err := Map(context.Background(), p, squareFn, []int{7, 8, 9, 10}, 1); err != nil || !slices.Equal(got, []int{49, 64, 81, 100}) {
 		t.Errorf("Map after an idle worker died = %v, %v", got, err)
 	}
+	last := workerPids(t, p)
 	p.Close()
 	p.Join()
-	for _, pid := range workerPids2(p) {
-		t.Errorf("worker %d alive after Join", pid)
+	for _, pid := range last {
+		if !proctest.WaitExit(pid, 0) {
+			t.Errorf("worker %d alive after Join", pid)
+		}
+	}
+}
+
+// TestPoolDeadWorkerFailsOnlyItsTask: a worker that dies fails the task it
+// was running and nothing else: the task queued behind it on the same
+// worker goes to the replacement. The error names the item.
+func TestPoolDeadWorkerFailsOnlyItsTask(t *testing.T) {
+	p := newTestPool(t, 1) // one worker: every task in flight is on it
+	defer p.Join()
+	defer p.Close()
+	for run := range 4 {
+		items := []int{1, 2, 3, 4, 5, -7, 6, 7, 8}
+		got, err := Map(context.Background(), p, squareFn, items, 1)
+		var me *MapError
+		if !errors.As(err, &me) || len(me.Items) != 1 || me.Items[0].Index != 5 {
+			t.Fatalf("run %d: Map error = %v; want a *MapError for item 5 only", run, err)
+		}
+		var re *RankError
+		if !errors.Is(err, ErrWorkerDied) || !errors.As(err, &re) || re.ExitCode != 7 {
+			t.Errorf("run %d: item 5's error = %v; want ErrWorkerDied with exit code 7", run, me.Items[0].Err)
+		}
+		if !strings.Contains(err.Error(), "item 5") {
+			t.Errorf("run %d: error %q does not name item 5", run, err)
+		}
+		want := []int{1, 4, 9, 16, 25, 0, 36, 49, 64}
+		if !slices.Equal(got, want) {
+			t.Errorf("run %d: Map = %v; want %v", run, got, want)
+		}
+	}
+}
+
+// TestPoolItemErrors: every failed item is named by index in the
+// MapError, in order; MapUnordered names the item in Outcome.Err.
+func TestPoolItemErrors(t *testing.T) {
+	p := newTestPool(t, 2)
+	defer p.Join()
+	defer p.Close()
+	_, err := Map(context.Background(), p, squareFn, []int{-3, 1, -3, -3, 2}, 2)
+	var me *MapError
+	if !errors.As(err, &me) {
+		t.Fatalf("Map error = %v; want a *MapError", err)
+	}
+	var idx []int
+	for _, it := range me.Items {
+		idx = append(idx, it.Index)
+		var re *RankError
+		if !errors.As(it, &re) || re.Message != "negative three" || re.Exit() != "" {
+			t.Errorf("item %d: %v; want the returned error, its worker alive", it.Index, it.Err)
+		}
+	}
+	if !slices.Equal(idx, []int{0, 2, 3}) {
+		t.Errorf("failed items %v; want [0 2 3]", idx)
+	}
+	for o := range MapUnordered(context.Background(), p, squareFn, []int{4, -3}, 1) {
+		var ie *ItemError
+		switch {
+		case o.Index == 0 && (o.Err != nil || o.Value != 16):
+			t.Errorf("MapUnordered item 0 = %v, %v; want 16", o.Value, o.Err)
+		case o.Index == 1 && (!errors.As(o.Err, &ie) || ie.Index != 1):
+			t.Errorf("MapUnordered item 1 error = %v; want an *ItemError for item 1", o.Err)
+		}
 	}
 }
 
@@ -202,8 +268,18 @@ func TestPoolTerminate(t *testing.T) {
 	pids := workerPids(t, p)
 	f := MapAsync(context.Background(), p, waitFn, []int{1, 2, 3, 4}, 1)
 	p.Terminate()
-	if _, err := f.Get(context.Background()); err == nil {
-		t.Error("work running at Terminate succeeded")
+	_, err := f.Get(context.Background())
+	var me *MapError
+	if !errors.As(err, &me) || len(me.Items) != 4 {
+		t.Fatalf("Map running at Terminate = %v; want all 4 items failed", err)
+	}
+	for _, it := range me.Items {
+		// A running item fails as its worker is stopped (its function sees
+		// its context cancelled, or the worker dies); a queued one as closed.
+		var re *RankError
+		if !errors.Is(it, ErrPoolClosed) && !errors.Is(it, ErrWorkerDied) && !(errors.As(it, &re) && slices.Contains(pids, re.Pid)) {
+			t.Errorf("item %d: %v; want ErrPoolClosed, ErrWorkerDied or its stopped worker's error", it.Index, it.Err)
+		}
 	}
 	p.Join()
 	for _, pid := range pids {
@@ -214,17 +290,6 @@ func TestPoolTerminate(t *testing.T) {
 	if _, err := Apply(context.Background(), p, squareFn, 1); !errors.Is(err, ErrPoolClosed) {
 		t.Errorf("Apply after Terminate = %v; want ErrPoolClosed", err)
 	}
-}
-
-// workerPids2 lists the pool's live worker processes.
-func workerPids2(p *Pool) []int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var pids []int
-	for _, g := range p.live {
-		pids = append(pids, g.Pids()...)
-	}
-	return pids
 }
 
 // markerLine is "file:N" for the line of file holding marker.

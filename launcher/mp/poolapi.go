@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"iter"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/mpspawn/mpspawn/ipc"
@@ -102,19 +105,62 @@ func decodeChunk[R any](name string, n int, reply []byte, worker, pid int, err e
 	return values, errs, nil
 }
 
+// ItemError is the failure of one item of a Map, Starmap or MapUnordered.
+// Err is a *RankError for an error or panic in the function (its Rank is
+// the worker that ran the item), one wrapping ErrWorkerDied when the
+// worker died running it, or why it never ran (ErrPoolClosed, a context's
+// cause).
+type ItemError struct {
+	Index int // the item's position in the input
+	Err   error
+}
+
+func (e *ItemError) Error() string { return fmt.Sprintf("mp: item %d: %v", e.Index, e.Err) }
+
+// Unwrap returns Err.
+func (e *ItemError) Unwrap() error { return e.Err }
+
+// MapError is the error of a Map or Starmap whose items did not all
+// succeed: every failed item, in input order. The results of those items
+// are zero values; the others' are valid. errors.As and errors.Is look
+// into each item's error.
+type MapError struct {
+	Items []*ItemError
+}
+
+func (e *MapError) Error() string {
+	const shown = 8
+	idx := make([]string, 0, shown)
+	for _, it := range e.Items[:min(len(e.Items), shown)] {
+		idx = append(idx, strconv.Itoa(it.Index))
+	}
+	more := ""
+	if len(e.Items) > shown {
+		more = ", ..."
+	}
+	return fmt.Sprintf("mp: %d items failed (%s%s); first: %v", len(e.Items), strings.Join(idx, ", "), more, e.Items[0])
+}
+
+// Unwrap returns the items' errors.
+func (e *MapError) Unwrap() []error {
+	errs := make([]error, len(e.Items))
+	for i, it := range e.Items {
+		errs[i] = it
+	}
+	return errs
+}
+
 // MapAsync is Map returning at once; the Future holds the ordered results
-// and the error of the first failed item.
+// and, when items failed, a *MapError.
 func MapAsync[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, chunksize int) *Future[[]R] {
 	f := newFuture[[]R]()
 	out := make([]R, len(items))
-	// Only the first failed item's error is returned: keep that one, not
-	// a slice of errors as long as the items for the GC to scan.
 	var mu sync.Mutex
-	first, firstErr := len(items), error(nil)
-	failed := func(k int, err error) {
+	var failed []*ItemError
+	fail := func(start, n int, err error) {
 		mu.Lock()
-		if k < first {
-			first, firstErr = k, err
+		for k := range n {
+			failed = append(failed, &ItemError{Index: start + k, Err: err})
 		}
 		mu.Unlock()
 	}
@@ -126,12 +172,12 @@ func MapAsync[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, 
 	_, err := submitItems(ctx, p, fn, items, chunksize, func(start int, vals []R, chunkErrs map[int]error, err error) {
 		defer wg.Done()
 		if err != nil {
-			failed(start, err)
+			fail(start, chunkLen(items, start, chunksize, p), err)
 			return
 		}
 		copy(out[start:], vals)
 		for k, e := range chunkErrs {
-			failed(start+k, e)
+			fail(start+k, 1, e)
 		}
 	})
 	if err != nil { // nothing was submitted
@@ -140,7 +186,12 @@ func MapAsync[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, 
 	}
 	go func() {
 		wg.Wait()
-		f.set(out, firstErr)
+		if len(failed) == 0 {
+			f.set(out, nil)
+			return
+		}
+		slices.SortFunc(failed, func(a, b *ItemError) int { return a.Index - b.Index })
+		f.set(out, &MapError{Items: failed})
 	}()
 	return f
 }
@@ -155,8 +206,9 @@ func chunkLen[A any](items []A, start, chunksize int, p *Pool) int {
 
 // Map applies fn to every item in the pool's workers, chunksize items per
 // task (DefaultChunksize when < 1), and returns the results in item order.
-// When items fail, it returns the results of the others and the error of
-// the first failed item (a *RankError for an error or panic in fn).
+// When items fail, it returns the results of the others and a *MapError
+// naming every failed item (its Err a *RankError for an error or panic in
+// fn).
 func Map[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []A, chunksize int) ([]R, error) {
 	return MapAsync(ctx, p, fn, items, chunksize).Get(ctx)
 }
@@ -206,6 +258,9 @@ func MapUnordered[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items [
 				o := Outcome[R]{Index: start + k, Err: err}
 				if err == nil {
 					o.Value, o.Err = vals[k], errs[k]
+				}
+				if o.Err != nil {
+					o.Err = &ItemError{Index: o.Index, Err: o.Err}
 				}
 				ch <- o
 			}
@@ -267,5 +322,5 @@ func (f *Future[T]) Ready() bool {
 type Outcome[R any] struct {
 	Index int // the item's position in the input; -1 for a failure of the whole call
 	Value R
-	Err   error
+	Err   error // an *ItemError for the item's failure
 }

@@ -276,12 +276,22 @@ const noResult = "exited 0 without reporting a result: does main call mp.Main() 
 func (s *Spawned[R]) rankError(i int, res *launcher.Result) *RankError {
 	rr := res.Ranks[i]
 	e := &RankError{Rank: rr.Rank, Pid: rr.Pid, ExitCode: rr.ExitCode, Signal: rr.Signal, Message: rr.Status(), Stderr: s.ranks.tails[i].String()}
-	if re := s.remote[i]; re != nil {
+	switch re := s.remote[i]; {
+	case re != nil:
 		e.Message, e.Panicked, e.PanicValue, e.Stack = re.Message, re.Panicked, re.Panic, re.Stack
-	} else if strings.Contains(e.Stderr, "goroutine ") {
+	case strings.Contains(e.Stderr, "goroutine "):
 		e.Stack = e.Stderr // a Go fatal error or signal traceback
+	case e.Stderr != "":
+		// It died without reporting: what it said last is the best clue
+		// (a binary that does not call Main says so there).
+		e.Message += ": " + lastLine(e.Stderr)
 	}
 	return e
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	return s[strings.LastIndexByte(s, '\n')+1:]
 }
 
 // goRanks are Go ranks or Pool workers being started: their specs, their
