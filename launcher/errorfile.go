@@ -4,9 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
-	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -23,20 +24,62 @@ type ErrorFile struct {
 	Time      time.Time `json:"time,omitzero"`
 }
 
+// Bounds on what is read of a rank's error file: the rank controls it, and
+// a FIFO, a symlink to /dev/zero or a file of gigabytes must neither hang
+// nor exhaust the launcher.
+const (
+	maxErrorFile = 1 << 20  // bytes read
+	maxMessage   = 4 << 10  // bytes of the message kept
+	maxTraceback = 64 << 10 // bytes of the traceback kept (its end)
+)
+
 // ReadErrorFile reads and parses a torchelastic error file. A missing file
-// (or an empty path) gives nil and no error.
+// (or an empty path) gives nil and no error. Only a regular file, not a
+// symbolic link, of at most 1 MiB is read, without blocking; the message and
+// traceback are truncated to a few KiB.
 func ReadErrorFile(path string) (*ErrorFile, error) {
 	if path == "" {
 		return nil, nil
 	}
-	data, err := os.ReadFile(path)
+	f, err := openErrorFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("launcher: read error file: %w", err)
 	}
-	return ParseErrorFile(data)
+	defer f.Close()
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("launcher: read error file: %w", err)
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("launcher: read error file %s: not a regular file (%v)", path, st.Mode().Type())
+	case st.Size() > maxErrorFile:
+		return nil, fmt.Errorf("launcher: read error file %s: %d bytes, more than the %d read", path, st.Size(), maxErrorFile)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxErrorFile))
+	if err != nil {
+		return nil, fmt.Errorf("launcher: read error file: %w", err)
+	}
+	ef, err := ParseErrorFile(data)
+	if ef != nil {
+		ef.Message = truncate(ef.Message, maxMessage, false)
+		ef.Traceback = truncate(ef.Traceback, maxTraceback, true)
+	}
+	return ef, err
+}
+
+// truncate cuts s to at most n bytes, keeping its end when tail is set,
+// and says so.
+func truncate(s string, n int, tail bool) string {
+	if len(s) <= n {
+		return s
+	}
+	if tail {
+		return "... (truncated)\n" + strings.ToValidUTF8(s[len(s)-n:], "")
+	}
+	return strings.ToValidUTF8(s[:n], "") + "... (truncated)"
 }
 
 // ParseErrorFile parses the contents of a torchelastic error file.
