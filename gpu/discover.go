@@ -39,12 +39,14 @@ type Discovery struct {
 	// Topology is the node. When the GPUs could not be read it still
 	// holds the CPUs and NUMA nodes, with no GPUs.
 	Topology *Topology
-	// GPUErr is why no GPU was read: it wraps ErrNoNVML when the NVIDIA
-	// driver is not installed, ErrNVMLFailed when NVML is there but
-	// failed. It is nil when NVML answered, even with zero GPUs.
+	// GPUErr is why no GPU was read: a *NVMLError, which unwraps to
+	// ErrNoNVML when the NVIDIA driver is not installed and to
+	// ErrNVMLFailed when NVML is there but failed. It is nil when NVML
+	// answered, even with zero GPUs.
 	GPUErr error
-	// Warnings are one-line notes about data that had to be guessed or
-	// left out.
+	// Warnings are one-line notes for people about data that had to be
+	// guessed or left out, with no package prefix: the caller says whose
+	// they are.
 	Warnings []string
 }
 
@@ -92,15 +94,13 @@ func Discover(opts DiscoverOptions) (*Discovery, error) {
 	return d, nil
 }
 
-// finish restricts the topology to the allowed CPUs and validates it.
+// finish restricts the topology to the allowed CPUs and validates it. A
+// *TopologyError here means discovery read something inconsistent.
 func (d *Discovery) finish(allowed place.CPUSet) error {
 	if allowed != nil {
 		d.Topology.restrict(allowed)
 	}
-	if err := d.Topology.Validate(); err != nil {
-		return fmt.Errorf("gpu: discover: %w", err)
-	}
-	return nil
+	return d.Topology.Validate()
 }
 
 // hostTopology reads the node's online CPUs and its NUMA nodes from sysfs.

@@ -110,7 +110,8 @@ func (p *Placement) sharers(i int) int {
 //	s, err := mp.Spawn(ctx, train, len(ranks), cfg, &mp.Options{Ranks: ranks})
 //
 // Notes say where the plan fell short (no GPU, shared CPUs, visibility
-// changed for MIG devices).
+// changed for MIG devices); like Placement.Warnings they are one line each,
+// with no package prefix.
 func PlanHere(opts PlanOptions, v Visibility) ([]place.Rank, []string, error) {
 	allowed, err := AllowedCPUs()
 	if err != nil {
@@ -122,7 +123,7 @@ func PlanHere(opts PlanOptions, v Visibility) ([]place.Rank, []string, error) {
 	}
 	notes := d.Warnings
 	if d.GPUErr != nil {
-		notes = append(notes, fmt.Sprintf("gpu: no GPU used: %v", d.GPUErr))
+		notes = append(notes, fmt.Sprintf("no GPU used: %v", d.GPUErr))
 	}
 	value, set := os.LookupEnv("CUDA_VISIBLE_DEVICES")
 	vis, warnings, err := Visible(d.Topology, value, set)

@@ -67,10 +67,12 @@ func (l Link) Valid() bool {
 }
 
 // UnmarshalText reads a link kind, rejecting those nvidia-smi never reports.
+// Like time.Time's and net.IP's, its error has no package prefix: the
+// decoder that calls it gives the context (see TopologyError).
 func (l *Link) UnmarshalText(b []byte) error {
 	v := Link(b)
 	if !v.Valid() {
-		return fmt.Errorf("gpu: unknown link kind %q (want X, NV<n>, PIX, PXB, PHB, NODE or SYS)", string(b))
+		return fmt.Errorf("unknown link kind %q (want X, NV<n>, PIX, PXB, PHB, NODE or SYS)", string(b))
 	}
 	*l = v
 	return nil

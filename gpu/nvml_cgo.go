@@ -51,22 +51,23 @@ const maxNUMANode = 1 << 16
 // a temporary directory), read where NVML cannot tell a GPU's CPUs or NUMA
 // node.
 //
-// An error wraps ErrNoNVML when the library is not installed and
-// ErrNVMLFailed when it failed; warnings are one-line notes about data that
-// could not be read and was left out or guessed. Zero GPUs is not an error:
+// An error is an *NVMLError, unwrapping to ErrNoNVML when the library is
+// not installed and to ErrNVMLFailed when it failed; warnings are one-line
+// notes, with no package prefix, about data that could not be read and was
+// left out or guessed. Zero GPUs is not an error:
 // the slices are then empty.
 func nvmlGPUs(lib NVML, sysfs string) (gpus []Device, links [][]Link, warnings []string, err error) {
 	switch ret := lib.Init(); ret {
 	case nvml.SUCCESS:
 	case nvml.ERROR_LIBRARY_NOT_FOUND:
-		return nil, nil, nil, fmt.Errorf("gpu: nvml init: %w (libnvidia-ml.so.1 could not be loaded)", ErrNoNVML)
+		return nil, nil, nil, &NVMLError{Op: "init", GPU: -1, Detail: "libnvidia-ml.so.1 could not be loaded", Err: ErrNoNVML}
 	default:
-		return nil, nil, nil, fmt.Errorf("gpu: nvml init: %w: %v", ErrNVMLFailed, ret)
+		return nil, nil, nil, &NVMLError{Op: "init", GPU: -1, Detail: fmt.Sprint(ret), Err: ErrNVMLFailed}
 	}
 	r := &nvmlReader{lib: lib, sysfs: sysfs, symbols: map[string]bool{}}
 	defer func() {
 		if ret := lib.Shutdown(); ret != nvml.SUCCESS {
-			warnings = append(warnings, fmt.Sprintf("gpu: nvml shutdown: %v", ret))
+			warnings = append(warnings, fmt.Sprintf("NVML shutdown failed: %v", ret))
 		}
 	}()
 	gpus, handles, err := r.devices()
@@ -85,7 +86,7 @@ type nvmlReader struct {
 	warnings []string
 }
 
-// warn records a warning; format starts with "gpu: ".
+// warn records a warning, a note for people with no package prefix.
 func (r *nvmlReader) warn(format string, args ...any) {
 	r.warnings = append(r.warnings, fmt.Sprintf(format, args...))
 }
@@ -103,14 +104,14 @@ func (r *nvmlReader) has(symbol string) bool {
 
 // queryError reports a failed query of GPU i.
 func queryError(i int, query string, ret nvml.Return) error {
-	return fmt.Errorf("gpu: nvml gpu %d: %s: %w: %v", i, query, ErrNVMLFailed, ret)
+	return &NVMLError{Op: query, GPU: i, Detail: fmt.Sprint(ret), Err: ErrNVMLFailed}
 }
 
 // devices reads every GPU in NVML index order, with its handle.
 func (r *nvmlReader) devices() ([]Device, []nvml.Device, error) {
 	n, ret := r.lib.DeviceGetCount()
 	if ret != nvml.SUCCESS {
-		return nil, nil, fmt.Errorf("gpu: nvml device count: %w: %v", ErrNVMLFailed, ret)
+		return nil, nil, &NVMLError{Op: "device count", GPU: -1, Detail: fmt.Sprint(ret), Err: ErrNVMLFailed}
 	}
 	gpus := make([]Device, 0, n)
 	handles := make([]nvml.Device, 0, n)
@@ -171,7 +172,7 @@ func (r *nvmlReader) cpuAffinity(i int, h nvml.Device, busID string) place.CPUSe
 	}
 	set, err := r.sysfsCPUList(busID)
 	if err != nil {
-		r.warn("gpu: gpu %d: cpu affinity unknown (nvml: %v; sysfs: %v)", i, ret, err)
+		r.warn("gpu %d: cpu affinity unknown (nvml: %v; sysfs: %v)", i, ret, err)
 		return place.CPUSet{}
 	}
 	return set
@@ -235,7 +236,7 @@ func (r *nvmlReader) migDevices(i int, h nvml.Device) ([]MIGDevice, error) {
 	case ret == nvml.ERROR_NOT_SUPPORTED:
 		return migs, nil // a GPU without MIG
 	case ret != nvml.SUCCESS:
-		r.warn("gpu: gpu %d: mig mode unknown (%v); no mig devices listed", i, ret)
+		r.warn("gpu %d: mig mode unknown (%v); no mig devices listed", i, ret)
 		return migs, nil
 	case current != nvml.DEVICE_MIG_ENABLE:
 		return migs, nil
@@ -261,7 +262,7 @@ func (r *nvmlReader) migDevices(i int, h nvml.Device) ([]MIGDevice, error) {
 		if ret == nvml.SUCCESS {
 			profile = migProfile(attrs)
 		} else {
-			r.warn("gpu: gpu %d: mig device %s: profile unknown (%v)", i, uuid, ret)
+			r.warn("gpu %d: mig device %s: profile unknown (%v)", i, uuid, ret)
 		}
 		migs = append(migs, MIGDevice{UUID: uuid, Profile: profile})
 	}
@@ -319,7 +320,7 @@ func (r *nvmlReader) links(gpus []Device, handles []nvml.Device) [][]Link {
 		}
 	}
 	if len(unknown) > 0 {
-		r.warn("gpu: pcie path unknown between gpus %s; shown as SYS", strings.Join(unknown, ", "))
+		r.warn("pcie path unknown between gpus %s; shown as SYS", strings.Join(unknown, ", "))
 	}
 	return links
 }

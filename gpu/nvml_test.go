@@ -365,8 +365,8 @@ func TestNVMLLinks(t *testing.T) {
 				t.Errorf("warnings = %q; want %d", warnings, tt.warnings)
 			}
 			for _, w := range warnings {
-				if !strings.HasPrefix(w, "gpu: ") || strings.Contains(w, "\n") {
-					t.Errorf("warning %q; want one line starting with \"gpu: \"", w)
+				if strings.HasPrefix(w, "gpu: ") || strings.Contains(w, "\n") {
+					t.Errorf("warning %q; want one line with no package prefix", w)
 				}
 			}
 		})
@@ -406,8 +406,8 @@ func TestNVMLSysfsFallback(t *testing.T) {
 				t.Errorf("warnings = %q; want %d", warnings, tt.warnings)
 			}
 			for _, w := range warnings {
-				if !strings.HasPrefix(w, "gpu: gpu 0: cpu affinity unknown") {
-					t.Errorf("warning %q; want \"gpu: gpu 0: cpu affinity unknown ...\"", w)
+				if !strings.HasPrefix(w, "gpu 0: cpu affinity unknown") {
+					t.Errorf("warning %q; want \"gpu 0: cpu affinity unknown ...\"", w)
 				}
 			}
 		})
@@ -504,6 +504,8 @@ func TestNVMLErrors(t *testing.T) {
 		node      fakeNode
 		breakIt   func(*mock.Interface, []*mock.Device)
 		wantErr   error
+		wantOp    string // the *NVMLError's Op
+		wantGPU   int    // and GPU
 		wantText  []string
 		shutdowns int
 	}{{
@@ -511,21 +513,28 @@ func TestNVMLErrors(t *testing.T) {
 		breakIt: func(lib *mock.Interface, _ []*mock.Device) {
 			lib.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
 		},
-		wantErr: ErrNoNVML,
+		wantErr:  ErrNoNVML,
+		wantOp:   "init",
+		wantGPU:  -1,
+		wantText: []string{"gpu: nvml init: libnvidia-ml.so.1 could not be loaded"},
 	}, {
 		name: "driver not loaded",
 		breakIt: func(lib *mock.Interface, _ []*mock.Device) {
 			lib.InitFunc = func() nvml.Return { return nvml.ERROR_DRIVER_NOT_LOADED }
 		},
 		wantErr:  ErrNVMLFailed,
-		wantText: []string{"gpu: nvml init"},
+		wantOp:   "init",
+		wantGPU:  -1,
+		wantText: []string{"gpu: nvml init: "},
 	}, {
 		name: "device count fails",
 		breakIt: func(lib *mock.Interface, _ []*mock.Device) {
 			lib.DeviceGetCountFunc = func() (int, nvml.Return) { return 0, nvml.ERROR_UNKNOWN }
 		},
 		wantErr:   ErrNVMLFailed,
-		wantText:  []string{"device count"},
+		wantOp:    "device count",
+		wantGPU:   -1,
+		wantText:  []string{"gpu: nvml device count: "},
 		shutdowns: 1,
 	}, {
 		name:      "zero gpus",
@@ -537,7 +546,9 @@ func TestNVMLErrors(t *testing.T) {
 			devs[1].GetUUIDFunc = func() (string, nvml.Return) { return "", nvml.ERROR_GPU_IS_LOST }
 		},
 		wantErr:   ErrNVMLFailed,
-		wantText:  []string{"gpu 1", "uuid"},
+		wantOp:    "uuid",
+		wantGPU:   1,
+		wantText:  []string{"gpu: nvml gpu 1: uuid: "},
 		shutdowns: 1,
 	}, {
 		name: "memory fails",
@@ -546,7 +557,9 @@ func TestNVMLErrors(t *testing.T) {
 			devs[0].GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) { return nvml.Memory{}, nvml.ERROR_NO_PERMISSION }
 		},
 		wantErr:   ErrNVMLFailed,
-		wantText:  []string{"gpu 0", "memory"},
+		wantOp:    "memory info",
+		wantGPU:   0,
+		wantText:  []string{"gpu: nvml gpu 0: memory info: "},
 		shutdowns: 1,
 	}}
 	for _, tt := range tests {
@@ -561,6 +574,10 @@ func TestNVMLErrors(t *testing.T) {
 			}
 			if errors.Is(err, ErrNoNVML) && errors.Is(err, ErrNVMLFailed) {
 				t.Errorf("nvmlGPUs() error = %v wraps both ErrNoNVML and ErrNVMLFailed", err)
+			}
+			var ne *NVMLError
+			if err != nil && (!errors.As(err, &ne) || ne.Op != tt.wantOp || ne.GPU != tt.wantGPU || ne.Detail == "") {
+				t.Errorf("nvmlGPUs() error = %#v; want an *NVMLError with Op %q, GPU %d and a Detail", err, tt.wantOp, tt.wantGPU)
 			}
 			for _, s := range tt.wantText {
 				if !strings.Contains(err.Error(), s) {

@@ -51,7 +51,9 @@ type Placement struct {
 	// Ranks holds one entry per local rank, in local rank order.
 	Ranks []RankPlacement
 	// Warnings explains where the plan fell short of the policy, such
-	// as ranks sharing CPUs because there were fewer CPUs than ranks.
+	// as ranks sharing CPUs because there were fewer CPUs than ranks. They
+	// are notes for people, one line each, with no package prefix: the
+	// caller says whose they are.
 	Warnings []string
 }
 
@@ -74,13 +76,30 @@ func (r RankPlacement) GPUs() []int {
 	return out
 }
 
-// ErrTooFewGPUs is wrapped by the error Plan returns when more devices are
+// ErrTooFewGPUs is what a *TooFewGPUsError unwraps to: more devices were
 // asked for than are usable.
-var ErrTooFewGPUs = errors.New("not enough usable gpus")
+var ErrTooFewGPUs = errors.New("gpu: not enough usable gpus")
+
+// TooFewGPUsError is the error Plan returns when the ranks need more devices
+// than are usable. It unwraps to ErrTooFewGPUs.
+type TooFewGPUsError struct {
+	Ranks       int // ranks to place, at least 1
+	GPUsPerRank int // devices each rank drives
+	Want        int // devices needed: Ranks × GPUsPerRank
+	Have        int // devices usable (visible)
+}
+
+func (e *TooFewGPUsError) Error() string {
+	return fmt.Sprintf("gpu: plan: %d ranks × %d gpus per rank need %d gpus; %d usable", e.Ranks, e.GPUsPerRank, e.Want, e.Have)
+}
+
+// Unwrap makes errors.Is(err, ErrTooFewGPUs) true.
+func (e *TooFewGPUsError) Unwrap() error { return ErrTooFewGPUs }
 
 // Plan places opts.NProc ranks on t using the devices in visible (see
 // Visible). With no visible device it makes a CPU-only plan: ranks spread
-// evenly over the NUMA nodes, each with its own cores.
+// evenly over the NUMA nodes, each with its own cores. When the ranks need
+// more devices than are visible the error is a *TooFewGPUsError.
 //
 // When fewer devices are asked for than are visible, Plan chooses the
 // best-connected set: every pair of devices is scored the way NVIDIA's
@@ -103,8 +122,7 @@ func Plan(t *Topology, visible VisibleSet, opts PlanOptions) (*Placement, error)
 		n = len(visible) / opts.GPUsPerRank
 	}
 	if need := n * opts.GPUsPerRank; n == 0 || need > len(visible) {
-		return nil, fmt.Errorf("gpu: plan: %d ranks × %d gpus per rank need %d gpus; %d usable: %w",
-			max(n, 1), opts.GPUsPerRank, max(need, opts.GPUsPerRank), len(visible), ErrTooFewGPUs)
+		return nil, &TooFewGPUsError{Ranks: max(n, 1), GPUsPerRank: opts.GPUsPerRank, Want: max(need, opts.GPUsPerRank), Have: len(visible)}
 	}
 	devs := orderDevices(t, chooseDevices(t, visible, n*opts.GPUsPerRank))
 	p := &Placement{Ranks: make([]RankPlacement, n)}
@@ -192,7 +210,7 @@ func shareOut(p *Placement, local []place.CPUSet) {
 }
 
 func (p *Placement) warn(format string, args ...any) {
-	p.Warnings = append(p.Warnings, "gpu: plan: "+fmt.Sprintf(format, args...))
+	p.Warnings = append(p.Warnings, fmt.Sprintf(format, args...))
 }
 
 // planCPU spreads ranks over the NUMA nodes (or all CPUs where none are

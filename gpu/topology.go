@@ -80,10 +80,31 @@ type MIGDevice struct {
 	Profile string `json:"profile"`
 }
 
-// ErrInvalidTopology is wrapped by every error that rejects a snapshot.
-var ErrInvalidTopology = errors.New("invalid topology")
+// ErrInvalidTopology is what every *TopologyError unwraps to.
+var ErrInvalidTopology = errors.New("gpu: invalid topology")
+
+// TopologyError rejects a topology: a snapshot that is not JSON of the
+// documented form, or a topology that is not self-consistent (see
+// Validate). It unwraps to ErrInvalidTopology and to Err.
+type TopologyError struct {
+	Path string // the snapshot's file; empty when not read from a file
+	Err  error  // what is wrong: a JSON decoding (or reading) error, or an inconsistency
+}
+
+func (e *TopologyError) Error() string {
+	if e.Path == "" {
+		return "gpu: invalid topology: " + e.Err.Error()
+	}
+	return "gpu: invalid topology " + e.Path + ": " + e.Err.Error()
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidTopology) true, and errors.As
+// reach the JSON error.
+func (e *TopologyError) Unwrap() []error { return []error{ErrInvalidTopology, e.Err} }
 
 // LoadTopology reads and validates the topology snapshot in the file at path.
+// A file that cannot be read gives an error wrapping the *fs.PathError; one
+// that holds no valid topology gives a *TopologyError naming path.
 func LoadTopology(path string) (*Topology, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -91,20 +112,22 @@ func LoadTopology(path string) (*Topology, error) {
 	}
 	defer f.Close()
 	t, err := ReadTopology(f)
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
+	var te *TopologyError
+	if errors.As(err, &te) {
+		te.Path = path
 	}
-	return t, nil
+	return t, err
 }
 
 // ReadTopology reads one topology snapshot in JSON form from r and validates
 // it. Unknown fields are rejected, so that a typo does not silently drop data.
+// The error is a *TopologyError.
 func ReadTopology(r io.Reader) (*Topology, error) {
 	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	var t Topology
 	if err := dec.Decode(&t); err != nil {
-		return nil, fmt.Errorf("gpu: read topology: %w: %w", ErrInvalidTopology, err)
+		return nil, &TopologyError{Err: err}
 	}
 	if err := t.Validate(); err != nil {
 		return nil, err
@@ -141,16 +164,12 @@ func nonNil[S ~[]E, E any](s S) S {
 // UUIDs (of GPUs and MIG devices together) are present and unique, NUMA
 // nodes are unique and every GPU's node exists, and the link matrix is
 // square, sized to the GPUs, symmetric, X on the diagonal only, and of known
-// kinds. Errors wrap ErrInvalidTopology.
+// kinds. The error is a *TopologyError.
 func (t *Topology) Validate() error {
-	if err := t.validateNUMA(); err != nil {
-		return fmt.Errorf("gpu: validate topology: %w: %w", ErrInvalidTopology, err)
-	}
-	if err := t.validateGPUs(); err != nil {
-		return fmt.Errorf("gpu: validate topology: %w: %w", ErrInvalidTopology, err)
-	}
-	if err := t.validateLinks(); err != nil {
-		return fmt.Errorf("gpu: validate topology: %w: %w", ErrInvalidTopology, err)
+	for _, check := range []func() error{t.validateNUMA, t.validateGPUs, t.validateLinks} {
+		if err := check(); err != nil {
+			return &TopologyError{Err: err}
+		}
 	}
 	return nil
 }

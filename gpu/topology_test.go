@@ -3,6 +3,7 @@ package gpu
 import (
 	"bytes"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,17 +163,54 @@ func TestReadTopologyInvalid(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			topo, err := ReadTopology(strings.NewReader(tt.json))
-			if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrInvalidTopology) {
-				t.Fatalf("ReadTopology(%s) = %v, %v; want an ErrInvalidTopology containing %q", tt.json, topo, err, tt.want)
+			var te *TopologyError
+			if !errors.As(err, &te) || !strings.Contains(te.Err.Error(), tt.want) || !errors.Is(err, ErrInvalidTopology) {
+				t.Fatalf("ReadTopology(%s) = %v, %v; want a *TopologyError containing %q", tt.json, topo, err, tt.want)
+			}
+			if want := "gpu: invalid topology: " + te.Err.Error(); te.Path != "" || err.Error() != want {
+				t.Errorf("ReadTopology(%s) error = %q (path %q); want %q, no path", tt.json, err, te.Path, want)
 			}
 		})
 	}
 }
 
-func TestLoadTopologyMissing(t *testing.T) {
-	_, err := LoadTopology(filepath.Join(t.TempDir(), "none.json"))
-	if !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("LoadTopology(missing) = %v; want os.ErrNotExist", err)
+// TestLoadTopologyErrors checks what a caller can tell apart: a file that
+// cannot be read (an *fs.PathError) and one that holds no valid topology (a
+// *TopologyError naming the file).
+func TestLoadTopologyErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	tests := []struct {
+		name    string
+		path    string
+		invalid string // the *TopologyError's Err contains this; "" for a read error
+	}{
+		{"missing", filepath.Join(dir, "none.json"), ""},
+		{"not json", write("bad.json", "nope"), "invalid character"},
+		{"inconsistent", write("links.json", `{"gpus":[],"links":[["X"]]}`), "1 rows for 0 gpus"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := LoadTopology(tt.path)
+			var te *TopologyError
+			var pe *fs.PathError
+			switch {
+			case tt.invalid == "":
+				if !errors.As(err, &pe) || !errors.Is(err, os.ErrNotExist) || errors.As(err, &te) || errors.Is(err, ErrInvalidTopology) {
+					t.Fatalf("LoadTopology(%q) = %v; want an *fs.PathError for a missing file", tt.path, err)
+				}
+			case !errors.As(err, &te) || te.Path != tt.path || !strings.Contains(te.Err.Error(), tt.invalid) || !errors.Is(err, ErrInvalidTopology):
+				t.Fatalf("LoadTopology(%q) = %v; want a *TopologyError for the file containing %q", tt.path, err, tt.invalid)
+			case err.Error() != "gpu: invalid topology "+tt.path+": "+te.Err.Error():
+				t.Errorf("LoadTopology(%q) error = %q; want the path once and one prefix", tt.path, err)
+			}
+		})
 	}
 }
 

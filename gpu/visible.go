@@ -42,10 +42,25 @@ func (s VisibleSet) Value() string {
 	return strings.Join(s.UUIDs(), ",")
 }
 
-// ErrInvalidVisible is wrapped by the error Visible returns when a set,
-// non-empty CUDA_VISIBLE_DEVICES hides every device because its first entry is
-// invalid or an entry repeats.
-var ErrInvalidVisible = errors.New("invalid CUDA_VISIBLE_DEVICES")
+// ErrInvalidVisible is what a *VisibleError unwraps to: a set, non-empty
+// CUDA_VISIBLE_DEVICES hides every device because its first entry is invalid
+// or an entry repeats.
+var ErrInvalidVisible = errors.New("gpu: invalid CUDA_VISIBLE_DEVICES")
+
+// VisibleError is the error Visible returns when a CUDA_VISIBLE_DEVICES value
+// that names devices leaves none visible. It unwraps to ErrInvalidVisible.
+type VisibleError struct {
+	Value  string // the variable's value
+	Entry  string // the entry that ended the list, as written
+	Reason string // why it ended the list, naming the entry: "\"9\" is not an index"
+}
+
+func (e *VisibleError) Error() string {
+	return fmt.Sprintf("gpu: CUDA_VISIBLE_DEVICES=%q leaves no device visible: %s", e.Value, e.Reason)
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidVisible) true.
+func (e *VisibleError) Unwrap() error { return ErrInvalidVisible }
 
 // Visible returns the devices of t that a process sees under
 // CUDA_VISIBLE_DEVICES, in CUDA's order; value and set are what
@@ -71,9 +86,11 @@ var ErrInvalidVisible = errors.New("invalid CUDA_VISIBLE_DEVICES")
 // order, as CUDA does under CUDA_DEVICE_ORDER=PCI_BUS_ID; where the GPUs are
 // not all the same model a warning says that CUDA's default order may differ.
 //
-// Warnings describe entries that were dropped. The error, which wraps
-// ErrInvalidVisible, is returned only when a set, non-empty value that does
-// not start with -1 leaves no device visible.
+// Warnings describe entries that were dropped; they are notes for people,
+// one line each, with no package prefix. The error, a *VisibleError, is
+// returned only when a set, non-empty value that does not start with -1
+// leaves no device visible; it says which entry ended the list, and no
+// warning repeats it.
 func Visible(t *Topology, value string, set bool) (VisibleSet, []string, error) {
 	if !set {
 		var all VisibleSet
@@ -90,21 +107,19 @@ func Visible(t *Topology, value string, set bool) (VisibleSet, []string, error) 
 	for i, e := range entries {
 		devs, stop := p.resolve(e)
 		if stop != "" {
+			if len(p.out) == 0 && !strings.HasPrefix(strings.TrimSpace(value), "-") {
+				return nil, nil, &VisibleError{Value: value, Entry: e, Reason: stop}
+			}
 			negative := strings.HasPrefix(strings.TrimSpace(e), "-")
 			if !negative || i < len(entries)-1 {
 				p.warn("CUDA_VISIBLE_DEVICES=%q: %s ends the list; %s", value, stop, dropped(entries[i:]))
 			}
 			break
 		}
-		if p.seen(devs) {
-			p.warn("CUDA_VISIBLE_DEVICES=%q: %q names a device already listed, so CUDA sees no device", value, e)
-			p.out = nil
-			break
+		if p.seen(devs) { // CUDA then sees no device at all
+			return nil, nil, &VisibleError{Value: value, Entry: e, Reason: fmt.Sprintf("%q names a device already listed", e)}
 		}
 		p.out = append(p.out, devs...)
-	}
-	if len(p.out) == 0 && !strings.HasPrefix(strings.TrimSpace(value), "-") {
-		return nil, p.warnings, fmt.Errorf("gpu: CUDA_VISIBLE_DEVICES=%q leaves no device visible: %w", value, ErrInvalidVisible)
 	}
 	if p.kind == kindIndex && len(p.out) > 0 && t.mixedModels() {
 		p.warn("CUDA_VISIBLE_DEVICES=%q counts GPUs in PCI bus order; set CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA counts them the same way on this node of mixed GPU models", value)
@@ -146,7 +161,7 @@ type visibleParser struct {
 }
 
 func (p *visibleParser) warn(format string, args ...any) {
-	p.warnings = append(p.warnings, "gpu: "+fmt.Sprintf(format, args...))
+	p.warnings = append(p.warnings, fmt.Sprintf(format, args...))
 }
 
 // resolve returns the devices entry e names, or why e ends the list.

@@ -37,7 +37,7 @@ func TestVisible(t *testing.T) {
 		unset    bool
 		want     []string
 		warnings int  // how many warnings
-		wantErr  bool // ErrInvalidVisible
+		wantErr  bool // a *VisibleError, which no warning repeats
 	}{
 		{name: "unset", topo: dgx, unset: true, want: all8},
 		{name: "unset no gpus", topo: none, unset: true, want: []string{}},
@@ -56,20 +56,20 @@ func TestVisible(t *testing.T) {
 		{name: "not a number ends", topo: dgx, value: "1,x,2", want: []string{"1"}, warnings: 1},
 		{name: "empty entry ends", topo: dgx, value: "1,,2", want: []string{"1"}, warnings: 1},
 		{name: "trailing comma", topo: dgx, value: "1,", want: []string{"1"}, warnings: 1},
-		{name: "first invalid", topo: dgx, value: "9", wantErr: true, warnings: 1},
-		{name: "index on no gpus", topo: none, value: "0", wantErr: true, warnings: 1},
-		{name: "duplicate index", topo: dgx, value: "0,1,0", wantErr: true, warnings: 1},
-		{name: "duplicate after strtoul", topo: dgx, value: "1,1x", wantErr: true, warnings: 1},
+		{name: "first invalid", topo: dgx, value: "9", wantErr: true},
+		{name: "index on no gpus", topo: none, value: "0", wantErr: true},
+		{name: "duplicate index", topo: dgx, value: "0,1,0", wantErr: true},
+		{name: "duplicate after strtoul", topo: dgx, value: "1,1x", wantErr: true},
 		{name: "full uuid", topo: dgx, value: g5, want: []string{"5"}},
 		{name: "uuids", topo: dgx, value: g5 + "," + g0, want: []string{"5", "0"}},
 		{name: "uuid prefix", topo: dgx, value: "GPU-4c1,GPU-a84e", want: []string{"0", "5"}},
 		{name: "uuid spaces", topo: dgx, value: " GPU-4c1 , GPU-a84e ", want: []string{"0", "5"}},
 		{name: "ambiguous prefix ends", topo: dgx, value: "GPU-4c1,GPU-8e,GPU-a84e", want: []string{"0"}, warnings: 1},
-		{name: "ambiguous first", topo: dgx, value: "GPU-4c", wantErr: true, warnings: 1},
-		{name: "bare GPU- ambiguous", topo: dgx, value: "GPU-", wantErr: true, warnings: 1},
+		{name: "ambiguous first", topo: dgx, value: "GPU-4c", wantErr: true},
+		{name: "bare GPU- ambiguous", topo: dgx, value: "GPU-", wantErr: true},
 		{name: "unknown uuid ends", topo: dgx, value: "GPU-4c1,GPU-ffff", want: []string{"0"}, warnings: 1},
-		{name: "uuid case matters", topo: dgx, value: "GPU-A84E", wantErr: true, warnings: 1},
-		{name: "duplicate uuid", topo: dgx, value: "GPU-4c1," + g0, wantErr: true, warnings: 1},
+		{name: "uuid case matters", topo: dgx, value: "GPU-A84E", wantErr: true},
+		{name: "duplicate uuid", topo: dgx, value: "GPU-4c1," + g0, wantErr: true},
 		{name: "index after uuid ends", topo: dgx, value: "GPU-4c1,3", want: []string{"0"}, warnings: 1},
 		{name: "uuid after index ends", topo: dgx, value: "3,GPU-4c1", want: []string{"3"}, warnings: 1},
 		{name: "mig unset", topo: mig, unset: true, want: migAll},
@@ -79,21 +79,57 @@ func TestVisible(t *testing.T) {
 		{name: "mig prefix", topo: mig, value: "MIG-0f5d", want: []string{"0/1"}},
 		{name: "mig unknown ends", topo: mig, value: "MIG-0f5d,MIG-beef", want: []string{"0/1"}, warnings: 1},
 		{name: "gpu uuid after mig ends", topo: mig, value: "MIG-0f5d,GPU-24cf", want: []string{"0/1"}, warnings: 1},
-		{name: "mig duplicate", topo: mig, value: "MIG-0f5d," + m1, wantErr: true, warnings: 1},
-		{name: "mig index out of range", topo: mig, value: "1", wantErr: true, warnings: 1},
+		{name: "mig duplicate", topo: mig, value: "MIG-0f5d," + m1, wantErr: true},
+		{name: "mig index out of range", topo: mig, value: "1", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, warnings, err := Visible(tt.topo, tt.value, !tt.unset)
 			if tt.wantErr {
-				if !errors.Is(err, ErrInvalidVisible) || got != nil {
-					t.Fatalf("Visible(%q) = %v, %v; want ErrInvalidVisible", tt.value, names(got), err)
+				var ve *VisibleError
+				if !errors.As(err, &ve) || !errors.Is(err, ErrInvalidVisible) || got != nil {
+					t.Fatalf("Visible(%q) = %v, %v; want a *VisibleError", tt.value, names(got), err)
 				}
 			} else if err != nil || got == nil || !slices.Equal(names(got), tt.want) {
 				t.Fatalf("Visible(%q) = %v, %v; want %v", tt.value, names(got), err, tt.want)
 			}
 			if len(warnings) != tt.warnings {
 				t.Errorf("Visible(%q) warnings = %q; want %d", tt.value, warnings, tt.warnings)
+			}
+		})
+	}
+}
+
+// TestVisibleError checks the fields of the error for a value that hides
+// every device: errors.As gives the value, the entry that ended the list and
+// why, for a caller to word its own message.
+func TestVisibleError(t *testing.T) {
+	dgx := loadTopo(t, "dgx-a100-nvswitch.json")
+	tests := []struct {
+		value, entry, reason string
+	}{
+		{"9", "9", "index 9 is out of range (8 gpus)"},
+		{"bogus,1", "bogus", `"bogus" is not an index`},
+		{" ,1", " ", `"" is not an index`},
+		{"0,1,0", "0", `"0" names a device already listed`},
+		{"GPU-4c", "GPU-4c", `"GPU-4c" is ambiguous`},
+		{"GPU-ffff", "GPU-ffff", `"GPU-ffff" matches no device`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.value, func(t *testing.T) {
+			_, warnings, err := Visible(dgx, tt.value, true)
+			var ve *VisibleError
+			if !errors.As(err, &ve) {
+				t.Fatalf("Visible(%q) = %v; want a *VisibleError", tt.value, err)
+			}
+			if ve.Value != tt.value || ve.Entry != tt.entry || !strings.HasPrefix(ve.Reason, tt.reason) {
+				t.Errorf("Visible(%q) = %#v; want Value %q, Entry %q, Reason starting %q", tt.value, ve, tt.value, tt.entry, tt.reason)
+			}
+			if want := fmt.Sprintf("gpu: CUDA_VISIBLE_DEVICES=%q leaves no device visible: %s", tt.value, ve.Reason); err.Error() != want {
+				t.Errorf("Visible(%q) error = %q; want %q", tt.value, err, want)
+			}
+			if len(warnings) != 0 {
+				t.Errorf("Visible(%q) warnings = %q; want none (the error says it)", tt.value, warnings)
 			}
 		})
 	}

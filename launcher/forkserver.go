@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"time"
 )
@@ -68,8 +69,20 @@ const DefaultForkserverReadyTimeout = 10 * time.Minute
 var ErrPreload = errors.New("launcher: forkserver preload failed")
 
 // ErrForkserverDied is wrapped by Result.Cause, and by start errors, when
-// the forkserver exits while it is still needed.
+// the forkserver exits while it is still needed. Those errors lead with it:
+// "launcher: forkserver died (pid N, signal: killed); ...".
 var ErrForkserverDied = errors.New("launcher: forkserver died")
+
+// startError is the error Start returns when a start method failed to start
+// rank. An error that is already the package's own (the forkserver's death,
+// which concerns every rank and reads "launcher: forkserver died ...") is
+// passed on as it is, so that no message says "launcher: " twice.
+func startError(rank int, err error) error {
+	if errors.Is(err, ErrForkserverDied) {
+		return err
+	}
+	return fmt.Errorf("launcher: start rank %d: %w", rank, err)
+}
 
 // PreloadError is a preload module that failed to import in the server.
 type PreloadError struct {

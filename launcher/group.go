@@ -103,7 +103,7 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	for i, r := range started {
 		if r.err != nil {
 			if startErr == nil {
-				startErr = fmt.Errorf("launcher: start rank %d: %w", specs[i].Rank, r.err)
+				startErr = startError(specs[i].Rank, r.err)
 			}
 			continue
 		}

@@ -39,38 +39,58 @@ func (m StreamMap) For(localRank int) Streams {
 
 // ParseStreams parses torchrun's --redirects/--tee values: a single digit
 // 0-3 for every rank, or a map "0:1,3:2,12:3" of local rank to streams.
-// Unlike torchrun, ranks may have any number of digits.
+// Unlike torchrun, ranks may have any number of digits. The error is a
+// *StreamsError.
 func ParseStreams(s string) (StreamMap, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return StreamMap{}, nil
 	}
 	if !strings.Contains(s, ":") {
-		v, err := parseStream(s)
-		return StreamMap{Default: v}, err
+		v, ok := parseStream(s)
+		if !ok {
+			return StreamMap{}, &StreamsError{Value: s, Entry: s, Want: wantStreams}
+		}
+		return StreamMap{Default: v}, nil
 	}
 	m := StreamMap{Ranks: map[int]Streams{}}
 	for _, part := range strings.Split(s, ",") {
 		k, v, _ := strings.Cut(strings.TrimSpace(part), ":")
 		r, err := strconv.Atoi(k)
 		if err != nil || r < 0 {
-			return StreamMap{}, fmt.Errorf("launcher: stream map %q: %q is not a local rank", s, k)
+			return StreamMap{}, &StreamsError{Value: s, Entry: k, Want: "a local rank"}
 		}
-		st, err := parseStream(v)
-		if err != nil {
-			return StreamMap{}, err
+		st, ok := parseStream(v)
+		if !ok {
+			return StreamMap{}, &StreamsError{Value: s, Entry: v, Want: wantStreams}
 		}
 		m.Ranks[r] = st
 	}
 	return m, nil
 }
 
-func parseStream(s string) (Streams, error) {
+const wantStreams = "0 (none), 1 (stdout), 2 (stderr) or 3 (both)"
+
+func parseStream(s string) (Streams, bool) {
 	v, err := strconv.Atoi(s)
 	if err != nil || v < 0 || v > 3 {
-		return 0, fmt.Errorf("launcher: streams %q: want 0 (none), 1 (stdout), 2 (stderr) or 3 (both)", s)
+		return 0, false
 	}
-	return Streams(v), nil
+	return Streams(v), true
+}
+
+// StreamsError is a value that ParseStreams cannot read.
+type StreamsError struct {
+	Value string // the value, without surrounding spaces
+	Entry string // the part that is wrong: all of Value, or a rank or streams number in a map
+	Want  string // what Entry should be: "a local rank", or "0 (none), 1 (stdout), 2 (stderr) or 3 (both)"
+}
+
+func (e *StreamsError) Error() string {
+	if e.Entry == e.Value {
+		return fmt.Sprintf("launcher: streams %q: want %s", e.Value, e.Want)
+	}
+	return fmt.Sprintf("launcher: streams %q: %q: want %s", e.Value, e.Entry, e.Want)
 }
 
 // DefaultPrefix is the console line prefix template unless one is given.

@@ -28,8 +28,10 @@ func newStarter(int) *starter                       { return &starter{} }
 func (*starter) start(int, Spec) (*rankProc, error) { return nil, ErrUnsupported }
 func (*starter) close()                             {}
 
-func closeInherited()               {}
-func killGroup(int, syscall.Signal) {}
+func closeInherited() {}
+
+// killGroup has no group to signal: no rank runs on this platform.
+func killGroup(int, syscall.Signal) error { return ErrUnsupported }
 
 type startReply struct {
 	rp  *rankProc

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"unicode"
@@ -23,19 +24,81 @@ const (
 	DefaultMasterPort = 29500
 )
 
-// ErrConfig is wrapped by every error that Static returns for an invalid
-// Config; test for it with errors.Is.
+// ErrConfig is what every *ConfigError unwraps to; test for it with
+// errors.Is.
 var ErrConfig = errors.New("rendezvous: invalid configuration")
 
 // Config is what the user asked for, usually from the command line flags.
 type Config struct {
-	NNodes       int    // --nnodes, >= 1
-	NodeRank     int    // --node-rank, 0 <= NodeRank < NNodes
+	NNodes       int    // nodes in the job, >= 1
+	NodeRank     int    // this node's rank, 0 <= NodeRank < NNodes
 	NProcPerNode int    // ranks on this node, >= 1
-	MasterAddr   string // --master-addr; DefaultMasterAddr when empty
-	MasterPort   int    // --master-port; DefaultMasterPort when 0, a reserved free port when 0 and Standalone
-	Standalone   bool   // --standalone: one node, master 127.0.0.1, a reserved free port
+	MasterAddr   string // host name or IP address of rank 0; DefaultMasterAddr when empty
+	MasterPort   int    // 0..65535: DefaultMasterPort when 0, a reserved free port when 0 and Standalone
+	Standalone   bool   // one node, master 127.0.0.1, a reserved free port
 }
+
+// ConfigError is a Config field that Validate rejects. Its message names
+// Config fields, not command-line flags: a command maps Field (and Other)
+// to its own flag names. It unwraps to ErrConfig.
+type ConfigError struct {
+	Field  string // the Config field at fault, by its Go name: "NodeRank"
+	Value  any    // the field's value
+	Reason string // what is wrong with it, naming no other field: "must be less than"
+	// Other is the field that Value is checked against, when there is
+	// one ("NNodes" for a NodeRank that is too big), and OtherValue its
+	// value; Other is empty otherwise.
+	Other      string
+	OtherValue any
+}
+
+func (e *ConfigError) Error() string {
+	msg := fmt.Sprintf("rendezvous: config: %s %s %s", e.Field, showValue(e.Value), e.Reason)
+	if e.Other != "" {
+		msg += fmt.Sprintf(" %s %s", e.Other, showValue(e.OtherValue))
+	}
+	return msg
+}
+
+// Unwrap makes errors.Is(err, ErrConfig) true.
+func (e *ConfigError) Unwrap() error { return ErrConfig }
+
+// showValue writes a field's value as a message shows it: strings quoted.
+func showValue(v any) string {
+	if s, ok := v.(string); ok {
+		return strconv.Quote(s)
+	}
+	return fmt.Sprint(v)
+}
+
+// Validate checks c without acting on it (no port is reserved): the error is
+// a *ConfigError for the first problem found. Static validates too (it is
+// cheap); a caller that wants to reject bad input before it starts anything
+// calls Validate first.
+func (c Config) Validate() error {
+	bad := func(field string, value any, reason string) error {
+		return &ConfigError{Field: field, Value: value, Reason: reason}
+	}
+	switch {
+	case c.NNodes < 1:
+		return bad("NNodes", c.NNodes, "must be at least 1")
+	case c.NodeRank < 0:
+		return bad("NodeRank", c.NodeRank, "must not be negative")
+	case c.NodeRank >= c.NNodes:
+		return &ConfigError{Field: "NodeRank", Value: c.NodeRank, Reason: "must be less than", Other: "NNodes", OtherValue: c.NNodes}
+	case c.NProcPerNode < 1:
+		return bad("NProcPerNode", c.NProcPerNode, "must be at least 1")
+	case c.Standalone && c.NNodes != 1:
+		return bad("NNodes", c.NNodes, "must be 1 for a standalone job")
+	case c.MasterPort < 0 || c.MasterPort > 65535:
+		return bad("MasterPort", c.MasterPort, "must be between 1 and 65535 (or 0 for the default)")
+	case strings.ContainsFunc(c.MasterAddr, badAddrRune):
+		return bad("MasterAddr", c.MasterAddr, "must be a host name or IP address, without spaces or '/'")
+	}
+	return nil
+}
+
+func badAddrRune(r rune) bool { return r == '/' || unicode.IsSpace(r) || unicode.IsControl(r) }
 
 // Membership is who is in the job, as this node sees it: the numbers the
 // rank contract is built from (see launcher.Contract). It is a plain value,
@@ -77,8 +140,8 @@ type Job struct {
 	hold *os.File // the reserved port's socket; nil when none is held
 }
 
-// Static validates cfg and resolves it into a Job. Invalid configurations
-// give an error that wraps ErrConfig and reads as one line.
+// Static validates cfg (see Config.Validate) and resolves it into a Job.
+// An invalid cfg gives Validate's *ConfigError.
 //
 // With Standalone and no MasterPort, Static reserves a free port: it binds a
 // socket to port 0, so the kernel picks a port no socket holds, and keeps
@@ -87,7 +150,7 @@ type Job struct {
 // on it with SO_REUSEADDR, as torch's TCPStore does. On Linux this is race
 // free; elsewhere the port is only free when Static returns.
 func Static(cfg Config) (*Job, error) {
-	if err := validate(cfg); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	j := &Job{Membership: Membership{
@@ -133,35 +196,3 @@ func (j *Job) Close() error {
 	}
 	return nil
 }
-
-// configError is a validation message that wraps ErrConfig.
-type configError string
-
-func (e configError) Error() string { return "rendezvous: " + string(e) }
-func (e configError) Unwrap() error { return ErrConfig }
-
-func configErrorf(format string, args ...any) error {
-	return configError(fmt.Sprintf(format, args...))
-}
-
-func validate(cfg Config) error {
-	switch {
-	case cfg.NNodes < 1:
-		return configErrorf("--nnodes %d must be at least 1", cfg.NNodes)
-	case cfg.NodeRank < 0:
-		return configErrorf("--node-rank %d must not be negative", cfg.NodeRank)
-	case cfg.NodeRank >= cfg.NNodes:
-		return configErrorf("--node-rank %d must be less than --nnodes %d", cfg.NodeRank, cfg.NNodes)
-	case cfg.NProcPerNode < 1:
-		return configErrorf("--nproc-per-node %d must be at least 1", cfg.NProcPerNode)
-	case cfg.Standalone && cfg.NNodes != 1:
-		return configErrorf("--standalone runs one node, not --nnodes %d", cfg.NNodes)
-	case cfg.MasterPort < 0 || cfg.MasterPort > 65535:
-		return configErrorf("--master-port %d must be between 1 and 65535", cfg.MasterPort)
-	case strings.ContainsFunc(cfg.MasterAddr, badAddrRune):
-		return configErrorf("--master-addr %q must be a host name or IP address, without spaces or '/'", cfg.MasterAddr)
-	}
-	return nil
-}
-
-func badAddrRune(r rune) bool { return r == '/' || unicode.IsSpace(r) || unicode.IsControl(r) }

@@ -23,33 +23,88 @@ func TestMain(m *testing.M) {
 
 var standalone = Config{NNodes: 1, NProcPerNode: 1, Standalone: true}
 
-func TestStaticInvalid(t *testing.T) {
-	tests := []struct {
-		name string
-		cfg  Config
-		want string
-	}{
-		{"no nodes", Config{NNodes: 0, NProcPerNode: 1}, "rendezvous: --nnodes 0 must be at least 1"},
-		{"negative node rank", Config{NNodes: 2, NodeRank: -1, NProcPerNode: 1}, "rendezvous: --node-rank -1 must not be negative"},
-		{"node rank too big", Config{NNodes: 2, NodeRank: 2, NProcPerNode: 1}, "rendezvous: --node-rank 2 must be less than --nnodes 2"},
-		{"no procs", Config{NNodes: 1, NProcPerNode: 0}, "rendezvous: --nproc-per-node 0 must be at least 1"},
-		{"port too big", Config{NNodes: 1, NProcPerNode: 1, MasterPort: 65536}, "rendezvous: --master-port 65536 must be between 1 and 65535"},
-		{"negative port", Config{NNodes: 1, NProcPerNode: 1, MasterPort: -1}, "rendezvous: --master-port -1 must be between 1 and 65535"},
-		{"addr with space", Config{NNodes: 1, NProcPerNode: 1, MasterAddr: "node 1"}, `rendezvous: --master-addr "node 1" must be a host name or IP address, without spaces or '/'`},
-		{"addr with slash", Config{NNodes: 1, NProcPerNode: 1, MasterAddr: "10.0.0.0/8"}, `rendezvous: --master-addr "10.0.0.0/8" must be a host name or IP address, without spaces or '/'`},
-		{"addr with newline", Config{NNodes: 1, NProcPerNode: 1, MasterAddr: "a\nb"}, `rendezvous: --master-addr "a\nb" must be a host name or IP address, without spaces or '/'`},
-		{"standalone two nodes", Config{NNodes: 2, NodeRank: 1, NProcPerNode: 1, Standalone: true}, "rendezvous: --standalone runs one node, not --nnodes 2"},
-		{"standalone node rank", Config{NNodes: 1, NodeRank: 1, NProcPerNode: 1, Standalone: true}, "rendezvous: --node-rank 1 must be less than --nnodes 1"},
-		{"standalone bad port", Config{NNodes: 1, NProcPerNode: 1, Standalone: true, MasterPort: 70000}, "rendezvous: --master-port 70000 must be between 1 and 65535"},
-	}
-	for _, tt := range tests {
+// invalidConfigs are Configs that Validate rejects, with the error it gives.
+var invalidConfigs = []struct {
+	name string
+	cfg  Config
+	want ConfigError
+	msg  string
+}{
+	{"no nodes", Config{NNodes: 0, NProcPerNode: 1},
+		ConfigError{Field: "NNodes", Value: 0, Reason: "must be at least 1"},
+		"rendezvous: config: NNodes 0 must be at least 1"},
+	{"negative node rank", Config{NNodes: 2, NodeRank: -1, NProcPerNode: 1},
+		ConfigError{Field: "NodeRank", Value: -1, Reason: "must not be negative"},
+		"rendezvous: config: NodeRank -1 must not be negative"},
+	{"node rank too big", Config{NNodes: 2, NodeRank: 2, NProcPerNode: 1},
+		ConfigError{Field: "NodeRank", Value: 2, Reason: "must be less than", Other: "NNodes", OtherValue: 2},
+		"rendezvous: config: NodeRank 2 must be less than NNodes 2"},
+	{"no procs", Config{NNodes: 1, NProcPerNode: 0},
+		ConfigError{Field: "NProcPerNode", Value: 0, Reason: "must be at least 1"},
+		"rendezvous: config: NProcPerNode 0 must be at least 1"},
+	{"port too big", Config{NNodes: 1, NProcPerNode: 1, MasterPort: 65536},
+		ConfigError{Field: "MasterPort", Value: 65536, Reason: "must be between 1 and 65535 (or 0 for the default)"},
+		"rendezvous: config: MasterPort 65536 must be between 1 and 65535 (or 0 for the default)"},
+	{"negative port", Config{NNodes: 1, NProcPerNode: 1, MasterPort: -1},
+		ConfigError{Field: "MasterPort", Value: -1, Reason: "must be between 1 and 65535 (or 0 for the default)"},
+		"rendezvous: config: MasterPort -1 must be between 1 and 65535 (or 0 for the default)"},
+	{"addr with space", Config{NNodes: 1, NProcPerNode: 1, MasterAddr: "node 1"},
+		ConfigError{Field: "MasterAddr", Value: "node 1", Reason: "must be a host name or IP address, without spaces or '/'"},
+		`rendezvous: config: MasterAddr "node 1" must be a host name or IP address, without spaces or '/'`},
+	{"addr with slash", Config{NNodes: 1, NProcPerNode: 1, MasterAddr: "10.0.0.0/8"},
+		ConfigError{Field: "MasterAddr", Value: "10.0.0.0/8", Reason: "must be a host name or IP address, without spaces or '/'"},
+		`rendezvous: config: MasterAddr "10.0.0.0/8" must be a host name or IP address, without spaces or '/'`},
+	{"addr with newline", Config{NNodes: 1, NProcPerNode: 1, MasterAddr: "a\nb"},
+		ConfigError{Field: "MasterAddr", Value: "a\nb", Reason: "must be a host name or IP address, without spaces or '/'"},
+		`rendezvous: config: MasterAddr "a\nb" must be a host name or IP address, without spaces or '/'`},
+	{"standalone two nodes", Config{NNodes: 2, NodeRank: 1, NProcPerNode: 1, Standalone: true},
+		ConfigError{Field: "NNodes", Value: 2, Reason: "must be 1 for a standalone job"},
+		"rendezvous: config: NNodes 2 must be 1 for a standalone job"},
+	{"standalone node rank", Config{NNodes: 1, NodeRank: 1, NProcPerNode: 1, Standalone: true},
+		ConfigError{Field: "NodeRank", Value: 1, Reason: "must be less than", Other: "NNodes", OtherValue: 1},
+		"rendezvous: config: NodeRank 1 must be less than NNodes 1"},
+	{"standalone bad port", Config{NNodes: 1, NProcPerNode: 1, Standalone: true, MasterPort: 70000},
+		ConfigError{Field: "MasterPort", Value: 70000, Reason: "must be between 1 and 65535 (or 0 for the default)"},
+		"rendezvous: config: MasterPort 70000 must be between 1 and 65535 (or 0 for the default)"},
+}
+
+func TestValidate(t *testing.T) {
+	for _, tt := range invalidConfigs {
 		t.Run(tt.name, func(t *testing.T) {
-			j, err := Static(tt.cfg)
-			if err == nil || err.Error() != tt.want {
-				t.Fatalf("Static(%+v) = %v; want %v", tt.cfg, err, tt.want)
+			err := tt.cfg.Validate()
+			var ce *ConfigError
+			if !errors.As(err, &ce) || *ce != tt.want {
+				t.Fatalf("%+v.Validate() = %#v; want %#v", tt.cfg, err, &tt.want)
+			}
+			if err.Error() != tt.msg {
+				t.Errorf("%+v.Validate() = %q; want %q", tt.cfg, err, tt.msg)
 			}
 			if !errors.Is(err, ErrConfig) {
-				t.Errorf("errors.Is(Static(%+v), ErrConfig) = false; want true", tt.cfg)
+				t.Errorf("errors.Is(%+v.Validate(), ErrConfig) = false; want true", tt.cfg)
+			}
+		})
+	}
+	valid := []Config{
+		{NNodes: 1, NProcPerNode: 1},
+		{NNodes: 4, NodeRank: 3, NProcPerNode: 8, MasterAddr: "fe80::1%eth0", MasterPort: 65535},
+		{NNodes: 1, NProcPerNode: 2, Standalone: true},
+	}
+	for _, cfg := range valid {
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%+v.Validate() = %v; want nil", cfg, err)
+		}
+	}
+}
+
+// TestStaticInvalid checks that Static refuses what Validate refuses, with
+// the same error, and reserves nothing.
+func TestStaticInvalid(t *testing.T) {
+	for _, tt := range invalidConfigs {
+		t.Run(tt.name, func(t *testing.T) {
+			j, err := Static(tt.cfg)
+			var ce *ConfigError
+			if !errors.As(err, &ce) || *ce != tt.want {
+				t.Fatalf("Static(%+v) = %v; want %v", tt.cfg, err, tt.msg)
 			}
 			if j != nil {
 				t.Errorf("Static(%+v) job = %+v; want nil", tt.cfg, j)

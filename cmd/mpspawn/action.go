@@ -74,9 +74,6 @@ func (cfg *config) planRanks(c *cli.Context) error {
 	}
 	cfg.nproc = len(cfg.place.plan.Ranks)
 	cfg.rdzv.NProcPerNode = cfg.nproc
-	if err := checkRendezvous(cfg.rdzv); err != nil {
-		return err
-	}
 	for r := range cfg.output.Filter {
 		if r >= cfg.nproc {
 			return usagef("--local-ranks-filter %q: %d is not a local rank (0..%d)", c.String(fRanksFilter), r, cfg.nproc-1)
@@ -101,7 +98,7 @@ func parseConfig(c *cli.Context) (*config, error) {
 		return nil, usagef("--nnodes %q: want a number of nodes (elastic MIN:MAX ranges are not supported)", c.String(fNNodes))
 	}
 	cfg.rdzv = rendezvous.Config{
-		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: 1, // set by planRanks
+		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: 1, // set by planRanks, which places at least 1
 		MasterAddr: c.String(fMasterAddr), MasterPort: c.Int(fMasterPort), Standalone: c.Bool(fStandalone),
 	}
 	if p := c.Int(fMasterPort); c.IsSet(fMasterPort) && (p < 1 || p > 65535) {
@@ -110,8 +107,8 @@ func parseConfig(c *cli.Context) (*config, error) {
 	if cfg.rdzv.Standalone && !c.IsSet(fMasterPort) {
 		cfg.rdzv.MasterPort = 0
 	}
-	if err := checkRendezvous(cfg.rdzv); err != nil {
-		return nil, err
+	if err := cfg.rdzv.Validate(); err != nil {
+		return nil, rendezvousUsage(err)
 	}
 	if cfg.startMethod, err = parseStartMethod(c.String(fStartMethod)); err != nil {
 		return nil, err
@@ -146,19 +143,6 @@ func parseConfig(c *cli.Context) (*config, error) {
 		cfg.runID = randomID()
 	}
 	return cfg, nil
-}
-
-// checkRendezvous validates without reserving anything: with a port given,
-// Static reserves none.
-func checkRendezvous(rc rendezvous.Config) error {
-	if rc.MasterPort == 0 {
-		rc.MasterPort = 29500
-	}
-	j, err := rendezvous.Static(rc)
-	if err != nil {
-		return usageError{err}
-	}
-	return j.Close()
 }
 
 func parseStartMethod(s string) (string, error) {
@@ -271,10 +255,10 @@ func parseOutput(c *cli.Context) (*launcher.Output, error) {
 	}
 	var err error
 	if out.Redirects, err = launcher.ParseStreams(c.String(fRedirects)); err != nil {
-		return nil, usagef("--redirects: %v", strings.TrimPrefix(err.Error(), "launcher: "))
+		return nil, streamsUsage("--"+fRedirects, err)
 	}
 	if out.Tee, err = launcher.ParseStreams(c.String(fTee)); err != nil {
-		return nil, usagef("--tee: %v", strings.TrimPrefix(err.Error(), "launcher: "))
+		return nil, streamsUsage("--"+fTee, err)
 	}
 	if f := c.String(fRanksFilter); f != "" {
 		out.Filter = map[int]bool{}

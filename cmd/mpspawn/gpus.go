@@ -36,7 +36,7 @@ func gpusAction(c *cli.Context) error {
 	if path := c.String(fTopology); path != "" {
 		var err error
 		if t, err = gpu.LoadTopology(path); err != nil {
-			return usagef("--topology %s: %v", path, trimPkg(err))
+			return topologyUsage(path, err)
 		}
 	} else {
 		allowed, err := gpu.AllowedCPUs()
@@ -48,7 +48,7 @@ func gpusAction(c *cli.Context) error {
 			return err
 		}
 		for _, w := range d.Warnings {
-			fmt.Fprintf(c.App.ErrWriter, "mpspawn: warning: %s\n", trimPkg(errors.New(w)))
+			fmt.Fprintf(c.App.ErrWriter, "mpspawn: warning: %s\n", w)
 		}
 		t, gpuErr = d.Topology, d.GPUErr
 	}
@@ -62,7 +62,7 @@ func gpusAction(c *cli.Context) error {
 		return err
 	}
 	if gpuErr != nil && !errors.Is(gpuErr, gpu.ErrNoNVML) {
-		return fmt.Errorf("%s", trimPkg(gpuErr)) // the driver is there but failing
+		return errors.New(gpuReason(gpuErr)) // the driver is there but failing
 	}
 	return nil
 }

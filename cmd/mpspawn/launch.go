@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/rendezvous"
@@ -16,10 +15,7 @@ import (
 // after every rank has been reaped.
 func launch(c *cli.Context, cfg *config) error {
 	stderr := c.App.ErrWriter
-	rdzv, err := rendezvous.Static(cfg.rdzv)
-	if errors.Is(err, rendezvous.ErrConfig) {
-		return usageError{err}
-	}
+	rdzv, err := rendezvous.Static(cfg.rdzv) // validated by parseConfig
 	if err != nil {
 		return err
 	}
@@ -51,7 +47,7 @@ func launch(c *cli.Context, cfg *config) error {
 		return err
 	}
 	if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil {
-		fmt.Fprintf(stderr, "mpspawn: %v\n", strings.TrimPrefix(res.Cause.Error(), "launcher: "))
+		fmt.Fprintf(stderr, "mpspawn: error: %v\n", res.Cause) // not a rank's failure: the summary would not say why
 	}
 	host, _ := os.Hostname()
 	sum := res.Summarize(host, cfg.runID)

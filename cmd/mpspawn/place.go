@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"strings"
 
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/place"
@@ -62,7 +61,7 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 	var gpuErr error
 	if path := c.String(fTopology); path != "" {
 		if pl.topo, err = gpu.LoadTopology(path); err != nil {
-			return nil, usagef("--topology %s: %v", path, trimPkg(err))
+			return nil, topologyUsage(path, err)
 		}
 		pl.source = "snapshot " + path
 	} else {
@@ -71,7 +70,7 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 			return nil, err
 		}
 		for _, w := range d.Warnings {
-			fmt.Fprintf(notes, "mpspawn: warning: %s\n", trimPkg(errors.New(w)))
+			fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)
 		}
 		pl.topo, gpuErr = d.Topology, d.GPUErr
 		pl.source = "this machine"
@@ -81,10 +80,10 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 		value, set := os.LookupEnv("CUDA_VISIBLE_DEVICES")
 		v, warnings, err := gpu.Visible(pl.topo, value, set)
 		for _, w := range warnings {
-			fmt.Fprintf(notes, "mpspawn: warning: %s\n", trimPkg(errors.New(w)))
+			fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)
 		}
 		if err != nil {
-			return nil, usagef("CUDA_VISIBLE_DEVICES=%q: %v", value, trimPkg(err))
+			return nil, visibleUsage(value, err)
 		}
 		visible = v
 	}
@@ -97,7 +96,7 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 		opts.NProc = len(visible) / gpr
 	case "auto", "n":
 		if len(visible) == 0 && gpuErr != nil && !errors.Is(gpuErr, gpu.ErrNoNVML) && spec.mode == "n" {
-			return nil, usagef("--nproc-per-node %d: cannot tell which GPUs to use: %v; use --nproc-per-node auto to run on CPUs anyway", spec.n, trimPkg(gpuErr))
+			return nil, usagef("--nproc-per-node %d: cannot tell which GPUs to use: %s; use --nproc-per-node auto to run on CPUs anyway", spec.n, gpuReason(gpuErr))
 		}
 		if len(visible) == 0 && (spec.mode == "auto" || c.IsSet(fGPUsPerRank) || c.IsSet(fGPUVisibility)) {
 			fmt.Fprintf(notes, "mpspawn: note: no usable GPU on %s (%s); running on CPUs\n", pl.source, noGPUReason(pl.topo, gpuErr))
@@ -109,14 +108,14 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 		opts.NProc = pl.topo.CPUs.Len()
 	}
 	if pl.plan, err = gpu.Plan(pl.topo, visible, opts); err != nil {
-		if errors.Is(err, gpu.ErrTooFewGPUs) {
-			msg := strings.TrimSuffix(trimPkg(err), ": "+gpu.ErrTooFewGPUs.Error())
-			return nil, usagef("--nproc-per-node %s: %s on %s", c.String(fNproc), msg, pl.source)
+		var few *gpu.TooFewGPUsError
+		if errors.As(err, &few) {
+			return nil, tooFewUsage(c.String(fNproc), pl.source, few)
 		}
-		return nil, usagef("%v", trimPkg(err))
+		return nil, usageError{err}
 	}
 	for _, w := range pl.plan.Warnings {
-		fmt.Fprintf(notes, "mpspawn: warning: %s\n", trimPkg(errors.New(w)))
+		fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)
 	}
 	var setupNotes []string
 	pl.setup, setupNotes = pl.plan.Setup(pl.topo, vis)
@@ -134,27 +133,4 @@ func discover(spec nprocSpec) (*gpu.Discovery, error) {
 		return nil, err
 	}
 	return gpu.Discover(gpu.DiscoverOptions{Allowed: allowed, SkipGPUs: spec.mode == "cpu"})
-}
-
-// noGPUReason says why no GPU is usable.
-func noGPUReason(t *gpu.Topology, gpuErr error) string {
-	switch {
-	case errors.Is(gpuErr, gpu.ErrNoNVML):
-		return "no NVIDIA driver (libnvidia-ml.so.1 not found)"
-	case gpuErr != nil:
-		return trimPkg(gpuErr)
-	case len(t.GPUs) == 0:
-		return "no GPUs found"
-	}
-	return "CUDA_VISIBLE_DEVICES hides every GPU"
-}
-
-// trimPkg drops the "gpu: " package prefixes from an error's text, which
-// users do not need.
-func trimPkg(err error) string {
-	s := err.Error()
-	for _, p := range []string{"gpu: plan: ", "gpu: load topology: ", "gpu: read topology: ", "gpu: validate topology: ", "gpu: discover: ", "gpu: "} {
-		s = strings.ReplaceAll(s, p, "")
-	}
-	return s
 }

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"strconv"
+
+	"github.com/mpspawn/mpspawn/gpu"
+	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/rendezvous"
+)
+
+// Messages for people, worded here from the fields of the packages' typed
+// errors. The packages' own messages name no flags and carry their package
+// prefix; nothing here edits an error's text.
+
+// topologyUsage words why the --topology snapshot at path cannot be used.
+func topologyUsage(path string, err error) error {
+	var te *gpu.TopologyError
+	var pe *fs.PathError
+	switch {
+	case errors.As(err, &te):
+		return usagef("--topology %s: not a valid topology snapshot: %v", path, te.Err)
+	case errors.As(err, &pe):
+		return usagef("--topology %s: %v", path, pe.Err)
+	}
+	return usagef("--topology %s: %v", path, err)
+}
+
+// visibleUsage words why CUDA_VISIBLE_DEVICES=value cannot be used.
+func visibleUsage(value string, err error) error {
+	var ve *gpu.VisibleError
+	if errors.As(err, &ve) {
+		return usagef("CUDA_VISIBLE_DEVICES=%q leaves no device visible: %s", ve.Value, ve.Reason)
+	}
+	return usagef("CUDA_VISIBLE_DEVICES=%q: %v", value, err)
+}
+
+// tooFewUsage words a plan that needs more GPUs than source has, for
+// --nproc-per-node nproc.
+func tooFewUsage(nproc, source string, e *gpu.TooFewGPUsError) error {
+	return usagef("--nproc-per-node %s: %d ranks × %d gpus per rank need %d gpus; %d usable on %s",
+		nproc, e.Ranks, e.GPUsPerRank, e.Want, e.Have, source)
+}
+
+// gpuReason words why discovery read no GPU (gpu.Discovery.GPUErr).
+func gpuReason(err error) string {
+	var ne *gpu.NVMLError
+	switch {
+	case errors.Is(err, gpu.ErrNoNVML):
+		return "no NVIDIA driver (libnvidia-ml.so.1 not found)"
+	case errors.As(err, &ne) && ne.GPU >= 0:
+		return fmt.Sprintf("NVML failed on GPU %d (%s): %s", ne.GPU, ne.Op, ne.Detail)
+	case errors.As(err, &ne):
+		return fmt.Sprintf("NVML failed (%s): %s", ne.Op, ne.Detail)
+	}
+	return err.Error()
+}
+
+// noGPUReason says why no GPU of t is usable.
+func noGPUReason(t *gpu.Topology, gpuErr error) string {
+	switch {
+	case gpuErr != nil:
+		return gpuReason(gpuErr)
+	case len(t.GPUs) == 0:
+		return "no GPUs found"
+	}
+	return "CUDA_VISIBLE_DEVICES hides every GPU"
+}
+
+// rendezvousFlags names the flag behind each rendezvous.Config field.
+var rendezvousFlags = map[string]string{
+	"NNodes":       "--" + fNNodes,
+	"NodeRank":     "--" + fNodeRank,
+	"NProcPerNode": "--" + fNproc,
+	"MasterAddr":   "--" + fMasterAddr,
+	"MasterPort":   "--" + fMasterPort,
+	"Standalone":   "--" + fStandalone,
+}
+
+// rendezvousUsage words a rendezvous configuration error with the flags'
+// names: "--node-rank 2 must be less than --nnodes 2".
+func rendezvousUsage(err error) error {
+	var ce *rendezvous.ConfigError
+	if !errors.As(err, &ce) {
+		return usageError{err}
+	}
+	flag := func(field string) string {
+		if f, ok := rendezvousFlags[field]; ok {
+			return f
+		}
+		return field
+	}
+	msg := fmt.Sprintf("%s %s %s", flag(ce.Field), showValue(ce.Value), ce.Reason)
+	if ce.Other != "" {
+		msg += fmt.Sprintf(" %s %s", flag(ce.Other), showValue(ce.OtherValue))
+	}
+	return usageError{errors.New(msg)}
+}
+
+// showValue writes a flag's value as messages show it: strings quoted.
+func showValue(v any) string {
+	if s, ok := v.(string); ok {
+		return strconv.Quote(s)
+	}
+	return fmt.Sprint(v)
+}
+
+// streamsUsage words why the value of flag (--redirects or --tee) cannot be
+// read.
+func streamsUsage(flag string, err error) error {
+	var se *launcher.StreamsError
+	switch {
+	case !errors.As(err, &se):
+		return usagef("%s: %v", flag, err)
+	case se.Entry == se.Value:
+		return usagef("%s %q: want %s", flag, se.Value, se.Want)
+	}
+	return usagef("%s %q: %q: want %s", flag, se.Value, se.Entry, se.Want)
+}
