@@ -3,6 +3,7 @@ package launcher
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"sync"
@@ -27,6 +28,8 @@ type Group struct {
 	stops chan error     // Stop requests
 	done  chan struct{}
 	res   *Result
+
+	outputStalled bool // set by finish
 }
 
 // rankProc is one running rank. Its fields other than exit are written
@@ -293,25 +296,7 @@ func (g *Group) finish() {
 	for _, rp := range g.ranks {
 		killGroup(rp.proc.pid(), syscall.SIGKILL)
 	}
-	drained := make(chan struct{})
-	go func() {
-		for _, rp := range g.ranks {
-			rp.relays.Wait()
-		}
-		close(drained)
-	}()
-	t := time.NewTimer(g.opts.drain())
-	select {
-	case <-drained:
-		t.Stop()
-	case <-t.C:
-		for _, rp := range g.ranks {
-			for _, f := range rp.pipes {
-				f.Close()
-			}
-		}
-		<-drained
-	}
+	g.outputStalled = g.drainOutput()
 	for _, rp := range g.ranks {
 		for _, f := range rp.pipes {
 			f.Close()
@@ -320,6 +305,66 @@ func (g *Group) finish() {
 	}
 	g.thr.close()
 }
+
+// drainOutput waits for the relays to pass on the ranks' last output, each
+// step bounded by the drain time: first as it is; then with the pipes
+// closed (a process outside the ranks' groups may hold them); then with
+// the writers given up on (a console nobody reads blocks them). It reports
+// whether output was lost to a writer that did not take it.
+func (g *Group) drainOutput() (stalled bool) {
+	drained := make(chan struct{})
+	go func() {
+		for _, rp := range g.ranks {
+			rp.relays.Wait()
+		}
+		close(drained)
+	}()
+	steps := []func(){
+		func() {},
+		func() {
+			for _, rp := range g.ranks {
+				for _, f := range rp.pipes {
+					f.Close()
+				}
+			}
+		},
+		func() {
+			stalled = true
+			for _, rp := range g.ranks {
+				for _, w := range []io.Writer{rp.spec.Stdout, rp.spec.Stderr} {
+					if a, ok := w.(abandoner); ok {
+						a.Abandon()
+					}
+				}
+			}
+		},
+	}
+	for _, step := range steps {
+		step()
+		if waitFor(drained, g.opts.drain()) {
+			return stalled
+		}
+	}
+	// Relays blocked in writers that cannot be given up on: they are left
+	// behind rather than hang the launcher.
+	return true
+}
+
+// waitFor waits at most d for ch to close and reports whether it did.
+func waitFor(ch <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// abandoner is an output writer that can give up on a destination that
+// does not take lines (Output's rank writers, Tail).
+type abandoner interface{ Abandon() }
 
 // collect builds the Result and releases Wait.
 func (g *Group) collect(s *supervisor) {
@@ -330,6 +375,7 @@ func (g *Group) collect(s *supervisor) {
 		res.Ranks = append(res.Ranks, r)
 	}
 	res.RootCause = s.rootCause
+	res.OutputStalled = g.outputStalled
 	res.Failures = append(res.Failures, s.failures...)
 	close(g.done)
 }

@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -120,22 +121,95 @@ type Output struct {
 	// Dir holds per-rank files: Dir/<local_rank>/stdout.log and stderr.log.
 	Dir string
 
+	// DrainTimeout bounds how long Close waits for a console to take the
+	// lines queued for it. Zero means one second.
+	DrainTimeout time.Duration
+
 	once       sync.Once
-	out, errw  *lockedWriter
+	out, errw  *console
+	stalled    []string // console streams given up on, set by Close
 	filesMu    sync.Mutex
 	openFiles  []*os.File
 	timeFormat string
 }
 
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+// console is one console stream shared by every rank. Lines go through a
+// bounded queue to one writer goroutine, which writes each whole (so lines
+// are never torn or interleaved) and in order; a rank's relay waits only
+// while the queue is full. A console nobody reads (a pager left open, a
+// frozen ssh session, Ctrl-S) would block that writer for good: the
+// launcher then gives up on the console (abandon), and later lines are
+// dropped instead of blocking the relays.
+type console struct {
+	w        io.Writer
+	queue    chan []byte
+	closing  chan struct{} // Close: write what is queued, then stop
+	gone     chan struct{} // given up on: writes are dropped
+	done     chan struct{} // the writer goroutine has returned
+	stopOnce sync.Once
+	goneOnce sync.Once
 }
 
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
+// consoleQueue is how many lines wait for a slow console before the
+// ranks' relays wait too.
+const consoleQueue = 256
+
+func newConsole(w io.Writer) *console {
+	c := &console{w: w, queue: make(chan []byte, consoleQueue), closing: make(chan struct{}), gone: make(chan struct{}), done: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+func (c *console) run() {
+	defer close(c.done)
+	for {
+		select {
+		case b := <-c.queue:
+			_, _ = c.w.Write(b)
+		case <-c.closing:
+			for {
+				select {
+				case b := <-c.queue:
+					_, _ = c.w.Write(b)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// errConsoleGone is what writes to a console given up on return.
+var errConsoleGone = errors.New("launcher: console given up on: nobody reads it")
+
+// Write queues one line; p may be reused once it returns.
+func (c *console) Write(p []byte) (int, error) {
+	b := append([]byte(nil), p...)
+	select {
+	case c.queue <- b:
+		return len(p), nil
+	case <-c.gone:
+		return 0, errConsoleGone
+	}
+}
+
+// abandon gives up on the console: queued and later lines are dropped.
+func (c *console) abandon() { c.goneOnce.Do(func() { close(c.gone) }) }
+
+// close writes what is queued, waiting at most d for the console to take
+// it, and reports whether it did; if not, the console is abandoned.
+func (c *console) close(d time.Duration) bool {
+	c.stopOnce.Do(func() { close(c.closing) })
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		c.abandon() // nothing writes any more
+		return true
+	case <-t.C:
+		c.abandon()
+		return false
+	}
 }
 
 func (o *Output) init() {
@@ -147,7 +221,7 @@ func (o *Output) init() {
 		if errw == nil {
 			errw = os.Stderr
 		}
-		o.out, o.errw = &lockedWriter{w: out}, &lockedWriter{w: errw}
+		o.out, o.errw = newConsole(out), newConsole(errw)
 		o.timeFormat = "2006-01-02T15:04:05.000Z07:00 "
 	})
 }
@@ -169,7 +243,7 @@ func (o *Output) Open(rank, localRank int) (stdout, stderr io.Writer, err error)
 	})
 	show := o.Filter == nil || o.Filter[localRank]
 	redir, tee := o.Redirects.For(localRank), o.Tee.For(localRank)
-	mk := func(s Streams, console *lockedWriter, name string) (io.Writer, error) {
+	mk := func(s Streams, console *console, name string) (io.Writer, error) {
 		w := &rankWriter{prefix: []byte(prefix), out: o}
 		toFile := (redir|tee)&s != 0
 		if show && (tee&s != 0 || redir&s == 0) {
@@ -211,8 +285,26 @@ func (o *Output) createFile(localRank int, name string) (*os.File, error) {
 	return f, nil
 }
 
-// Close closes the files Open created.
+// Close writes the console lines still queued (waiting at most
+// DrainTimeout for a console that does not take them, which is then given
+// up on: see Stalled) and closes the files Open created. An Output cannot
+// be used after Close.
 func (o *Output) Close() error {
+	o.init()
+	d := o.DrainTimeout
+	if d <= 0 {
+		d = time.Second
+	}
+	// Both at once: a stalled stdout must not cost stderr's bound too.
+	outOK := make(chan bool, 1)
+	go func() { outOK <- o.out.close(d) }()
+	errOK := o.errw.close(d)
+	if !<-outOK {
+		o.stalled = append(o.stalled, "stdout")
+	}
+	if !errOK {
+		o.stalled = append(o.stalled, "stderr")
+	}
 	o.filesMu.Lock()
 	defer o.filesMu.Unlock()
 	var first error
@@ -225,14 +317,30 @@ func (o *Output) Close() error {
 	return first
 }
 
+// Stalled names the console streams ("stdout", "stderr") that did not take
+// their lines within DrainTimeout at Close and were given up on: nobody
+// reads them. Call it after Close.
+func (o *Output) Stalled() []string { return o.stalled }
+
+// Abandon gives up on the consoles now: lines queued for them and later
+// ones are dropped, and relays blocked on a full queue go on.
+func (o *Output) Abandon() {
+	o.init()
+	o.out.abandon()
+	o.errw.abandon()
+}
+
 // rankWriter receives one complete line per Write from the relay.
 type rankWriter struct {
 	prefix  []byte
 	out     *Output
-	console *lockedWriter
+	console *console
 	file    *os.File
 	buf     []byte
 }
+
+// Abandon gives up on the console this writer shares (see Output.Abandon).
+func (w *rankWriter) Abandon() { w.out.Abandon() }
 
 func (w *rankWriter) Write(line []byte) (int, error) {
 	if w.file != nil {

@@ -64,6 +64,10 @@ type Result struct {
 	// Cause is why the launcher stopped the ranks, when it did: the root
 	// cause's failure, the forwarded signal, or the context's cause.
 	Cause error
+	// OutputStalled is set when the ranks' last output could not be
+	// written within the drain bound (a console nobody reads) and the
+	// launcher gave up on it rather than wait.
+	OutputStalled bool
 }
 
 // Succeeded reports whether every rank exited 0 and nothing stopped them.

@@ -41,3 +41,11 @@ func (t *Tail) String() string {
 	defer t.mu.Unlock()
 	return strings.Join(t.lines, "\n")
 }
+
+// Abandon gives up on the writer the lines are passed on to, when it can
+// be (see Output.Abandon).
+func (t *Tail) Abandon() {
+	if a, ok := t.w.(abandoner); ok {
+		a.Abandon()
+	}
+}

@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/rendezvous"
@@ -38,6 +40,11 @@ func launch(c *cli.Context, cfg *config) error {
 	res, err := job.Run(c.Context)
 	if scratch != "" {
 		defer removeScratch(job, scratch)
+	}
+	if stalled := cfg.output.Stalled(); slices.Contains(stalled, "stderr") {
+		stderr = io.Discard // nobody reads it: writing the summary there would hang
+	} else if len(stalled) > 0 {
+		fmt.Fprintf(stderr, "mpspawn: warning: nobody is reading stdout; gave up on it after waiting, so the ranks' last lines there are lost\n")
 	}
 	var pe *launcher.PreloadError
 	switch {

@@ -4,8 +4,10 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -54,4 +56,33 @@ func TestNormalizeArgs(t *testing.T) {
 			t.Errorf("normalizeArgs(%q) = %q; want %q", tt.in, got, tt.want)
 		}
 	}
+}
+
+// TestStdoutNobodyReads: with a stdout nobody reads (a pager left open, a
+// frozen ssh session), the job still ends: mpspawn gives up on the
+// console after its bounds, says so on stderr, and exits with the ranks'
+// code.
+func TestStdoutNobodyReads(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close() // never read until the end
+	defer w.Close()
+	// 350 lines of 1000 bytes: more than the pipe and the console queue
+	// take, little enough that the rank's own pipe holds the rest and it
+	// exits.
+	args := []string{"mpspawn", "--no-python", "--nproc-per-node", "1", "sh", "-c", `yes "$(head -c 999 /dev/zero | tr '\0' x)" | head -n 350`}
+	var stderr bytes.Buffer
+	done := make(chan int, 1)
+	go func() { done <- run(args, w, &stderr) }()
+	select {
+	case code := <-done:
+		if code != 0 || !strings.Contains(stderr.String(), "nobody is reading stdout") {
+			t.Errorf("run = %d, stderr %q; want 0 and a warning that stdout was given up on", code, stderr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("mpspawn did not end with a stdout nobody reads")
+	}
+	r.Close() // frees the console writer blocked in the pipe
 }

@@ -244,6 +244,7 @@ func (s *Spawned[R]) Stop(cause error) { s.group.Stop(cause) }
 func (s *Spawned[R]) join() {
 	res := s.group.Wait()
 	s.ranks.close()
+	s.ranks.output.Close()
 	if s.ownBrk {
 		for _, leak := range s.broker.Close() {
 			fmt.Fprintf(s.stderr, "mpspawn: warning: %s\n", leak)

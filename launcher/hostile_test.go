@@ -4,6 +4,7 @@ package launcher
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,4 +53,49 @@ func TestHostileErrorFile(t *testing.T) {
 			t.Logf("ended in %v", time.Since(start))
 		})
 	}
+}
+
+// TestConsoleNobodyReads: a console whose reader never reads (a pager
+// left open, a frozen ssh) does not keep the Group or the Output from
+// ending: both give up after their bounds and say so.
+func TestConsoleNobodyReads(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close() // never read
+	defer w.Close()
+	out := &Output{Stdout: w, Stderr: io.Discard, DrainTimeout: 200 * time.Millisecond}
+	stdout, stderr, err := out.Open(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 350 lines of 1000 bytes: the console pipe takes 65, the queue 256, the
+	// relay holds one and the rest fit in the rank's pipe, so the rank exits.
+	spec := helperSpec(t, 0, "print", "350", "1000")
+	spec.Stdout, spec.Stderr = stdout, stderr
+	g, err := Start(context.Background(), []Spec{spec}, Options{DrainTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := waitResult(t, g)
+	if !res.Succeeded() || !res.OutputStalled {
+		t.Errorf("Result = succeeded %v, output stalled %v; want true, true", res.Succeeded(), res.OutputStalled)
+	}
+	closed := make(chan struct{})
+	go func() {
+		out.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		t.Fatal("Output.Close did not return")
+	}
+	if got := out.Stalled(); len(got) != 1 || got[0] != "stdout" {
+		t.Errorf("Stalled() = %v; want [stdout]", got)
+	}
+	// The console writer is still blocked in the pipe: free it for goleak.
+	r.Close()
+	w.Close()
 }
