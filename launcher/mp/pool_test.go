@@ -70,16 +70,25 @@ func newTestPool(t *testing.T, workers int) *Pool {
 	return p
 }
 
-// workerPids asks every worker for its pid (one item per chunk, enough
-// items that every worker takes some).
+// workerPids asks the workers for their pids (one item per chunk, many
+// items) until every worker has answered: a worker that is still starting
+// may leave the others every item of one round.
 func workerPids(t *testing.T, p *Pool) []int {
 	t.Helper()
-	got, err := Map(context.Background(), p, pidFn, make([]int, 64*p.Size()), 1)
-	if err != nil {
-		t.Fatal(err)
+	var pids []int
+	for range 100 {
+		got, err := Map(context.Background(), p, pidFn, make([]int, 64*p.Size()), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, got...)
+		slices.Sort(pids)
+		if pids = slices.Compact(pids); len(pids) >= p.Size() {
+			return pids
+		}
 	}
-	slices.Sort(got)
-	return slices.Compact(got)
+	t.Fatalf("workers answering after 100 rounds: %v; want %d", pids, p.Size())
+	return nil
 }
 
 func TestPoolMap(t *testing.T) {
