@@ -244,7 +244,7 @@ func (o *Output) Open(rank, localRank int) (stdout, stderr io.Writer, err error)
 	show := o.Filter == nil || o.Filter[localRank]
 	redir, tee := o.Redirects.For(localRank), o.Tee.For(localRank)
 	mk := func(s Streams, console *console, name string) (io.Writer, error) {
-		w := &rankWriter{prefix: []byte(prefix), out: o}
+		w := &rankWriter{prefix: []byte(prefix), out: o, backup: console}
 		toFile := (redir|tee)&s != 0
 		if show && (tee&s != 0 || redir&s == 0) {
 			w.console = console
@@ -335,16 +335,32 @@ type rankWriter struct {
 	prefix  []byte
 	out     *Output
 	console *console
+	backup  *console // where lines go when the file fails, if not already to console
 	file    *os.File
+	fileErr error // the file's first write error; it is written no more
 	buf     []byte
+}
+
+// fileFailed stops writing the rank's log file after a write error (a
+// full disk, say), says so once on the console, and sends the later lines
+// to the console instead, so that none is lost.
+func (w *rankWriter) fileFailed(err error) {
+	w.fileErr = err
+	note := fmt.Sprintf("mpspawn: warning: log file %s: %v; later lines go to the console only\n", w.file.Name(), err)
+	_, _ = w.out.errw.Write([]byte(note))
+	if w.console == nil {
+		w.console = w.backup
+	}
 }
 
 // Abandon gives up on the console this writer shares (see Output.Abandon).
 func (w *rankWriter) Abandon() { w.out.Abandon() }
 
 func (w *rankWriter) Write(line []byte) (int, error) {
-	if w.file != nil {
-		_, _ = w.file.Write(line)
+	if w.file != nil && w.fileErr == nil {
+		if _, err := w.file.Write(line); err != nil {
+			w.fileFailed(err)
+		}
 	}
 	if w.console != nil {
 		b := w.buf[:0]

@@ -93,6 +93,11 @@ func parseConfig(c *cli.Context) (*config, error) {
 	if cfg.nprocSpec, err = parseNproc(c.String(fNproc)); err != nil {
 		return nil, err
 	}
+	if cfg.nprocSpec.mode == "n" {
+		if err := checkCapacity(cfg.nprocSpec.n); err != nil {
+			return nil, err
+		}
+	}
 	nnodes, err := strconv.Atoi(c.String(fNNodes))
 	if err != nil {
 		return nil, usagef("--nnodes %q: want a number of nodes (elastic MIN:MAX ranges are not supported)", c.String(fNNodes))
@@ -138,9 +143,16 @@ func parseConfig(c *cli.Context) (*config, error) {
 		if st, err := os.Stat(filepath.Dir(cfg.summaryJSON)); err != nil || !st.IsDir() {
 			return nil, usagef("--summary-json %s: its directory does not exist", cfg.summaryJSON)
 		}
+		if st, err := os.Stat(cfg.summaryJSON); err == nil && st.IsDir() {
+			return nil, usagef("--summary-json %s: is a directory; want a file path", cfg.summaryJSON)
+		}
 	}
-	if cfg.runID == "" {
+	switch {
+	case cfg.runID == "":
 		cfg.runID = randomID()
+	case cfg.runID == "." || cfg.runID == ".." || strings.ContainsAny(cfg.runID, "/\x00"):
+		// It names a directory under --log-dir: it must not climb out.
+		return nil, usagef("--run-id %q: want a name without '/' (it names a directory under --log-dir)", cfg.runID)
 	}
 	return cfg, nil
 }

@@ -63,7 +63,7 @@ func launch(c *cli.Context, cfg *config) error {
 	}
 	if cfg.summaryJSON != "" {
 		if err := writeSummary(cfg.summaryJSON, sum); err != nil {
-			fmt.Fprintf(stderr, "mpspawn: %v\n", err)
+			fmt.Fprintf(stderr, "mpspawn: warning: %v\n", err)
 		}
 	}
 	if code := res.ExitCode(); code != 0 {
@@ -86,13 +86,20 @@ func (cfg *config) job(m rendezvous.Membership) *launcher.Job {
 func writeSummary(path string, sum *launcher.Summary) error {
 	f, err := os.Create(path)
 	if err != nil {
-		return fmt.Errorf("summary: %w", err)
+		return fmt.Errorf("summary %s: %w", path, err)
 	}
-	if err := sum.WriteJSON(f); err != nil {
-		f.Close()
-		return fmt.Errorf("summary: %w", err)
+	err = sum.WriteJSON(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return f.Close()
+	if err != nil {
+		// A partial summary (a full disk) would read as a broken job.
+		if st, serr := os.Stat(path); serr == nil && st.Mode().IsRegular() {
+			_ = os.Remove(path)
+		}
+		return fmt.Errorf("summary %s not written: %w", path, err)
+	}
+	return nil
 }
 
 // removeScratch removes the error files and the scratch directory; only
