@@ -15,15 +15,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/testrank"
 	"golang.org/x/sys/unix"
 )
 
-// The broker tests run real rank processes: the test binary in "rank" mode
-// (brokerRank), attached to a Broker in the test through its control
-// channel, as the launcher attaches its ranks. A rank reads one command line
-// from stdin, runs it (rankCommands), prints one result line, and repeats
-// until stdin closes; so the test drives the ranks step by step, without
-// sleeps.
+// The broker tests run real rank processes: the test binary as the helper
+// rank in mode "broker" (brokerRank), attached to a Broker in the test
+// through its control channel, as the launcher attaches its ranks. A rank
+// reads one command line from stdin, runs it (rankCommands), prints one
+// result line, and repeats until stdin closes; so the test drives the
+// ranks step by step, without sleeps.
 
 type testJob struct {
 	t      testing.TB
@@ -61,8 +62,8 @@ func newTestJob(t testing.TB, n int) *testJob {
 
 // start runs rank i and serves its requests with the broker until it exits.
 func (j *testJob) start(i int) *testRank {
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=rank", "RANK="+strconv.Itoa(i))
+	cmd := testrank.Command("broker")
+	cmd.Env = append(os.Environ(), "RANK="+strconv.Itoa(i))
 	return j.startCmd(i, cmd)
 }
 

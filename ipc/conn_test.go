@@ -9,12 +9,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/testrank"
 	"golang.org/x/sys/unix"
 )
 
@@ -227,13 +227,8 @@ func TestChildProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer parent.Close()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var stderr bytes.Buffer
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), helperEnv+"=echo")
+	cmd := testrank.Command("echo")
 	cmd.ExtraFiles = []*os.File{child}
 	cmd.Stderr = &stderr
 	err = cmd.Start()

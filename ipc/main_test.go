@@ -8,24 +8,29 @@ import (
 	"os"
 	"testing"
 
+	"github.com/mpspawn/mpspawn/internal/testrank"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
 
-// helperEnv makes the test binary act as a rank (the os/exec helper
-// pattern): it runs the named helper mode and exits.
-const helperEnv = "MPSPAWN_IPC_TEST_HELPER"
-
+// TestMain lets the test binary act as a rank (the os/exec helper
+// pattern): run as testrank.Name it runs rankMain and exits.
 func TestMain(m *testing.M) {
-	if mode := os.Getenv(helperEnv); mode != "" {
-		os.Exit(helper(mode))
-	}
+	testrank.Run(map[string]func([]string) int{testrank.Name: rankMain})
 	goleak.VerifyTestMain(m)
 }
 
-func helper(mode string) int {
-	switch mode {
-	case "rank":
+// rankMain is the helper rank of the ipc tests: the modes below, which
+// drive the package's internals, and every mode of testrank.Main.
+//
+//	rank broker  see brokerRank
+//	rank echo    see echo
+func rankMain(args []string) int {
+	if len(args) == 0 {
+		return testrank.Main(args)
+	}
+	switch args[0] {
+	case "broker":
 		return brokerRank()
 	case "echo":
 		if err := echo(); err != nil {
@@ -34,8 +39,7 @@ func helper(mode string) int {
 		}
 		return 0
 	}
-	fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
-	return 2
+	return testrank.Main(args)
 }
 
 // echo is a rank: on its inherited fd 3 it reads one frame carrying a file,

@@ -15,7 +15,7 @@ import (
 // written by another process (here the rank's child) stops the job, and
 // the cause names the rank, its pid and the pid that wrote.
 func TestChannelWrongPeerStopsTheJob(t *testing.T) {
-	specs := []Spec{helperSpec(t, 0, "peer-liar")}
+	specs := []Spec{helperSpec(0, "peer-liar")}
 	broker := ipc.NewBroker()
 	defer broker.Close()
 	chans, err := AddChannels(broker, specs)

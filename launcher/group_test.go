@@ -19,10 +19,12 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/internal/testrank"
 )
 
-// withReady gives each spec a pipe on fd 3 and returns a func that waits
-// until every rank has written its ready line, returning the lines.
+// withReady gives each spec a pipe on fd 3 (the helper rank's readiness
+// path testrank.ReadyFD) and returns a func that waits until every rank
+// has written its ready line, returning the lines.
 func withReady(t *testing.T, specs []Spec) func() []string {
 	t.Helper()
 	r, w, err := os.Pipe()
@@ -75,7 +77,7 @@ func waitResult(t *testing.T, g *Group) *Result {
 func TestAllSucceed(t *testing.T) {
 	specs := make([]Spec, 4)
 	for i := range specs {
-		specs[i] = helperSpec(t, 3-i, "exit", "0") // out of order on purpose
+		specs[i] = helperSpec(3-i, "exit", "0") // out of order on purpose
 	}
 	g, err := Start(context.Background(), specs, Options{})
 	if err != nil {
@@ -94,10 +96,10 @@ func TestAllSucceed(t *testing.T) {
 
 func TestFirstFailureStopsSiblings(t *testing.T) {
 	specs := []Spec{
-		helperSpec(t, 0, "block"),
-		helperSpec(t, 1, "block"),
-		helperSpec(t, 2, "block"),
-		helperSpec(t, 3, "exit", "3"),
+		helperSpec(0, "block", os.DevNull),
+		helperSpec(1, "block", os.DevNull),
+		helperSpec(2, "block", os.DevNull),
+		helperSpec(3, "exit", "3"),
 	}
 	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute})
 	if err != nil {
@@ -121,7 +123,7 @@ func TestFirstFailureStopsSiblings(t *testing.T) {
 }
 
 func TestStoppedRankMayExitCleanly(t *testing.T) {
-	specs := []Spec{helperSpec(t, 0, "exit-on-signal")}
+	specs := []Spec{helperSpec(0, "exit-on-signal", testrank.ReadyFD)}
 	waitReady := withReady(t, specs)
 	g, err := Start(context.Background(), specs, Options{})
 	if err != nil {
@@ -139,7 +141,7 @@ func TestStoppedRankMayExitCleanly(t *testing.T) {
 }
 
 func TestGraceThenKill(t *testing.T) {
-	specs := []Spec{helperSpec(t, 0, "ignore", strconv.Itoa(int(syscall.SIGTERM)))}
+	specs := []Spec{helperSpec(0, "ignore", testrank.ReadyFD, strconv.Itoa(int(syscall.SIGTERM)))}
 	waitReady := withReady(t, specs)
 	g, err := Start(context.Background(), specs, Options{GracePeriod: 200 * time.Millisecond})
 	if err != nil {
@@ -157,7 +159,7 @@ func TestGraceThenKill(t *testing.T) {
 }
 
 func TestContextCancelStopsRanks(t *testing.T) {
-	specs := []Spec{helperSpec(t, 0, "block"), helperSpec(t, 1, "block")}
+	specs := []Spec{helperSpec(0, "block", testrank.ReadyFD), helperSpec(1, "block", testrank.ReadyFD)}
 	waitReady := withReady(t, specs)
 	ctx, cancel := context.WithCancelCause(context.Background())
 	g, err := Start(ctx, specs, Options{})
@@ -206,7 +208,7 @@ func sleepSpec(rank int) Spec {
 }
 
 func TestSecondSIGINTKills(t *testing.T) {
-	specs := []Spec{helperSpec(t, 0, "ignore", strconv.Itoa(int(syscall.SIGINT)))}
+	specs := []Spec{helperSpec(0, "ignore", testrank.ReadyFD, strconv.Itoa(int(syscall.SIGINT)))}
 	waitReady := withReady(t, specs)
 	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Hour})
 	if err != nil {
@@ -225,7 +227,7 @@ func TestSecondSIGINTKills(t *testing.T) {
 func pidGone(pid int, d time.Duration) bool { return proctest.WaitExit(pid, d) }
 
 func TestStopKillsRankChildren(t *testing.T) {
-	specs := []Spec{helperSpec(t, 0, "family"), helperSpec(t, 1, "block")}
+	specs := []Spec{helperSpec(0, "family", testrank.ReadyFD), helperSpec(1, "block", testrank.ReadyFD)}
 	waitReady := withReady(t, specs)
 	g, err := Start(context.Background(), specs, Options{GracePeriod: 300 * time.Millisecond})
 	if err != nil {
@@ -246,7 +248,7 @@ func TestStopKillsRankChildren(t *testing.T) {
 
 func TestLeftoverChildrenKilledAtEnd(t *testing.T) {
 	// The rank exits 0 but leaves a child (that ignores SIGTERM) behind.
-	specs := []Spec{helperSpec(t, 0, "family", "0")}
+	specs := []Spec{helperSpec(0, "family", testrank.ReadyFD, "0")}
 	waitReady := withReady(t, specs)
 	g, err := Start(context.Background(), specs, Options{})
 	if err != nil {
@@ -265,7 +267,7 @@ func TestLeftoverChildrenKilledAtEnd(t *testing.T) {
 
 func TestAffinity(t *testing.T) {
 	var out bytes.Buffer
-	s := helperSpec(t, 0, "affinity")
+	s := helperSpec(0, "affinity")
 	s.CPUs = []int{0}
 	s.Stdout = &syncBuffer{b: &out}
 	g, err := Start(context.Background(), []Spec{s}, Options{})
@@ -297,7 +299,7 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	kids := proctest.Children(os.Getpid())
-	specs := []Spec{helperSpec(t, 0, "block"), helperSpec(t, 1, "block"), {Rank: 2, Path: "/nonexistent/program", Args: []string{"x"}}}
+	specs := []Spec{helperSpec(0, "block", os.DevNull), helperSpec(1, "block", os.DevNull), {Rank: 2, Path: "/nonexistent/program", Args: []string{"x"}}}
 	g, err := Start(context.Background(), specs, Options{})
 	if err == nil {
 		waitResult(t, g)
@@ -312,7 +314,7 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 }
 
 func TestErrorFileRead(t *testing.T) {
-	s := helperSpec(t, 0, "errorfile")
+	s := helperSpec(0, "errorfile", "0", "RuntimeError: boom")
 	s.ErrorFile = t.TempDir() + "/error.json"
 	s.Env = append(s.Env, "TORCHELASTIC_ERROR_FILE="+s.ErrorFile)
 	g, err := Start(context.Background(), []Spec{s}, Options{})
@@ -321,7 +323,7 @@ func TestErrorFileRead(t *testing.T) {
 	}
 	res := waitResult(t, g)
 	ef := res.Ranks[0].ErrorFile
-	if ef == nil || ef.Message != "RuntimeError: boom" || !strings.Contains(ef.Traceback, "line 3") || ef.Time.Unix() != 1700000000 {
+	if ef == nil || ef.Message != "RuntimeError: boom" || !strings.Contains(ef.Traceback, `File "train.py", line 7, in main`) || ef.Time.Unix() != 1700000000 {
 		t.Fatalf("ErrorFile = %+v; want the message, traceback and time written", ef)
 	}
 	if res.ExitCode() != 1 {

@@ -5,31 +5,26 @@ package launcher
 import (
 	"fmt"
 	"os"
-	"os/exec"
-	"os/signal"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/internal/testrank"
 	"github.com/mpspawn/mpspawn/ipc"
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 )
 
-// The test binary is also the rank program: with MPSPAWN_TEST_HELPER set it
-// runs one of the helper modes below and exits (the os/exec helper pattern).
+// The test binary is also the rank program: run as testrank.Name it runs
+// rankMain and exits (the os/exec helper pattern).
 //
 // After the tests it checks that they leaked no goroutine and no file
 // descriptor: every pipe, socket and pidfd the launcher opens for a Group
 // is closed by the time Wait returns.
 func TestMain(m *testing.M) {
-	if mode := os.Getenv("MPSPAWN_TEST_HELPER"); mode != "" {
-		os.Exit(helper(mode, os.Args[1:]))
-	}
+	testrank.Run(map[string]func([]string) int{testrank.Name: rankMain})
 	// The runtime's poller and the shared guard keep descriptors for the
 	// life of the process: open them before taking the baseline.
 	if err := primeRuntimeFDs(); err != nil {
@@ -82,111 +77,42 @@ func leakedFDs(before, after map[int]string) []string {
 	return leaked
 }
 
-// helperSpec is a spec running the test binary in a helper mode.
-func helperSpec(t testing.TB, rank int, mode string, args ...string) Spec {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
+// helperSpec is a spec running the test binary as the helper rank (package
+// testrank, or rankMain's own modes) in mode, with $RANK set to rank.
+func helperSpec(rank int, mode string, args ...string) Spec {
 	return Spec{
-		Rank: rank, LocalRank: rank, Path: exe,
-		Args: append([]string{"helper"}, args...),
-		Env:  append(os.Environ(), "MPSPAWN_TEST_HELPER="+mode, "HELPER_RANK="+strconv.Itoa(rank)),
+		Rank: rank, LocalRank: rank, Path: testrank.Exe,
+		Args: append([]string{testrank.Name, mode}, args...),
+		Env:  append(os.Environ(), "RANK="+strconv.Itoa(rank)),
 	}
 }
 
-// ready tells the test, through fd 3 when the test gave one, that the
-// helper has installed its signal handlers.
-func ready(extra string) {
-	f := os.NewFile(3, "ready")
-	if f == nil {
-		return
+// rankMain is the helper rank of the launcher's tests: the modes below,
+// which need package ipc or the launcher itself (neither of which
+// testrank may import: their tests import it), and every mode of
+// testrank.Main.
+//
+//	rank peer-liar         a child of the rank writes a frame on the
+//	                       rank's control channel (fd 3); then wait
+//	rank write-frame       write a broker request on fd 3
+//	rank launcher READY N  start N ranks in mode family, write all their
+//	                       "PID CHILDPID" pairs to READY as one line, then
+//	                       supervise them until killed
+func rankMain(args []string) int {
+	if len(args) == 0 {
+		return testrank.Main(args)
 	}
-	if _, err := f.Write([]byte(extra + "\n")); err == nil {
-		f.Close()
-	}
-}
-
-func helper(mode string, args []string) int {
-	switch mode {
-	case "exit": // exit with args[0]
-		code, _ := strconv.Atoi(args[0])
-		return code
-	case "block": // wait for any deadly signal, with default dispositions
-		ready("")
-		return blockForever()
-	case "ignore": // ignore args (signal numbers), then block
-		for _, a := range args {
-			n, _ := strconv.Atoi(a)
-			signal.Ignore(syscall.Signal(n))
-		}
-		ready("")
-		return blockForever()
-	case "exit-on-signal": // exit 0 on SIGTERM
-		c := make(chan os.Signal, 1)
-		signal.Notify(c, syscall.SIGTERM)
-		ready("")
-		<-c
-		return 0
-	case "family": // start a child that ignores SIGTERM, report both pids
-		exe, _ := os.Executable()
-		cmd := exec.Command(exe, strconv.Itoa(int(syscall.SIGTERM)))
-		cmd.Env = append(os.Environ(), "MPSPAWN_TEST_HELPER=ignore")
-		r, w, _ := os.Pipe()
-		cmd.ExtraFiles = []*os.File{w}
-		if err := cmd.Start(); err != nil {
+	switch args[0] {
+	case "peer-liar":
+		child := testrank.Command("write-frame")
+		child.ExtraFiles = []*os.File{os.NewFile(3, "control")}
+		child.Stderr = os.Stderr
+		if err := child.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		w.Close()
-		buf := make([]byte, 1)
-		_, _ = r.Read(buf) // the child is ready
-		ready(fmt.Sprintf("%d %d", os.Getpid(), cmd.Process.Pid))
-		if len(args) > 0 {
-			code, _ := strconv.Atoi(args[0])
-			return code
-		}
-		return blockForever()
-	case "print": // print args[0] lines of args[1] bytes, tagged with the rank
-		n, _ := strconv.Atoi(args[0])
-		size, _ := strconv.Atoi(args[1])
-		tag := os.Getenv("HELPER_RANK")
-		body := strings.Repeat(tag, size)
-		for i := range n {
-			fmt.Printf("%s %d %s\n", tag, i, body)
-		}
-		fmt.Fprintf(os.Stderr, "done %s", tag) // no trailing newline
-		return 0
-	case "affinity":
-		data, _ := os.ReadFile("/proc/self/status")
-		for _, l := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(l, "Cpus_allowed_list:") {
-				fmt.Println(strings.TrimSpace(strings.TrimPrefix(l, "Cpus_allowed_list:")))
-			}
-		}
-		return 0
-	case "env":
-		for _, k := range args {
-			fmt.Printf("%s=%s\n", k, os.Getenv(k))
-		}
-		return 0
-	case "errorfile": // write a torch-style error file, then exit 1
-		msg := `{"message": {"message": "RuntimeError: boom", "extraInfo": {"py_callstack": "Traceback (most recent call last):\n  File \"x.py\", line 3\nRuntimeError: boom\n", "timestamp": "1700000000"}}}`
-		_ = os.WriteFile(os.Getenv("TORCHELASTIC_ERROR_FILE"), []byte(msg), 0o644)
-		return 1
-	case "peer-liar": // a child of the rank writes on the rank's control channel (fd 3)
-		exe, _ := os.Executable()
-		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), "MPSPAWN_TEST_HELPER=write-frame")
-		cmd.ExtraFiles = []*os.File{os.NewFile(3, "control")}
-		cmd.Stderr = os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		return blockForever()
-	case "write-frame": // write a broker request on fd 3
+		return testrank.BlockForever()
+	case "write-frame":
 		conn, err := ipc.FileConn(os.NewFile(3, "control"))
 		if err == nil {
 			err = conn.WriteFrame(ipc.Frame{Type: ipc.FrameRequest, ID: 1, Payload: []byte{1}})
@@ -196,18 +122,17 @@ func helper(mode string, args []string) int {
 			return 1
 		}
 		return 0
-	case "launcher": // a launcher process for the no-orphans test: args are ranks' modes
-		return helperLauncher(args)
+	case "launcher":
+		if len(args) != 3 {
+			fmt.Fprintln(os.Stderr, "usage: rank launcher READY N")
+			return 2
+		}
+		n, err := strconv.Atoi(args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		return helperLauncher(args[1], n)
 	}
-	fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
-	return 2
-}
-
-// blockForever parks the helper until a signal ends it. (A bare select{}
-// would be reported as a deadlock by the runtime.) pause(2) returns after
-// every signal the runtime catches, hence the loop.
-func blockForever() int {
-	for {
-		_ = unix.Pause()
-	}
+	return testrank.Main(args)
 }

@@ -7,43 +7,45 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mpspawn/mpspawn/internal/testrank"
 )
 
 // helperLauncher is a launcher process for TestLauncherSIGKILLLeavesNothing:
-// it starts one "family" rank per arg and reports every rank's and child's
-// pid on its fd 3, then supervises until killed.
-func helperLauncher(args []string) int {
-	report := os.NewFile(3, "report")
-	exe, _ := os.Executable()
-	r, w, _ := os.Pipe()
-	var specs []Spec
-	for i := range len(args) {
-		specs = append(specs, Spec{
-			Rank: i, Path: exe, Args: []string{"rank"},
-			Env:        append(os.Environ(), "MPSPAWN_TEST_HELPER=family"),
-			ExtraFiles: []*os.File{w},
-		})
-	}
-	g, err := Start(context.Background(), specs, Options{})
+// it starts n "family" ranks and reports every rank's and child's pid on
+// ready, in one line, then supervises until killed.
+func helperLauncher(ready string, n int) int {
+	r, w, err := os.Pipe()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	var specs []Spec
+	for i := range n {
+		s := helperSpec(i, "family", testrank.ReadyFD)
+		s.ExtraFiles = []*os.File{w}
+		specs = append(specs, s)
+	}
+	g, err := Start(context.Background(), specs, Options{})
 	w.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var pids []string
 	sc := bufio.NewScanner(r)
 	for range specs {
 		if !sc.Scan() {
 			return 1
 		}
-		report.WriteString(sc.Text() + "\n")
+		pids = append(pids, sc.Text())
 	}
-	report.Close()
+	testrank.WriteReady(ready, strings.Join(pids, " "))
 	g.Wait()
 	return 0
 }
@@ -54,20 +56,17 @@ func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	cmd := exec.Command(os.Args[0], "x", "x", "x")
-	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_HELPER=launcher")
+	cmd := testrank.Command("launcher", testrank.ReadyFD, "3")
 	cmd.ExtraFiles = []*os.File{w}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n') // short if the launcher died
 	var pids []int
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		for _, f := range strings.Fields(sc.Text()) {
-			pid, _ := strconv.Atoi(f)
-			pids = append(pids, pid)
-		}
+	for _, f := range strings.Fields(line) {
+		pid, _ := strconv.Atoi(f)
+		pids = append(pids, pid)
 	}
 	if len(pids) != 6 {
 		_ = cmd.Process.Kill()

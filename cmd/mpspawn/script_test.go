@@ -18,16 +18,17 @@ import (
 
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/internal/testrank"
 	"github.com/rogpeppe/go-internal/testscript"
 	"golang.org/x/sys/unix"
 )
 
-// TestMain lets the test binary act as the mpspawn CLI and as the "rank"
-// helper program when testscript runs them by name.
+// TestMain lets the test binary act as the mpspawn CLI and as the helper
+// rank (package testrank) when testscript runs them by name.
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"mpspawn": func() { os.Exit(run(os.Args, os.Stdout, os.Stderr)) },
-		"rank":    func() { os.Exit(rankMain(os.Args[1:])) },
+		"mpspawn":     func() { os.Exit(run(os.Args, os.Stdout, os.Stderr)) },
+		testrank.Name: func() { os.Exit(testrank.Main(os.Args[1:])) },
 	})
 }
 

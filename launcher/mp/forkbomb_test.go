@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mpspawn/mpspawn/internal/testrank"
 )
 
 // helperForgetful is a binary that never calls Main: it notes its pid in
@@ -48,8 +50,9 @@ func TestForgottenMainFailsFast(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0])
-	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_HELPER=forgetful", "PIDS_FILE="+pids)
+	cmd := exec.CommandContext(ctx, testrank.Exe)
+	cmd.Args[0] = "forgetful"
+	cmd.Env = append(os.Environ(), "PIDS_FILE="+pids)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	err := cmd.Run()
@@ -78,10 +81,10 @@ func TestSpawnAndNewPoolRefuseInsideARank(t *testing.T) {
 	}
 }
 
-// helperPoolReplaced starts a one-worker pool, says so on fd 3, waits for
+// helperPoolReplaced starts a one-worker pool, says so on ready, waits for
 // a line on stdin (meanwhile its binary is replaced on disk), kills the
 // worker under a task and runs one more task on the replacement.
-func helperPoolReplaced() int {
+func helperPoolReplaced(ready string) int {
 	p, err := NewPool(1, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -89,9 +92,7 @@ func helperPoolReplaced() int {
 	}
 	defer p.Join()
 	defer p.Close()
-	ready := os.NewFile(3, "ready")
-	fmt.Fprintln(ready, "ready")
-	ready.Close()
+	testrank.WriteReady(ready, "ready")
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	if _, err := Apply(context.Background(), p, squareFn, -7); !errors.Is(err, ErrWorkerDied) {
 		fmt.Fprintf(os.Stderr, "Apply(-7) = %v; want ErrWorkerDied\n", err)
@@ -119,8 +120,8 @@ func TestPoolReplacesWorkerFromItsOwnBinary(t *testing.T) {
 	defer r.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin)
-	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_HELPER=pool-replaced")
+	cmd := exec.CommandContext(ctx, bin, testrank.ReadyFD)
+	cmd.Args[0] = "pool-replaced"
 	cmd.ExtraFiles = []*os.File{w}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/internal/testrank"
 	"github.com/mpspawn/mpspawn/place"
 	"golang.org/x/sys/unix"
 )
@@ -234,17 +235,15 @@ func TestRegisterDuplicatePanics(t *testing.T) {
 	Register("test.echo", func(context.Context, Rank, int) (int, error) { return 0, nil })
 }
 
-// helperSpawner spawns blocking Go ranks, reports their pids on fd 3 and
+// helperSpawner spawns blocking Go ranks, reports their pids on ready and
 // waits: the parent in TestSpawnParentKilled.
-func helperSpawner() int {
+func helperSpawner(ready string) int {
 	s, err := Spawn(context.Background(), blockFn, 3, 0, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	report := os.NewFile(3, "report")
-	fmt.Fprintln(report, strings.Trim(fmt.Sprint(s.Pids()), "[]"))
-	report.Close()
+	testrank.WriteReady(ready, strings.Trim(fmt.Sprint(s.Pids()), "[]"))
 	_ = s.Wait()
 	return 0
 }
@@ -256,8 +255,8 @@ func TestSpawnParentKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_HELPER=spawner")
+	cmd := exec.Command(testrank.Exe, testrank.ReadyFD)
+	cmd.Args[0] = "spawner"
 	cmd.ExtraFiles = []*os.File{w}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
