@@ -72,7 +72,7 @@ func TestConsoleNobodyReads(t *testing.T) {
 	}
 	// 350 lines of 1000 bytes: the console pipe takes 65, the queue 256, the
 	// relay holds one and the rest fit in the rank's pipe, so the rank exits.
-	spec := helperSpec(t, 0, "print", "350", "1000")
+	spec := helperSpec(0, "print", "350", "1000")
 	spec.Stdout, spec.Stderr = stdout, stderr
 	g, err := Start(context.Background(), []Spec{spec}, Options{DrainTimeout: 200 * time.Millisecond})
 	if err != nil {
