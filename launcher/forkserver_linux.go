@@ -75,6 +75,7 @@ type Forkserver struct {
 
 	closing   atomic.Bool
 	closeOnce sync.Once
+	closeErr  error // set by Close
 }
 
 type forkReply struct {
@@ -339,30 +340,24 @@ func (fs *Forkserver) Close() error {
 	fs.closeOnce.Do(func() {
 		fs.closing.Store(true)
 		_ = fs.conn.CloseWrite()
-		t := time.NewTimer(forkserverExitWait)
-		select {
-		case <-fs.reaped:
-			t.Stop()
-		case <-t.C:
-			killGroup(fs.pid, syscall.SIGKILL)
-			<-fs.reaped
+		if !waitFor(fs.reaped, forkserverExitWait) {
+			_ = killGroup(fs.pid, syscall.SIGKILL)
+			if !waitFor(fs.reaped, DefaultKillWait) {
+				// In uninterruptible sleep: report it rather than hang.
+				fs.closeErr = fmt.Errorf("launcher: forkserver (pid %d) did not exit %v after SIGKILL (state %s)", fs.pid, DefaultKillWait, procState(fs.pid))
+			}
 		}
+		fs.conn.Close() // ends the reader, even if the server could not
 		<-fs.readerD
-		fs.conn.Close()
 		drained := make(chan struct{})
 		go func() { fs.relay.Wait(); close(drained) }()
-		t = time.NewTimer(time.Second) // a preloaded module's child may hold the pipe
-		select {
-		case <-drained:
-			t.Stop()
-		case <-t.C:
-		}
+		waitFor(drained, time.Second) // a preloaded module's child may hold the pipe
 		fs.output.Close()
-		<-drained
-		killGroup(fs.pid, syscall.SIGKILL) // whatever the server left in its group
+		waitFor(drained, time.Second) // a console nobody reads may hold the relay
+		_ = killGroup(fs.pid, syscall.SIGKILL) // whatever the server left in its group
 		fs.guard.unwatch(fs.pid)
 	})
-	return nil
+	return fs.closeErr
 }
 
 // prefixWriter writes each line (one per Write, from relayLines) with a

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/mpspawn/mpspawn/internal/pidfd"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mpspawn/mpspawn/internal/pidfd"
 
 	"golang.org/x/sys/unix"
 )
@@ -104,6 +106,8 @@ type forkedProcess struct {
 	pidv  int
 	exit  chan syscall.WaitStatus
 	pidfd int // -1 when the rank was gone before it could be opened
+
+	closeOnce sync.Once // for pidfd
 }
 
 var _ process = (*forkedProcess)(nil)
@@ -111,9 +115,6 @@ var _ process = (*forkedProcess)(nil)
 func (p *forkedProcess) pid() int { return p.pidv }
 
 func (p *forkedProcess) wait() (syscall.WaitStatus, error) {
-	if p.pidfd >= 0 {
-		defer unix.Close(p.pidfd)
-	}
 	select {
 	case ws := <-p.exit:
 		return ws, nil

@@ -39,7 +39,17 @@ if mode == "fd":
 if mode == "block":
     os.write(3, b"%d %d\n" % (os.getpid(), os.getppid()))
     os.close(3)
-if mode in ("block", "wait"):
+if mode == "leave-group":
+    child = os.fork()
+    if child == 0:
+        os.setpgid(0, 0)
+        while True:
+            signal.pause()
+    os.setpgid(child, child)
+    os.setpgid(0, child)
+    os.write(3, b"%d %d\n" % (os.getpid(), child))
+    os.close(3)
+if mode in ("block", "wait", "leave-group"):
     while True:
         signal.pause()
 if mode == "env":

@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,9 +24,10 @@ type Group struct {
 	guard *guard
 	thr   rankStarter
 
-	exits chan int       // index of a rank whose process was reaped
-	sigs  chan os.Signal // forwarded signals
-	stops chan error     // Stop requests
+	exits chan exitReport // a rank's process has exited
+	sends chan os.Signal  // signals to deliver without stopping (Deliver)
+	sigs  chan os.Signal  // forwarded signals
+	stops chan error      // Stop requests
 	done  chan struct{}
 	res   *Result
 
@@ -59,6 +61,13 @@ type process interface {
 	// wait blocks until the process has exited and been reaped. An error
 	// means its status is unknown; the process is gone all the same.
 	wait() (syscall.WaitStatus, error)
+	// signal sends sig to the process itself (not its group), through a
+	// pidfd: never to another process that reused its pid. A process
+	// already gone is not an error.
+	signal(sig syscall.Signal) error
+	// release lets go of the process's pidfd, once the Group is done with
+	// it.
+	release()
 }
 
 // setProcess records a started process in the rank and its result.
@@ -77,7 +86,8 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	}
 	g := &Group{
 		opts:  opts,
-		exits: make(chan int, len(specs)),
+		exits: make(chan exitReport, len(specs)),
+		sends: make(chan os.Signal, 8),
 		sigs:  make(chan os.Signal, 8),
 		stops: make(chan error, 1),
 		done:  make(chan struct{}),
@@ -128,26 +138,25 @@ func (g *Group) abort() {
 		killGroup(rp.proc.pid(), syscall.SIGKILL)
 	}
 	for range g.ranks {
-		<-g.exits
+		<-g.exits // SIGKILLed and never run: they exit at once
 	}
 	g.finish()
 }
 
-// waitRank blocks until one rank has exited and reports its exit.
+// exitReport is how one rank's process ended, as its waiter saw it.
+type exitReport struct {
+	i     int
+	ws    syscall.WaitStatus
+	err   error // the status is unknown (its forkserver died)
+	ended time.Time
+}
+
+// waitRank blocks until one rank has exited and reports its exit. The
+// supervisor applies it, unless it gave up on the rank first (see
+// Options.KillWait): a waiter blocked for good never touches the rank's result.
 func (g *Group) waitRank(i int, rp *rankProc) {
 	ws, err := rp.proc.wait()
-	r := &rp.res
-	r.Ended = time.Now()
-	r.ExitCode, r.Signal = -1, 0
-	switch {
-	case err != nil:
-		rp.lost, r.Signal = err, syscall.SIGKILL
-	case ws.Signaled():
-		r.Signal = ws.Signal()
-	default:
-		r.ExitCode = ws.ExitStatus()
-	}
-	g.exits <- i
+	g.exits <- exitReport{i: i, ws: ws, err: err, ended: time.Now()}
 }
 
 // Signal forwards sig to every running rank's process group, then SIGKILLs
@@ -156,6 +165,16 @@ func (g *Group) waitRank(i int, rp *rankProc) {
 func (g *Group) Signal(sig os.Signal) {
 	select {
 	case g.sigs <- sig:
+	case <-g.done:
+	}
+}
+
+// Deliver sends sig to every running rank (its process and its process
+// group) without stopping the job: SIGTSTP and SIGCONT when the launcher
+// is suspended and resumed, say.
+func (g *Group) Deliver(sig os.Signal) {
+	select {
+	case g.sends <- sig:
 	case <-g.done:
 	}
 }
@@ -200,7 +219,9 @@ type supervisor struct {
 	sigints     int
 	cause       error
 	killTimer   *time.Timer
-	killC       <-chan time.Time
+	killC       <-chan time.Time // the grace period is over
+	giveUpC     <-chan time.Time // KillWait after SIGKILL is over
+	sigErrs     []error          // signals that could not be sent
 }
 
 func (g *Group) supervise(ctx context.Context) {
@@ -208,10 +229,14 @@ func (g *Group) supervise(ctx context.Context) {
 	ctxDone := ctx.Done()
 	for s.live > 0 {
 		select {
-		case i := <-g.exits:
-			s.exited(i)
+		case e := <-g.exits:
+			s.exited(e)
 		case sig := <-g.sigs:
 			s.signalled(sig)
+		case sig := <-g.sends:
+			if ssig, ok := sig.(syscall.Signal); ok {
+				s.sendLive(ssig)
+			}
 		case cause := <-g.stops:
 			s.stop(cause, syscall.SIGTERM)
 		case <-ctxDone:
@@ -220,32 +245,62 @@ func (g *Group) supervise(ctx context.Context) {
 		case <-s.killC:
 			s.killC = nil
 			s.signalLive(syscall.SIGKILL)
+		case <-s.giveUpC:
+			s.giveUpC = nil
+			s.giveUp()
 		}
 	}
 	if s.killTimer != nil {
 		s.killTimer.Stop()
 	}
-	g.res = &Result{RootCause: -1, Failures: []int{}, Interrupted: s.interrupted, Cause: s.cause}
+	g.res = &Result{RootCause: -1, Failures: []int{}, Interrupted: s.interrupted, Cause: s.cause, SignalErr: errors.Join(s.sigErrs...)}
 	g.finish()
 	g.collect(s)
 }
 
-// exited records rank i's exit and applies the first-failure policy.
-func (s *supervisor) exited(i int) {
-	rp := s.g.ranks[i]
+// giveUp stops waiting for ranks that did not exit KillWait after SIGKILL:
+// they are reported as lost, with their process state.
+func (s *supervisor) giveUp() {
+	for i, rp := range s.g.ranks {
+		if rp.exited {
+			continue
+		}
+		msg := fmt.Sprintf("launcher: rank %d (pid %d) did not exit %v after SIGKILL (state %s)", rp.spec.Rank, rp.proc.pid(), s.g.opts.killWait(), procState(rp.proc.pid()))
+		rp.res.Note = msg
+		s.exited(exitReport{i: i, err: errors.New(msg), ended: time.Now()})
+	}
+}
+
+// exited records rank e.i's exit and applies the first-failure policy.
+func (s *supervisor) exited(e exitReport) {
+	rp := s.g.ranks[e.i]
+	if rp.exited {
+		return // given up on earlier; its waiter came back at last
+	}
 	rp.exited = true
-	rp.res.Stopped = rp.stopped || rp.lost != nil
+	r := &rp.res
+	r.Ended = e.ended
+	r.ExitCode, r.Signal = -1, 0
+	switch {
+	case e.err != nil:
+		rp.lost, r.Signal = e.err, syscall.SIGKILL
+	case e.ws.Signaled():
+		r.Signal = e.ws.Signal()
+	default:
+		r.ExitCode = e.ws.ExitStatus()
+	}
+	r.Stopped = rp.stopped || rp.lost != nil
 	s.live--
 	if rp.lost != nil {
 		s.stop(rp.lost, syscall.SIGKILL) // not the rank's failure: the job's
 	}
-	if !rp.res.Failed() {
+	if !r.Failed() {
 		return
 	}
-	s.failures = append(s.failures, i)
+	s.failures = append(s.failures, e.i)
 	if s.rootCause < 0 && !rp.stopped && rp.lost == nil {
-		s.rootCause = i
-		s.stop(fmt.Errorf("launcher: rank %d failed with %s", rp.spec.Rank, rp.res.Status()), syscall.SIGTERM)
+		s.rootCause = e.i
+		s.stop(fmt.Errorf("launcher: rank %d failed with %s", rp.spec.Rank, r.Status()), syscall.SIGTERM)
 	}
 }
 
@@ -280,11 +335,34 @@ func (s *supervisor) stop(cause error, sig syscall.Signal) {
 	}
 }
 
+// signalLive sends sig to every live rank as a stop: they are marked
+// stopped, and SIGKILL starts the bound on their exit.
 func (s *supervisor) signalLive(sig syscall.Signal) {
 	for _, rp := range s.g.ranks {
 		if !rp.exited {
 			rp.stopped = true
-			killGroup(rp.proc.pid(), sig)
+		}
+	}
+	s.sendLive(sig)
+	if sig == syscall.SIGKILL && s.giveUpC == nil {
+		s.giveUpC = time.After(s.g.opts.killWait())
+	}
+}
+
+// sendLive sends sig to every live rank's process group and to the rank's
+// own process, which may have left its group, through its pidfd (a rank's
+// pid stays pinned until the launcher releases it, so no stranger is
+// signalled).
+func (s *supervisor) sendLive(sig syscall.Signal) {
+	for _, rp := range s.g.ranks {
+		if rp.exited {
+			continue
+		}
+		if err := killGroup(rp.proc.pid(), sig); err != nil {
+			s.sigErrs = append(s.sigErrs, err)
+		}
+		if err := rp.proc.signal(sig); err != nil {
+			s.sigErrs = append(s.sigErrs, fmt.Errorf("launcher: signal rank %d (pid %d) with %s: %w", rp.spec.Rank, rp.proc.pid(), SignalName(sig), err))
 		}
 	}
 }
@@ -302,6 +380,7 @@ func (g *Group) finish() {
 			f.Close()
 		}
 		g.guard.unwatch(rp.proc.pid())
+		rp.proc.release()
 	}
 	g.thr.close()
 }

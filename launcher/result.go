@@ -29,6 +29,9 @@ type RankResult struct {
 	ErrorFile *ErrorFile
 	// ErrorFilePath is where the rank was told to write it.
 	ErrorFilePath string
+	// Note says what the launcher could not do for the rank, when there
+	// is something: "did not exit 10s after SIGKILL (state D)".
+	Note string
 }
 
 // Failed reports whether the rank exited non-zero or by a signal.
@@ -64,6 +67,9 @@ type Result struct {
 	// Cause is why the launcher stopped the ranks, when it did: the root
 	// cause's failure, the forwarded signal, or the context's cause.
 	Cause error
+	// SignalErr holds the signals the launcher could not send (other than
+	// to processes already gone), joined; nil when every one was sent.
+	SignalErr error
 	// OutputStalled is set when the ranks' last output could not be
 	// written within the drain bound (a console nobody reads) and the
 	// launcher gave up on it rather than wait.

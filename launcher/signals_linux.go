@@ -1,10 +1,14 @@
 package launcher
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // ForwardedSignals are the signals a running Job forwards to its ranks.
@@ -31,4 +35,44 @@ func killGroup(pid int, sig syscall.Signal) error {
 		return fmt.Errorf("launcher: signal process group %d with %s: %w", pid, SignalName(sig), err)
 	}
 	return nil
+}
+
+// signal sends sig to the rank through its pidfd (os.Process uses one
+// where the kernel has them).
+func (e execProcess) signal(sig syscall.Signal) error {
+	if err := e.p.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	return nil
+}
+
+func (execProcess) release() {}
+
+// signal sends sig to the forked rank through the pidfd opened when the
+// server reported its pid.
+func (p *forkedProcess) signal(sig syscall.Signal) error {
+	if p.pidfd < 0 {
+		return nil // gone before it could be opened
+	}
+	if err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return err
+	}
+	return nil
+}
+
+// release closes the pidfd; the supervisor signals the rank no more.
+func (p *forkedProcess) release() {
+	if p.pidfd >= 0 {
+		p.closeOnce.Do(func() { unix.Close(p.pidfd) })
+	}
+}
+
+// procState is the state letter of process pid from /proc ("D" for
+// uninterruptible sleep), or "unknown".
+func procState(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if i := bytes.LastIndexByte(b, ')'); err == nil && i >= 0 && i+2 < len(b) {
+		return string(b[i+2])
+	}
+	return "unknown"
 }

@@ -56,6 +56,12 @@ type Options struct {
 	// Zero means one second.
 	DrainTimeout time.Duration
 
+	// KillWait bounds the wait for a rank after SIGKILL: a process in
+	// uninterruptible sleep (common during GPU driver teardown) cannot be
+	// reaped, and the launcher reports it (RankResult.Note) rather than
+	// hang. Zero means DefaultKillWait.
+	KillWait time.Duration
+
 	// Method starts the ranks; nil means spawn. With a Forkserver every
 	// rank's Path must be the server's interpreter. The method outlives
 	// the Group; its owner closes it.
@@ -67,6 +73,16 @@ func (o Options) grace() time.Duration {
 		return o.GracePeriod
 	}
 	return DefaultGracePeriod
+}
+
+// DefaultKillWait is Options.KillWait's default.
+const DefaultKillWait = 10 * time.Second
+
+func (o Options) killWait() time.Duration {
+	if o.KillWait > 0 {
+		return o.KillWait
+	}
+	return DefaultKillWait
 }
 
 func (o Options) drain() time.Duration {

@@ -37,3 +37,5 @@ type startReply struct {
 	rp  *rankProc
 	err error
 }
+
+func procState(int) string { return "unknown" }

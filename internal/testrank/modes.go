@@ -29,6 +29,10 @@ import (
 //	                           READY; then exit CODE, or wait for a signal
 //	rank fail R CODE READY GO  as family READY; then rank R reads a byte
 //	                           from GO and exits CODE; the others wait
+//	rank leave-group READY     start a child in a process group of its own,
+//	                           move this process into the child's group,
+//	                           write "PID CHILDPID" to READY and wait for a
+//	                           signal (a rank its group's signals miss)
 //	rank print N SIZE          print N lines of SIZE bytes tagged with RANK
 //	rank env                   print the rank contract, sorted
 //	rank errorfile R MESSAGE   rank R writes a torch @record error file
@@ -75,6 +79,7 @@ var modes = map[string]mode{
 	"exit-on-signal": {"READY", 1, exitOnSignal},
 	"family":         {"READY [CODE]", 1, familyMode},
 	"fail":           {"R CODE READY GO", 4, fail},
+	"leave-group":    {"READY", 1, leaveGroup},
 	"print":          {"N SIZE", 2, printLines},
 	"env":            {"", 0, env},
 	"errorfile":      {"R MESSAGE", 2, errorFile},
@@ -94,6 +99,21 @@ func pid() string { return strconv.Itoa(os.Getpid()) }
 
 func block(args []string) int {
 	WriteReady(args[0], pid())
+	return BlockForever()
+}
+
+func leaveGroup(args []string) int {
+	child := Command("block", os.DevNull)
+	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := child.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := syscall.Setpgid(0, child.Process.Pid); err != nil {
+		fmt.Fprintln(os.Stderr, "setpgid:", err)
+		return 1
+	}
+	WriteReady(args[0], fmt.Sprintf("%d %d", os.Getpid(), child.Process.Pid))
 	return BlockForever()
 }
 
