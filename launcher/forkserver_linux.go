@@ -353,7 +353,7 @@ func (fs *Forkserver) Close() error {
 		go func() { fs.relay.Wait(); close(drained) }()
 		waitFor(drained, time.Second) // a preloaded module's child may hold the pipe
 		fs.output.Close()
-		waitFor(drained, time.Second) // a console nobody reads may hold the relay
+		waitFor(drained, time.Second)          // a console nobody reads may hold the relay
 		_ = killGroup(fs.pid, syscall.SIGKILL) // whatever the server left in its group
 		fs.guard.unwatch(fs.pid)
 	})
