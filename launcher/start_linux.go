@@ -113,7 +113,7 @@ func spawn(s Spec) (*rankProc, error) {
 		rp.closePipes()
 		return nil, err
 	}
-	rp.setProcess(execProcess{proc})
+	rp.setProcess(newExecProcess(proc))
 	return rp, nil
 }
 
@@ -159,19 +159,65 @@ func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
 }
 
 // execProcess is a rank the launcher forked and exec'd itself.
-type execProcess struct{ p *os.Process }
+//
+// Its exit is awaited on a pidfd in the runtime's poller, and only then is
+// it reaped. os.Process.Wait alone blocks in waitid(2): an OS thread per
+// rank for the rank's whole life, and since the runtime hands a blocked
+// thread's P to another thread only when sysmon next looks (20 µs to 10 ms
+// later), on a machine with few CPUs the waiters hold every P and the
+// launcher's other goroutines (the ranks' arguments, their output) wait.
+type execProcess struct {
+	p *os.Process
+	// exited is the rank's pidfd, readable once the rank has exited; nil
+	// where pidfd_open(2) with PIDFD_NONBLOCK is not available (Linux
+	// before 5.10), and wait then blocks in waitid(2).
+	exited *os.File
+}
 
 var _ process = execProcess{}
+
+// newExecProcess opens p's pidfd. The pid cannot be recycled before p is
+// reaped, and only wait reaps it.
+func newExecProcess(p *os.Process) execProcess {
+	fd, err := unix.PidfdOpen(p.Pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return execProcess{p: p}
+	}
+	return execProcess{p: p, exited: os.NewFile(uintptr(fd), "pidfd")}
+}
 
 func (e execProcess) pid() int { return e.p.Pid }
 
 func (e execProcess) wait() (syscall.WaitStatus, error) {
-	st, err := e.p.Wait()
+	if e.exited != nil {
+		awaitExit(e.exited)
+		e.exited.Close()
+	}
+	st, err := e.p.Wait() // at once when awaitExit saw the exit
 	if err != nil {
 		return 0, err
 	}
 	ws, _ := st.Sys().(syscall.WaitStatus)
 	return ws, nil
+}
+
+// awaitExit parks the calling goroutine in the poller until the process
+// behind pidfd has exited, without reaping it. If pidfd cannot be polled
+// it returns at once, and the caller's blocking wait does the waiting.
+func awaitExit(pidfd *os.File) {
+	rc, err := pidfd.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Read(func(fd uintptr) bool {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		for err == unix.EINTR {
+			err = unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+		}
+		// EAGAIN (a non-blocking pidfd) or no status yet: not exited.
+		return err != unix.EAGAIN && (err != nil || info.Signo != 0)
+	})
 }
 
 // closePipes closes the read ends after a failed start, ending the relays.
