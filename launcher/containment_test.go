@@ -5,6 +5,8 @@ package launcher
 import (
 	"context"
 	"errors"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,5 +81,64 @@ func TestKillWaitBound(t *testing.T) {
 	want := "did not exit 300ms after SIGKILL (state Z)" // dead, but its parent cannot reap it
 	if r := res.Ranks[0]; !strings.Contains(r.Note, want) || r.Signal != syscall.SIGKILL {
 		t.Errorf("rank never reaped: note %q, %s; want %q, SIGKILL", r.Note, r.Status(), want)
+	}
+}
+
+// TestStrangerReusingAFinishedRanksPidIsUntouched: a rank that has exited
+// keeps its pid (and so its process group id) until the Group is done
+// signalling its group, so a stranger started meanwhile cannot get the pid
+// and be killed with the rank's group at the end. The test drives
+// ns_last_pid to hand the stranger the finished rank's pid if it were free.
+func TestStrangerReusingAFinishedRanksPidIsUntouched(t *testing.T) {
+	const lastPid = "/proc/sys/kernel/ns_last_pid"
+	if f, err := os.OpenFile(lastPid, os.O_WRONLY, 0); err != nil {
+		t.Skipf("cannot drive pid allocation: %v", err)
+	} else {
+		f.Close()
+	}
+	for _, method := range []string{MethodSpawn, MethodForkserver} {
+		t.Run(method, func(t *testing.T) {
+			var quick, block Spec
+			var opts Options
+			if method == MethodSpawn {
+				quick, block = helperSpec(0, "exit", "0"), helperSpec(1, "block", testrank.ReadyFD)
+			} else {
+				fs, python, script := startForkserver(t)
+				quick, block = pySpec(0, python, script, "exit", "0"), pySpec(1, python, script, "block")
+				opts.Method = fs
+			}
+			specs := []Spec{quick, block}
+			ready := withReady(t, specs[1:])
+			g, err := Start(context.Background(), specs, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ready()
+			pid := g.Pids()[0]
+			if !proctest.WaitExit(pid, 10*time.Second) {
+				t.Fatal("rank 0 did not exit")
+			}
+			// Ask the kernel for pid next; if it is free, the stranger gets it.
+			if err := os.WriteFile(lastPid, []byte(strconv.Itoa(pid-1)), 0); err != nil {
+				t.Fatal(err)
+			}
+			stranger := exec.Command("sleep", "60")
+			stranger.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			if err := stranger.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				_ = stranger.Process.Kill()
+				_ = stranger.Wait()
+			}()
+			if stranger.Process.Pid == pid {
+				t.Errorf("a stranger got finished rank 0's pid %d while the Group still signals its group", pid)
+			}
+			g.Stop(errors.New("test: stop"))
+			waitResult(t, g)
+			if proctest.WaitExit(stranger.Process.Pid, 0) {
+				t.Errorf("the stranger (pid %d, rank 0 had %d) was killed with the job", stranger.Process.Pid, pid)
+			}
+		})
 	}
 }

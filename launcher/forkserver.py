@@ -41,6 +41,7 @@ MAX_PACKET = CONFIG["max_packet"]  # bytes in a request
 MAX_FDS = CONFIG["max_fds"]  # fds with a request, the rank's stdio included
 MAX_ERROR = 4000  # characters of an error message: replies stay far below the launcher's read buffer
 CHILDREN = set()  # pids forked and not reaped yet
+REPORTED = set()  # of those, the exited ones reported to the launcher
 BLOCKED = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2}
 INTERRUPTED = object()  # run_main's code for an uncaught KeyboardInterrupt
 
@@ -163,6 +164,8 @@ def handle(msg, fds, flags):
             raise BadRequest("more than %d fds (ancillary data truncated)" % MAX_FDS)
         if why is not None:
             raise BadRequest(why)
+        if isinstance(req, dict) and rid is not None and req.get("op") == "release" and not fds:
+            return release(req, rid)
         check(req, rid, len(fds))
         return fork_rank(req, fds)
     except BadRequest as e:
@@ -353,15 +356,39 @@ def print_exception():
 
 
 def reap():
-    while True:
+    """Reports every rank that exited, without reaping it: its pid and
+    process group id stay pinned until the launcher, done signalling its
+    group, releases it."""
+    for pid in list(CHILDREN - REPORTED):
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            r = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        CHILDREN.discard(pid)
-        send({"exit": pid, "status": status})
+            CHILDREN.discard(pid)
+            continue
+        if r is None:
+            continue
+        REPORTED.add(pid)
+        send({"exit": pid, "status": wait_status(r)})
+
+
+def wait_status(r):
+    """The wait(2) status an os.waitid result stands for."""
+    if r.si_code == os.CLD_EXITED:
+        return (r.si_status & 0xFF) << 8
+    if r.si_code == os.CLD_DUMPED:
+        return r.si_status | 0x80
+    return r.si_status  # CLD_KILLED
+
+
+def release(req, rid):
+    """Reaps a rank the launcher is done with (it was reported exited)."""
+    pid = req.get("pid")
+    if type(pid) is not int or pid not in REPORTED:
+        raise BadRequest("release: pid %r is not an exited rank" % (pid,))
+    os.waitpid(pid, 0)
+    CHILDREN.discard(pid)
+    REPORTED.discard(pid)
+    return {"id": rid, "released": pid}
 
 
 def serve():

@@ -86,13 +86,14 @@ type forkReply struct {
 
 // serverMsg is any message from the server.
 type serverMsg struct {
-	Ready   int    `json:"ready"`   // the server's pid: preload done
-	Error   string `json:"error"`   // a failed preload, or a refused fork (with ID)
-	Preload string `json:"preload"` // the module whose import failed
-	ID      *int   `json:"id"`      // reply to fork request ID
-	Pid     int    `json:"pid"`     // the forked rank
-	Exit    int    `json:"exit"`    // a reaped rank's pid...
-	Status  int    `json:"status"`  // ...and its wait status
+	Ready    int    `json:"ready"`    // the server's pid: preload done
+	Error    string `json:"error"`    // a failed preload, or a refused fork (with ID)
+	Preload  string `json:"preload"`  // the module whose import failed
+	ID       *int   `json:"id"`       // reply to fork request ID
+	Pid      int    `json:"pid"`      // the forked rank
+	Exit     int    `json:"exit"`     // an exited rank's pid (not reaped until released)...
+	Released int    `json:"released"` // reply to a release: the rank is reaped
+	Status   int    `json:"status"`   // ...and its wait status
 }
 
 // serverConfig is the server's argument (CONFIG_JSON in forkserver.py).
@@ -261,9 +262,14 @@ func (fs *Forkserver) dispatch(m serverMsg) {
 	switch {
 	case m.ID != nil:
 		r := forkReply{pid: m.Pid}
-		if m.Error != "" || m.Pid <= 0 {
+		switch {
+		case m.Error != "":
 			r.err = fmt.Errorf("forkserver: %s", m.Error)
-		} else {
+		case m.Released > 0:
+			r.pid = m.Released
+		case m.Pid <= 0:
+			r.err = fmt.Errorf("forkserver: a reply with no pid")
+		default:
 			r.exit = make(chan syscall.WaitStatus, 1)
 		}
 		fs.mu.Lock()

@@ -78,6 +78,20 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 	return rp, nil
 }
 
+// release asks the server to reap rank pid, which it reported exited. It
+// does not wait for the reply: the server answers requests in order, and
+// reaps whatever is left when it closes.
+func (fs *Forkserver) release(pid int) {
+	_, id, err := fs.expect()
+	if err != nil {
+		return // the server is gone, and its ranks were reaped with it
+	}
+	req := fmt.Appendf(nil, `{"id":%d,"op":"release","pid":%d}`, id, pid)
+	if _, _, err := fs.conn.WriteMsgUnix(req, nil, nil); err != nil {
+		fs.forget(id)
+	}
+}
+
 // expect registers a fork request's reply channel under a new id.
 func (fs *Forkserver) expect() (chan forkReply, int, error) {
 	ch := make(chan forkReply, 1)

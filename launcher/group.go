@@ -48,9 +48,10 @@ type rankProc struct {
 	lost error
 
 	// owned by the supervisor goroutine
-	res     RankResult
-	exited  bool
-	stopped bool
+	res       RankResult
+	exited    bool
+	stopped   bool
+	abandoned bool // not seen to exit KillWait after SIGKILL
 }
 
 // process is a started rank process: a child of the launcher (spawn) or of
@@ -65,9 +66,13 @@ type process interface {
 	// pidfd: never to another process that reused its pid. A process
 	// already gone is not an error.
 	signal(sig syscall.Signal) error
-	// release lets go of the process's pidfd, once the Group is done with
-	// it.
+	// release reaps the exited process and closes its pidfd, once the
+	// Group is done signalling it and its group: only then may its pid be
+	// reused.
 	release()
+	// abandon closes the process's pidfd without reaping it: it did not
+	// exit when killed, and reaping it would block.
+	abandon()
 }
 
 // setProcess records a started process in the rank and its result.
@@ -267,6 +272,7 @@ func (s *supervisor) giveUp() {
 		}
 		msg := fmt.Sprintf("launcher: rank %d (pid %d) did not exit %v after SIGKILL (state %s)", rp.spec.Rank, rp.proc.pid(), s.g.opts.killWait(), procState(rp.proc.pid()))
 		rp.res.Note = msg
+		rp.abandoned = true // never released: reaping it would block
 		s.exited(exitReport{i: i, err: errors.New(msg), ended: time.Now()})
 	}
 }
@@ -380,7 +386,11 @@ func (g *Group) finish() {
 			f.Close()
 		}
 		g.guard.unwatch(rp.proc.pid())
-		rp.proc.release()
+		if rp.abandoned {
+			rp.proc.abandon()
+		} else {
+			rp.proc.release() // its group signalled for the last time: the pid may go
+		}
 	}
 	g.thr.close()
 }

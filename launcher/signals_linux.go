@@ -46,8 +46,6 @@ func (e execProcess) signal(sig syscall.Signal) error {
 	return nil
 }
 
-func (execProcess) release() {}
-
 // signal sends sig to the forked rank through the pidfd opened when the
 // server reported its pid.
 func (p *forkedProcess) signal(sig syscall.Signal) error {
@@ -60,11 +58,15 @@ func (p *forkedProcess) signal(sig syscall.Signal) error {
 	return nil
 }
 
-// release closes the pidfd; the supervisor signals the rank no more.
+// release tells the server to reap the rank, which it reported exited,
+// and closes the pidfd: the supervisor signals its group no more.
 func (p *forkedProcess) release() {
-	if p.pidfd >= 0 {
-		p.closeOnce.Do(func() { unix.Close(p.pidfd) })
-	}
+	p.closeOnce.Do(func() {
+		p.fs.release(p.pidv)
+		if p.pidfd >= 0 {
+			unix.Close(p.pidfd)
+		}
+	})
 }
 
 // procState is the state letter of process pid from /proc ("D" for
@@ -75,4 +77,21 @@ func procState(pid int) string {
 		return string(b[i+2])
 	}
 	return "unknown"
+}
+
+// abandon closes the pidfd; the server reaps the rank if it ever can.
+func (p *forkedProcess) abandon() {
+	p.closeOnce.Do(func() {
+		if p.pidfd >= 0 {
+			unix.Close(p.pidfd)
+		}
+	})
+}
+
+// abandon closes the pidfd; the waiter then blocks in waitid(2) for good,
+// or until the rank can be reaped after all.
+func (e execProcess) abandon() {
+	if e.exited != nil {
+		e.exited.Close()
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -160,24 +161,28 @@ func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
 
 // execProcess is a rank the launcher forked and exec'd itself.
 //
-// Its exit is awaited on a pidfd in the runtime's poller, and only then is
-// it reaped. os.Process.Wait alone blocks in waitid(2): an OS thread per
-// rank for the rank's whole life, and since the runtime hands a blocked
-// thread's P to another thread only when sysmon next looks (20 µs to 10 ms
-// later), on a machine with few CPUs the waiters hold every P and the
-// launcher's other goroutines (the ranks' arguments, their output) wait.
+// Its exit is awaited on a pidfd in the runtime's poller and read without
+// reaping it (waitid WNOWAIT): the rank stays a zombie, its pid and its
+// process group id pinned, until the Group is done signalling its group
+// and releases it. os.Process.Wait alone blocks in waitid(2): an OS thread
+// per rank for the rank's whole life, and since the runtime hands a
+// blocked thread's P to another thread only when sysmon next looks (20 µs
+// to 10 ms later), on a machine with few CPUs the waiters hold every P and
+// the launcher's other goroutines (the ranks' arguments, their output)
+// wait.
 type execProcess struct {
 	p *os.Process
 	// exited is the rank's pidfd, readable once the rank has exited; nil
 	// where pidfd_open(2) with PIDFD_NONBLOCK is not available (Linux
-	// before 5.10), and wait then blocks in waitid(2).
+	// before 5.10), and wait then reaps in a blocking waitid(2), without
+	// pinning the pid.
 	exited *os.File
 }
 
 var _ process = execProcess{}
 
 // newExecProcess opens p's pidfd. The pid cannot be recycled before p is
-// reaped, and only wait reaps it.
+// reaped, and only release (or wait, without a pidfd) reaps it.
 func newExecProcess(p *os.Process) execProcess {
 	fd, err := unix.PidfdOpen(p.Pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
@@ -189,11 +194,12 @@ func newExecProcess(p *os.Process) execProcess {
 func (e execProcess) pid() int { return e.p.Pid }
 
 func (e execProcess) wait() (syscall.WaitStatus, error) {
-	if e.exited != nil {
-		awaitExit(e.exited)
-		e.exited.Close()
+	if e.exited != nil && awaitExit(e.exited) {
+		if ws, ok := peekStatus(e.exited); ok {
+			return ws, nil
+		}
 	}
-	st, err := e.p.Wait() // at once when awaitExit saw the exit
+	st, err := e.p.Wait()
 	if err != nil {
 		return 0, err
 	}
@@ -201,15 +207,25 @@ func (e execProcess) wait() (syscall.WaitStatus, error) {
 	return ws, nil
 }
 
+// release reaps the rank, which has exited: its pid may be reused from
+// now on.
+func (e execProcess) release() {
+	if e.exited != nil {
+		_, _ = e.p.Wait() // at once: wait saw the exit
+		e.exited.Close()
+	}
+}
+
 // awaitExit parks the calling goroutine in the poller until the process
-// behind pidfd has exited, without reaping it. If pidfd cannot be polled
-// it returns at once, and the caller's blocking wait does the waiting.
-func awaitExit(pidfd *os.File) {
+// behind pidfd has exited, without reaping it, and reports whether it saw
+// the exit. If pidfd cannot be polled it returns false at once, and the
+// caller's blocking wait does the waiting.
+func awaitExit(pidfd *os.File) bool {
 	rc, err := pidfd.SyscallConn()
 	if err != nil {
-		return
+		return false
 	}
-	_ = rc.Read(func(fd uintptr) bool {
+	err = rc.Read(func(fd uintptr) bool {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
 		for err == unix.EINTR {
@@ -218,6 +234,29 @@ func awaitExit(pidfd *os.File) {
 		// EAGAIN (a non-blocking pidfd) or no status yet: not exited.
 		return err != unix.EAGAIN && (err != nil || info.Signo != 0)
 	})
+	return err == nil
+}
+
+// peekStatus reads the wait status of the exited process behind pidfd
+// without reaping it.
+func peekStatus(pidfd *os.File) (syscall.WaitStatus, bool) {
+	var info unix.Siginfo
+	if err := unix.Waitid(unix.P_PIDFD, int(pidfd.Fd()), &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil || info.Signo == 0 {
+		return 0, false
+	}
+	// For SIGCHLD, si_status follows si_pid and si_uid in the union that
+	// starts after the three ints and the padding Siginfo names.
+	status := *(*int32)(unsafe.Pointer(uintptr(unsafe.Pointer(&info)) + 24))
+	const cldExited, cldKilled, cldDumped = 1, 2, 3 // si_code of SIGCHLD
+	switch info.Code {
+	case cldExited:
+		return syscall.WaitStatus(status << 8), true
+	case cldKilled:
+		return syscall.WaitStatus(status), true
+	case cldDumped:
+		return syscall.WaitStatus(status | 0x80), true
+	}
+	return 0, false
 }
 
 // closePipes closes the read ends after a failed start, ending the relays.
