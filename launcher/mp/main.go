@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
@@ -74,10 +72,10 @@ func runChild(role string) int {
 		return 2
 	}
 	// SIGTERM (the launcher stopping the job) cancels the function's
-	// context; SIGKILL follows after the grace period if it does not
-	// return.
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
+	// context once the function watches it; SIGKILL follows after the
+	// grace period if it does not return.
+	ctx := &stopContext{}
+	defer ctx.release()
 	r := rankOf(env)
 	if role == roleWorker {
 		return serveWorker(ctx, conn, r)
