@@ -3,6 +3,9 @@
 // number per line for the script to read.
 //
 //	gobench spawn REPS        seconds to spawn and join 8 no-op ranks, per rep
+//	gobench shell REPS        seconds for sh to start 8 processes of gobench nop
+//	                          and wait for them, per rep: the anchor for spawn
+//	gobench nop               nothing: the binary's own start and exit
 //	gobench queue N           messages per second through an ipc.Queue, rank 0 → rank 1
 //	gobench handoff N         64 MiB float32 buffers per second handed from rank 0 to rank 1,
 //	                          taken from an ipc.BufferPool (buffers come back once read)
@@ -15,6 +18,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"time"
@@ -46,8 +50,11 @@ var (
 
 func main() {
 	mp.Main()
+	if len(os.Args) == 2 && os.Args[1] == "nop" {
+		return
+	}
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: gobench spawn REPS | gobench map ITEMS WORKERS")
+		fmt.Fprintln(os.Stderr, "usage: gobench spawn|shell REPS | gobench map ITEMS WORKERS | gobench nop")
 		os.Exit(2)
 	}
 	n, _ := strconv.Atoi(os.Args[2])
@@ -55,6 +62,8 @@ func main() {
 	switch os.Args[1] {
 	case "spawn":
 		err = spawn(n)
+	case "shell":
+		err = shell(n)
 	case "queue", "handoff", "handoff-fresh":
 		err = ipcBench(os.Args[1], n)
 	case "map":
@@ -75,6 +84,30 @@ func spawn(reps int) error {
 			return err
 		}
 		if _, err := s.Join(); err != nil {
+			return err
+		}
+		fmt.Println(time.Since(start).Seconds())
+	}
+	return nil
+}
+
+// shellLoop starts 8 processes of the program named by $0 in the
+// background and waits for them, as a shell user would.
+const shellLoop = `for i in 1 2 3 4 5 6 7 8; do "$0" nop & done; wait`
+
+// shell times sh running shellLoop with this binary: 8 processes of the
+// ranks' own binary doing nothing, so that the binary's start (runtime and
+// package init, dynamic loading) is in the anchor as it is in the ranks.
+func shell(reps int) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	for range reps {
+		cmd := exec.Command("/bin/sh", "-c", shellLoop, exe)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		start := time.Now()
+		if err := cmd.Run(); err != nil {
 			return err
 		}
 		fmt.Println(time.Since(start).Seconds())
