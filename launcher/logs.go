@@ -10,10 +10,15 @@ import (
 // relayed in pieces of this size.
 const maxLine = 1 << 20
 
+// relayBuffer is the relay's read buffer. Longer lines are gathered in
+// pieces (see relayLines); a bigger buffer costs every rank's two relays
+// its allocation and page faults up front, most of it never touched.
+const relayBuffer = 4 << 10
+
 // relayLines copies r to w one complete line per Write (the newline
 // included) until r ends. A last line without a newline is written as is.
 func relayLines(r io.Reader, w io.Writer) {
-	br := bufio.NewReaderSize(r, 64<<10)
+	br := bufio.NewReaderSize(r, relayBuffer)
 	var long []byte
 	for {
 		line, err := br.ReadSlice('\n')
