@@ -113,6 +113,11 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	for i, s := range specs {
 		wg.Go(func() {
 			rp, err := g.thr.start(i, s)
+			if err == nil {
+				// At once, not after every rank has started: a launcher
+				// SIGKILLed during a long start-up must leave nothing.
+				g.guard.watch(rp.proc.pid())
+			}
 			started[i] = startReply{rp, err}
 		})
 	}
@@ -125,7 +130,6 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 			}
 			continue
 		}
-		g.guard.watch(r.rp.proc.pid())
 		g.ranks = append(g.ranks, r.rp)
 		go g.waitRank(len(g.ranks)-1, r.rp)
 	}

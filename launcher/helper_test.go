@@ -122,6 +122,13 @@ func rankMain(args []string) int {
 			return 1
 		}
 		return 0
+	case "launcher-early": // N family ranks that report on this process's fd 3
+		n, err := strconv.Atoi(args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		return helperLauncherEarly(n)
 	case "launcher":
 		if len(args) != 3 {
 			fmt.Fprintln(os.Stderr, "usage: rank launcher READY N")

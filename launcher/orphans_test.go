@@ -4,8 +4,10 @@ package launcher
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -50,6 +52,27 @@ func helperLauncher(ready string, n int) int {
 	return 0
 }
 
+// helperLauncherEarly starts n family ranks that write their readiness
+// straight to this process's fd 3, so that the test sees the first rank and
+// its child up while the others are still starting.
+func helperLauncherEarly(n int) int {
+	ready := os.NewFile(3, "ready")
+	var specs []Spec
+	for i := range n {
+		s := helperSpec(i, "family", testrank.ReadyFD)
+		s.ExtraFiles = []*os.File{ready}
+		specs = append(specs, s)
+	}
+	g, err := Start(context.Background(), specs, Options{})
+	ready.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	g.Wait()
+	return 0
+}
+
 func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -83,4 +106,55 @@ func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// TestLauncherSIGKILLDuringStartLeavesNothing: a launcher SIGKILLed while
+// it starts 64 ranks, each of which starts a child, leaves none of them
+// behind: each rank is registered with the guard the moment it exists,
+// not once every rank has started.
+func TestLauncherSIGKILLDuringStartLeavesNothing(t *testing.T) {
+	for run := range 5 {
+		tag := fmt.Sprintf("MPSPAWN_ORPHAN_TEST=%d-%d", os.Getpid(), run)
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := testrank.Command("launcher-early", "64")
+		cmd.Env = append(os.Environ(), tag)
+		cmd.ExtraFiles = []*os.File{w}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		// The first rank and its child are up; most ranks are still
+		// starting: kill now, or up to 20 ms later.
+		_, _ = bufio.NewReader(r).ReadString('\n')
+		time.Sleep(time.Duration(rand.IntN(21)) * time.Millisecond) // when the kill lands, not a wait for anything
+		_ = cmd.Process.Signal(syscall.SIGKILL)
+		_ = cmd.Wait()
+		r.Close()
+		for _, pid := range taggedPids(tag) {
+			if !pidGone(pid, time.Second) {
+				t.Errorf("run %d: pid %d (a rank or its child) alive 1s after its launcher was SIGKILLed", run, pid)
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+}
+
+// taggedPids lists the processes whose environment holds tag.
+func taggedPids(tag string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err == nil && bytes.Contains(env, []byte("\x00"+tag+"\x00")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
