@@ -25,7 +25,7 @@ type Group struct {
 	thr   rankStarter
 
 	exits chan exitReport // a rank's process has exited
-	sends chan os.Signal  // signals to deliver without stopping (Deliver)
+	sends chan delivery   // signals to deliver without stopping (Deliver)
 	sigs  chan os.Signal  // forwarded signals
 	stops chan error      // Stop requests
 	done  chan struct{}
@@ -92,7 +92,7 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	g := &Group{
 		opts:  opts,
 		exits: make(chan exitReport, len(specs)),
-		sends: make(chan os.Signal, 8),
+		sends: make(chan delivery),
 		sigs:  make(chan os.Signal, 8),
 		stops: make(chan error, 1),
 		done:  make(chan struct{}),
@@ -178,12 +178,20 @@ func (g *Group) Signal(sig os.Signal) {
 	}
 }
 
+// delivery is a signal for Deliver, and the channel closed once it is sent.
+type delivery struct {
+	sig  syscall.Signal
+	sent chan struct{}
+}
+
 // Deliver sends sig to every running rank (its process and its process
-// group) without stopping the job: SIGTSTP and SIGCONT when the launcher
-// is suspended and resumed, say.
-func (g *Group) Deliver(sig os.Signal) {
+// group) without stopping the job, and returns once it is sent: SIGTSTP
+// and SIGCONT when the launcher is suspended and resumed, say.
+func (g *Group) Deliver(sig syscall.Signal) {
+	d := delivery{sig, make(chan struct{})}
 	select {
-	case g.sends <- sig:
+	case g.sends <- d:
+		<-d.sent
 	case <-g.done:
 	}
 }
@@ -242,10 +250,9 @@ func (g *Group) supervise(ctx context.Context) {
 			s.exited(e)
 		case sig := <-g.sigs:
 			s.signalled(sig)
-		case sig := <-g.sends:
-			if ssig, ok := sig.(syscall.Signal); ok {
-				s.sendLive(ssig)
-			}
+		case d := <-g.sends:
+			s.sendLive(d.sig)
+			close(d.sent)
 		case cause := <-g.stops:
 			s.stop(cause, syscall.SIGTERM)
 		case <-ctxDone:

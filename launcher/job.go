@@ -162,7 +162,7 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 	// caught (not ignored, which ranks would inherit) so that a closed
 	// console does not kill the launcher.
 	sigc := make(chan os.Signal, 8)
-	signal.Notify(sigc, append(ForwardedSignals, syscall.SIGPIPE)...)
+	signal.Notify(sigc, append(append(ForwardedSignals, syscall.SIGPIPE), suspendSignals...)...)
 	defer signal.Stop(sigc)
 
 	specs, err := j.Specs()
@@ -200,7 +200,10 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 		for {
 			select {
 			case sig := <-sigc:
-				if sig != syscall.SIGPIPE {
+				switch {
+				case sig == syscall.SIGPIPE:
+				case suspend(g, sig):
+				default:
 					g.Signal(sig)
 				}
 			case <-g.Done():

@@ -17,6 +17,26 @@ var ForwardedSignals = []os.Signal{
 	syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
 }
 
+// suspendSignals are the job-control signals a running Job passes on to
+// its ranks, which are not in the terminal's foreground process group.
+var suspendSignals = []os.Signal{syscall.SIGTSTP, syscall.SIGCONT}
+
+// suspend handles a job-control signal, and reports whether sig was one:
+// on SIGTSTP (Ctrl-Z) the ranks are stopped, then the launcher stops
+// itself; on SIGCONT (fg, bg) the ranks go on with it.
+func suspend(g *Group, sig os.Signal) bool {
+	switch sig {
+	case syscall.SIGTSTP:
+		g.Deliver(syscall.SIGTSTP)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGSTOP)
+	case syscall.SIGCONT:
+		g.Deliver(syscall.SIGCONT)
+	default:
+		return false
+	}
+	return true
+}
+
 var platformSignalNames = map[syscall.Signal]string{
 	syscall.SIGUSR1: "SIGUSR1", syscall.SIGUSR2: "SIGUSR2",
 }

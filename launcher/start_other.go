@@ -39,3 +39,7 @@ type startReply struct {
 }
 
 func procState(int) string { return "unknown" }
+
+var suspendSignals []os.Signal
+
+func suspend(*Group, os.Signal) bool { return false }
