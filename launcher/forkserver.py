@@ -195,6 +195,9 @@ def check(req, rid, nfds):
         v = req.get(key)
         if not isinstance(v, list) or not all(isinstance(a, str) and "\0" not in a for a in v):
             raise BadRequest("%s %r is not a list of strings without NUL" % (key, v))
+    cg = req.get("cgroup")
+    if cg is not None and not (isinstance(cg, str) and os.path.isdir(cg)):
+        raise BadRequest("cgroup %r is not a directory" % (cg,))
     cwd = req.get("cwd")
     if cwd not in (None, "") and not (isinstance(cwd, str) and os.path.isdir(cwd)):
         raise BadRequest("cwd %r is not a directory" % (cwd,))
@@ -249,6 +252,10 @@ def child(req, fds, kind, target, args, mask):
     """The rank: returns its exit code (the caller os._exits with it)."""
     import ctypes
 
+    if req.get("cgroup"):
+        # First of all: whatever the rank starts is born in its cgroup.
+        with open(os.path.join(req["cgroup"], "cgroup.procs"), "w") as f:
+            f.write("0")
     os.setpgid(0, 0)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG

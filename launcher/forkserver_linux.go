@@ -110,6 +110,9 @@ type forkRequest struct {
 	Env  []string `json:"env"`
 	Cwd  string   `json:"cwd,omitempty"`
 	CPUs []int    `json:"cpus,omitempty"`
+	// Cgroup is the rank's cgroup, which the forked child moves itself
+	// into before anything else.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // StartForkserver starts a forkserver and returns at once; the preload

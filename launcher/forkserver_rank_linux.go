@@ -23,7 +23,7 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 	if n := len(s.ExtraFiles); 3+n > forkserverMaxFDs {
 		return nil, fmt.Errorf("forkserver: the rank has %d extra files; a forked rank can have at most %d (fds 3 to %d)", n, forkserverMaxFDs-3, forkserverMaxFDs-1)
 	}
-	req, err := json.Marshal(forkRequest{Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs})
+	req, err := json.Marshal(forkRequest{Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs, Cgroup: s.cgroupPath})
 	if err != nil {
 		return nil, err
 	}

@@ -49,7 +49,20 @@ if mode == "leave-group":
     os.setpgid(0, child)
     os.write(3, b"%d %d\n" % (os.getpid(), child))
     os.close(3)
-if mode in ("block", "wait", "leave-group"):
+if mode == "daemons":
+    import subprocess
+    subprocess.Popen(["sleep", "600"], start_new_session=True)
+    subprocess.Popen(["sleep", "600"], process_group=0)
+    if os.fork() == 0:
+        os.setsid()
+        subprocess.Popen(["sleep", "600"])
+        os._exit(0)
+    os.wait()
+    os.write(3, b"%d\n" % os.getpid())
+    os.close(3)
+    if len(sys.argv) > 2:
+        sys.exit(int(sys.argv[2]))
+if mode in ("block", "wait", "leave-group", "daemons"):
     while True:
         signal.pause()
 if mode == "env":

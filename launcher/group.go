@@ -23,6 +23,7 @@ type Group struct {
 	ranks []*rankProc
 	guard *guard
 	thr   rankStarter
+	cont  *containment // the job's cgroups, or the process-group fallback
 
 	exits chan exitReport // a rank's process has exited
 	sends chan delivery   // signals to deliver without stopping (Deliver)
@@ -103,8 +104,12 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 		return nil, err
 	}
 	specs = sortedByRank(specs)
+	if g.cont, err = contain(opts.Containment, specs, g.guard); err != nil {
+		return nil, err
+	}
 	m := opts.method()
 	if err := m.Ready(ctx); err != nil {
+		g.cont.close()
 		return nil, err
 	}
 	g.thr = m.starter(len(specs))
@@ -144,7 +149,8 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 // abort kills and reaps the ranks started so far, after a failed start.
 func (g *Group) abort() {
 	for _, rp := range g.ranks {
-		killGroup(rp.proc.pid(), syscall.SIGKILL)
+		_ = killGroup(rp.proc.pid(), syscall.SIGKILL)
+		_ = rp.proc.signal(syscall.SIGKILL)
 	}
 	for range g.ranks {
 		<-g.exits // SIGKILLed and never run: they exit at once
@@ -269,7 +275,8 @@ func (g *Group) supervise(ctx context.Context) {
 	if s.killTimer != nil {
 		s.killTimer.Stop()
 	}
-	g.res = &Result{RootCause: -1, Failures: []int{}, Interrupted: s.interrupted, Cause: s.cause, SignalErr: errors.Join(s.sigErrs...)}
+	g.res = &Result{RootCause: -1, Failures: []int{}, Interrupted: s.interrupted, Cause: s.cause, SignalErr: errors.Join(s.sigErrs...),
+		Containment: g.cont.kind, ContainmentNote: g.cont.note}
 	g.finish()
 	g.collect(s)
 }
@@ -361,6 +368,9 @@ func (s *supervisor) signalLive(sig syscall.Signal) {
 		}
 	}
 	s.sendLive(sig)
+	if sig == syscall.SIGKILL {
+		s.g.cont.kill() // and whatever the ranks started
+	}
 	if sig == syscall.SIGKILL && s.giveUpC == nil {
 		s.giveUpC = time.After(s.g.opts.killWait())
 	}
@@ -388,8 +398,9 @@ func (s *supervisor) sendLive(sig syscall.Signal) {
 // the ranks' process groups, drains their output (bounded), and releases
 // the guard and the starter thread.
 func (g *Group) finish() {
+	g.cont.end(g.ranks, g.opts.killWait()) // every process the ranks started, wherever it went
 	for _, rp := range g.ranks {
-		killGroup(rp.proc.pid(), syscall.SIGKILL)
+		_ = killGroup(rp.proc.pid(), syscall.SIGKILL)
 	}
 	g.outputStalled = g.drainOutput()
 	for _, rp := range g.ranks {
@@ -403,6 +414,7 @@ func (g *Group) finish() {
 			rp.proc.release() // its group signalled for the last time: the pid may go
 		}
 	}
+	g.cont.close()
 	g.thr.close()
 }
 

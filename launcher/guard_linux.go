@@ -4,36 +4,62 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 )
 
 // guardScript is the guard process: it keeps the set of rank process groups
-// it is told of ("+PGID" adds one, "-PGID" removes one) and, when its pipe
-// reaches EOF — the launcher process exited or died, even by SIGKILL — kills
-// every group still in the set. It ignores the signals a terminal or the
-// launcher's own process group might receive, and runs in a session of its
-// own.
+// it is told of ("+PGID" adds one, "-PGID" removes one), the prefix of the
+// launcher's job cgroups ("cPREFIX") and directories to remove ("dDIR"),
+// and, when its pipe reaches EOF — the launcher process exited or died,
+// even by SIGKILL — kills every group still in the set and every job cgroup
+// still there (cgroup.kill), waits for the cgroups to empty (bounded),
+// removes them, and removes the directories. It ignores the signals a
+// terminal or the launcher's own process group might receive, and runs in
+// a session of its own.
 const guardScript = `trap '' INT TERM HUP QUIT USR1 USR2 PIPE
 g=' '
+c=
+d=
 while IFS= read -r l; do
 	case $l in
 	+*) g="$g-${l#+} " ;;
 	-*) p=${l#-}
 		case $g in *" -$p "*) g="${g%%" -$p "*} ${g#*" -$p "}" ;; esac ;;
+	c*) c=${l#c} ;;
+	d*) d=${l#d} ;;
 	esac
 done
 [ -n "${g# }" ] && kill -s KILL -- $g 2>/dev/null
+if [ -n "$c" ]; then
+	for j in "$c"*; do
+		[ -f "$j/cgroup.kill" ] && echo 1 > "$j/cgroup.kill"
+	done
+	for j in "$c"*; do
+		i=0
+		while [ -d "$j" ] && [ $i -lt 100 ]; do
+			read -r e < "$j/cgroup.events"
+			[ "$e" = "populated 0" ] && break
+			sleep 0.05
+			i=$((i+1))
+		done
+		rmdir "$j"/rank-* "$j" 2>/dev/null
+	done
+fi
+[ -n "$d" ] && [ -d "$d" ] && [ ! -L "$d" ] && rm -rf -- "$d"
 exit 0`
 
 // guard is the launcher's side of the guard process. One guard serves every
 // Group of a process: it is started with the first and lives as long as the
 // process, so later jobs pay nothing for it.
 type guard struct {
-	mu     sync.Mutex
-	w      *os.File
-	proc   *os.Process
-	groups map[int]bool // registered process groups, resent if the guard is restarted
+	mu      sync.Mutex
+	w       *os.File
+	proc    *os.Process
+	groups  map[int]bool // registered process groups, resent if the guard is restarted
+	cgroups string       // the job cgroups' prefix, once one was made
+	dir     string       // a directory to remove when the launcher dies
 }
 
 var (
@@ -80,10 +106,23 @@ func (g *guard) spawn() error {
 	}
 	if g.w != nil {
 		g.w.Close()
-		go func(old *os.Process) { _, _ = old.Wait() }(g.proc) // it is gone; reap it
 	}
 	g.w, g.proc = w, p
+	go g.watchProcess(p)
 	return nil
+}
+
+// watchProcess reaps guard process p when it dies and, if it is still the
+// guard (a rank killed it, say), starts another at once, told everything
+// registered: a guard's death never goes unnoticed until the next job. It
+// runs as long as the guard, which is as long as this process.
+func (g *guard) watchProcess(p *os.Process) {
+	_, _ = p.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.proc == p {
+		g.respawn()
+	}
 }
 
 // watch adds a rank's process group to the guard's set.
@@ -102,16 +141,60 @@ func (g *guard) unwatch(pgid int) {
 	g.send("-" + strconv.Itoa(pgid) + "\n")
 }
 
+// watchCgroups tells the guard where this process's job cgroups are made:
+// it kills and removes those still there when the launcher dies.
+func (g *guard) watchCgroups() {
+	base, err := cgroupBase()
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cgroups == "" {
+		g.cgroups = cgroupPrefix(base)
+		g.send("c" + g.cgroups + "\n")
+	}
+}
+
+// RemoveOnDeath asks the launcher's guard to remove dir (recursively, not
+// following a symbolic link) if this process dies before it does: a
+// scratch directory, say. One directory is kept; a later call replaces it.
+func RemoveOnDeath(dir string) error {
+	g, err := startGuard()
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.dir = dir
+	g.send("d" + dir + "\n")
+	return nil
+}
+
 // send writes one line; if the guard has died (someone killed it), a new
-// one is started and told of every group still registered.
+// one is started and told everything still registered. g.mu is held.
 func (g *guard) send(line string) {
 	if _, err := g.w.WriteString(line); err == nil {
 		return
 	}
+	g.respawn()
+}
+
+// respawn starts a new guard in place of a dead one and tells it
+// everything still registered. g.mu is held.
+func (g *guard) respawn() {
 	if g.spawn() != nil {
 		return
 	}
+	var b strings.Builder
 	for pgid := range g.groups {
-		_, _ = g.w.WriteString("+" + strconv.Itoa(pgid) + "\n")
+		fmt.Fprintf(&b, "+%d\n", pgid)
 	}
+	if g.cgroups != "" {
+		fmt.Fprintf(&b, "c%s\n", g.cgroups)
+	}
+	if g.dir != "" {
+		fmt.Fprintf(&b, "d%s\n", g.dir)
+	}
+	_, _ = g.w.WriteString(b.String())
 }

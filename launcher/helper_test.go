@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 	before := proctest.OpenFDs()
 	code := m.Run()
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		if err := goleak.Find(proctest.IgnoreGuard); err != nil {
 			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
 			code = 1
 		}
@@ -122,6 +122,8 @@ func rankMain(args []string) int {
 			return 1
 		}
 		return 0
+	case "launcher-daemons": // a rank that starts daemons and reports on fd 3
+		return helperLauncherDaemons()
 	case "launcher-early": // N family ranks that report on this process's fd 3
 		n, err := strconv.Atoi(args[1])
 		if err != nil {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/proctest"
 	"github.com/mpspawn/mpspawn/internal/testrank"
 )
 
@@ -33,7 +34,7 @@ func helperLauncher(ready string, n int) int {
 		s.ExtraFiles = []*os.File{w}
 		specs = append(specs, s)
 	}
-	g, err := Start(context.Background(), specs, Options{})
+	g, err := Start(context.Background(), specs, Options{Containment: Containment(os.Getenv("MPSPAWN_TEST_CONTAIN"))})
 	w.Close()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -157,4 +158,68 @@ func taggedPids(tag string) []int {
 		}
 	}
 	return pids
+}
+
+// TestGuardKilledIsReplaced: a guard that dies (a rank killed it) is
+// replaced at once, told every group still registered, so a launcher
+// SIGKILLed afterwards still takes its ranks' children along.
+func TestGuardKilledIsReplaced(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := testrank.Command("launcher", testrank.ReadyFD, "2")
+	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_CONTAIN=process-group") // the guard's process groups alone
+	cmd.ExtraFiles = []*os.File{w}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	var pids []int
+	for _, f := range strings.Fields(line) {
+		pid, _ := strconv.Atoi(f)
+		pids = append(pids, pid)
+	}
+	if len(pids) != 4 {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("launcher reported pids %v; want 2 ranks and 2 children", pids)
+	}
+	old := guardOf(cmd.Process.Pid)
+	if old == 0 {
+		t.Fatal("the launcher has no guard")
+	}
+	_ = syscall.Kill(old, syscall.SIGKILL)
+	// The launcher notices at once and starts another; nothing tells the
+	// test when, so look for a while.
+	var repl int
+	for deadline := time.Now().Add(10 * time.Second); repl == 0 && time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if g := guardOf(cmd.Process.Pid); g != 0 && g != old {
+			repl = g
+		}
+	}
+	if repl == 0 {
+		t.Error("no new guard 10s after the guard was killed")
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	for _, pid := range pids {
+		if !pidGone(pid, time.Second) {
+			t.Errorf("pid %d still alive 1s after the launcher was SIGKILLed (its first guard killed)", pid)
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// guardOf is the pid of launcher's living guard process, or 0.
+func guardOf(launcher int) int {
+	for _, pid := range proctest.Children(launcher) {
+		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if bytes.HasPrefix(cmdline, []byte("mpspawn-guard\x00")) {
+			return pid
+		}
+	}
+	return 0
 }

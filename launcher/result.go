@@ -67,6 +67,11 @@ type Result struct {
 	// Cause is why the launcher stopped the ranks, when it did: the root
 	// cause's failure, the forwarded signal, or the context's cause.
 	Cause error
+	// Containment is how the job's descendants were contained: cgroup or
+	// process-group; ContainmentNote says why cgroups were not used, when
+	// they were not.
+	Containment     Containment
+	ContainmentNote string
 	// SignalErr holds the signals the launcher could not send (other than
 	// to processes already gone), joined; nil when every one was sent.
 	SignalErr error

@@ -43,7 +43,36 @@ type Spec struct {
 	// (TORCHELASTIC_ERROR_FILE); it is read after the rank exits. Empty
 	// means none.
 	ErrorFile string
+
+	// set by Start: the rank's cgroup (its directory, and the directory's
+	// path), when the job is contained by cgroups
+	cgroup     *os.File
+	cgroupPath string
 }
+
+// Containment is how the launcher makes sure that nothing a job started
+// outlives it.
+type Containment string
+
+// The containments.
+const (
+	// ContainAuto uses cgroups where the launcher can make them, and
+	// process groups otherwise.
+	ContainAuto Containment = ""
+	// ContainCgroup puts the job in a cgroup v2 subtree, a cgroup per rank,
+	// each rank born inside its own; cgroup.kill ends every descendant at
+	// once, however it left its process group or session. Start fails
+	// where cgroups cannot be made (they need root, or a delegated
+	// subtree such as a `systemd-run --user --scope -p Delegate=yes`
+	// scope).
+	ContainCgroup Containment = "cgroup"
+	// ContainProcessGroup signals each rank's process group, and makes the
+	// launcher a child subreaper so that descendants whose parent died are
+	// re-parented to it and swept at the end, if they still carry the
+	// job's mark in their environment. A daemon that both left the rank's
+	// group and cleared its environment escapes.
+	ContainProcessGroup Containment = "process-group"
+)
 
 // Options tune a Group.
 type Options struct {
@@ -61,6 +90,10 @@ type Options struct {
 	// reaped, and the launcher reports it (RankResult.Note) rather than
 	// hang. Zero means DefaultKillWait.
 	KillWait time.Duration
+
+	// Containment is how descendants of the ranks are ended with the job;
+	// ContainAuto when empty.
+	Containment Containment
 
 	// Method starts the ranks; nil means spawn. With a Forkserver every
 	// rank's Path must be the server's interpreter. The method outlives

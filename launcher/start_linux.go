@@ -107,6 +107,9 @@ func spawn(s Spec) (*rankProc, error) {
 			Pdeathsig: syscall.SIGKILL,
 		},
 	}
+	if s.cgroup != nil { // born in its cgroup: clone3 CLONE_INTO_CGROUP
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, int(s.cgroup.Fd())
+	}
 	rp.started = time.Now()
 	proc, err := os.StartProcess(s.Path, s.Args, attr)
 	restore()

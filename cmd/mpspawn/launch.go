@@ -33,6 +33,10 @@ func launch(c *cli.Context, cfg *config) error {
 		if scratch, err = os.MkdirTemp("", "mpspawn_"); err != nil {
 			return fmt.Errorf("scratch dir: %w", err)
 		}
+		_ = launcher.RemoveOnDeath(scratch) // by the guard, if mpspawn is SIGKILLed
+	}
+	if err := launcher.CgroupError(); err != nil {
+		fmt.Fprintf(stderr, "mpspawn: note: no cgroups (%v): the ranks' process groups are stopped and what the ranks leave behind is swept at the end, but a daemon that leaves its process group outlives a SIGKILLed mpspawn\n", err)
 	}
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
 	job := cfg.job(rdzv.Membership)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/proctest"
 	"go.uber.org/goleak"
 )
 
@@ -29,7 +30,7 @@ func TestRunInProcess(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+			defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), proctest.IgnoreGuard)
 			var stdout, stderr bytes.Buffer
 			code := run(append([]string{"mpspawn"}, tt.args...), &stdout, &stderr)
 			if code != tt.wantCode {

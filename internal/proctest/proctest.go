@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/pidfd"
+	"go.uber.org/goleak"
 )
 
 // WaitExit waits up to d for pid to exit and reports whether it did. It
@@ -21,7 +22,8 @@ func WaitExit(pid int, d time.Duration) bool {
 	return pidfd.WaitPid(pid, d)
 }
 
-// Children returns the pids of ppid's living children (zombies included),
+// Children returns the pids of ppid's living children (not zombies: a
+// test process that is a child subreaper may collect orphans' zombies),
 // read from /proc.
 func Children(ppid int) []int {
 	ents, _ := os.ReadDir("/proc")
@@ -42,7 +44,7 @@ func Children(ppid int) []int {
 			continue
 		}
 		f := strings.Fields(string(stat[i+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(ppid) {
+		if len(f) > 1 && f[0] != "Z" && f[1] == strconv.Itoa(ppid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -67,3 +69,8 @@ func OpenFDs() map[int]string {
 	}
 	return fds
 }
+
+// IgnoreGuard is the goleak option for the launcher's guard watcher: one
+// goroutine per process, waiting on the guard process for as long as the
+// process lives (see launcher's guard).
+var IgnoreGuard = goleak.IgnoreAnyFunction("github.com/mpspawn/mpspawn/launcher.(*guard).watchProcess")

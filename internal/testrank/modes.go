@@ -33,6 +33,12 @@ import (
 //	                           move this process into the child's group,
 //	                           write "PID CHILDPID" to READY and wait for a
 //	                           signal (a rank its group's signals miss)
+//	rank daemons READY [CODE]  start daemons of every kind — a child in a
+//	                           new session, one in a new process group, and
+//	                           a double-forked one in a new session — write
+//	                           "PID" to READY, then exit CODE or wait
+//	rank orphan                start a child in a new session and exit at
+//	                           once (the first fork of a double fork)
 //	rank print N SIZE          print N lines of SIZE bytes tagged with RANK
 //	rank env                   print the rank contract, sorted
 //	rank errorfile R MESSAGE   rank R writes a torch @record error file
@@ -80,6 +86,8 @@ var modes = map[string]mode{
 	"family":         {"READY [CODE]", 1, familyMode},
 	"fail":           {"R CODE READY GO", 4, fail},
 	"leave-group":    {"READY", 1, leaveGroup},
+	"daemons":        {"READY [CODE]", 1, daemons},
+	"orphan":         {"", 0, orphan},
 	"print":          {"N SIZE", 2, printLines},
 	"env":            {"", 0, env},
 	"errorfile":      {"R MESSAGE", 2, errorFile},
@@ -100,6 +108,36 @@ func pid() string { return strconv.Itoa(os.Getpid()) }
 func block(args []string) int {
 	WriteReady(args[0], pid())
 	return BlockForever()
+}
+
+func daemons(args []string) int {
+	for _, attr := range []*syscall.SysProcAttr{{Setsid: true}, {Setpgid: true}} {
+		c := Command("block", os.DevNull)
+		c.SysProcAttr = attr
+		if err := c.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
+	if err := Command("orphan").Run(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	WriteReady(args[0], pid())
+	if len(args) > 1 {
+		return atoi(args[1])
+	}
+	return BlockForever()
+}
+
+func orphan([]string) int {
+	c := Command("block", os.DevNull)
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := c.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
 }
 
 func leaveGroup(args []string) int {

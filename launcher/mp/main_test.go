@@ -7,6 +7,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/mpspawn/mpspawn/internal/proctest"
 	"github.com/mpspawn/mpspawn/internal/testrank"
 	"go.uber.org/goleak"
 )
@@ -23,7 +24,7 @@ func TestMain(m *testing.M) {
 		"pool-replaced": mainFirst(helperPoolReplaced),
 	})
 	Main()
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, proctest.IgnoreGuard)
 }
 
 // mainFirst is the main of a parent binary that calls Main first, as it

@@ -1,0 +1,198 @@
+package launcher
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// jobCgroup is one Group's cgroup v2 subtree: a cgroup for the job under
+// the launcher's own, and one child per rank, which the rank is born into
+// (clone3 CLONE_INTO_CGROUP for spawn; the forkserver's child moves itself
+// before it runs the script). Whatever a rank starts stays in its cgroup —
+// setsid, double forks and new process groups included — so cgroup.kill
+// ends every descendant at once, and nothing outlives the job.
+type jobCgroup struct {
+	dir   string     // the job's cgroup
+	ranks []string   // each rank's cgroup, by index
+	fds   []*os.File // each rank's cgroup directory, for CLONE_INTO_CGROUP
+}
+
+// cgroupSeq numbers the job cgroups of this process.
+var cgroupSeq atomic.Int64
+
+// cgroupBase is where job cgroups are made: the launcher's own cgroup in
+// the cgroup v2 hierarchy, found once.
+var cgroupBase = sync.OnceValues(findCgroupBase)
+
+// findCgroupBase finds the cgroup2 mount (from /proc/self/mountinfo; in the
+// hybrid layout it sits beside the v1 controllers) and this process's
+// cgroup in it (the "0::" line of /proc/self/cgroup), and checks that a
+// cgroup can be made there with cgroup.kill (Linux 5.14).
+func findCgroupBase() (string, error) {
+	mount, err := cgroup2Mount()
+	if err != nil {
+		return "", err
+	}
+	own, err := ownCgroup()
+	if err != nil {
+		return "", err
+	}
+	base := filepath.Join(mount, own)
+	probe := filepath.Join(base, fmt.Sprintf("mpspawn-probe-%d", os.Getpid()))
+	if err := os.Mkdir(probe, 0o755); err != nil {
+		return "", fmt.Errorf("launcher: cgroups: cannot make a cgroup under %s: %w", base, err)
+	}
+	defer os.Remove(probe)
+	if _, err := os.Stat(filepath.Join(probe, "cgroup.kill")); err != nil {
+		return "", fmt.Errorf("launcher: cgroups: no cgroup.kill (Linux 5.14 or later): %w", err)
+	}
+	return base, nil
+}
+
+// CgroupError says why this process cannot contain its jobs with cgroups
+// (see ContainCgroup), or returns nil when it can.
+func CgroupError() error {
+	_, err := cgroupBase()
+	return err
+}
+
+// cgroup2Mount is the mount point of the cgroup v2 hierarchy.
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("launcher: cgroups: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTIONS
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		fields, fs := strings.Fields(pre), strings.Fields(post)
+		if ok && len(fields) >= 5 && len(fs) > 0 && fs[0] == "cgroup2" {
+			return unescapeMount(fields[4]), nil
+		}
+	}
+	return "", errors.New("launcher: cgroups: no cgroup2 hierarchy is mounted")
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// ownCgroup is this process's cgroup in the v2 hierarchy.
+func ownCgroup() (string, error) {
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("launcher: cgroups: %w", err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			return p, nil
+		}
+	}
+	return "", errors.New("launcher: cgroups: this process has no cgroup v2 path")
+}
+
+// cgroupPrefix is what the paths of this process's job cgroups start
+// with; the guard kills every cgroup named so when the process dies.
+func cgroupPrefix(base string) string {
+	return filepath.Join(base, fmt.Sprintf("mpspawn-%d-", os.Getpid()))
+}
+
+// newJobCgroup makes the job's cgroup with n rank cgroups in it.
+func newJobCgroup(n int) (*jobCgroup, error) {
+	base, err := cgroupBase()
+	if err != nil {
+		return nil, err
+	}
+	c := &jobCgroup{dir: cgroupPrefix(base) + strconv.FormatInt(cgroupSeq.Add(1), 10)}
+	if err := os.Mkdir(c.dir, 0o755); err != nil {
+		return nil, fmt.Errorf("launcher: cgroups: %w", err)
+	}
+	for i := range n {
+		dir := filepath.Join(c.dir, "rank-"+strconv.Itoa(i))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			c.remove()
+			return nil, fmt.Errorf("launcher: cgroups: %w", err)
+		}
+		f, err := os.Open(dir)
+		if err != nil {
+			c.remove()
+			return nil, fmt.Errorf("launcher: cgroups: %w", err)
+		}
+		c.ranks, c.fds = append(c.ranks, dir), append(c.fds, f)
+	}
+	return c, nil
+}
+
+// kill ends every process in the job's cgroups at once (SIGKILL from the
+// kernel, to each process however it got there).
+func (c *jobCgroup) kill() error {
+	if err := os.WriteFile(filepath.Join(c.dir, "cgroup.kill"), []byte("1"), 0); err != nil {
+		return fmt.Errorf("launcher: cgroups: kill %s: %w", c.dir, err)
+	}
+	return nil
+}
+
+// waitEmpty waits at most d for the last process in the job's cgroups to
+// exit, watching cgroup.events (the kernel wakes pollers of it with
+// POLLPRI when "populated" changes), and reports whether it did.
+func (c *jobCgroup) waitEmpty(d time.Duration) bool {
+	f, err := os.Open(filepath.Join(c.dir, "cgroup.events"))
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	deadline := time.Now().Add(d)
+	for {
+		data := make([]byte, 256)
+		n, _ := f.ReadAt(data, 0)
+		if strings.Contains(string(data[:n]), "populated 0") {
+			return true
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			return false
+		}
+	}
+}
+
+// remove closes the rank cgroups' descriptors and removes the cgroups,
+// which must be empty.
+func (c *jobCgroup) remove() {
+	closeAll(c.fds)
+	c.fds = nil
+	for _, dir := range c.ranks {
+		_ = os.Remove(dir)
+	}
+	_ = os.Remove(c.dir)
+}

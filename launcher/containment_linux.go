@@ -1,0 +1,149 @@
+package launcher
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/mpspawn/mpspawn/internal/pidfd"
+	"golang.org/x/sys/unix"
+)
+
+// containment is how a Group's descendants end with it: the job's cgroups,
+// or, where cgroups cannot be made, process groups and a sweep of the
+// descendants re-parented to the launcher.
+type containment struct {
+	kind  Containment
+	note  string // why cgroups are not used, when they are not
+	guard *guard
+	cg    *jobCgroup // ContainCgroup
+	tag   string     // ContainProcessGroup: the job's mark, "KEY=VALUE", in every rank's environment
+}
+
+var (
+	jobSeq        atomic.Int64
+	subreaperOnce sync.Once
+)
+
+// contain sets up the containment want for the ranks of specs, changing
+// specs to match (each rank's cgroup, or the job's mark).
+func contain(want Containment, specs []Spec, g *guard) (*containment, error) {
+	c := &containment{guard: g}
+	switch want {
+	case ContainAuto, ContainCgroup:
+		cg, err := newJobCgroup(len(specs))
+		if err == nil {
+			c.kind, c.cg = ContainCgroup, cg
+			for i := range specs {
+				specs[i].cgroup, specs[i].cgroupPath = cg.fds[i], cg.ranks[i]
+			}
+			g.watchCgroups()
+			return c, nil
+		}
+		if want == ContainCgroup {
+			return nil, err
+		}
+		c.note = err.Error()
+	case ContainProcessGroup:
+	default:
+		return nil, fmt.Errorf("launcher: containment %q: want %q, %q or empty", want, ContainCgroup, ContainProcessGroup)
+	}
+	c.kind = ContainProcessGroup
+	subreaperOnce.Do(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
+	c.tag = fmt.Sprintf("MPSPAWN_JOB=%d-%d", os.Getpid(), jobSeq.Add(1))
+	for i := range specs {
+		specs[i].Env = append(slices.Clip(specs[i].Env), c.tag)
+	}
+	return c, nil
+}
+
+// kill ends every process of the job's cgroups now; process groups are
+// signalled by the supervisor.
+func (c *containment) kill() {
+	if c.cg != nil {
+		_ = c.cg.kill()
+	}
+}
+
+// end ends what the ranks left behind, once they have exited, waiting at
+// most wait for it to be gone.
+func (c *containment) end(ranks []*rankProc, wait time.Duration) {
+	if c.cg != nil {
+		if c.cg.kill() == nil {
+			c.cg.waitEmpty(wait)
+		}
+		return
+	}
+	c.sweep(ranks, wait)
+}
+
+// sweep kills the launcher's children that carry the job's mark and are
+// not its ranks (descendants re-parented to it, a subreaper, when their
+// parent died), and reaps them; killing one may orphan more, so it goes
+// round until none is left.
+func (c *containment) sweep(ranks []*rankProc, wait time.Duration) {
+	known := map[int]bool{}
+	for _, rp := range ranks {
+		known[rp.proc.pid()] = true
+	}
+	mark := []byte("\x00" + c.tag + "\x00")
+	for range 16 {
+		var found []int
+		for _, pid := range childrenOf(os.Getpid()) {
+			env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+			if !known[pid] && err == nil && bytes.Contains(append([]byte{0}, env...), mark) {
+				found = append(found, pid)
+			}
+		}
+		if len(found) == 0 {
+			return
+		}
+		for _, pid := range found {
+			fd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				continue
+			}
+			_ = unix.PidfdSendSignal(fd, syscall.SIGKILL, nil, 0)
+			pidfd.Wait(fd, wait)
+			unix.Close(fd)
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
+		}
+	}
+}
+
+// close removes the job's cgroups.
+func (c *containment) close() {
+	if c.cg != nil {
+		c.cg.remove()
+	}
+}
+
+// childrenOf lists the living children of ppid, from /proc.
+func childrenOf(ppid int) []int {
+	ents, _ := os.ReadDir("/proc")
+	want := []byte(strconv.Itoa(ppid))
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		i := bytes.LastIndexByte(stat, ')')
+		if err != nil || i < 0 {
+			continue
+		}
+		// pid (comm) STATE PPID ...: comm may hold spaces and parentheses.
+		if f := bytes.Fields(stat[i+1:]); len(f) > 1 && bytes.Equal(f[1], want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

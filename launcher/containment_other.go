@@ -1,0 +1,23 @@
+//go:build !linux
+
+package launcher
+
+import "time"
+
+// containment needs Linux (cgroups, pidfds, a subreaper); Start refuses
+// to run ranks before it is used.
+type containment struct {
+	kind Containment
+	note string
+}
+
+func contain(Containment, []Spec, *guard) (*containment, error) { return nil, ErrUnsupported }
+func (*containment) kill()                                      {}
+func (*containment) end([]*rankProc, time.Duration)             {}
+func (*containment) close()                                     {}
+
+// RemoveOnDeath returns ErrUnsupported: there is no guard off Linux.
+func RemoveOnDeath(string) error { return ErrUnsupported }
+
+// CgroupError returns ErrUnsupported: cgroups are a Linux feature.
+func CgroupError() error { return ErrUnsupported }
