@@ -62,7 +62,14 @@ if mode == "daemons":
     os.close(3)
     if len(sys.argv) > 2:
         sys.exit(int(sys.argv[2]))
-if mode in ("block", "wait", "leave-group", "daemons"):
+if mode == "family":
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            signal.pause()
+    os.write(3, b"%d\n" % os.getpid())
+    os.close(3)
+if mode in ("block", "wait", "leave-group", "daemons", "family"):
     while True:
         signal.pause()
 if mode == "env":

@@ -130,7 +130,7 @@ func rankMain(args []string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 2
 		}
-		return helperLauncherEarly(n)
+		return helperLauncherEarly(n, args[2:]...)
 	case "launcher":
 		if len(args) != 3 {
 			fmt.Fprintln(os.Stderr, "usage: rank launcher READY N")

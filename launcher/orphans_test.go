@@ -56,15 +56,31 @@ func helperLauncher(ready string, n int) int {
 // helperLauncherEarly starts n family ranks that write their readiness
 // straight to this process's fd 3, so that the test sees the first rank and
 // its child up while the others are still starting.
-func helperLauncherEarly(n int) int {
+//
+// With python and script (the forkserver tests' rank script), the ranks are
+// forked from a forkserver.
+func helperLauncherEarly(n int, pyScript ...string) int {
 	ready := os.NewFile(3, "ready")
+	var opts Options
 	var specs []Spec
 	for i := range n {
 		s := helperSpec(i, "family", testrank.ReadyFD)
+		if len(pyScript) == 2 {
+			s = pySpec(i, pyScript[0], pyScript[1], "family")
+		}
 		s.ExtraFiles = []*os.File{ready}
 		specs = append(specs, s)
 	}
-	g, err := Start(context.Background(), specs, Options{})
+	if len(pyScript) == 2 {
+		fs, err := StartForkserver(ForkserverConfig{Python: pyScript[0]})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer fs.Close()
+		opts.Method = fs
+	}
+	g, err := Start(context.Background(), specs, opts)
 	ready.Close()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -114,13 +130,18 @@ func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
 // behind: each rank is registered with the guard the moment it exists,
 // not once every rank has started.
 func TestLauncherSIGKILLDuringStartLeavesNothing(t *testing.T) {
-	for run := range 5 {
+	_, python, script := startForkserver(t) // for its rank script; each launcher starts its own server
+	for run := range 6 {
+		method, args := MethodSpawn, []string{"launcher-early", "64"}
+		if run%2 == 1 {
+			method, args = MethodForkserver, append(args, python, script)
+		}
 		tag := fmt.Sprintf("MPSPAWN_ORPHAN_TEST=%d-%d", os.Getpid(), run)
 		r, w, err := os.Pipe()
 		if err != nil {
 			t.Fatal(err)
 		}
-		cmd := testrank.Command("launcher-early", "64")
+		cmd := testrank.Command(args...)
 		cmd.Env = append(os.Environ(), tag)
 		cmd.ExtraFiles = []*os.File{w}
 		if err := cmd.Start(); err != nil {
@@ -136,7 +157,7 @@ func TestLauncherSIGKILLDuringStartLeavesNothing(t *testing.T) {
 		r.Close()
 		for _, pid := range taggedPids(tag) {
 			if !pidGone(pid, time.Second) {
-				t.Errorf("run %d: pid %d (a rank or its child) alive 1s after its launcher was SIGKILLed", run, pid)
+				t.Errorf("run %d (%s): pid %d (a rank or its child) alive 1s after its launcher was SIGKILLed", run, method, pid)
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
