@@ -1,17 +1,16 @@
 package launcher
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/pidfd"
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,12 +91,10 @@ func (c *containment) sweep(ranks []*rankProc, wait time.Duration) {
 	for _, rp := range ranks {
 		known[rp.proc.pid()] = true
 	}
-	mark := []byte("\x00" + c.tag + "\x00")
 	for range 16 {
 		var found []int
-		for _, pid := range childrenOf(os.Getpid()) {
-			env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-			if !known[pid] && err == nil && bytes.Contains(append([]byte{0}, env...), mark) {
+		for _, pid := range procfs.Children(os.Getpid()) {
+			if !known[pid] && procfs.HasEnv(pid, c.tag) {
 				found = append(found, pid)
 			}
 		}
@@ -123,27 +120,4 @@ func (c *containment) close() {
 	if c.cg != nil {
 		c.cg.remove()
 	}
-}
-
-// childrenOf lists the living children of ppid, from /proc.
-func childrenOf(ppid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	want := []byte(strconv.Itoa(ppid))
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		i := bytes.LastIndexByte(stat, ')')
-		if err != nil || i < 0 {
-			continue
-		}
-		// pid (comm) STATE PPID ...: comm may hold spaces and parentheses.
-		if f := bytes.Fields(stat[i+1:]); len(f) > 1 && bytes.Equal(f[1], want) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/internal/proctest"
 	"github.com/mpspawn/mpspawn/internal/testrank"
 )
@@ -298,7 +299,7 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 	if _, err := startGuard(); err != nil { // a child of its own, for good
 		t.Fatal(err)
 	}
-	kids := proctest.Children(os.Getpid())
+	kids := procfs.Children(os.Getpid())
 	specs := []Spec{helperSpec(0, "block", os.DevNull), helperSpec(1, "block", os.DevNull), {Rank: 2, Path: "/nonexistent/program", Args: []string{"x"}}}
 	g, err := Start(context.Background(), specs, Options{})
 	if err == nil {
@@ -308,7 +309,7 @@ func TestStartFailureLeavesNothing(t *testing.T) {
 	if !strings.Contains(err.Error(), "rank 2") || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Start error = %v; want one naming rank 2 and wrapping fs.ErrNotExist", err)
 	}
-	if after := proctest.Children(os.Getpid()); !slices.Equal(after, kids) {
+	if after := procfs.Children(os.Getpid()); !slices.Equal(after, kids) {
 		t.Errorf("children after a failed Start = %v; want %v (the ranks that started killed and reaped)", after, kids)
 	}
 }

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mpspawn/mpspawn/internal/proctest"
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/internal/testrank"
 )
 
@@ -166,15 +166,9 @@ func TestLauncherSIGKILLDuringStartLeavesNothing(t *testing.T) {
 
 // taggedPids lists the processes whose environment holds tag.
 func taggedPids(tag string) []int {
-	ents, _ := os.ReadDir("/proc")
 	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err == nil && bytes.Contains(env, []byte("\x00"+tag+"\x00")) {
+	for _, pid := range procfs.Pids() {
+		if procfs.HasEnv(pid, tag) {
 			pids = append(pids, pid)
 		}
 	}
@@ -236,7 +230,7 @@ func TestGuardKilledIsReplaced(t *testing.T) {
 
 // guardOf is the pid of launcher's living guard process, or 0.
 func guardOf(launcher int) int {
-	for _, pid := range proctest.Children(launcher) {
+	for _, pid := range procfs.Children(launcher) {
 		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
 		if bytes.HasPrefix(cmdline, []byte("mpspawn-guard\x00")) {
 			return pid

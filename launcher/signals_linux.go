@@ -1,13 +1,12 @@
 package launcher
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"syscall"
 
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,9 +91,8 @@ func (p *forkedProcess) release() {
 // procState is the state letter of process pid from /proc ("D" for
 // uninterruptible sleep), or "unknown".
 func procState(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if i := bytes.LastIndexByte(b, ')'); err == nil && i >= 0 && i+2 < len(b) {
-		return string(b[i+2])
+	if st, _, err := procfs.Stat(pid); err == nil {
+		return string(st)
 	}
 	return "unknown"
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -86,54 +87,13 @@ func TestCtrlZStopsTheRanks(t *testing.T) {
 func awaitState(pid int, done func(byte) bool) byte {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		i := strings.LastIndexByte(string(b), ')')
-		if err != nil || i < 0 || i+2 >= len(b) {
+		st, _, err := procfs.Stat(pid)
+		if err != nil {
 			return '?'
 		}
-		if s := b[i+2]; done(s) || time.Now().After(deadline) {
-			return s
+		if done(st) || time.Now().After(deadline) {
+			return st
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// TestScratchDirGoneAfterSIGKILL: the scratch directory mpspawn makes for
-// the ranks' error files is removed by its guard when mpspawn is
-// SIGKILLed.
-func TestScratchDirGoneAfterSIGKILL(t *testing.T) {
-	bin, tmp := t.TempDir(), t.TempDir()
-	for _, name := range []string{"mpspawn", "rank"} {
-		if err := os.Symlink(os.Args[0], filepath.Join(bin, name)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ready := filepath.Join(t.TempDir(), "ready")
-	if err := unix.Mkfifo(ready, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(bin, "mpspawn"), "--no-python", "--nproc-per-node", "1", filepath.Join(bin, "rank"), "block", ready)
-	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(ready)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, _ = bufio.NewReader(f).ReadString('\n')
-	f.Close()
-	if dirs, _ := filepath.Glob(filepath.Join(tmp, "mpspawn_*")); len(dirs) != 1 {
-		t.Errorf("scratch dirs while running: %v; want one", dirs)
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	_ = cmd.Wait()
-	// The guard removes it once it sees mpspawn gone; nothing tells the
-	// test when: look for a while.
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if dirs, _ := filepath.Glob(filepath.Join(tmp, "mpspawn_*")); len(dirs) == 0 {
-			return
-		}
-	}
-	t.Error("the scratch dir is still there 10s after mpspawn was SIGKILLed")
 }

@@ -5,10 +5,8 @@
 package proctest
 
 import (
-	"bytes"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/pidfd"
@@ -20,35 +18,6 @@ import (
 // a pid that no longer exists counts as exited.
 func WaitExit(pid int, d time.Duration) bool {
 	return pidfd.WaitPid(pid, d)
-}
-
-// Children returns the pids of ppid's living children (not zombies: a
-// test process that is a child subreaper may collect orphans' zombies),
-// read from /proc.
-func Children(ppid int) []int {
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces, so cut at its
-		// closing parenthesis.
-		i := bytes.LastIndexByte(stat, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) > 1 && f[0] != "Z" && f[1] == strconv.Itoa(ppid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // OpenFDs returns this process's open descriptors and what each refers to
