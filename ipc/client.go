@@ -37,8 +37,9 @@ type Client struct {
 	inbox chan Frame
 
 	wmu      sync.Mutex
-	batches  map[queueRef][]byte
-	order    []queueRef
+	batches  [][]byte            // put-batch request payloads, in order
+	open     map[queueRef]int    // the batch still taking puts for a queue, by index
+
 	flushSig chan struct{}
 }
 
@@ -67,7 +68,7 @@ func NewWorkerClient(conn *Conn, rank int) (*Client, <-chan Frame) {
 // newClient starts a client's reader and flusher; inbox may be nil.
 func newClient(conn *Conn, rank int, inbox chan Frame) *Client {
 	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, freed: map[uint64]*freeWait{}, done: make(chan struct{}),
-		batches: map[queueRef][]byte{}, flushSig: make(chan struct{}, 1), inbox: inbox}
+		open: map[queueRef]int{}, flushSig: make(chan struct{}, 1), inbox: inbox}
 	go c.read()
 	go c.flusher()
 	return c
@@ -245,8 +246,20 @@ func (c *Client) cancel(id uint64, ch chan Frame, cause error) (Frame, error) {
 	return Frame{}, cause
 }
 
+// maxBatch bounds a put batch's payload, well below the frame limit
+// (DefaultMaxPayload), so that a fast producer's batch is never a frame the
+// broker must refuse.
+const maxBatch = 8 << 20
+
+// maxMessage is the largest message a queue carries: what fits in one
+// frame with its batch header. Larger data travels as a buffer (a Handle).
+const maxMessage = DefaultMaxPayload - 64
+
 // putAsync queues msg for q, to be written by the flusher.
 func (c *Client) putAsync(q queueRef, msg []byte) error {
+	if len(msg) > maxMessage {
+		return fmt.Errorf("ipc: put: a %d-byte message is larger than a frame (%d bytes): publish it as a buffer and put its Handle", len(msg), maxMessage)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
@@ -257,12 +270,15 @@ func (c *Client) putAsync(q queueRef, msg []byte) error {
 		c.asyncErr = nil
 		return err
 	}
-	b, ok := c.batches[q]
-	if !ok {
-		c.order = append(c.order, q)
-		b = appendQueueRef([]byte{opPutBatch}, q)
+	i, ok := c.open[q]
+	if !ok || len(c.batches[i])+4+len(msg) > maxBatch {
+		// A batch stays well below the frame limit: the next one goes in
+		// a frame of its own.
+		i = len(c.batches)
+		c.batches = append(c.batches, appendQueueRef([]byte{opPutBatch}, q))
+		c.open[q] = i
 	}
-	c.batches[q] = appendBatchItem(b, msg)
+	c.batches[i] = appendBatchItem(c.batches[i], msg)
 	select {
 	case c.flushSig <- struct{}{}:
 	default:
@@ -287,15 +303,15 @@ func (c *Client) flusher() {
 // flushLocked writes every pending batch; c.wmu is held.
 func (c *Client) flushLocked() error {
 	c.mu.Lock()
-	batches, order := c.batches, c.order
-	if len(order) == 0 {
+	batches := c.batches
+	if len(batches) == 0 {
 		c.mu.Unlock()
 		return nil
 	}
-	c.batches, c.order = map[queueRef][]byte{}, nil
+	c.batches, c.open = nil, map[queueRef]int{}
 	c.mu.Unlock()
-	for _, q := range order {
-		if err := c.conn.WriteFrame(Frame{Type: FrameRequest, Payload: batches[q]}); err != nil {
+	for _, b := range batches {
+		if err := c.conn.WriteFrame(Frame{Type: FrameRequest, Payload: b}); err != nil {
 			return err
 		}
 	}
