@@ -36,9 +36,9 @@ type Client struct {
 	// when the client was made with NewWorkerClient.
 	inbox chan Frame
 
-	wmu      sync.Mutex
-	batches  [][]byte            // put-batch request payloads, in order
-	open     map[queueRef]int    // the batch still taking puts for a queue, by index
+	wmu     sync.Mutex
+	batches [][]byte         // put-batch request payloads, in order
+	open    map[queueRef]int // the batch still taking puts for a queue, by index
 
 	flushSig chan struct{}
 }
