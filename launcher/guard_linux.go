@@ -9,11 +9,12 @@ import (
 	"syscall"
 )
 
-// guardScript is the guard process: it keeps the set of rank process groups
-// it is told of ("+PGID" adds one, "-PGID" removes one), the prefix of the
+// guardScript is the guard process: it keeps the set of ranks it is told of
+// ("+PID" adds one, "-PID" removes one; a rank leads its process group, so
+// PID is its group's id too), the prefix of the
 // launcher's job cgroups ("cPREFIX") and directories to remove ("dDIR"),
 // and, when its pipe reaches EOF — the launcher process exited or died,
-// even by SIGKILL — kills every group still in the set and every job cgroup
+// even by SIGKILL — kills every rank still in the set, and its process group, and every job cgroup
 // still there (cgroup.kill), waits for the cgroups to empty (bounded),
 // removes them, and removes the directories. It ignores the signals a
 // terminal or the launcher's own process group might receive, and runs in
@@ -24,14 +25,16 @@ c=
 d=
 while IFS= read -r l; do
 	case $l in
-	+*) g="$g-${l#+} " ;;
+	+*) g="$g${l#+} " ;;
 	-*) p=${l#-}
-		case $g in *" -$p "*) g="${g%%" -$p "*} ${g#*" -$p "}" ;; esac ;;
+		case $g in *" $p "*) g="${g%%" $p "*} ${g#*" $p "}" ;; esac ;;
 	c*) c=${l#c} ;;
 	d*) d=${l#d} ;;
 	esac
 done
-[ -n "${g# }" ] && kill -s KILL -- $g 2>/dev/null
+for p in $g; do
+	kill -s KILL -- -$p $p 2>/dev/null
+done
 if [ -n "$c" ]; then
 	for j in "$c"*; do
 		[ -f "$j/cgroup.kill" ] && echo 1 > "$j/cgroup.kill"

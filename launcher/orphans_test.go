@@ -30,7 +30,11 @@ func helperLauncher(ready string, n int) int {
 	}
 	var specs []Spec
 	for i := range n {
-		s := helperSpec(i, "family", testrank.ReadyFD)
+		mode := os.Getenv("MPSPAWN_TEST_MODE")
+		if mode == "" {
+			mode = "family"
+		}
+		s := helperSpec(i, mode, testrank.ReadyFD)
 		s.ExtraFiles = []*os.File{w}
 		specs = append(specs, s)
 	}
@@ -237,4 +241,38 @@ func guardOf(launcher int) int {
 		}
 	}
 	return 0
+}
+
+// TestGuardKillsTheRankItself: a rank that left its process group and
+// cleared its parent-death signal is still killed when its launcher is
+// SIGKILLed: the guard signals the rank's pid as well as its group.
+func TestGuardKillsTheRankItself(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := testrank.Command("launcher", testrank.ReadyFD, "1")
+	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_CONTAIN=process-group", "MPSPAWN_TEST_MODE=escape")
+	cmd.ExtraFiles = []*os.File{w}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("launcher reported %q; want the rank's and its child's pids", line)
+	}
+	rank, _ := strconv.Atoi(f[0])
+	child, _ := strconv.Atoi(f[1])
+	defer syscall.Kill(child, syscall.SIGKILL) // a daemon in a group of its own: without cgroups, it survives, as documented
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	if !pidGone(rank, time.Second) {
+		t.Errorf("rank pid %d (left its group, no parent-death signal) alive 1s after its launcher was SIGKILLed", rank)
+		_ = syscall.Kill(rank, syscall.SIGKILL)
+	}
 }

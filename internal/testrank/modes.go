@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Main is the helper rank: it runs the mode args[0] with the arguments
@@ -33,6 +35,9 @@ import (
 //	                           move this process into the child's group,
 //	                           write "PID CHILDPID" to READY and wait for a
 //	                           signal (a rank its group's signals miss)
+//	rank escape READY          as leave-group, and clear the parent-death
+//	                           signal too: only a signal to this very pid
+//	                           ends it when its launcher dies
 //	rank daemons READY [CODE]  start daemons of every kind — a child in a
 //	                           new session, one in a new process group, and
 //	                           a double-forked one in a new session — write
@@ -86,6 +91,7 @@ var modes = map[string]mode{
 	"family":         {"READY [CODE]", 1, familyMode},
 	"fail":           {"R CODE READY GO", 4, fail},
 	"leave-group":    {"READY", 1, leaveGroup},
+	"escape":         {"READY", 1, escape},
 	"daemons":        {"READY [CODE]", 1, daemons},
 	"orphan":         {"", 0, orphan},
 	"print":          {"N SIZE", 2, printLines},
@@ -138,6 +144,14 @@ func orphan([]string) int {
 		return 1
 	}
 	return 0
+}
+
+func escape(args []string) int {
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, 0, 0, 0, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "prctl:", err)
+		return 1
+	}
+	return leaveGroup(args)
 }
 
 func leaveGroup(args []string) int {
