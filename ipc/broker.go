@@ -33,12 +33,15 @@ type Broker struct {
 	queues  map[uint64]*queue
 	peers   map[int]*peer
 	closed  bool
+	writers sync.WaitGroup // every attached peer's writer
 }
 
-// peer is an attached rank.
+// peer is an attached rank. Frames to it go through its own writer (see
+// peerWriter), never from another rank's reader.
 type peer struct {
 	rank int
 	conn *Conn
+	*peerWriter
 }
 
 // entry is the broker's record of one handle.
@@ -97,7 +100,8 @@ type pendingPut struct {
 }
 
 // outFrame is a frame to send once the broker's lock is released, or
-// (closeAfter) a descriptor to close once the frames before it are sent.
+// (closeAfter) a descriptor to close once the frame is written (or
+// dropped).
 type outFrame struct {
 	p          *peer
 	f          Frame
@@ -118,7 +122,9 @@ func (b *Broker) Attach(rank int, conn *Conn) error {
 	if _, dup := b.peers[rank]; dup {
 		return fmt.Errorf("ipc: broker: rank %d is already attached (is the broker shared by two jobs at once?)", rank)
 	}
-	b.peers[rank] = &peer{rank: rank, conn: conn}
+	p := &peer{rank: rank, conn: conn, peerWriter: newPeerWriter()}
+	b.peers[rank] = p
+	b.writers.Go(func() { p.run(p) })
 	return nil
 }
 
@@ -177,7 +183,7 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 				return err
 			}
 			reply(nil, dup)
-			*out = append(*out, outFrame{closeAfter: dup})
+			(*out)[len(*out)-1].closeAfter = dup // once the reply is written
 		} else {
 			reply(e.blob)
 		}
@@ -608,6 +614,7 @@ func (b *Broker) Detach(rank int, conn *Conn) {
 		return
 	}
 	var out []outFrame
+	b.peers[rank].stop() // it has exited: what is still queued for it is dropped
 	delete(b.peers, rank)
 	for _, q := range b.queues {
 		q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return g.p.rank == rank })
@@ -639,9 +646,13 @@ func (b *Broker) Detach(rank int, conn *Conn) {
 // closed, and the handles still held are returned, one line each, as
 // leaks to report.
 func (b *Broker) Close() []string {
+	defer b.writers.Wait() // each ends at once once stopped, or within its write deadline
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.closed = true
+	for _, p := range b.peers {
+		p.stop()
+	}
 	var leaks []string
 	ids := make([]uint64, 0, len(b.handles))
 	for id := range b.handles {
@@ -672,11 +683,7 @@ func (b *Broker) Close() []string {
 // send writes the frames; a rank that has gone away just misses them.
 func (b *Broker) send(out []outFrame) {
 	for _, o := range out {
-		if o.closeAfter != nil {
-			o.closeAfter.Close()
-			continue
-		}
-		_ = o.p.conn.WriteFrame(o.f)
+		o.p.enqueue(o)
 	}
 }
 

@@ -81,6 +81,9 @@ func (b *Broker) Serve(rank int, conn *Conn, pid int, deliver func(Frame) error)
 	for {
 		f, err := conn.ReadFrame()
 		if err != nil {
+			if cut := b.peerErr(rank, conn); cut != nil {
+				return cut // the broker cut it off: it does not read
+			}
 			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
@@ -102,6 +105,17 @@ func (b *Broker) Serve(rank int, conn *Conn, pid int, deliver func(Frame) error)
 			}
 		}
 	}
+}
+
+// peerErr is why the broker cut rank (attached with conn) off, or nil.
+func (b *Broker) peerErr(rank int, conn *Conn) error {
+	b.mu.Lock()
+	p := b.peers[rank]
+	b.mu.Unlock()
+	if p == nil || p.conn != conn {
+		return nil
+	}
+	return p.err()
 }
 
 // checkPeer verifies that the frame just read from conn was written by pid.
