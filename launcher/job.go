@@ -243,7 +243,7 @@ func (j *Job) noteOMP() {
 	case bound != "":
 		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)
 	case j.Contract().ompDefault():
-		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks, one OpenMP thread each (set it yourself to tune)", j.NProcPerNode)
+		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks (set it yourself to tune)", j.NProcPerNode)
 	}
 }
 

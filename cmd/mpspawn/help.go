@@ -146,10 +146,17 @@ func wrap(s string, width int, first, rest string) string {
 	return b.String()
 }
 
+// buildCommit is the commit the Makefile stamps in (-X main.buildCommit=),
+// for builds without Go's VCS stamp (-buildvcs=false, go install).
+var buildCommit string
+
 // writeVersion writes mpspawn's version, the commit it was built from, the
 // Go version and whether GPU support is built in.
 func writeVersion(w io.Writer) {
-	version, commit, dirty := "(devel)", "unknown", false
+	version, commit, dirty := "(devel)", buildCommit, false
+	if commit == "" {
+		commit = "unknown"
+	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		if bi.Main.Version != "" {
 			version = bi.Main.Version
