@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -110,6 +111,17 @@ func checkArgs(app *cli.App, args []string) error {
 		return checkFlags(rest, cmd.Flags, cmd.Name)
 	}
 	return checkFlags(args[1:], app.Flags, "")
+}
+
+// subcommandHelp writes a subcommand's help when args ask for it, and
+// reports whether they did.
+func subcommandHelp(app *cli.App, args []string, w io.Writer) bool {
+	cmd, rest := subcommandArgs(args[1:], app.Commands)
+	if cmd == nil || !launcherFlag(append([]string{cmd.Name}, rest...), cmd.Flags, "help", "h") {
+		return false
+	}
+	writeCommandHelp(w, cmd, termWidth(w))
+	return true
 }
 
 func cmdPrefix(cmd string) string {

@@ -28,18 +28,27 @@ var helpExamples = []string{
 // writeHelp writes mpspawn's help, wrapped to width columns: the usage,
 // the description, the flags by category, the commands and examples.
 func writeHelp(w io.Writer, app *cli.App, width int) {
+	writeHelpFor(w, app.Name, app.Usage, app.UsageText, app.Description, app.Flags, app.Commands, helpExamples, width)
+}
+
+// writeCommandHelp writes a subcommand's help, as writeHelp does.
+func writeCommandHelp(w io.Writer, cmd *cli.Command, width int) {
+	writeHelpFor(w, "mpspawn "+cmd.Name, cmd.Usage, cmd.UsageText, cmd.Description, cmd.Flags, nil, nil, width)
+}
+
+func writeHelpFor(w io.Writer, name, usage, usageText, description string, flags []cli.Flag, cmds []*cli.Command, examples []string, width int) {
 	width = max(width, 40)
 	var b strings.Builder
-	b.WriteString(wrap(app.Name+" - "+app.Usage, width, "", "  ") + "\n\nUsage:\n")
-	for _, l := range strings.Split(app.UsageText, "\n") {
+	b.WriteString(wrap(name+" - "+usage, width, "", "  ") + "\n\nUsage:\n")
+	for _, l := range strings.Split(usageText, "\n") {
 		b.WriteString(wrap(l, width, "  ", "      ") + "\n")
 	}
-	for _, para := range strings.Split(app.Description, "\n\n") {
+	for _, para := range strings.Split(description, "\n\n") {
 		b.WriteString("\n" + wrap(strings.ReplaceAll(para, "\n", " "), width, "", "") + "\n")
 	}
 	var cats []string
 	byCat := map[string][]cli.Flag{}
-	for _, f := range app.Flags {
+	for _, f := range flags {
 		cat := ""
 		if cf, ok := f.(cli.CategorizableFlag); ok {
 			cat = cf.GetCategory()
@@ -49,23 +58,35 @@ func writeHelp(w io.Writer, app *cli.App, width int) {
 		}
 		byCat[cat] = append(byCat[cat], f)
 	}
+	if len(byCat[""]) == 0 {
+		cats = append(cats, "") // for --help
+	}
 	for _, cat := range cats {
 		title := cat
 		if title == "" {
 			title = "Other"
+			if len(cats) == 1 {
+				title = "Flags"
+			}
 		}
 		b.WriteString("\n" + title + ":\n")
 		for _, f := range byCat[cat] {
 			b.WriteString(flagHelp(f, width))
 		}
+		if cat == "" {
+			b.WriteString("  -h, --help\n" + wrap("show this help", width, "        ", "        ") + "\n")
+		}
 	}
-	b.WriteString("  -h, --help\n" + wrap("show this help", width, "        ", "        ") + "\n")
-	b.WriteString("\nCommands:\n")
-	for _, c := range app.Commands {
-		b.WriteString(wrap(c.Name+": "+c.Usage, width, "  ", "        ") + "\n")
+	if len(cmds) > 0 {
+		b.WriteString("\nCommands:\n")
+		for _, c := range cmds {
+			b.WriteString(wrap(c.Name+": "+c.Usage, width, "  ", "        ") + "\n")
+		}
 	}
-	b.WriteString("\nExamples:\n")
-	for _, e := range helpExamples {
+	if len(examples) > 0 {
+		b.WriteString("\nExamples:\n")
+	}
+	for _, e := range examples {
 		if strings.HasPrefix(e, "#") {
 			b.WriteString(wrap(e, width, "  ", "  # ") + "\n")
 			continue

@@ -45,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	err := checkArgs(app, args)
 	switch {
 	case err != nil:
+	case subcommandHelp(app, args, stdout):
+		return 0
 	case launcherFlag(args, app.Flags, "help", "h"):
 		writeHelp(stdout, app, termWidth(stdout))
 		return 0
