@@ -42,6 +42,10 @@ func checkFlags(args []string, fs []cli.Flag, cmd string) error {
 			return usagef("%sunknown flag %s (%s --help lists them)", cmdPrefix(cmd), typed, cmdName(cmd))
 		}
 		if valued && !hasValue {
+			if i+1 == len(args) {
+				typed, _, _ := strings.Cut(a, "=")
+				return usagef("%s%s needs a value (%s --help says which)", cmdPrefix(cmd), typed, cmdName(cmd))
+			}
 			i++ // the flag's value
 		}
 	}
