@@ -6,12 +6,28 @@ BIN      := bin/mpspawn
 PYTHON   ?= python3
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build demo test test-deps check bench clean
+.PHONY: build demo test test-deps check bench clean install
+
+# go-nvml's cgo code calls every NVML function, the deprecated ones too, and
+# gcc warns about each (about 150 lines of -Wdeprecated-declarations on a
+# cold build). A dependency's #cgo flags cannot be changed from here, so
+# the warning is turned off for the cgo compiles this Makefile runs; the
+# default CGO_CFLAGS ("-O2 -g") are kept, or yours when you set them.
+CGO_CFLAGS ?= -O2 -g
+export CGO_CFLAGS += -Wno-deprecated-declarations
+
+# The commit, for mpspawn --version when the build has no VCS stamp.
+COMMIT   := $(shell git rev-parse --short=12 HEAD 2>/dev/null)
+LDFLAGS  := -X main.buildCommit=$(COMMIT)
 
 # urfave_cli_no_docs drops urfave/cli's man-page generator, whose markdown
 # library costs 1.4 ms of package init at every start.
 build:
-	$(GO) build -tags urfave_cli_no_docs -o $(BIN) ./cmd/mpspawn
+	@$(GO) build -tags urfave_cli_no_docs -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/mpspawn
+
+# mpspawn on PATH: into $(go env GOBIN), else $(go env GOPATH)/bin.
+install:
+	$(GO) install -tags urfave_cli_no_docs -ldflags '$(LDFLAGS)' ./cmd/mpspawn
 
 # The main job: 4 ranks on CPU fallback, no torch needed.
 demo: build

@@ -16,6 +16,9 @@ import (
 	"github.com/mpspawn/mpspawn/place"
 )
 
+// NVMLBuiltIn reports whether this build can load NVML (Linux, with cgo).
+const NVMLBuiltIn = true
+
 // NVML is the NVML library discovery reads GPUs through: go-nvml's binding
 // of libnvidia-ml.so.1 in production (newNVML), go-nvml's mocks in tests.
 // Besides the device queries it must answer Extensions().LookupSymbol, which

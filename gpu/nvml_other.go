@@ -2,6 +2,9 @@
 
 package gpu
 
+// NVMLBuiltIn reports whether this build can load NVML (Linux, with cgo).
+const NVMLBuiltIn = false
+
 // NVML stands in for the NVML library where this build cannot load it (not
 // Linux, or built without cgo); whatever is passed is ignored.
 type NVML any

@@ -213,6 +213,10 @@ func (p *Placement) warn(format string, args ...any) {
 	p.Warnings = append(p.Warnings, fmt.Sprintf(format, args...))
 }
 
+// maxRanksPerCPU is how many ranks per usable CPU a plan without GPUs
+// takes without a warning.
+const maxRanksPerCPU = 4
+
 // planCPU spreads ranks over the NUMA nodes (or all CPUs where none are
 // known) in contiguous blocks, as evenly as the node count allows.
 func planCPU(t *Topology, opts PlanOptions) (*Placement, error) {
@@ -233,6 +237,9 @@ func planCPU(t *Topology, opts PlanOptions) (*Placement, error) {
 		nodes = []place.CPUSet{t.CPUs}
 	}
 	p := &Placement{Ranks: make([]RankPlacement, n)}
+	if c := t.CPUs.Len(); c > 0 && n > maxRanksPerCPU*c {
+		p.warn("%d ranks on %d usable cpus (more than %d per cpu): they compete for the cpus, and fewer ranks may finish sooner", n, c, maxRanksPerCPU)
+	}
 	r := 0
 	for i, cpus := range nodes {
 		m := n / len(nodes)

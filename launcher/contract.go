@@ -24,6 +24,7 @@ type Contract struct {
 	rendezvous.Membership
 
 	RunID        string // TORCHELASTIC_RUN_ID; empty leaves it unset
+	Role         string // ROLE_NAME; empty means DefaultRole
 	StartMethod  string // MPSPAWN_START_METHOD: "spawn" or "forkserver"
 	RestartCount int    // TORCHELASTIC_RESTART_COUNT
 	MaxRestarts  int    // TORCHELASTIC_MAX_RESTARTS
@@ -52,7 +53,7 @@ func (c *Contract) Vars(localRank int, p place.Rank) map[string]string {
 		"RANK":                       strconv.Itoa(rank),
 		"GROUP_RANK":                 strconv.Itoa(c.NodeRank),
 		"ROLE_RANK":                  strconv.Itoa(rank),
-		"ROLE_NAME":                  "default",
+		"ROLE_NAME":                  c.role(),
 		"LOCAL_WORLD_SIZE":           strconv.Itoa(c.NProcPerNode),
 		"WORLD_SIZE":                 strconv.Itoa(c.WorldSize),
 		"GROUP_WORLD_SIZE":           strconv.Itoa(c.NNodes),
@@ -179,4 +180,14 @@ func ReadRankEnv(getenv func(string) string) (RankEnv, error) {
 		r.CPUs = cpus
 	}
 	return r, nil
+}
+
+// DefaultRole is the ranks' ROLE_NAME unless a Contract or Job says.
+const DefaultRole = "default"
+
+func (c *Contract) role() string {
+	if c.Role == "" {
+		return DefaultRole
+	}
+	return c.Role
 }

@@ -29,6 +29,9 @@ type Job struct {
 	// Membership is who is in the job (package rendezvous).
 	rendezvous.Membership
 	RunID string
+	// Role is the ranks' ROLE_NAME (and ${role_name} in the console
+	// prefix); empty means DefaultRole.
+	Role string
 
 	// Ranks, when not nil, holds each local rank's placement (index =
 	// local rank): extra environment (GPU visibility, OMP_NUM_THREADS for a
@@ -56,6 +59,8 @@ type Job struct {
 	// Notes receives the launcher's own notices (one line each); nil
 	// discards them.
 	Notes io.Writer
+
+	tails []*Tail // each local rank's stderr, kept by Specs
 }
 
 // AttemptDir is the directory of this attempt's per-rank files.
@@ -66,7 +71,7 @@ func (j *Job) AttemptDir() string {
 // Contract is the rank contract of the job's ranks.
 func (j *Job) Contract() *Contract {
 	c := &Contract{
-		Membership: j.Membership, RunID: j.RunID, StartMethod: j.Options.method().Name(),
+		Membership: j.Membership, RunID: j.RunID, Role: j.Role, StartMethod: j.Options.method().Name(),
 		ErrorFile: j.ErrorFile, Base: j.Env,
 	}
 	if j.LogDir != "" {
@@ -120,9 +125,10 @@ func (j *Job) Specs() ([]Spec, error) {
 		j.Output = &Output{}
 	}
 	j.Output.Dir = j.AttemptDir()
-	j.Output.RoleName = "default"
+	j.Output.RoleName = j.Contract().role()
 	contract := j.Contract()
 	specs := make([]Spec, j.NProcPerNode)
+	j.tails = nil
 	for lr := range specs {
 		ef := j.ErrorFile(lr)
 		if j.LogDir != "" {
@@ -138,6 +144,9 @@ func (j *Job) Specs() ([]Spec, error) {
 		if err != nil {
 			return nil, err
 		}
+		tail := NewTail(stderr)
+		j.tails = append(j.tails, tail)
+		stderr = tail
 		specs[lr] = Spec{
 			Rank: rank, LocalRank: lr,
 			Path: j.Path, Args: j.Command, Env: contract.Env(lr, j.Placement(lr)), Dir: j.Dir,
@@ -145,6 +154,17 @@ func (j *Job) Specs() ([]Spec, error) {
 		}
 	}
 	return specs, nil
+}
+
+// AddStderr fills each rank's RankResult.Stderr with the last lines the
+// rank wrote to its stderr (whether or not they were shown or kept in a
+// file). Call it after Run.
+func (j *Job) AddStderr(res *Result) {
+	for i := range res.Ranks {
+		if lr := res.Ranks[i].LocalRank; lr >= 0 && lr < len(j.tails) {
+			res.Ranks[i].Stderr = j.tails[lr].String()
+		}
+	}
 }
 
 // Run starts the job, forwards the launcher's signals to the ranks (see
@@ -223,7 +243,7 @@ func (j *Job) noteOMP() {
 	case bound != "":
 		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)
 	case j.Contract().ompDefault():
-		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks so they do not oversubscribe the CPUs (set it yourself to tune)", j.NProcPerNode)
+		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks (set it yourself to tune)", j.NProcPerNode)
 	}
 }
 

@@ -32,6 +32,10 @@ type RankResult struct {
 	// Note says what the launcher could not do for the rank, when there
 	// is something: "did not exit 10s after SIGKILL (state D)".
 	Note string
+	// Stderr holds the last lines the rank wrote to its stderr, when they
+	// were kept (see Job.AddStderr and Tail): the reason a rank that wrote
+	// no error file failed, such as a Python traceback.
+	Stderr string
 }
 
 // Failed reports whether the rank exited non-zero or by a signal.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -12,11 +13,14 @@ import (
 // mpspawn --summary-json. Failures lists every failed rank, root cause
 // first.
 type Summary struct {
-	Status      string        `json:"status"` // "succeeded", "failed" or "interrupted"
-	ExitCode    int           `json:"exit_code"`
-	Host        string        `json:"host"`
-	RunID       string        `json:"run_id"`
-	Interrupted string        `json:"interrupted_by,omitempty"`
+	Status      string `json:"status"` // "succeeded", "failed" or "interrupted"
+	ExitCode    int    `json:"exit_code"`
+	Host        string `json:"host"`
+	RunID       string `json:"run_id"`
+	Interrupted string `json:"interrupted_by,omitempty"`
+	// Interpreter is what ran the ranks' script, when it was one:
+	// "/usr/bin/python3 (python3 on PATH)". The caller sets it.
+	Interpreter string        `json:"interpreter,omitempty"`
 	RootCause   *RankSummary  `json:"root_cause"`
 	Failures    []RankSummary `json:"failures"`
 	Ranks       []RankSummary `json:"ranks"`
@@ -24,16 +28,23 @@ type Summary struct {
 
 // RankSummary is one rank's line in a Summary.
 type RankSummary struct {
-	Rank      int        `json:"rank"`
-	LocalRank int        `json:"local_rank"`
-	Host      string     `json:"host"`
-	Pid       int        `json:"pid"`
-	ExitCode  int        `json:"exit_code"`
-	Signal    string     `json:"signal,omitempty"`
-	Stopped   bool       `json:"stopped_by_launcher"`
-	Time      time.Time  `json:"time"`
+	Rank      int       `json:"rank"`
+	LocalRank int       `json:"local_rank"`
+	Host      string    `json:"host"`
+	Pid       int       `json:"pid"`
+	ExitCode  int       `json:"exit_code"`
+	Signal    string    `json:"signal,omitempty"`
+	SignalNum int       `json:"signal_number,omitempty"`
+	Stopped   bool      `json:"stopped_by_launcher"`
+	Time      time.Time `json:"time"`
+	// ErrorFile is where the rank's error file is, when it wrote one that
+	// is kept after the launcher exits.
 	ErrorFile string     `json:"error_file,omitempty"`
 	Error     *ErrorFile `json:"error,omitempty"`
+	// Stderr is the rank's last stderr lines (RankResult.Stderr).
+	Stderr string `json:"stderr_tail,omitempty"`
+	// Note is RankResult.Note.
+	Note string `json:"note,omitempty"`
 }
 
 // Summarize builds the Summary of a result.
@@ -42,9 +53,10 @@ func (r *Result) Summarize(host, runID string) *Summary {
 	rank := func(i int) RankSummary {
 		x := &r.Ranks[i]
 		rs := RankSummary{Rank: x.Rank, LocalRank: x.LocalRank, Host: host, Pid: x.Pid,
-			ExitCode: x.ExitCode, Stopped: x.Stopped, Time: x.Ended, Error: x.ErrorFile}
+			ExitCode: x.ExitCode, Stopped: x.Stopped, Time: x.Ended, Error: x.ErrorFile,
+			Stderr: x.Stderr, Note: x.Note}
 		if x.Signal != 0 {
-			rs.Signal = SignalName(x.Signal)
+			rs.Signal, rs.SignalNum = SignalName(x.Signal), int(x.Signal)
 		}
 		if x.ErrorFile != nil {
 			rs.ErrorFile = x.ErrorFilePath
@@ -64,6 +76,9 @@ func (r *Result) Summarize(host, runID string) *Summary {
 	switch {
 	case r.Interrupted != nil:
 		s.Status, s.Interrupted = "interrupted", r.Interrupted.String()
+		if sig, ok := r.Interrupted.(syscall.Signal); ok {
+			s.Interrupted = SignalName(sig)
+		}
 	case !r.Succeeded():
 		s.Status = "failed"
 	}
@@ -78,17 +93,21 @@ func (s *Summary) WriteJSON(w io.Writer) error {
 }
 
 // WriteText writes the human summary in torchrun's layout: the root cause
-// first, then every other failure.
+// first, then every other failure. A rank without an error file shows the
+// end of its stderr instead (a Python traceback, say).
 func (s *Summary) WriteText(w io.Writer, title string) {
 	const rule = "============================================================"
+	sep := strings.Repeat("-", len(rule)) + "\n"
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\n%s FAILED\n", rule, title)
-	if s.Interrupted != "" {
-		fmt.Fprintf(&b, "  mpspawn was interrupted by %s and stopped the ranks\n", s.Interrupted)
+	if s.Interpreter != "" {
+		fmt.Fprintf(&b, "  interpreter: %s\n", s.Interpreter)
 	}
-	b.WriteString(strings.Repeat("-", len(rule)) + "\n")
+	if s.Interrupted != "" {
+		fmt.Fprintf(&b, "  mpspawn got %s and stopped the ranks\n", s.Interrupted)
+	}
 	if s.RootCause != nil {
-		b.WriteString("Root Cause (first observed failure):\n")
+		b.WriteString(sep + "Root Cause (first observed failure):\n")
 		writeRank(&b, *s.RootCause)
 	}
 	var others, stopped []RankSummary
@@ -102,15 +121,18 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 		}
 	}
 	if len(others) > 0 {
-		b.WriteString(strings.Repeat("-", len(rule)) + "\nOther Failures:\n")
+		b.WriteString(sep + "Other Failures:\n")
 		for _, f := range others {
 			writeRank(&b, f)
 		}
 	}
 	if len(stopped) > 0 {
-		b.WriteString(strings.Repeat("-", len(rule)) + "\nStopped by mpspawn (signalled before they exited):\n")
+		b.WriteString(sep + "Stopped by mpspawn (signalled before they exited):\n")
 		for _, f := range stopped {
 			fmt.Fprintf(&b, "[%d]: local_rank %d, pid %d, exitcode %s\n", f.Rank, f.LocalRank, f.Pid, exitText(f))
+			if f.Note != "" {
+				fmt.Fprintf(&b, "  note      : %s\n", f.Note)
+			}
 		}
 	}
 	b.WriteString(rule + "\n")
@@ -123,8 +145,17 @@ func writeRank(b *strings.Builder, r RankSummary) {
 	fmt.Fprintf(b, "  host      : %s\n", r.Host)
 	fmt.Fprintf(b, "  rank      : %d (local_rank: %d)\n", r.Rank, r.LocalRank)
 	fmt.Fprintf(b, "  exitcode  : %s (pid: %d)\n", exitText(r), r.Pid)
-	if r.Error != nil {
-		fmt.Fprintf(b, "  error_file: %s\n", r.ErrorFile)
+	if r.Note != "" {
+		fmt.Fprintf(b, "  note      : %s\n", r.Note)
+	}
+	switch excerpt := stderrExcerpt(r.Stderr); {
+	case r.Error != nil:
+		switch r.ErrorFile {
+		case "":
+			b.WriteString("  error_file: <not kept>\n")
+		default:
+			fmt.Fprintf(b, "  error_file: %s\n", r.ErrorFile)
+		}
 		fmt.Fprintf(b, "  message   : %s\n", r.Error.Message)
 		if r.Error.Traceback != "" {
 			b.WriteString("  traceback :\n")
@@ -132,14 +163,50 @@ func writeRank(b *strings.Builder, r RankSummary) {
 				b.WriteString("    " + l + "\n")
 			}
 		}
-	} else {
+	case len(excerpt) > 0:
+		b.WriteString("  error_file: <N/A>\n")
+		fmt.Fprintf(b, "  message   : %s\n", excerpt[len(excerpt)-1])
+		fmt.Fprintf(b, "  stderr    : (last %d lines)\n", len(excerpt))
+		for _, l := range excerpt {
+			b.WriteString("    " + l + "\n")
+		}
+	default:
 		b.WriteString("  error_file: <N/A>\n  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html\n")
 	}
 }
 
-// exitText is torchrun's way of writing an exit: "3", or "-SIGTERM".
+// Bounds on the stderr excerpt a failure shows.
+const (
+	excerptLines    = 10 // lines shown of output that is not a traceback
+	excerptMaxLines = 40 // lines shown of a Python traceback
+)
+
+// stderrExcerpt is what a failure shows of a rank's last stderr lines: the
+// last Python traceback when there is one (up to 40 lines of it, its end),
+// else the last 10 lines; trailing blank lines are dropped.
+func stderrExcerpt(tail string) []string {
+	tail = strings.TrimRight(tail, "\n\t ")
+	if tail == "" {
+		return nil
+	}
+	lines := strings.Split(tail, "\n")
+	n := excerptLines
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "Traceback (most recent call last):") {
+			n = min(len(lines)-i, excerptMaxLines)
+			break
+		}
+	}
+	return lines[max(len(lines)-n, 0):]
+}
+
+// exitText is torchrun's way of writing an exit, with the signal's name
+// beside a negative code: "3", or "-15 (SIGTERM)".
 func exitText(r RankSummary) string {
-	if r.Signal != "" {
+	switch {
+	case r.SignalNum != 0:
+		return fmt.Sprintf("-%d (%s)", r.SignalNum, r.Signal)
+	case r.Signal != "":
 		return "-" + r.Signal
 	}
 	return fmt.Sprint(r.ExitCode)

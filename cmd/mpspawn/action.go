@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -21,11 +22,13 @@ type config struct {
 	nproc       int
 	rdzv        rendezvous.Config
 	runID       string
+	role        string
 	startMethod string
 	preload     []string
 	method      launcher.StartMethod // started before placement; nil in a dry run
 	nprocSpec   nprocSpec
 	path        string   // resolved program
+	interpreter string   // for scripts: the Python that runs them, and where it came from
 	argv        []string // rank argv
 	logDir      string
 	keepLogDir  bool
@@ -85,9 +88,13 @@ func (cfg *config) planRanks(c *cli.Context) error {
 // parseConfig validates every flag and the program before anything starts.
 // It does not look at this machine: planRanks does.
 func parseConfig(c *cli.Context) (*config, error) {
-	cfg := &config{runID: c.String(fRunID), summaryJSON: c.String(fSummaryJSON), dryRun: c.Bool(fDryRun), json: c.Bool(fJSON), ipc: c.Bool(fIPC)}
+	cfg := &config{runID: c.String(fRunID), role: c.String(fRole), summaryJSON: c.String(fSummaryJSON), dryRun: c.Bool(fDryRun), json: c.Bool(fJSON), ipc: c.Bool(fIPC)}
 	if cfg.json && !cfg.dryRun {
 		return nil, usagef("--json goes with --dry-run (or use mpspawn gpus --json)")
+	}
+	if t := c.String(fTopology); t != "" && !cfg.dryRun {
+		// A snapshot describes another machine: its GPUs and CPUs are not here.
+		return nil, usagef("--topology %s plans against another machine's snapshot and goes with --dry-run; to launch here, drop --topology", t)
 	}
 	var err error
 	if cfg.nprocSpec, err = parseNproc(c.String(fNproc)); err != nil {
@@ -109,11 +116,17 @@ func parseConfig(c *cli.Context) (*config, error) {
 	if p := c.Int(fMasterPort); c.IsSet(fMasterPort) && (p < 1 || p > 65535) {
 		return nil, usagef("--master-port %d: want a port between 1 and 65535", p)
 	}
+	if cfg.rdzv.Standalone && c.IsSet(fMasterAddr) {
+		return nil, usagef("--standalone runs on this host at 127.0.0.1 and cannot take --master-addr %s: drop one of them", c.String(fMasterAddr))
+	}
 	if cfg.rdzv.Standalone && !c.IsSet(fMasterPort) {
 		cfg.rdzv.MasterPort = 0
 	}
 	if err := cfg.rdzv.Validate(); err != nil {
 		return nil, rendezvousUsage(err)
+	}
+	if err := checkMasterPort(c, cfg.rdzv); err != nil {
+		return nil, err
 	}
 	if cfg.startMethod, err = parseStartMethod(c.String(fStartMethod)); err != nil {
 		return nil, err
@@ -128,6 +141,8 @@ func parseConfig(c *cli.Context) (*config, error) {
 		cfg.argv = []string{"SCRIPT"} // the plan does not depend on the program
 	} else if cfg.path, cfg.argv, err = program(c); err != nil {
 		return nil, err
+	} else if !c.Bool(fNoPython) {
+		cfg.interpreter = interpreterSource(c, cfg.path)
 	}
 	if cfg.output, err = parseOutput(c); err != nil {
 		return nil, err
@@ -147,6 +162,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 			return nil, usagef("--summary-json %s: is a directory; want a file path", cfg.summaryJSON)
 		}
 	}
+	if cfg.role == "" || strings.ContainsAny(cfg.role, "\x00\n") {
+		return nil, usagef("--role %q: want a name", cfg.role)
+	}
 	switch {
 	case cfg.runID == "":
 		cfg.runID = randomID()
@@ -155,6 +173,20 @@ func parseConfig(c *cli.Context) (*config, error) {
 		return nil, usagef("--run-id %q: want a name without '/' (it names a directory under --log-dir)", cfg.runID)
 	}
 	return cfg, nil
+}
+
+// checkMasterPort finds an explicit --master-port that another process on
+// this host already listens on, when this node hosts rank 0: rank 0 would
+// otherwise fail in TCPStore with "address already in use".
+func checkMasterPort(c *cli.Context, rc rendezvous.Config) error {
+	if !c.IsSet(fMasterPort) || rc.NodeRank != 0 || c.Bool(fDryRun) {
+		return nil
+	}
+	err := rendezvous.CheckPort(rc.MasterPort)
+	if errors.Is(err, rendezvous.ErrPortInUse) {
+		return usagef("--master-port %d: already in use on this host, and rank 0 listens there (MASTER_PORT): choose another port, or --standalone for a free one", rc.MasterPort)
+	}
+	return nil // another failure to listen is rank 0's to report
 }
 
 func parseStartMethod(s string) (string, error) {
@@ -251,6 +283,19 @@ func program(c *cli.Context) (string, []string, error) {
 		return "", nil, usagef("script %s: no such file", target)
 	}
 	return path, append([]string{python, "-u", target}, rest...), nil
+}
+
+// interpreterSource says which Python runs the scripts and why:
+// "/usr/bin/python3 (python3 on PATH)".
+func interpreterSource(c *cli.Context, path string) string {
+	py := c.String(fPython)
+	switch env, ok := os.LookupEnv("PYTHON_EXEC"); {
+	case ok && env == py:
+		return fmt.Sprintf("%s (PYTHON_EXEC=%s)", path, py)
+	case c.IsSet(fPython):
+		return fmt.Sprintf("%s (--python %s)", path, py)
+	}
+	return fmt.Sprintf("%s (%s on PATH)", path, py)
 }
 
 func unwrapExec(err error) error {

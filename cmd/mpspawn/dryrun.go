@@ -102,15 +102,24 @@ func writePlanText(w io.Writer, pl *placement, plan planJSON) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	for _, r := range plan.Ranks {
+	lines := make([]string, len(plan.Ranks))
+	for i, r := range plan.Ranks {
 		var kv []string
 		for _, k := range slices.Sorted(maps.Keys(r.Env)) {
 			if strings.HasPrefix(k, "CUDA_") {
 				kv = append(kv, k+"="+r.Env[k])
 			}
 		}
-		if len(kv) > 0 {
-			fmt.Fprintf(w, "local rank %d: %s\n", r.LocalRank, strings.Join(kv, " "))
+		lines[i] = strings.Join(kv, " ")
+	}
+	// local-rank visibility gives every rank the same long list: once.
+	if len(lines) > 1 && lines[0] != "" && !slices.ContainsFunc(lines, func(l string) bool { return l != lines[0] }) {
+		fmt.Fprintf(w, "every local rank: %s\n", lines[0])
+		return nil
+	}
+	for i, l := range lines {
+		if l != "" {
+			fmt.Fprintf(w, "local rank %d: %s\n", plan.Ranks[i].LocalRank, l)
 		}
 	}
 	return nil

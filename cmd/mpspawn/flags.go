@@ -36,6 +36,10 @@ const (
 	fTopology      = "topology"
 	fDryRun        = "dry-run"
 	fJSON          = "json"
+	fRole          = "role"
+	fMonitor       = "monitor-interval"
+	fRunPath       = "run-path"
+	fVersion       = "version"
 	catPlacement   = "GPUs and CPUs"
 	catRanks       = "Ranks"
 	catRendezvous  = "Rendezvous"
@@ -48,6 +52,7 @@ func flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Category: catRanks, Name: fNproc, Value: "1", Usage: "ranks on this node: `N`, gpu (one per usable GPU), cpu (one per CPU) or auto (GPUs if any, else CPUs)"},
 		&cli.StringFlag{Category: catRanks, Name: fStartMethod, Value: "spawn", Usage: "`METHOD` that creates the ranks: spawn (a fresh exec per rank) or forkserver (Python ranks forked from one server started first, see --preload)"},
+		&cli.StringFlag{Category: catRanks, Name: fRole, Value: "default", Usage: "the ranks' role `NAME` (ROLE_NAME, and ${role_name} in the line prefix)"},
 		&cli.StringFlag{Category: catRanks, Name: fPreload, Usage: "with --start-method forkserver, `MODULES` (comma list, e.g. torch) the server imports once, so that every rank starts with them imported"},
 
 		&cli.IntFlag{Category: catPlacement, Name: fGPUsPerRank, Value: 1, Usage: "`N` GPUs per rank, chosen best-connected (NVLink first)"},
@@ -67,6 +72,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Category: catProgram, Name: fPython, EnvVars: []string{"PYTHON_EXEC"}, Value: "python3", Usage: "Python interpreter for scripts, run as `PYTHON` -u SCRIPT ARGS"},
 		&cli.BoolFlag{Category: catProgram, Name: fNoPython, Usage: "run PROGRAM directly instead of through Python"},
 		&cli.BoolFlag{Category: catProgram, Name: fModule, Aliases: []string{"m"}, Usage: "run a Python module, as python -m MODULE"},
+		&cli.BoolFlag{Category: catProgram, Name: fRunPath, Usage: "accepted for torchrun compatibility; changes nothing: each rank runs the script by its path (PYTHON -u SCRIPT), in its own process"},
 		&cli.BoolFlag{Category: catProgram, Name: fIPC, Usage: "give every rank a control channel (fd 3, MPSPAWN_CONTROL_FD) to share buffers zero-copy and use queues (examples/python/mpspawn_ipc.py)"},
 
 		&cli.StringFlag{Category: catLogs, Name: fLogDir, Usage: "base `DIR` of per-rank files: DIR/<run-id>/attempt_0/<local_rank>/{stdout.log,stderr.log,error.json}"},
@@ -78,7 +84,10 @@ func flags() []cli.Flag {
 		&cli.BoolFlag{Category: catLogs, Name: fTimestamps, Usage: "start each console line with the time it was read"},
 
 		&cli.StringFlag{Category: catFailure, Name: fGrace, Value: "30s", Usage: "wait `DURATION` between SIGTERM and SIGKILL when ranks are stopped (e.g. 5s, 500ms, or seconds)"},
+		&cli.StringFlag{Category: catFailure, Name: fMonitor, Usage: "accepted for torchrun compatibility and ignored: torchrun polls the ranks every `SECONDS`; mpspawn learns of each exit the moment it happens"},
 		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE`"},
+
+		&cli.BoolFlag{Name: fVersion, Usage: "print the version, the commit, the Go version and whether GPU support is built in"},
 	}
 }
 

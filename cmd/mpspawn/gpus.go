@@ -24,6 +24,9 @@ func gpusCommand() *cli.Command {
 			&cli.StringFlag{Name: fTopology, Usage: "show the snapshot in `FILE` instead of this machine"},
 		},
 		Action: gpusAction,
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
+			return usageError{err} // one line, not the whole help
+		},
 	}
 }
 

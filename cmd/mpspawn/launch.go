@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/rendezvous"
@@ -17,23 +21,19 @@ import (
 // after every rank has been reaped.
 func launch(c *cli.Context, cfg *config) error {
 	stderr := c.App.ErrWriter
+	// A forkserver's preload first, with signals' default actions (see
+	// Job.Run): Ctrl-C during it ends mpspawn, and the server with it.
+	if err := cfg.method.Ready(c.Context); err != nil {
+		return preloadUsage(err)
+	}
 	rdzv, err := rendezvous.Static(cfg.rdzv) // validated by parseConfig
 	if err != nil {
 		return err
 	}
 	defer rdzv.Close()
-	logDir, scratch := cfg.logDir, ""
-	switch {
-	case logDir == "" && cfg.keepLogDir: // files asked for, no --log-dir
-		if logDir, err = os.MkdirTemp("", "mpspawn_"); err != nil {
-			return fmt.Errorf("log dir: %w", err)
-		}
-		fmt.Fprintf(stderr, "mpspawn: log files go to %s\n", logDir)
-	case logDir == "": // only error files, removed at the end
-		if scratch, err = os.MkdirTemp("", "mpspawn_"); err != nil {
-			return fmt.Errorf("scratch dir: %w", err)
-		}
-		_ = launcher.RemoveOnDeath(scratch) // by the guard, if mpspawn is SIGKILLed
+	logDir, scratch, err := cfg.logDirs(c)
+	if err != nil {
+		return err
 	}
 	if err := launcher.CgroupError(); err != nil {
 		fmt.Fprintf(stderr, "mpspawn: note: no cgroups (%v): the ranks' process groups are stopped and what the ranks leave behind is swept at the end, but a daemon that leaves its process group outlives a SIGKILLed mpspawn\n", err)
@@ -41,7 +41,9 @@ func launch(c *cli.Context, cfg *config) error {
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
 	job := cfg.job(rdzv.Membership)
 	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
+	stopNotes := noteStops(stderr, job.NProcPerNode, cfg.grace)
 	res, err := job.Run(c.Context)
+	stopNotes()
 	if scratch != "" {
 		defer removeScratch(job, scratch)
 	}
@@ -50,18 +52,76 @@ func launch(c *cli.Context, cfg *config) error {
 	} else if len(stalled) > 0 {
 		fmt.Fprintf(stderr, "mpspawn: warning: nobody is reading stdout; gave up on it after waiting, so the ranks' last lines there are lost\n")
 	}
-	var pe *launcher.PreloadError
-	switch {
-	case errors.As(err, &pe):
-		return usagef("--preload %s: %s", pe.Module, pe.Err)
-	case err != nil:
-		return err
+	if err != nil {
+		return preloadUsage(err)
 	}
+	job.AddStderr(res)
 	if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil {
 		fmt.Fprintf(stderr, "mpspawn: error: %v\n", res.Cause) // not a rank's failure: the summary would not say why
 	}
+	cfg.report(c, stderr, res, scratch != "")
+	if code := res.ExitCode(); code != 0 {
+		return exitCode(code)
+	}
+	return nil
+}
+
+// preloadUsage words a forkserver's failed --preload; other errors are
+// returned as they are.
+func preloadUsage(err error) error {
+	var pe *launcher.PreloadError
+	if errors.As(err, &pe) {
+		return usagef("--preload %s: %s", pe.Module, pe.Err)
+	}
+	return err
+}
+
+// logDirs makes the directories of the ranks' files: --log-dir's, a
+// temporary one kept when files are asked for without it, or else a scratch
+// directory for the error files alone, removed at the end.
+func (cfg *config) logDirs(c *cli.Context) (logDir, scratch string, err error) {
+	switch {
+	case cfg.logDir != "":
+		// Here, not in the launcher, so that the message names the flag.
+		if err := os.MkdirAll(filepath.Join(cfg.logDir, cfg.runID, "attempt_0"), 0o755); err != nil {
+			return "", "", usagef("--log-dir %s: %s", c.String(fLogDir), describe(err))
+		}
+		return cfg.logDir, "", nil
+	case cfg.keepLogDir: // files asked for, no --log-dir
+		if logDir, err = os.MkdirTemp("", "mpspawn_"); err != nil {
+			return "", "", usagef("no directory for the log files: %s (set TMPDIR, or give --log-dir)", describe(err))
+		}
+		fmt.Fprintf(c.App.ErrWriter, "mpspawn: log files go to %s\n", logDir)
+		return logDir, "", nil
+	}
+	if scratch, err = os.MkdirTemp("", "mpspawn_"); err != nil {
+		return "", "", usagef("no directory for the ranks' error files: %s (set TMPDIR, or give --log-dir)", describe(err))
+	}
+	_ = launcher.RemoveOnDeath(scratch) // by the guard, if mpspawn is SIGKILLed
+	return "", scratch, nil
+}
+
+// report writes the summary of a finished job: on stderr when it failed,
+// to --summary-json, and the root cause's error to the launcher's own
+// TORCHELASTIC_ERROR_FILE, as torchrun does. When the ranks' error files
+// are removed at exit (scratch), no summary names them.
+func (cfg *config) report(c *cli.Context, stderr io.Writer, res *launcher.Result, scratch bool) {
+	if scratch {
+		for i := range res.Ranks {
+			res.Ranks[i].ErrorFilePath = ""
+		}
+	}
+	if path := os.Getenv("TORCHELASTIC_ERROR_FILE"); path != "" && res.RootCause >= 0 {
+		rc := &res.Ranks[res.RootCause]
+		if err := launcher.WriteRootCause(path, rc); err != nil {
+			fmt.Fprintf(stderr, "mpspawn: warning: TORCHELASTIC_ERROR_FILE: %s\n", describe(err))
+		} else if rc.ErrorFilePath == "" && rc.ErrorFile != nil {
+			rc.ErrorFilePath = path // the copy outlives the scratch directory
+		}
+	}
 	host, _ := os.Hostname()
 	sum := res.Summarize(host, cfg.runID)
+	sum.Interpreter = cfg.interpreter
 	if !res.Succeeded() {
 		sum.WriteText(stderr, filepath.Base(cfg.argv[len(cfg.argv)-len(c.Args().Tail())-1]))
 	}
@@ -70,10 +130,43 @@ func launch(c *cli.Context, cfg *config) error {
 			fmt.Fprintf(stderr, "mpspawn: warning: %v\n", err)
 		}
 	}
-	if code := res.ExitCode(); code != 0 {
-		return exitCode(code)
+}
+
+// noteStops says, once, that mpspawn got a signal and is stopping the ranks
+// (the launcher forwards it), and how long that may take; a second Ctrl-C
+// kills them at once. The returned function stops listening.
+func noteStops(w io.Writer, ranks int, grace time.Duration) (stop func()) {
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, launcher.ForwardedSignals...)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		sigints := 0
+		for {
+			select {
+			case sig := <-sigc:
+				s, _ := sig.(syscall.Signal)
+				switch {
+				case s == syscall.SIGINT && sigints > 0:
+					fmt.Fprintf(w, "mpspawn: SIGINT again: killing the ranks now (SIGKILL)\n")
+					return
+				case s == syscall.SIGINT:
+					sigints++
+					fmt.Fprintf(w, "mpspawn: SIGINT: stopping %d ranks, up to %v (Ctrl-C again to kill now)\n", ranks, grace)
+				default:
+					fmt.Fprintf(w, "mpspawn: %s: stopping %d ranks, up to %v\n", launcher.SignalName(s), ranks, grace)
+					return
+				}
+			case <-done:
+				return
+			}
+		}
+	})
+	return func() {
+		signal.Stop(sigc)
+		close(done)
+		wg.Wait()
 	}
-	return nil
 }
 
 // job is the launcher job cfg describes, with its placement, before log
@@ -81,7 +174,7 @@ func launch(c *cli.Context, cfg *config) error {
 func (cfg *config) job(m rendezvous.Membership) *launcher.Job {
 	return &launcher.Job{
 		Path: cfg.path, Command: cfg.argv, Env: os.Environ(),
-		Membership: m, RunID: cfg.runID, Ranks: cfg.place.setup,
+		Membership: m, RunID: cfg.runID, Role: cfg.role, Ranks: cfg.place.setup,
 		Options: launcher.Options{GracePeriod: cfg.grace, Method: cfg.method},
 		IPC:     cfg.ipc,
 	}

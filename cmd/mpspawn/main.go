@@ -21,7 +21,9 @@ func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
-// usageError is bad input: one line, exit code 2, nothing started.
+// usageError is bad input, or anything else that stops mpspawn before a
+// rank starts: one line, exit code 2 (a rank's own exit code is never 2 by
+// mpspawn's doing), nothing started.
 type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }
@@ -39,7 +41,21 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
 // run is main without os.Exit, so tests can call it.
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
-	err := app.RunContext(context.Background(), normalizeArgs(args))
+	args = normalizeArgs(args)
+	err := checkArgs(app, args)
+	switch {
+	case err != nil:
+	case subcommandHelp(app, args, stdout):
+		return 0
+	case launcherFlag(args, app.Flags, "help", "h"):
+		writeHelp(stdout, app, termWidth(stdout))
+		return 0
+	case launcherFlag(args, app.Flags, fVersion):
+		writeVersion(stdout)
+		return 0
+	default:
+		err = app.RunContext(context.Background(), args)
+	}
 	var code exitCode
 	var ue usageError
 	switch {
@@ -51,8 +67,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mpspawn: error: %v\n", ue.err)
 		return 2
 	default:
-		fmt.Fprintf(stderr, "mpspawn: error: %v\n", err)
-		return 1
+		// Not a rank's exit: nothing ran, so it is not a rank's exit code.
+		fmt.Fprintf(stderr, "mpspawn: error: %s\n", describe(err))
+		return 2
 	}
 }
 
@@ -67,7 +84,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"exits with the failing rank's own exit code. Flags may also be written torchrun-style with\n" +
 			"underscores (--nproc_per_node).\n\n" +
 			"Exit codes: 0 all ranks succeeded; the root-cause rank's exit code (128+N for signal N);\n" +
-			"2 bad usage; 130/143 when mpspawn itself got SIGINT/SIGTERM.",
+			"2 bad usage, or any other error before a rank started; 130/143 when mpspawn itself got\n" +
+			"SIGINT/SIGTERM.",
 		Flags:                  flags(),
 		Commands:               []*cli.Command{gpusCommand()},
 		Action:                 action,

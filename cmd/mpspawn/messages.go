@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"os/exec"
+	"runtime"
 	"strconv"
 
 	"github.com/mpspawn/mpspawn/gpu"
@@ -48,6 +51,10 @@ func tooFewUsage(nproc, source string, e *gpu.TooFewGPUsError) error {
 func gpuReason(err error) string {
 	var ne *gpu.NVMLError
 	switch {
+	case !gpu.NVMLBuiltIn && runtime.GOOS != "linux":
+		return "no GPU support on " + runtime.GOOS + " (NVML is read on Linux only)"
+	case !gpu.NVMLBuiltIn:
+		return "built without cgo: no GPU support"
 	case errors.Is(err, gpu.ErrNoNVML):
 		return "no NVIDIA driver (libnvidia-ml.so.1 not found)"
 	case errors.As(err, &ne) && ne.GPU >= 0:
@@ -118,4 +125,25 @@ func streamsUsage(flag string, err error) error {
 		return usagef("%s %q: want %s", flag, se.Value, se.Want)
 	}
 	return usagef("%s %q: %q: want %s", flag, se.Value, se.Entry, se.Want)
+}
+
+// describe words an error from outside this package for one line of a
+// message, from the fields of the standard library's typed errors where it
+// can (so "mkdir /x/logs: permission denied", without a package prefix).
+func describe(err error) string {
+	var pe *fs.PathError
+	var se *os.SyscallError
+	var ee *exec.Error
+	var ne *gpu.NVMLError
+	switch {
+	case errors.As(err, &pe):
+		return fmt.Sprintf("%s %s: %v", pe.Op, pe.Path, pe.Err)
+	case errors.As(err, &se):
+		return fmt.Sprintf("%s: %v", se.Syscall, se.Err)
+	case errors.As(err, &ee):
+		return fmt.Sprintf("%s: %v", ee.Name, ee.Err)
+	case errors.As(err, &ne):
+		return gpuReason(err)
+	}
+	return err.Error()
 }

@@ -1,0 +1,124 @@
+package launcher
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestStderrExcerpt(t *testing.T) {
+	many := make([]string, 30)
+	for i := range many {
+		many[i] = "line"
+	}
+	tests := []struct {
+		name, tail string
+		want       int    // lines
+		first      string // the excerpt's first line
+	}{
+		{"empty", "\n\n", 0, ""},
+		{"short", "a\nb\n\n", 2, "a"},
+		{"last 10", strings.Join(many, "\n"), 10, "line"},
+		{"traceback", "noise\nTraceback (most recent call last):\n  File \"x.py\", line 1\nValueError: x\n", 3, "Traceback (most recent call last):"},
+		{"last traceback", "Traceback (most recent call last):\nA\nTraceback (most recent call last):\nB", 2, "Traceback (most recent call last):"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := stderrExcerpt(tt.tail)
+			if len(got) != tt.want || (tt.want > 0 && got[0] != tt.first) {
+				t.Errorf("stderrExcerpt(%q) = %q; want %d lines from %q", tt.tail, got, tt.want, tt.first)
+			}
+		})
+	}
+}
+
+// TestSummaryText: a failure without an error file shows its stderr; exit
+// codes are torchrun's numbers with the signal's name; an interrupted job
+// says by what, and no section is empty.
+func TestSummaryText(t *testing.T) {
+	res := &Result{
+		Ranks: []RankResult{
+			{Rank: 0, ExitCode: -1, Signal: syscall.SIGTERM, Stopped: true, Note: "slow"},
+			{Rank: 1, LocalRank: 1, ExitCode: 1, Stderr: "Traceback (most recent call last):\nModuleNotFoundError: No module named 'torch'"},
+		},
+		RootCause: 1, Failures: []int{1, 0},
+	}
+	var b bytes.Buffer
+	s := res.Summarize("h", "r")
+	s.Interpreter = "/usr/bin/python3 (python3 on PATH)"
+	s.WriteText(&b, "train.py")
+	for _, want := range []string{
+		"  interpreter: /usr/bin/python3 (python3 on PATH)\n",
+		"  error_file: <N/A>\n  message   : ModuleNotFoundError: No module named 'torch'\n  stderr    : (last 2 lines)\n",
+		"[0]: local_rank 0, pid 0, exitcode -15 (SIGTERM)\n  note      : slow\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("WriteText = %q; want it to contain %q", b.String(), want)
+		}
+	}
+
+	res = &Result{Ranks: []RankResult{{Rank: 0}}, RootCause: -1, Failures: []int{}, Interrupted: syscall.SIGINT}
+	b.Reset()
+	res.Summarize("h", "r").WriteText(&b, "train.py")
+	want := "============================================================\ntrain.py FAILED\n  mpspawn got SIGINT and stopped the ranks\n============================================================\n"
+	if b.String() != want {
+		t.Errorf("WriteText (interrupted) = %q; want %q", b.String(), want)
+	}
+}
+
+func TestWriteRootCause(t *testing.T) {
+	ended := time.Unix(1700000000, 0)
+	tests := []struct {
+		name     string
+		r        RankResult
+		msg, tb  string
+		code     int
+		unixTime string
+	}{
+		{"error file", RankResult{ExitCode: 1, Ended: ended, ErrorFile: &ErrorFile{Message: "RuntimeError: x", Traceback: "Traceback ...", Time: time.Unix(1600000000, 0)}},
+			"RuntimeError: x", "Traceback ...", 1, "1600000000"},
+		{"stderr", RankResult{ExitCode: 1, Ended: ended, Stderr: "Traceback (most recent call last):\nValueError: y"},
+			"ValueError: y", "Traceback (most recent call last):\nValueError: y\n", 1, "1700000000"},
+		{"signal", RankResult{Rank: 3, LocalRank: 1, ExitCode: -1, Signal: syscall.SIGKILL, Ended: ended},
+			"rank 3 (local_rank 1) failed: signal 9 (SIGKILL)", "", -9, "1700000000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "error.json")
+			if err := WriteRootCause(path, &tt.r); err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				Message struct {
+					Message   string `json:"message"`
+					ErrorCode int    `json:"errorCode"`
+					ExtraInfo struct {
+						PyCallstack string `json:"py_callstack"`
+						Timestamp   string `json:"timestamp"`
+					} `json:"extraInfo"`
+				} `json:"message"`
+			}
+			if err := json.Unmarshal(data, &got); err != nil {
+				t.Fatal(err)
+			}
+			m := got.Message
+			if m.Message != tt.msg || m.ExtraInfo.PyCallstack != tt.tb || m.ErrorCode != tt.code || m.ExtraInfo.Timestamp != tt.unixTime {
+				t.Errorf("WriteRootCause(%s) wrote %s; want message %q, py_callstack %q, errorCode %d, timestamp %s", tt.name, data, tt.msg, tt.tb, tt.code, tt.unixTime)
+			}
+			// What torchrun's and mpspawn's readers make of it.
+			ef, err := ParseErrorFile(data)
+			if err != nil || ef.Message != tt.msg {
+				t.Errorf("ParseErrorFile(%s) = %+v, %v; want message %q", data, ef, err, tt.msg)
+			}
+		})
+	}
+}
