@@ -62,12 +62,21 @@ if mode == "daemons":
     os.close(3)
     if len(sys.argv) > 2:
         sys.exit(int(sys.argv[2]))
+if mode == "sh":
+    import subprocess
+    subprocess.run(["sh", "-c", sys.argv[2]])
+    sys.exit(1)
+if mode == "print":
+    for i in range(int(sys.argv[2])):
+        print("%d %s" % (i, "x" * int(sys.argv[3])))
+    sys.exit(0)
 if mode == "family":
-    if os.fork() == 0:
+    child = os.fork()
+    if child == 0:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             signal.pause()
-    os.write(3, b"%d\n" % os.getpid())
+    os.write(3, b"%d %d\n" % (os.getpid(), child))
     os.close(3)
 if mode in ("block", "wait", "leave-group", "daemons", "family"):
     while True:

@@ -35,10 +35,23 @@ func helperLauncher(ready string, n int) int {
 			mode = "family"
 		}
 		s := helperSpec(i, mode, testrank.ReadyFD)
+		if python := os.Getenv("MPSPAWN_TEST_PYTHON"); python != "" {
+			s = pySpec(i, python, os.Getenv("MPSPAWN_TEST_SCRIPT"), mode)
+		}
 		s.ExtraFiles = []*os.File{w}
 		specs = append(specs, s)
 	}
-	g, err := Start(context.Background(), specs, Options{Containment: Containment(os.Getenv("MPSPAWN_TEST_CONTAIN"))})
+	opts := Options{Containment: Containment(os.Getenv("MPSPAWN_TEST_CONTAIN"))}
+	if python := os.Getenv("MPSPAWN_TEST_PYTHON"); python != "" {
+		fs, err := StartForkserver(ForkserverConfig{Python: python})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer fs.Close()
+		opts.Method = fs
+	}
+	g, err := Start(context.Background(), specs, opts)
 	w.Close()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -183,6 +196,12 @@ func taggedPids(tag string) []int {
 // replaced at once, told every group still registered, so a launcher
 // SIGKILLed afterwards still takes its ranks' children along.
 func TestGuardKilledIsReplaced(t *testing.T) {
+	for _, method := range []string{MethodSpawn, MethodForkserver} {
+		t.Run(method, func(t *testing.T) { guardKilledIsReplaced(t, method) })
+	}
+}
+
+func guardKilledIsReplaced(t *testing.T, method string) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +209,10 @@ func TestGuardKilledIsReplaced(t *testing.T) {
 	defer r.Close()
 	cmd := testrank.Command("launcher", testrank.ReadyFD, "2")
 	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_CONTAIN=process-group") // the guard's process groups alone
+	if method == MethodForkserver {
+		_, python, script := startForkserver(t) // for its rank script; the launcher starts its own server
+		cmd.Env = append(cmd.Env, "MPSPAWN_TEST_PYTHON="+python, "MPSPAWN_TEST_SCRIPT="+script)
+	}
 	cmd.ExtraFiles = []*os.File{w}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -21,6 +21,20 @@ import (
 // and SIGCONT (fg) lets them all go on, as a job started by torchrun does
 // from one process group.
 func TestCtrlZStopsTheRanks(t *testing.T) {
+	for _, method := range []string{"spawn", "forkserver"} {
+		t.Run(method, func(t *testing.T) { ctrlZStopsTheRanks(t, method) })
+	}
+}
+
+// blockPy writes its pid to argv[1], then waits for a signal.
+const blockPy = `import os, signal, sys
+with open(sys.argv[1], "w") as f:
+    f.write("%d\n" % os.getpid())
+while True:
+    signal.pause()
+`
+
+func ctrlZStopsTheRanks(t *testing.T, method string) {
 	bin := t.TempDir()
 	for _, name := range []string{"mpspawn", "rank"} {
 		if err := os.Symlink(os.Args[0], filepath.Join(bin, name)); err != nil {
@@ -31,7 +45,15 @@ func TestCtrlZStopsTheRanks(t *testing.T) {
 	if err := unix.Mkfifo(ready, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(bin, "mpspawn"), "--no-python", "--nproc-per-node", "2", "--grace-period", "2s", filepath.Join(bin, "rank"), "block", ready)
+	args := []string{"--no-python", "--nproc-per-node", "2", "--grace-period", "2s", filepath.Join(bin, "rank"), "block", ready}
+	if method == "forkserver" {
+		script := filepath.Join(bin, "block.py")
+		if err := os.WriteFile(script, []byte(blockPy), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = []string{"--start-method", "forkserver", "--nproc-per-node", "2", "--grace-period", "2s", script, ready}
+	}
+	cmd := exec.Command(filepath.Join(bin, "mpspawn"), args...)
 	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
