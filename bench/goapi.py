@@ -9,7 +9,7 @@ API side by side, in one run.
         8 processes of the ranks' own binary doing nothing, so that what the
         binary costs to start (runtime and package init, dynamic loading) is
         in the anchor as it is in the ranks; the floor for (b);
-    (b) launcher.Spawn + Join of 8 no-op Go ranks (gobench spawn);
+    (b) mp.Spawn + Join of 8 no-op Go ranks (gobench spawn);
     (c) multiprocessing with the "spawn" start method (what
         torch.multiprocessing.spawn does), 8 no-op functions, run by
         --python (Debian's /usr/bin/python3 by default);
@@ -20,7 +20,7 @@ API side by side, in one run.
     later ones.
   map: Pool.map throughput of a tiny function (x*x) over --items items,
     default chunksize, one worker per CPU: multiprocessing.Pool.map (run by
-    --python) vs launcher.Map, in items/s: the median of 5 maps on a started
+    --python) vs mp.Map, in items/s: the median of 5 maps on a started
     pool after one warm-up map, the same on both sides; target: Go >= 5x.
 
 Rounds rotate the order of the contenders, so that machine noise hits all;
@@ -164,7 +164,7 @@ def main():
           f"{'; nice -20, own autogroup' if a.prioritised else ''}")
     print("spawn and join 8 no-op ranks:")
     print(f"  (a) shell loop, 8 x `gobench nop`      {med['shell']:8.1f} ms")
-    print(f"  (b) launcher.Spawn + Join              {med['go']:8.1f} ms   b/a {med['go'] / med['shell']:5.2f}x (target <= 1.5x)")
+    print(f"  (b) mp.Spawn + Join                    {med['go']:8.1f} ms   b/a {med['go'] / med['shell']:5.2f}x (target <= 1.5x)")
     print(f"  (c) multiprocessing spawn              {med['py']:8.1f} ms   c/b {med['py'] / med['go']:5.1f}x (target >= 10x)")
     print(f"  first of a process: (a) {med1['shell']:.1f} ms, (b) {med1['go']:.1f} ms (starts the guard), "
           f"(c) {med1['py']:.1f} ms (starts the resource tracker); "
