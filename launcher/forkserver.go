@@ -81,8 +81,20 @@ func startError(rank int, err error) error {
 	if errors.Is(err, ErrForkserverDied) {
 		return err
 	}
-	return fmt.Errorf("launcher: start rank %d: %w", rank, err)
+	return &StartError{Rank: rank, Err: err}
 }
+
+// StartError is a rank that could not be started; Start returns it once the
+// ranks that did start are killed and reaped.
+type StartError struct {
+	Rank int   // the rank (Spec.Rank)
+	Err  error // why: the exec's error, or the forkserver's refusal
+}
+
+func (e *StartError) Error() string { return fmt.Sprintf("launcher: start rank %d: %v", e.Rank, e.Err) }
+
+// Unwrap returns Err.
+func (e *StartError) Unwrap() error { return e.Err }
 
 // PreloadError is a preload module that failed to import in the server.
 type PreloadError struct {

@@ -26,6 +26,10 @@ func TestStartError(t *testing.T) {
 			if err.Error() != tt.want || !errors.Is(err, tt.is) {
 				t.Errorf("startError(3, %q) = %q; want %q, wrapping %v", tt.err, err, tt.want, tt.is)
 			}
+			var se *StartError
+			if typed := errors.As(err, &se); typed != !errors.Is(tt.err, ErrForkserverDied) || typed && (se.Rank != 3 || se.Err != tt.err) {
+				t.Errorf("startError(3, %q) as *StartError = %v, %+v; want one for rank 3 unless the forkserver died", tt.err, typed, se)
+			}
 		})
 	}
 }

@@ -70,8 +70,12 @@ func launch(c *cli.Context, cfg *config) error {
 // returned as they are.
 func preloadUsage(err error) error {
 	var pe *launcher.PreloadError
-	if errors.As(err, &pe) {
+	var se *launcher.StartError
+	switch {
+	case errors.As(err, &pe):
 		return usagef("--preload %s: %s", pe.Module, pe.Err)
+	case errors.As(err, &se):
+		return usagef("rank %d could not start: %s", se.Rank, describe(se.Err))
 	}
 	return err
 }
