@@ -9,7 +9,8 @@ import (
 	"syscall"
 )
 
-// guardScript is the guard process: it keeps the set of ranks it is told of
+// guardScript is the guard process, run as a plain "mpspawn-guard" (sh
+// reading this script on stdin) with the launcher's pipe on fd 3: it keeps the set of ranks it is told of
 // ("+PID" adds one, "-PID" removes one; a rank leads its process group, so
 // PID is its group's id too), the prefix of the
 // launcher's job cgroups ("cPREFIX") and directories to remove ("dDIR"),
@@ -31,7 +32,7 @@ while IFS= read -r l; do
 	c*) c=${l#c} ;;
 	d*) d=${l#d} ;;
 	esac
-done
+done <&3
 for p in $g; do
 	kill -s KILL -- -$p $p 2>/dev/null
 done
@@ -98,8 +99,22 @@ func (g *guard) spawn() error {
 		return fmt.Errorf("launcher: guard: %w", err)
 	}
 	defer devnull.Close()
-	p, err := os.StartProcess("/bin/sh", []string{"mpspawn-guard", "-c", guardScript}, &os.ProcAttr{
-		Files: []*os.File{r, devnull, devnull},
+	// The script comes on stdin, so that ps shows a plain "mpspawn-guard";
+	// the launcher's lines come on fd 3. A pipe holds the whole script.
+	sr, sw, err := os.Pipe()
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("launcher: guard pipe: %w", err)
+	}
+	defer sr.Close()
+	_, err = sw.WriteString(guardScript + "\n")
+	sw.Close()
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("launcher: guard: %w", err)
+	}
+	p, err := os.StartProcess("/bin/sh", []string{"mpspawn-guard"}, &os.ProcAttr{
+		Files: []*os.File{sr, devnull, devnull, r},
 		Env:   []string{"PATH=/usr/bin:/bin"},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})

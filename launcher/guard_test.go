@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // TestGuardScript feeds the guard script a set of groups, removes one, and
@@ -30,12 +33,28 @@ func TestGuardScript(t *testing.T) {
 			_, _ = p.Wait()
 		}
 	}()
-	cmd := exec.Command("/bin/sh", "-c", guardScript)
-	cmd.Stdin = strings.NewReader(fmt.Sprintf("+%d\n+%d\n+%d\n-%d\n-999999\n", killed1.Pid, kept.Pid, killed2.Pid, kept.Pid))
+	// As the launcher runs it: the script on stdin, the lines on fd 3.
+	lines := filepath.Join(t.TempDir(), "lines")
+	if err := os.WriteFile(lines, fmt.Appendf(nil, "+%d\n+%d\n+%d\n-%d\n-999999\n", killed1.Pid, kept.Pid, killed2.Pid, kept.Pid), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(lines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command("/bin/sh")
+	cmd.Args = []string{"mpspawn-guard"}
+	cmd.Stdin = strings.NewReader(guardScript)
+	cmd.ExtraFiles = []*os.File{f}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("guard script: %v: %s", err, out)
 	}
 	for _, p := range []*os.Process{killed1, killed2} {
+		if !pidGone(p.Pid, 10*time.Second) {
+			t.Errorf("registered group %d alive 10s after the guard's end; want killed", p.Pid)
+			continue
+		}
 		st, err := p.Wait()
 		if err != nil || st.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
 			t.Errorf("registered group %d: %v, %v; want killed by SIGKILL", p.Pid, st, err)
@@ -43,5 +62,21 @@ func TestGuardScript(t *testing.T) {
 	}
 	if pidGone(kept.Pid, 0) { // the guard has exited: any kill has happened
 		t.Errorf("unregistered group %d was killed", kept.Pid)
+	}
+}
+
+// TestGuardPlainName: ps shows the guard as "mpspawn-guard", without its
+// script.
+func TestGuardPlainName(t *testing.T) {
+	g, err := startGuard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	pid := g.proc.Pid
+	g.mu.Unlock()
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil || string(cmdline) != "mpspawn-guard\x00" {
+		t.Errorf("guard's command line = %q, %v; want \"mpspawn-guard\"", cmdline, err)
 	}
 }
