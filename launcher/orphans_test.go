@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
@@ -107,13 +108,18 @@ func helperLauncherEarly(n int, pyScript ...string) int {
 	return 0
 }
 
-func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
+// startLauncher starts a helper launcher process ("launcher READY N", with
+// env added) and returns it with the pids its ranks reported: want of
+// them, or the test fails (and the launcher is killed).
+func startLauncher(t *testing.T, n, want int, env ...string) (*exec.Cmd, []int) {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	cmd := testrank.Command("launcher", testrank.ReadyFD, "3")
+	cmd := testrank.Command("launcher", testrank.ReadyFD, strconv.Itoa(n))
+	cmd.Env = append(os.Environ(), env...)
 	cmd.ExtraFiles = []*os.File{w}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -125,11 +131,16 @@ func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
 		pid, _ := strconv.Atoi(f)
 		pids = append(pids, pid)
 	}
-	if len(pids) != 6 {
+	if len(pids) != want {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-		t.Fatalf("launcher reported pids %v; want 3 ranks and 3 children", pids)
+		t.Fatalf("launcher reported pids %v; want %d", pids, want)
 	}
+	return cmd, pids
+}
+
+func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
+	cmd, pids := startLauncher(t, 3, 6) // 3 ranks and their children
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -202,33 +213,12 @@ func TestGuardKilledIsReplaced(t *testing.T) {
 }
 
 func guardKilledIsReplaced(t *testing.T, method string) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	cmd := testrank.Command("launcher", testrank.ReadyFD, "2")
-	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_CONTAIN=process-group") // the guard's process groups alone
+	env := []string{"MPSPAWN_TEST_CONTAIN=process-group"} // the guard's process groups alone
 	if method == MethodForkserver {
 		_, python, script := startForkserver(t) // for its rank script; the launcher starts its own server
-		cmd.Env = append(cmd.Env, "MPSPAWN_TEST_PYTHON="+python, "MPSPAWN_TEST_SCRIPT="+script)
+		env = append(env, "MPSPAWN_TEST_PYTHON="+python, "MPSPAWN_TEST_SCRIPT="+script)
 	}
-	cmd.ExtraFiles = []*os.File{w}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w.Close()
-	line, _ := bufio.NewReader(r).ReadString('\n')
-	var pids []int
-	for _, f := range strings.Fields(line) {
-		pid, _ := strconv.Atoi(f)
-		pids = append(pids, pid)
-	}
-	if len(pids) != 4 {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		t.Fatalf("launcher reported pids %v; want 2 ranks and 2 children", pids)
-	}
+	cmd, pids := startLauncher(t, 2, 4, env...) // 2 ranks and their children
 	old := guardOf(cmd.Process.Pid)
 	if old == 0 {
 		t.Fatal("the launcher has no guard")
@@ -270,27 +260,8 @@ func guardOf(launcher int) int {
 // cleared its parent-death signal is still killed when its launcher is
 // SIGKILLed: the guard signals the rank's pid as well as its group.
 func TestGuardKillsTheRankItself(t *testing.T) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	cmd := testrank.Command("launcher", testrank.ReadyFD, "1")
-	cmd.Env = append(os.Environ(), "MPSPAWN_TEST_CONTAIN=process-group", "MPSPAWN_TEST_MODE=escape")
-	cmd.ExtraFiles = []*os.File{w}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w.Close()
-	line, _ := bufio.NewReader(r).ReadString('\n')
-	f := strings.Fields(line)
-	if len(f) != 2 {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		t.Fatalf("launcher reported %q; want the rank's and its child's pids", line)
-	}
-	rank, _ := strconv.Atoi(f[0])
-	child, _ := strconv.Atoi(f[1])
+	cmd, pids := startLauncher(t, 1, 2, "MPSPAWN_TEST_CONTAIN=process-group", "MPSPAWN_TEST_MODE=escape")
+	rank, child := pids[0], pids[1]
 	defer syscall.Kill(child, syscall.SIGKILL) // a daemon in a group of its own: without cgroups, it survives, as documented
 	_ = cmd.Process.Signal(syscall.SIGKILL)
 	_ = cmd.Wait()
