@@ -1,13 +1,33 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian machine: python3-torch (torch
-# with gloo for /usr/bin/python3, and torchrun) for the DDP end-to-end test.
-# Without root it says what to run; the DDP test then skips, except in CI
-# (CI=true), where a missing torch fails it.
+# Installs what the tests need on a fresh Debian machine, with apt-get:
+#   python3-torch   torch with gloo for /usr/bin/python3, and torchrun
+#                   (the DDP end-to-end tests);
+#   etcd-server     /usr/bin/etcd, the multi-node rendezvous tests start their
+#   etcd-client     own servers on free loopback ports (etcdctl for debugging);
+#   slurmctld slurmd slurm-client munge
+#                   the two-node SLURM cluster the scheduler tests bring up.
+# Nothing is started here: each test starts the servers it needs and stops
+# them by pid. Without root (or passwordless sudo) it says what to run; the
+# tests that need a missing package then skip, except in CI (CI=true), where
+# they fail.
 set -euo pipefail
 
-probe='import torch, torch.distributed; assert torch.distributed.is_gloo_available()'
-if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "$probe" 2>/dev/null; then
-	echo "test deps: torch is importable by /usr/bin/python3"
+torch_probe='import torch, torch.distributed; assert torch.distributed.is_gloo_available()'
+
+missing=()
+if ! { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "$torch_probe" 2>/dev/null; }; then
+	missing+=(python3-torch)
+fi
+command -v etcd >/dev/null || missing+=(etcd-server etcd-client)
+for bin in slurmctld slurmd srun munged; do
+	if ! command -v "$bin" >/dev/null && [ ! -x "/usr/sbin/$bin" ]; then
+		missing+=(slurmctld slurmd slurm-client munge)
+		break
+	fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+	echo "test deps: torch, etcd and slurm are installed"
 	exit 0
 fi
 
@@ -16,13 +36,16 @@ if [ "$(id -u)" = 0 ]; then
 elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
 	sudo=sudo
 else
-	echo "test deps: torch is missing and this user cannot install it; run: apt-get update && apt-get install -y python3-torch" >&2
+	echo "test deps: missing ${missing[*]} and this user cannot install them; run: apt-get update && apt-get install -y ${missing[*]}" >&2
 	exit 0
 fi
 
-echo "test deps: installing python3-torch (Debian) ..."
+echo "test deps: installing ${missing[*]} (Debian) ..."
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq python3-torch >/dev/null
-/usr/bin/python3 -c "$probe"
-echo "test deps: torch installed"
+# policy-rc.d (or no init) keeps the packages' own services from starting;
+# the tests never use them.
+$sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+/usr/bin/python3 -c "$torch_probe"
+command -v etcd >/dev/null
+echo "test deps: installed"
