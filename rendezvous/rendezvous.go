@@ -1,6 +1,7 @@
 // Package rendezvous owns who is in the job: the world size, this node's
 // rank, and the master address and port that rank 0 listens on. Membership
-// is static for now (flags); etcd and SLURM backends come later.
+// is static (flags), or what a SLURM job step says (DetectSlurm, with
+// ExpandHostlist for Slurm's node lists); etcd comes later.
 //
 // It also owns free-port choice. A standalone job reserves its master port
 // for as long as the Job lives, so that many standalone jobs started at once
