@@ -24,6 +24,9 @@ type Summary struct {
 	RootCause   *RankSummary  `json:"root_cause"`
 	Failures    []RankSummary `json:"failures"`
 	Ranks       []RankSummary `json:"ranks"`
+	// Attempts lists every round's root cause when the job ran more than
+	// one (restarts, changes of membership); see Outcome.Summarize.
+	Attempts []AttemptSummary `json:"attempts,omitempty"`
 }
 
 // RankSummary is one rank's line in a Summary.
@@ -135,6 +138,7 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 			}
 		}
 	}
+	s.writeAttempts(&b, sep)
 	b.WriteString(rule + "\n")
 	_, _ = io.WriteString(w, b.String())
 }
