@@ -16,18 +16,25 @@ import (
 	"testing"
 	"text/template"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Cluster is a two-node Slurm cluster on this host: munged (as user
 // munge), slurmctld, and two slurmd (-N n1, -N n2) on 127.0.0.1 with a port
 // each, every file under one temporary directory. Nodes are allocated
 // whole (OverSubscribe=EXCLUSIVE), so a step gets SLURM_CPUS_ON_NODE=2.
+// Each node has GPUs fake GPUs for --gres=gpu:N (character devices made
+// with mknod, listed in gres.conf), or none where mknod is not allowed.
 // Start it with Start; the test's cleanup stops every daemon by pid and
 // removes the directory.
 type Cluster struct {
 	Dir   string // the cluster's directory
 	Conf  string // its slurm.conf, for SLURM_CONF
 	Nodes []string
+	GPUs  int // fake GPUs per node: 4, or 0 when mknod failed (GPUsErr)
+
+	GPUsErr error
 
 	daemons []*daemon
 }
@@ -66,7 +73,8 @@ JobCompType=jobcomp/none
 MpiDefault=none
 ReturnToService=2
 KillWait=30
-{{range $i, $n := .Nodes}}NodeName={{$n}} NodeHostname={{$.Host}} NodeAddr=127.0.0.1 Port={{index $.NodePorts $i}} CPUs=2 State=UNKNOWN
+{{if .GPUs}}GresTypes=gpu
+{{end}}{{range $i, $n := .Nodes}}NodeName={{$n}} NodeHostname={{$.Host}} NodeAddr=127.0.0.1 Port={{index $.NodePorts $i}} CPUs=2{{if $.GPUs}} Gres=gpu:{{$.GPUs}}{{end}} State=UNKNOWN
 {{end}}PartitionName=test Nodes={{.NodeList}} Default=YES MaxTime=INFINITE State=UP OverSubscribe=EXCLUSIVE
 `))
 
@@ -99,10 +107,11 @@ func Start(t testing.TB) *Cluster {
 		t.Fatal(err)
 	}
 	ports := freePorts(t, 1+len(c.Nodes))
+	c.fakeGPUs(t)
 	var conf bytes.Buffer
 	if err := confTemplate.Execute(&conf, map[string]any{
 		"Host": host, "Dir": dir, "CtldPort": ports[0], "Nodes": c.Nodes, "NodePorts": ports[1:],
-		"NodeList": strings.Join(c.Nodes, ","),
+		"NodeList": strings.Join(c.Nodes, ","), "GPUs": c.GPUs,
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -121,6 +130,30 @@ func Start(t testing.TB) *Cluster {
 	}
 	c.waitIdle(t)
 	return c
+}
+
+// fakeGPUs makes 4 character devices under dev/ and lists them in
+// gres.conf as each node's GPUs (both nodes share them: they are one host).
+// Where mknod is not allowed the cluster has no GPUs, and GPUsErr says why.
+func (c *Cluster) fakeGPUs(t testing.TB) {
+	t.Helper()
+	dev := filepath.Join(c.Dir, "dev")
+	if err := os.Mkdir(dev, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	for i := range n {
+		// Distinct numbers, as real GPUs have (1,3 is /dev/null's).
+		if err := syscall.Mknod(filepath.Join(dev, fmt.Sprintf("gpu%d", i)), syscall.S_IFCHR|0o666, int(unix.Mkdev(1, uint32(3+i)))); err != nil {
+			c.GPUsErr = fmt.Errorf("mknod: %w", err)
+			return
+		}
+	}
+	gres := fmt.Sprintf("NodeName=%s Name=gpu File=%s/gpu[0-%d]\n", strings.Join(c.Nodes, ","), dev, n-1)
+	if err := os.WriteFile(filepath.Join(c.Dir, "gres.conf"), []byte(gres), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.GPUs = n
 }
 
 // Env is the environment Slurm's commands need to find this cluster: the
