@@ -99,6 +99,12 @@ type Options struct {
 	// rank's Path must be the server's interpreter. The method outlives
 	// the Group; its owner closes it.
 	Method StartMethod
+
+	// OnRootCause, when not nil, is called once with the root cause's
+	// result the moment the first rank fails on its own, before the other
+	// ranks are stopped (the job's other nodes are told from it). It runs
+	// on the supervisor's goroutine and must not block.
+	OnRootCause func(RankResult)
 }
 
 func (o Options) grace() time.Duration {

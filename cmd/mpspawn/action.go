@@ -39,6 +39,8 @@ type config struct {
 	dryRun      bool
 	ipc         bool
 	json        bool
+	diag        diagConfig
+	multi       multinode // --rdzv-*, --max-restarts, --local-addr
 }
 
 func action(c *cli.Context) error {
@@ -105,9 +107,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 			return nil, err
 		}
 	}
-	nnodes, err := strconv.Atoi(c.String(fNNodes))
+	nnodes, _, err := parseNNodes(c)
 	if err != nil {
-		return nil, usagef("--nnodes %q: want a number of nodes (elastic MIN:MAX ranges are not supported)", c.String(fNNodes))
+		return nil, err
 	}
 	cfg.rdzv = rendezvous.Config{
 		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: 1, // set by planRanks, which places at least 1
@@ -121,6 +123,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 	}
 	if cfg.rdzv.Standalone && !c.IsSet(fMasterPort) {
 		cfg.rdzv.MasterPort = 0
+	}
+	if err := cfg.parseMultinode(c); err != nil {
+		return nil, err
 	}
 	if err := cfg.rdzv.Validate(); err != nil {
 		return nil, rendezvousUsage(err)
@@ -161,6 +166,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 		if st, err := os.Stat(cfg.summaryJSON); err == nil && st.IsDir() {
 			return nil, usagef("--summary-json %s: is a directory; want a file path", cfg.summaryJSON)
 		}
+	}
+	if cfg.diag, err = parseDiag(c); err != nil {
+		return nil, err
 	}
 	if cfg.role == "" || strings.ContainsAny(cfg.role, "\x00\n") {
 		return nil, usagef("--role %q: want a name", cfg.role)
