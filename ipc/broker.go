@@ -286,6 +286,7 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 			return err
 		}
 		if err := b.park(p, f.ID, q, nil); err != nil {
+			b.tidy(q)
 			return err
 		}
 		q.getters = append(q.getters, g)

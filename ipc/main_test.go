@@ -27,6 +27,8 @@ func TestMain(m *testing.M) {
 //	rank echo            see echo
 //	rank violate NAME    see violateRank
 //	rank violate-child   see violateChild
+//	rank limits LIMIT    see limitRank
+//	rank abuse W G       see abuseRank
 func rankMain(args []string) int {
 	if len(args) == 0 {
 		return testrank.Main(args)
@@ -38,6 +40,10 @@ func rankMain(args []string) int {
 		return violateRank(args[1:])
 	case "violate-child":
 		return violateChild(args[1:])
+	case "limits":
+		return limitRank(args[1:])
+	case "abuse":
+		return abuseRank(args[1:])
 	case "echo":
 		if err := echo(); err != nil {
 			fmt.Fprintln(os.Stderr, "echo helper:", err)
