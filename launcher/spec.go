@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpspawn/mpspawn/place"
@@ -48,6 +49,10 @@ type Spec struct {
 	// path), when the job is contained by cgroups
 	cgroup     *os.File
 	cgroupPath string
+	// set by Start: when the rank last wrote output, and its stderr's
+	// capture for a Go stack dump
+	activity *atomic.Int64
+	capture  *stackCapture
 }
 
 // Containment is how the launcher makes sure that nothing a job started
@@ -99,7 +104,27 @@ type Options struct {
 	// rank's Path must be the server's interpreter. The method outlives
 	// the Group; its owner closes it.
 	Method StartMethod
+
+	// HangTimeout, when positive, stops the ranks as a failure when none
+	// of them has written any output (stdout or stderr) for that long,
+	// after taking every live rank's stack (RankResult.Stack);
+	// Result.Cause is then a *HangError.
+	HangTimeout time.Duration
+	// Timeout, when positive, stops the ranks that long after they
+	// started, after taking their stacks; Result.Cause is then a
+	// *TimeoutError and Result.ExitCode is TimeoutExitCode (124).
+	Timeout time.Duration
+	// Stacks installs mpspawn's stack hook in Python ranks (see
+	// docs/diagnosis.md), so that their stacks can be taken while they
+	// run (DumpStacks). It is implied by HangTimeout and Timeout.
+	Stacks bool
+	// StacksDir is where the ranks' stack files go; empty means a
+	// temporary directory. Start makes it; its files are removed when
+	// the Group ends.
+	StacksDir string
 }
+
+func (o Options) stacks() bool { return o.Stacks || o.HangTimeout > 0 || o.Timeout > 0 }
 
 func (o Options) grace() time.Duration {
 	if o.GracePeriod > 0 {

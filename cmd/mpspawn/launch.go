@@ -41,6 +41,7 @@ func launch(c *cli.Context, cfg *config) error {
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
 	job := cfg.job(rdzv.Membership)
 	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
+	cfg.diag.options(&job.Options, scratch)
 	stopNotes := noteStops(stderr, job.NProcPerNode, cfg.grace)
 	res, err := job.Run(c.Context)
 	stopNotes()
@@ -56,7 +57,7 @@ func launch(c *cli.Context, cfg *config) error {
 		return preloadUsage(err)
 	}
 	job.AddStderr(res)
-	if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil {
+	if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
 		fmt.Fprintf(stderr, "mpspawn: error: %v\n", res.Cause) // not a rank's failure: the summary would not say why
 	}
 	cfg.report(c, stderr, res, scratch != "")
