@@ -63,6 +63,14 @@ func (c *Contract) Vars(localRank int, p place.Rank) map[string]string {
 		"MPSPAWN_START_METHOD":       c.StartMethod,
 		"MPSPAWN_LAUNCHER_PID":       strconv.Itoa(os.Getpid()),
 		"MPSPAWN_NODE_RANK":          strconv.Itoa(c.NodeRank),
+		// No launcher-hosted store: rank 0's TCPStore at MASTER_PORT is
+		// the job's store, as with torchrun's etcd and c10d backends.
+		"TORCHELASTIC_USE_AGENT_STORE": "False",
+	}
+	if !c.userSet("TORCH_NCCL_ASYNC_ERROR_HANDLING") && !c.userSet("NCCL_ASYNC_ERROR_HANDLING") {
+		// As torchrun: on GPUs an NCCL hang becomes an error the rank
+		// fails with, which the launcher then sees.
+		set["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
 	}
 	if c.MasterAddr != "" {
 		set["MASTER_ADDR"] = c.MasterAddr

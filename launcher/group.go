@@ -347,6 +347,9 @@ func (s *supervisor) exited(e exitReport) {
 	s.failures = append(s.failures, e.i)
 	if s.rootCause < 0 && !rp.stopped && rp.lost == nil {
 		s.rootCause = e.i
+		if s.g.opts.OnRootCause != nil {
+			s.g.opts.OnRootCause(*r)
+		}
 		s.stop(fmt.Errorf("launcher: rank %d failed with %s", rp.spec.Rank, r.Status()), syscall.SIGTERM)
 	}
 }

@@ -29,6 +29,10 @@ type Job struct {
 	// Membership is who is in the job (package rendezvous).
 	rendezvous.Membership
 	RunID string
+	// Attempt is the restarts spent before this round
+	// (TORCHELASTIC_RESTART_COUNT, and attempt_<k> in LogDir);
+	// MaxRestarts is the job's budget (TORCHELASTIC_MAX_RESTARTS).
+	Attempt, MaxRestarts int
 	// Role is the ranks' ROLE_NAME (and ${role_name} in the console
 	// prefix); empty means DefaultRole.
 	Role string
@@ -40,7 +44,7 @@ type Job struct {
 	Ranks []place.Rank
 
 	// LogDir is the base log directory; rank files and error files go
-	// under LogDir/<run-id>/attempt_0/<local_rank>/, as torchrun lays them
+	// under LogDir/<run-id>/attempt_<k>/<local_rank>/, as torchrun lays them
 	// out. When it is empty, error files go flat into ScratchDir
 	// (error-<local_rank>.json), which costs less to create and remove.
 	LogDir     string
@@ -65,14 +69,14 @@ type Job struct {
 
 // AttemptDir is the directory of this attempt's per-rank files.
 func (j *Job) AttemptDir() string {
-	return filepath.Join(j.LogDir, j.RunID, "attempt_0")
+	return filepath.Join(j.LogDir, j.RunID, "attempt_"+strconv.Itoa(j.Attempt))
 }
 
 // Contract is the rank contract of the job's ranks.
 func (j *Job) Contract() *Contract {
 	c := &Contract{
 		Membership: j.Membership, RunID: j.RunID, Role: j.Role, StartMethod: j.Options.method().Name(),
-		ErrorFile: j.ErrorFile, Base: j.Env,
+		RestartCount: j.Attempt, MaxRestarts: j.MaxRestarts, ErrorFile: j.ErrorFile, Base: j.Env,
 	}
 	if j.LogDir != "" {
 		c.LogDir = func(lr int) string { return filepath.Join(j.AttemptDir(), strconv.Itoa(lr)) }

@@ -122,6 +122,11 @@ type Options struct {
 	// temporary directory. Start makes it; its files are removed when
 	// the Group ends.
 	StacksDir string
+	// OnRootCause, when not nil, is called once with the root cause's
+	// result the moment the first rank fails on its own, before the other
+	// ranks are stopped (the job's other nodes are told from it). It runs
+	// on the supervisor's goroutine and must not block.
+	OnRootCause func(RankResult)
 }
 
 func (o Options) stacks() bool { return o.Stacks || o.HangTimeout > 0 || o.Timeout > 0 }

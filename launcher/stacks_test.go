@@ -25,13 +25,17 @@ stuck_in_allreduce()
 
 const stuckLine = `line 4 in stuck_in_allreduce` // faulthandler's words
 
-// pythonStuck writes stuckScript into dir and returns python3 and the
-// script's path.
+// pythonStuck writes stuckScript into dir and returns a python3 and the
+// script's path: /usr/bin/python3 where there is one, which starts at once
+// (a pyenv-style shim on PATH runs a shell first, and a short bound could
+// pass before the rank is Python).
 func pythonStuck(t *testing.T, dir string) (string, string) {
 	t.Helper()
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("no python3 on PATH")
+	python := "/usr/bin/python3"
+	if _, err := os.Stat(python); err != nil {
+		if python, err = exec.LookPath("python3"); err != nil {
+			t.Skip("no python3")
+		}
 	}
 	script := filepath.Join(dir, "stuck.py")
 	if err := os.WriteFile(script, []byte(stuckScript), 0o644); err != nil {
@@ -75,20 +79,18 @@ func hangResult(t *testing.T, specs []Spec, opts Options) *Result {
 func TestHangPythonStacks(t *testing.T) {
 	dir := t.TempDir()
 	python, script := pythonStuck(t, dir)
-	methods := map[string]func(t *testing.T) StartMethod{
-		MethodSpawn: func(*testing.T) StartMethod { return nil },
-		MethodForkserver: func(t *testing.T) StartMethod {
-			fs, _, _ := startForkserver(t)
-			return fs
-		},
-	}
 	for _, name := range []string{MethodSpawn, MethodForkserver} {
 		t.Run(name, func(t *testing.T) {
+			var method StartMethod
+			python := python
+			if name == MethodForkserver {
+				method, python, _ = startForkserver(t) // its ranks are its own python's
+			}
 			specs := []Spec{pySpec(0, python, script), pySpec(1, python, script)}
 			for i := range specs {
 				specs[i].Dir = dir
 			}
-			res := hangResult(t, specs, Options{Method: methods[name](t)})
+			res := hangResult(t, specs, Options{Method: method})
 			for _, r := range res.Ranks {
 				st := r.Stack
 				if st == nil || st.Kind != StackPython || !strings.Contains(st.Text, stuckLine) || !strings.Contains(st.Text, "stuck.py") {

@@ -27,6 +27,9 @@ type Summary struct {
 	RootCause *RankSummary  `json:"root_cause"`
 	Failures  []RankSummary `json:"failures"`
 	Ranks     []RankSummary `json:"ranks"`
+	// Attempts lists every round's root cause when the job ran more than
+	// one (restarts, changes of membership); see Outcome.Summarize.
+	Attempts []AttemptSummary `json:"attempts,omitempty"`
 }
 
 // RankSummary is one rank's line in a Summary.
@@ -175,6 +178,7 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 			fmt.Fprintf(&b, "  cost      : %s\n", costText(&c))
 		}
 	}
+	s.writeAttempts(&b, sep)
 	b.WriteString(rule + "\n")
 	_, _ = io.WriteString(w, b.String())
 }

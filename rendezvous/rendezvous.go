@@ -1,6 +1,7 @@
 // Package rendezvous owns who is in the job: the world size, this node's
 // rank, and the master address and port that rank 0 listens on. Membership
-// is static for now (flags); etcd and SLURM backends come later.
+// comes from flags (Static) or from an etcd v3 rendezvous shared by the
+// nodes (Etcd), both behind one interface, Rendezvous.
 //
 // It also owns free-port choice. A standalone job reserves its master port
 // for as long as the Job lives, so that many standalone jobs started at once
@@ -106,12 +107,17 @@ func badAddrRune(r rune) bool { return r == '/' || unicode.IsSpace(r) || unicode
 // rank contract is built from (see launcher.Contract). It is a plain value,
 // safe to copy.
 type Membership struct {
-	NNodes       int    // nodes in the job
-	NodeRank     int    // this node's rank
-	NProcPerNode int    // ranks on this node (LOCAL_WORLD_SIZE)
-	WorldSize    int    // NNodes * NProcPerNode
-	MasterAddr   string // MASTER_ADDR; empty when the job has no master (Go API ranks)
-	MasterPort   int    // MASTER_PORT; 0 when the job has no master
+	NNodes       int // nodes in the job
+	NodeRank     int // this node's rank
+	NProcPerNode int // ranks on this node (LOCAL_WORLD_SIZE)
+	WorldSize    int // ranks on every node: NNodes * NProcPerNode when nodes are the same size
+	// FirstRank is the global rank of this node's local rank 0: the sum of
+	// the ranks of the nodes before it, as torchrun's role_info computes
+	// it when nodes run different numbers of ranks. Zero means
+	// NodeRank * NProcPerNode (every node the same size).
+	FirstRank  int
+	MasterAddr string // MASTER_ADDR; empty when the job has no master (Go API ranks)
+	MasterPort int    // MASTER_PORT; 0 when the job has no master
 }
 
 // Local is the membership of a job that runs n ranks on this one node and
@@ -126,7 +132,10 @@ func (m Membership) Rank(localRank int) int {
 	if localRank < 0 || localRank >= m.NProcPerNode {
 		panic(fmt.Sprintf("rendezvous: local rank %d out of range [0, %d)", localRank, m.NProcPerNode))
 	}
-	return m.NodeRank*m.NProcPerNode + localRank
+	if m.FirstRank == 0 {
+		return m.NodeRank*m.NProcPerNode + localRank
+	}
+	return m.FirstRank + localRank
 }
 
 // Job is the resolved, static membership of this node's part of the job.
@@ -138,8 +147,9 @@ func (m Membership) Rank(localRank int) int {
 type Job struct {
 	Membership
 
-	mu   sync.Mutex
-	hold *os.File // the reserved port's socket; nil when none is held
+	mu     sync.Mutex
+	hold   *os.File // the reserved port's socket; nil when none is held
+	rounds int      // rounds given by Next
 }
 
 // Static validates cfg (see Config.Validate) and resolves it into a Job.

@@ -40,6 +40,7 @@ type config struct {
 	ipc         bool
 	json        bool
 	diag        diagConfig
+	multi       multinode // --rdzv-*, --max-restarts, --local-addr
 }
 
 func action(c *cli.Context) error {
@@ -109,9 +110,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 			return nil, err
 		}
 	}
-	nnodes, err := strconv.Atoi(c.String(fNNodes))
+	nnodes, _, err := parseNNodes(c)
 	if err != nil {
-		return nil, usagef("--nnodes %q: want a number of nodes (elastic MIN:MAX ranges are not supported)", c.String(fNNodes))
+		return nil, err
 	}
 	cfg.rdzv = rendezvous.Config{
 		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: 1, // set by planRanks, which places at least 1
@@ -125,6 +126,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 	}
 	if cfg.rdzv.Standalone && !c.IsSet(fMasterPort) {
 		cfg.rdzv.MasterPort = 0
+	}
+	if err := cfg.parseMultinode(c); err != nil {
+		return nil, err
 	}
 	if err := cfg.rdzv.Validate(); err != nil {
 		return nil, rendezvousUsage(err)

@@ -26,7 +26,7 @@ func launch(c *cli.Context, cfg *config) error {
 	if err := cfg.method.Ready(c.Context); err != nil {
 		return preloadUsage(err)
 	}
-	rdzv, err := rendezvous.Static(cfg.rdzv) // validated by parseConfig
+	rdzv, err := cfg.openRendezvous(c)
 	if err != nil {
 		return err
 	}
@@ -39,16 +39,16 @@ func launch(c *cli.Context, cfg *config) error {
 		fmt.Fprintf(stderr, "mpspawn: note: no cgroups (%v): the ranks' process groups are stopped and what the ranks leave behind is swept at the end, but a daemon that leaves its process group outlives a SIGKILLed mpspawn\n", err)
 	}
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
-	job := cfg.job(rdzv.Membership)
+	job := cfg.job(rendezvous.Membership{NProcPerNode: cfg.nproc})
 	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
 	cfg.diag.options(&job.Options, scratch)
 	stopNotes := noteStops(stderr, job.NProcPerNode, cfg.grace)
-	res, err := job.Run(c.Context)
+	out, err := job.RunRounds(c.Context, rdzv, cfg.multi.maxRestarts)
 	stopNotes()
 	if scratch != "" {
 		defer removeScratch(job, scratch)
 	}
-	if stalled := cfg.output.Stalled(); slices.Contains(stalled, "stderr") {
+	if stalled := job.Output.Stalled(); slices.Contains(stalled, "stderr") {
 		stderr = io.Discard // nobody reads it: writing the summary there would hang
 	} else if len(stalled) > 0 {
 		fmt.Fprintf(stderr, "mpspawn: warning: nobody is reading stdout; gave up on it after waiting, so the ranks' last lines there are lost\n")
@@ -56,12 +56,17 @@ func launch(c *cli.Context, cfg *config) error {
 	if err != nil {
 		return preloadUsage(err)
 	}
-	job.AddStderr(res)
-	if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
-		fmt.Fprintf(stderr, "mpspawn: error: %v\n", res.Cause) // not a rank's failure: the summary would not say why
+	if out.Last() == nil { // no round started: nothing ran
+		return usageError{errors.New(rendezvousError(out.Err))}
 	}
-	cfg.report(c, stderr, res, scratch != "")
-	if code := res.ExitCode(); code != 0 {
+	res := out.Last().Result
+	if out.Err != nil {
+		fmt.Fprintf(stderr, "mpspawn: error: %s\n", rendezvousError(out.Err))
+	} else if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
+		fmt.Fprintf(stderr, "mpspawn: error: %s\n", stopCause(res.Cause)) // not a rank's failure: the summary would not say why
+	}
+	cfg.report(c, stderr, out, scratch != "")
+	if code := out.ExitCode(); code != 0 {
 		return exitCode(code)
 	}
 	return nil
@@ -110,7 +115,8 @@ func (cfg *config) logDirs(c *cli.Context) (logDir, scratch string, err error) {
 // to --summary-json, and the root cause's error to the launcher's own
 // TORCHELASTIC_ERROR_FILE, as torchrun does. When the ranks' error files
 // are removed at exit (scratch), no summary names them.
-func (cfg *config) report(c *cli.Context, stderr io.Writer, res *launcher.Result, scratch bool) {
+func (cfg *config) report(c *cli.Context, stderr io.Writer, out *launcher.Outcome, scratch bool) {
+	res := out.Last().Result
 	if scratch {
 		for i := range res.Ranks {
 			res.Ranks[i].ErrorFilePath = ""
@@ -125,9 +131,9 @@ func (cfg *config) report(c *cli.Context, stderr io.Writer, res *launcher.Result
 		}
 	}
 	host, _ := os.Hostname()
-	sum := res.Summarize(host, cfg.runID)
+	sum := out.Summarize(host, cfg.runID)
 	sum.Interpreter = cfg.interpreter
-	if !res.Succeeded() {
+	if sum.Status != "succeeded" {
 		sum.WriteText(stderr, filepath.Base(cfg.argv[len(cfg.argv)-len(c.Args().Tail())-1]))
 	}
 	cfg.diag.reportSuccess(stderr, res)

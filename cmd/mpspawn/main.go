@@ -42,6 +42,7 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
 	args = normalizeArgs(args)
+	app.Metadata = map[string]any{argsKey: args}
 	err := checkArgs(app, args)
 	switch {
 	case err != nil:

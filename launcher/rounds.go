@@ -1,0 +1,229 @@
+package launcher
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mpspawn/mpspawn/rendezvous"
+)
+
+// Attempt is one round of a job as this node ran it.
+type Attempt struct {
+	Round  rendezvous.Round
+	Result *Result
+	// RootCause is the round's root cause, wherever it was (the first
+	// failure published by any node); nil when the round succeeded or
+	// stopped for a change of membership (then Change says which).
+	RootCause *rendezvous.Failure
+	Change    string
+}
+
+// Outcome is how a job run round after round (RunRounds) ended on this
+// node. Attempts is in order; the last is the job's end.
+type Outcome struct {
+	Attempts []Attempt
+	// Err is the rendezvous error that ended the job between rounds (a
+	// join timeout, a run closed by another node), or nil.
+	Err error
+}
+
+// Last is the last attempt, or nil when none ran.
+func (o *Outcome) Last() *Attempt {
+	if len(o.Attempts) == 0 {
+		return nil
+	}
+	return &o.Attempts[len(o.Attempts)-1]
+}
+
+// ExitCode is the job's exit code on this node: the last attempt's root
+// cause's code wherever it failed (so every node exits with it), 128+signal
+// when this launcher was interrupted, 0 when it succeeded.
+func (o *Outcome) ExitCode() int {
+	a := o.Last()
+	switch {
+	case a == nil:
+		return 1
+	case a.Result.Interrupted != nil:
+		return a.Result.ExitCode()
+	case a.RootCause != nil:
+		return a.RootCause.ExitCode
+	case o.Err != nil:
+		return 1
+	}
+	return a.Result.ExitCode()
+}
+
+// RunRounds runs the job through rdzv: for each round it takes the
+// membership from rdzv.Next, starts the ranks (Run), publishes the first
+// local failure to the other nodes at once, and stops the ranks the moment
+// rdzv says the round is over elsewhere. A round that failed is run again
+// while the job has restarts left (the count is the rendezvous's, the same
+// on every node); a change of membership runs it again without spending
+// one. The run is closed (rdzv.End) when the job is over.
+//
+// The error is about starting the ranks, as Run's; how the rounds ended is
+// in the Outcome.
+func (j *Job) RunRounds(ctx context.Context, rdzv rendezvous.Rendezvous, maxRestarts int) (*Outcome, error) {
+	out := &Outcome{}
+	for {
+		round, err := rdzv.Next(ctx)
+		if err != nil {
+			out.Err = err
+			return out, nil
+		}
+		if len(out.Attempts) > 0 && j.Output != nil {
+			j.Output = j.Output.reopen() // the last round's is closed
+		}
+		a, err := j.runRound(ctx, rdzv, round, maxRestarts)
+		if err != nil {
+			return out, err
+		}
+		out.Attempts = append(out.Attempts, a)
+		switch {
+		case a.Result.Interrupted != nil || ctx.Err() != nil:
+			j.end(ctx, rdzv, "failed")
+			return out, nil
+		case a.RootCause == nil && a.Change != "":
+			j.note("rendezvous: %s: starting a new round (no restart spent)", a.Change)
+			continue
+		case a.RootCause == nil:
+			j.end(ctx, rdzv, "succeeded")
+			return out, nil
+		case round.Restart < maxRestarts:
+			j.note("%s; restarting the ranks (restart %d of %d)", a.RootCause, round.Restart+1, maxRestarts)
+			continue
+		}
+		j.end(ctx, rdzv, "failed")
+		return out, nil
+	}
+}
+
+// runRound runs one round's ranks and says how the round ended.
+func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round rendezvous.Round, maxRestarts int) (Attempt, error) {
+	j.Membership, j.Attempt, j.MaxRestarts = round.Membership, round.Restart, maxRestarts
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	pub := &publisher{ctx: ctx, rdzv: rdzv, job: j}
+	j.Options.OnRootCause = pub.publish
+	stopped := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		select {
+		case s := <-rdzv.Stopped():
+			cancel(&rendezvous.StopError{Stop: s})
+		case <-stopped:
+		}
+	})
+	res, err := j.Run(rctx)
+	close(stopped)
+	wg.Wait()
+	first := pub.wait()
+	if err != nil {
+		return Attempt{}, err
+	}
+	j.AddStderr(res)
+	a := Attempt{Round: round, Result: res}
+	var se *rendezvous.StopError
+	switch {
+	case res.Interrupted != nil:
+		f := j.failure(nil)
+		if s, ok := res.Interrupted.(syscall.Signal); ok {
+			f.ExitCode, f.Message = 128+int(s), "mpspawn interrupted by "+SignalName(s)
+		}
+		if first, err := rdzv.Fail(ctx, f); err == nil {
+			f = first
+		}
+		a.RootCause = &f
+	case res.RootCause >= 0:
+		a.RootCause = first
+	case errors.As(res.Cause, &se) && se.Stop.Failure != nil:
+		a.RootCause = se.Stop.Failure
+	case errors.As(res.Cause, &se):
+		a.Change = se.Stop.Reason
+	case res.Succeeded():
+		s, err := rdzv.Finish(ctx)
+		if err == nil && s != nil && s.Failure != nil {
+			a.RootCause = s.Failure
+		}
+	}
+	return a, nil
+}
+
+func (j *Job) end(ctx context.Context, rdzv rendezvous.Rendezvous, status string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := rdzv.End(ctx, status); err != nil {
+		j.note("warning: %v", err)
+	}
+}
+
+// publisher tells the other nodes of the round's first local failure, from
+// the supervisor's callback, without blocking it.
+type publisher struct {
+	ctx  context.Context
+	rdzv rendezvous.Rendezvous
+	job  *Job
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	res  *rendezvous.Failure
+}
+
+func (p *publisher) publish(r RankResult) {
+	f := p.job.failure(&r)
+	p.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), 10*time.Second)
+		defer cancel()
+		first, err := p.rdzv.Fail(ctx, f)
+		if err != nil {
+			p.job.note("warning: could not tell the other nodes of the failure: %v", err)
+			first = f
+		}
+		p.mu.Lock()
+		p.res = &first
+		p.mu.Unlock()
+	})
+}
+
+// wait waits for the publication and returns the round's first failure as
+// the rendezvous has it (nil when nothing was published).
+func (p *publisher) wait() *rendezvous.Failure {
+	p.wg.Wait()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.res
+}
+
+// failure is the detail of a local rank's failure for the other nodes, or
+// of this node's own end when r is nil.
+func (j *Job) failure(r *RankResult) rendezvous.Failure {
+	f := rendezvous.Failure{NodeRank: j.NodeRank, Rank: -1, LocalRank: -1, Time: time.Now()}
+	f.Host, _ = os.Hostname()
+	if r == nil {
+		return f
+	}
+	f.Rank, f.LocalRank, f.Pid, f.ExitCode, f.Signal = r.Rank, r.LocalRank, r.Pid, r.Code(), int(r.Signal)
+	if !r.Ended.IsZero() {
+		f.Time = r.Ended
+	}
+	if ef, _ := ReadErrorFile(r.ErrorFilePath); ef != nil {
+		f.Message = ef.Message
+	} else if r.LocalRank >= 0 && r.LocalRank < len(j.tails) {
+		if lines := stderrExcerpt(j.tails[r.LocalRank].String()); len(lines) > 0 {
+			f.Message = lines[len(lines)-1]
+		}
+	}
+	f.Message = strings.TrimSpace(f.Message)
+	return f
+}
+
+// reopen is a new Output with o's settings, for the next round: an Output
+// cannot be used after Close.
+func (o *Output) reopen() *Output {
+	return &Output{Stdout: o.Stdout, Stderr: o.Stderr, Prefix: o.Prefix, RoleName: o.RoleName, Timestamps: o.Timestamps,
+		Filter: o.Filter, Redirects: o.Redirects, Tee: o.Tee, Dir: o.Dir, DrainTimeout: o.DrainTimeout}
+}

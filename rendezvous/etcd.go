@@ -1,0 +1,363 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Defaults of EtcdConfig's bounds, torchrun's where it has them.
+const (
+	DefaultJoinTimeout     = 600 * time.Second
+	DefaultLastCallTimeout = 30 * time.Second
+	DefaultCloseTimeout    = 30 * time.Second
+	DefaultConnectTimeout  = 5 * time.Second
+	DefaultLeaseTTL        = 5 * time.Second
+)
+
+// EtcdConfig is one node's view of an etcd rendezvous.
+type EtcdConfig struct {
+	Endpoints []string // host:port of the etcd servers
+	RunID     string   // the job: nodes with the same run id meet
+	// Prefix is where the run's keys go: Prefix + RunID + "/...".
+	// Empty means "/mpspawn/".
+	Prefix string
+
+	MinNodes, MaxNodes int // a round starts at MaxNodes, or LastCallTimeout after MinNodes joined
+	NProc              int // this node's ranks
+
+	LocalAddr string // how the other nodes reach this node (MASTER_ADDR when it is node 0)
+	Host      string // this node's host name, for messages
+
+	JoinTimeout     time.Duration // bound on each round's wait for the nodes
+	LastCallTimeout time.Duration // wait for more nodes once MinNodes joined
+	CloseTimeout    time.Duration // a finished node's wait for the others
+	ConnectTimeout  time.Duration // bound on reaching etcd at the start
+	LeaseTTL        time.Duration // a lost node is noticed within it (whole seconds, at least 1)
+
+	TLS *tls.Config // nil: plain connections
+
+	// Notes receives status lines ("rendezvous <id>: 2/4 nodes ...") and
+	// warnings; nil discards them.
+	Notes io.Writer
+}
+
+func (c *EtcdConfig) defaults() {
+	set := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	set(&c.JoinTimeout, DefaultJoinTimeout)
+	set(&c.LastCallTimeout, DefaultLastCallTimeout)
+	set(&c.CloseTimeout, DefaultCloseTimeout)
+	set(&c.ConnectTimeout, DefaultConnectTimeout)
+	set(&c.LeaseTTL, DefaultLeaseTTL)
+	if c.Prefix == "" {
+		c.Prefix = "/mpspawn/"
+	}
+	if c.Host == "" {
+		c.Host, _ = os.Hostname()
+	}
+	if c.LocalAddr == "" {
+		c.LocalAddr = c.Host
+	}
+	if c.Notes == nil {
+		c.Notes = io.Discard
+	}
+}
+
+// ConnectError is an etcd endpoint that could not be reached at the start
+// within ConnectTimeout.
+type ConnectError struct {
+	Endpoints []string
+	Timeout   time.Duration
+	Err       error
+}
+
+func (e *ConnectError) Error() string {
+	return fmt.Sprintf("rendezvous: etcd at %s not reachable within %v: %v", strings.Join(e.Endpoints, ","), e.Timeout, e.Err)
+}
+
+func (e *ConnectError) Unwrap() error { return e.Err }
+
+// JoinTimeoutError is a round that did not gather enough nodes within
+// JoinTimeout.
+type JoinTimeoutError struct {
+	RunID    string
+	Joined   []string // the nodes that joined, by address
+	MinNodes int
+	Timeout  time.Duration
+}
+
+func (e *JoinTimeoutError) Error() string {
+	return fmt.Sprintf("rendezvous: %s: %d of %d nodes joined within %v (%s)", e.RunID, len(e.Joined), e.MinNodes, e.Timeout, strings.Join(e.Joined, ", "))
+}
+
+// ClosedError is Next's error for a run that has ended; it wraps
+// ErrClosed.
+type ClosedError struct {
+	RunID  string
+	Status string // how the run ended: "succeeded" or "failed"
+}
+
+func (e *ClosedError) Error() string {
+	return fmt.Sprintf("rendezvous: %s: the run has ended (%s); start a new one with another run id", e.RunID, e.Status)
+}
+
+func (e *ClosedError) Unwrap() error { return ErrClosed }
+
+// Etcd is one node's membership of an etcd v3 rendezvous. The node holds
+// a lease, kept alive in the background, that its keys are attached to:
+// when its launcher dies, even by SIGKILL, the lease expires within the
+// TTL and the other nodes see it go.
+//
+// Keys, under Prefix + RunID + "/":
+//
+//	r/<round>/join/<node>  the node's Node, on its lease
+//	r/<round>/members      the round's nodes by node rank, and its restart count
+//	r/<round>/fail         the round's first Failure
+//	r/<round>/done/<node>  the node's ranks all succeeded
+//	closed                 the run's end: "succeeded" or "failed"
+//
+// An Etcd is used by one launcher goroutine at a time, except Stopped's
+// channel.
+type Etcd struct {
+	cfg    EtcdConfig
+	cli    *clientv3.Client
+	lease  clientv3.LeaseID
+	self   Node
+	prefix string
+
+	hold *os.File // the master port this node reserved
+
+	kaCancel context.CancelFunc
+	kaDone   chan struct{}
+
+	round int         // the current round's number; -1 before the first
+	cur   *roundWatch // the current round's watcher, nil between rounds
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewEtcd connects to etcd (failing within ConnectTimeout with a
+// *ConnectError), takes a lease and reserves a master port for the case
+// that this node becomes node 0. It does not join a round: Next does.
+func NewEtcd(ctx context.Context, cfg EtcdConfig) (*Etcd, error) {
+	cfg.defaults()
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: cfg.ConnectTimeout,
+		TLS:         cfg.TLS,
+		Logger:      zap.NewNop(),
+		// Find a dead connection within about a second: an etcd restart
+		// must not stall the watches for long.
+		DialKeepAliveTime:    time.Second,
+		DialKeepAliveTimeout: time.Second,
+	})
+	if err != nil {
+		return nil, &ConnectError{Endpoints: cfg.Endpoints, Timeout: cfg.ConnectTimeout, Err: err}
+	}
+	e := &Etcd{cfg: cfg, cli: cli, prefix: cfg.Prefix + cfg.RunID + "/", round: -1}
+	if err := e.connect(ctx); err != nil {
+		cli.Close()
+		return nil, err
+	}
+	port, hold, err := reservePort()
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("rendezvous: reserve a free port: %w", err)
+	}
+	e.hold = hold
+	e.self = Node{
+		ID:   cfg.LocalAddr + "-" + strconv.Itoa(os.Getpid()),
+		Addr: cfg.LocalAddr, Host: cfg.Host, NProc: cfg.NProc, Port: port,
+	}
+	return e, nil
+}
+
+// connect checks that etcd answers and takes the lease.
+func (e *Etcd) connect(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, e.cfg.ConnectTimeout)
+	defer cancel()
+	ttl := max(int64((e.cfg.LeaseTTL+time.Second-1)/time.Second), 1)
+	lease, err := e.cli.Grant(cctx, ttl)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return &ConnectError{Endpoints: e.cfg.Endpoints, Timeout: e.cfg.ConnectTimeout, Err: err}
+	}
+	e.lease = lease.ID
+	kctx, kcancel := context.WithCancel(context.Background())
+	ka, err := e.cli.KeepAlive(kctx, lease.ID)
+	if err != nil {
+		kcancel()
+		return fmt.Errorf("rendezvous: keep the etcd lease alive: %w", err)
+	}
+	e.kaCancel, e.kaDone = kcancel, make(chan struct{})
+	go e.keepAlive(kctx, ka)
+	return nil
+}
+
+// keepAlive drains the lease's keep-alive responses. The channel closes
+// when the lease is gone for good (etcd unreachable for longer than the
+// TTL): a warning says what the node still detects.
+func (e *Etcd) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	defer close(e.kaDone)
+	for range ka {
+	}
+	if ctx.Err() == nil {
+		fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: lost the etcd lease (etcd unreachable for longer than the lease TTL %v); this node's ranks carry on, and failures still stop them, but other nodes may count this node as lost\n", e.cfg.RunID, e.cfg.LeaseTTL)
+	}
+}
+
+// Self is this node as it joins rounds.
+func (e *Etcd) Self() Node { return e.self }
+
+func (e *Etcd) key(parts ...string) string { return e.prefix + strings.Join(parts, "/") }
+
+func (e *Etcd) roundKey(n int, parts ...string) string {
+	return e.key(append([]string{"r", fmt.Sprintf("%08d", n)}, parts...)...)
+}
+
+// parseRoundKey splits a key of the run into its round number and the
+// rest ("join/<id>", "members", ...); ok is false for other keys.
+func (e *Etcd) parseRoundKey(key string) (n int, rest string, ok bool) {
+	s, found := strings.CutPrefix(key, e.prefix+"r/")
+	if !found {
+		return 0, "", false
+	}
+	num, rest, found := strings.Cut(s, "/")
+	if !found {
+		return 0, "", false
+	}
+	n, err := strconv.Atoi(num)
+	return n, rest, err == nil
+}
+
+// members is the value of r/<round>/members.
+type members struct {
+	Nodes   []Node `json:"nodes"`
+	Restart int    `json:"restart"`
+}
+
+// Close stops the round's watcher, revokes the lease (the node's keys go
+// at once) and closes the connection and the port reservation.
+func (e *Etcd) Close() error {
+	e.closeOnce.Do(func() {
+		e.stopWatch()
+		if e.kaCancel != nil {
+			e.kaCancel()
+			<-e.kaDone
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			_, _ = e.cli.Revoke(ctx, e.lease) // else it expires within the TTL
+			cancel()
+		}
+		e.closeErr = e.cli.Close()
+		if e.hold != nil {
+			e.hold.Close()
+		}
+	})
+	if e.closeErr != nil && !errors.Is(e.closeErr, context.Canceled) {
+		return fmt.Errorf("rendezvous: close etcd client: %w", e.closeErr)
+	}
+	return nil
+}
+
+// End closes the run with status unless it is closed already.
+func (e *Etcd) End(ctx context.Context, status string) error {
+	k := e.key("closed")
+	_, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, status)).Commit()
+	if err != nil {
+		return fmt.Errorf("rendezvous: close run %s: %w", e.cfg.RunID, err)
+	}
+	return nil
+}
+
+// Fail publishes f as the current round's failure unless one is there
+// already, and returns the one that is.
+func (e *Etcd) Fail(ctx context.Context, f Failure) (Failure, error) {
+	if e.cur != nil {
+		f.NodeRank = e.cur.nodeRank
+	}
+	f.Host, f.Addr = e.self.Host, e.self.Addr
+	return e.publishFailure(ctx, e.round, f)
+}
+
+func (e *Etcd) publishFailure(ctx context.Context, round int, f Failure) (Failure, error) {
+	k := e.roundKey(round, "fail")
+	b, err := json.Marshal(f)
+	if err != nil {
+		return Failure{}, err
+	}
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, string(b))).Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return f, fmt.Errorf("rendezvous: publish failure: %w", err)
+	}
+	if resp.Succeeded {
+		return f, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return f, nil
+	}
+	var first Failure
+	if err := json.Unmarshal(kvs[0].Value, &first); err != nil {
+		return f, fmt.Errorf("rendezvous: read failure: %w", err)
+	}
+	return first, nil
+}
+
+// Stopped returns the current round's stop channel; nil between rounds.
+func (e *Etcd) Stopped() <-chan Stop {
+	if e.cur == nil {
+		return nil
+	}
+	return e.cur.stopc
+}
+
+// Finish marks this node done in the current round and waits, bounded by
+// CloseTimeout, for every other node to be done, or for the round's
+// failure.
+func (e *Etcd) Finish(ctx context.Context) (*Stop, error) {
+	w := e.cur
+	if w == nil {
+		return nil, nil
+	}
+	if _, err := e.cli.Put(ctx, e.roundKey(e.round, "done", e.self.ID), ""); err != nil {
+		return nil, fmt.Errorf("rendezvous: mark node done: %w", err)
+	}
+	t := time.NewTimer(e.cfg.CloseTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.allDone:
+			return nil, nil
+		case s := <-w.stopc:
+			if s.Failure != nil || s.Reason == reasonClosed {
+				return &s, nil
+			}
+			// A node waiting to join: this node has finished; the others
+			// decide.
+		case <-t.C:
+			fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: this node's ranks succeeded; other nodes still running after %v (close_timeout), not waiting longer\n", e.cfg.RunID, e.cfg.CloseTimeout)
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,177 @@
+package rendezvous
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// roundWatch watches a started round for what ends it elsewhere: its
+// failure, a member's lease going (a lost node), a node joining the next
+// round while the job is below MaxNodes, the run's end. It owns one
+// goroutine, stopped by stopWatch.
+type roundWatch struct {
+	round    Round
+	nodeRank int
+	stopc    chan Stop     // receives once
+	allDone  chan struct{} // closed once every member is done
+	cancel   context.CancelFunc
+	done     chan struct{}
+
+	stopOnce sync.Once
+	// owned by the watch goroutine
+	members map[string]Node
+	isDone  map[string]bool
+	failed  bool
+}
+
+// watchRound starts watching round r, from the revision after its
+// members were read.
+func (e *Etcd) watchRound(r Round) *roundWatch {
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &roundWatch{
+		round: r, nodeRank: r.NodeRank,
+		stopc: make(chan Stop, 1), allDone: make(chan struct{}),
+		cancel: cancel, done: make(chan struct{}),
+		members: map[string]Node{}, isDone: map[string]bool{},
+	}
+	for _, n := range r.Hosts {
+		w.members[n.ID] = n
+	}
+	go func() {
+		defer close(w.done)
+		e.watch(ctx, w)
+	}()
+	return w
+}
+
+// stopWatch stops the current round's watcher and waits for it.
+func (e *Etcd) stopWatch() {
+	if e.cur == nil {
+		return
+	}
+	e.cur.cancel()
+	<-e.cur.done
+	e.cur = nil
+}
+
+func (w *roundWatch) stop(s Stop) {
+	w.stopOnce.Do(func() { w.stopc <- s })
+}
+
+// watch reads the round's state once, then follows its events; a broken
+// watch (etcd restarting) is resumed from the last revision seen.
+func (e *Etcd) watch(ctx context.Context, w *roundWatch) {
+	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+	for err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+	}
+	present := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		e.applyRound(ctx, w, string(kv.Key), kv.Value, false)
+		present[string(kv.Key)] = true
+	}
+	for id := range w.members {
+		// A member lost between the round's start and this read.
+		if k := e.roundKey(w.round.Number, "join", id); !present[k] {
+			e.applyRound(ctx, w, k, nil, true)
+		}
+	}
+	rev := resp.Header.Revision + 1
+	for ctx.Err() == nil {
+		events := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+		for wr := range events {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				e.applyRound(ctx, w, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+				rev = ev.Kv.ModRevision + 1
+			}
+		}
+		if ctx.Err() == nil {
+			// Not a spin: the client waits for a connection before the
+			// next watch answers.
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// applyRound applies one key of the run to the watched round.
+func (e *Etcd) applyRound(ctx context.Context, w *roundWatch, key string, value []byte, deleted bool) {
+	n := w.round.Number
+	if key == e.key("closed") && !deleted {
+		w.stop(Stop{Reason: reasonClosed})
+		return
+	}
+	rn, rest, ok := e.parseRoundKey(key)
+	if !ok {
+		return
+	}
+	switch {
+	case rn == n && rest == "fail" && !deleted:
+		var f Failure
+		if json.Unmarshal(value, &f) == nil {
+			w.failed = true
+			w.stop(Stop{Failure: &f})
+		}
+	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
+		w.isDone[strings.TrimPrefix(rest, "done/")] = true
+		if len(w.isDone) >= len(w.members) && w.allMembersDone() {
+			close(w.allDone)
+		}
+	case rn == n && strings.HasPrefix(rest, "join/") && deleted:
+		id := strings.TrimPrefix(rest, "join/")
+		node, member := w.members[id]
+		if !member || w.isDone[id] || w.failed {
+			return
+		}
+		rank := 0
+		for i, h := range w.round.Hosts {
+			if h.ID == id {
+				rank = i
+			}
+		}
+		f := Failure{NodeRank: rank, Host: node.Host, Addr: node.Addr, Rank: -1, LocalRank: -1,
+			ExitCode: LostExitCode, Lost: true, Time: time.Now(),
+			Message: fmt.Sprintf("its etcd lease expired (its launcher died, or lost etcd for longer than the lease TTL %v)", e.cfg.LeaseTTL)}
+		if first, err := e.publishFailure(ctx, n, f); err == nil {
+			f = first
+		}
+		w.failed = true
+		w.stop(Stop{Failure: &f})
+	case rn == n+1 && strings.HasPrefix(rest, "join/") && !deleted:
+		id := strings.TrimPrefix(rest, "join/")
+		if _, member := w.members[id]; member || w.failed || len(w.members) >= e.cfg.MaxNodes {
+			return
+		}
+		var node Node
+		_ = json.Unmarshal(value, &node)
+		w.stop(Stop{Reason: fmt.Sprintf("node %s is waiting to join", node.Addr)})
+	}
+}
+
+func (w *roundWatch) allMembersDone() bool {
+	for id := range w.members {
+		if !w.isDone[id] {
+			return false
+		}
+	}
+	select {
+	case <-w.allDone:
+		return false // closed already
+	default:
+	}
+	return true
+}
