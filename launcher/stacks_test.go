@@ -3,6 +3,7 @@
 package launcher
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -173,4 +174,67 @@ func TestNoHangWhileOutput(t *testing.T) {
 	if res := waitResult(t, g); !res.Succeeded() {
 		t.Errorf("result cause %v; want success: the rank wrote every 0.5 s", res.Cause)
 	}
+}
+
+// TestStackHookLeavesPython: under spawn, the hook gives the rank back its
+// PYTHONPATH (set or unset) and sys.path, and the user's own
+// sitecustomize still runs.
+func TestStackHookLeavesPython(t *testing.T) {
+	dir := t.TempDir()
+	python, _ := pythonStuck(t, dir)
+	user := filepath.Join(dir, "user")
+	if err := os.Mkdir(user, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(user, "sitecustomize.py"), []byte("import builtins\nbuiltins.USER_SITE = True\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(dir, "show.py")
+	src := `import os, sys, builtins
+print("PYTHONPATH=%s" % os.environ.get("PYTHONPATH", "<unset>"))
+print("user site: %s" % getattr(builtins, "USER_SITE", False))
+print("hook on path: %s" % any("mpspawn-stacks" in p or p.endswith("/site") for p in sys.path))
+`
+	if err := os.WriteFile(script, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, pythonpath string
+		want             []string
+	}{
+		{"unset", "", []string{"PYTHONPATH=<unset>", "user site: False", "hook on path: False"}},
+		{"user's", user, []string{"PYTHONPATH=" + user, "user site: True", "hook on path: False"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out := &syncBuffer{b: &bytes.Buffer{}}
+			spec := pySpec(0, python, script)
+			spec.Env = withoutEnv(spec.Env, "PYTHONPATH")
+			if tt.pythonpath != "" {
+				spec.Env = append(spec.Env, "PYTHONPATH="+tt.pythonpath)
+			}
+			spec.Stdout = out
+			g, err := Start(context.Background(), []Spec{spec}, Options{Stacks: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res := waitResult(t, g); !res.Succeeded() {
+				t.Fatalf("rank failed: %s", res.Ranks[0].Status())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out.b.String(), w+"\n") {
+					t.Errorf("rank printed %q; want a line %q", out.b.String(), w)
+				}
+			}
+		})
+	}
+}
+
+func withoutEnv(env []string, key string) []string {
+	var out []string
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
