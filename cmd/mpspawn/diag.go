@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/urfave/cli/v2"
 )
@@ -81,12 +82,14 @@ func (d diagConfig) options(o *launcher.Options, scratch string) {
 	}
 }
 
-// stoppedByWatchdog reports whether mpspawn stopped the job for a hang or
-// a timeout: the summary then says so, with the stacks.
+// stoppedByWatchdog reports whether mpspawn stopped the job for a hang, a
+// timeout or a GPU's XID error: the summary then says so as the root
+// cause (with the stacks, for a hang or a timeout).
 func stoppedByWatchdog(cause error) bool {
 	var he *launcher.HangError
 	var te *launcher.TimeoutError
-	return errors.As(cause, &he) || errors.As(cause, &te)
+	var xe *gpu.XIDError
+	return errors.As(cause, &he) || errors.As(cause, &te) || errors.As(cause, &xe)
 }
 
 // reportSuccess writes the one line that sums up a job that succeeded:
@@ -140,4 +143,47 @@ func dumpStacks(c *cli.Context) error {
 	}
 	_, err = io.WriteString(c.App.Writer, b.String())
 	return err
+}
+
+// watchGPUs watches the job's GPUs for critical XID errors: the first one
+// cancels the returned context with the *gpu.XIDError as its cause, which
+// stops the ranks and becomes the job's root cause. Without GPUs it does
+// nothing. Call unwatch once the job is over.
+func (cfg *config) watchGPUs(ctx context.Context, notes io.Writer) (_ context.Context, unwatch func()) {
+	uuids := cfg.place.gpuUUIDs()
+	if len(uuids) == 0 {
+		return ctx, func() {}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	w, err := gpu.WatchXIDs(uuids, func(e *gpu.XIDError) { cancel(e) })
+	if err != nil {
+		fmt.Fprintf(notes, "mpspawn: note: the GPUs are not watched for XID errors: %s\n", describe(err))
+		return ctx, func() { cancel(nil) }
+	}
+	for _, warn := range w.Warnings {
+		fmt.Fprintf(notes, "mpspawn: note: %s\n", warn)
+	}
+	return ctx, func() {
+		w.Close()
+		cancel(nil)
+	}
+}
+
+// gpuUUIDs lists the UUIDs of the GPUs the ranks were placed on (a MIG
+// device's GPU for a MIG device), each once.
+func (p *placement) gpuUUIDs() []string {
+	if p == nil || p.plan == nil || p.topo == nil {
+		return nil
+	}
+	var out []string
+	seen := map[int]bool{}
+	for _, r := range p.plan.Ranks {
+		for _, g := range r.GPUs() {
+			if g >= 0 && g < len(p.topo.GPUs) && !seen[g] {
+				seen[g] = true
+				out = append(out, p.topo.GPUs[g].UUID)
+			}
+		}
+	}
+	return out
 }

@@ -43,7 +43,9 @@ func launch(c *cli.Context, cfg *config) error {
 	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
 	cfg.diag.options(&job.Options, scratch)
 	stopNotes := noteStops(stderr, job.NProcPerNode, cfg.grace)
-	out, err := job.RunRounds(c.Context, rdzv, cfg.multi.maxRestarts)
+	ctx, unwatch := cfg.watchGPUs(c.Context, stderr)
+	out, err := job.RunRounds(ctx, rdzv, cfg.multi.maxRestarts)
+	unwatch()
 	stopNotes()
 	if scratch != "" {
 		defer removeScratch(job, scratch)
