@@ -20,3 +20,12 @@ func WatchXIDs(uuids []string, _ func(*XIDError)) (*XIDWatch, error) {
 
 // Close does nothing.
 func (*XIDWatch) Close() {}
+
+// PeakGPUMemory needs NVML: with no UUIDs it returns no figures; otherwise
+// an *NVMLError unwrapping to ErrNoNVML.
+func PeakGPUMemory(uuids []string, _ []int) (map[int]int64, []string, error) {
+	if len(uuids) == 0 {
+		return map[int]int64{}, nil, nil
+	}
+	return nil, nil, &NVMLError{Op: "init", GPU: -1, Detail: "NVML needs Linux and cgo", Err: ErrNoNVML}
+}

@@ -175,3 +175,37 @@ func TestWatchXIDsClose(t *testing.T) {
 		t.Error("Close did not free the event set")
 	}
 }
+
+func TestPeakGPUMemory(t *testing.T) {
+	x := newXIDNode(3)
+	stats := map[int]map[uint32]uint64{ // GPU -> pid -> bytes
+		0: {100: 1 << 30, 101: 2 << 30},
+		1: {100: 512 << 20},
+		2: {101: 8 << 30}, // accounting off: not read
+	}
+	for i, d := range x.devs {
+		d.GetAccountingModeFunc = func() (nvml.EnableState, nvml.Return) {
+			if i == 2 {
+				return nvml.FEATURE_DISABLED, nvml.SUCCESS
+			}
+			return nvml.FEATURE_ENABLED, nvml.SUCCESS
+		}
+		d.GetAccountingStatsFunc = func(pid uint32) (nvml.AccountingStats, nvml.Return) {
+			if b, ok := stats[i][pid]; ok {
+				return nvml.AccountingStats{MaxMemoryUsage: b}, nvml.SUCCESS
+			}
+			return nvml.AccountingStats{}, nvml.ERROR_NOT_FOUND
+		}
+	}
+	peaks, notes, err := peakGPUMemory(x.lib, []string{gpuUUID(0), gpuUUID(1), gpuUUID(2)}, []int{100, 101, 102})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int]int64{100: 1<<30 + 512<<20, 101: 2 << 30}
+	if len(peaks) != len(want) || peaks[100] != want[100] || peaks[101] != want[101] {
+		t.Errorf("peakGPUMemory = %v; want %v", peaks, want)
+	}
+	if len(notes) != 1 || notes[0] != "GPU 2 ("+gpuUUID(2)+"): accounting mode is off, so no per-rank GPU memory (nvidia-smi -am 1 turns it on)" {
+		t.Errorf("notes = %q; want one for GPU 2", notes)
+	}
+}

@@ -68,19 +68,21 @@ type CostSummary struct {
 	// measures (SourceCgroupMemory or SourceMaxRSS).
 	PeakMemory   int64  `json:"peak_memory_bytes"`
 	MemorySource string `json:"peak_memory_source,omitempty"`
+	// GPUMemory is Cost.GPUMemory, omitted when unknown.
+	GPUMemory int64 `json:"peak_gpu_memory_bytes,omitempty"`
 }
 
 func costSummary(c Cost) CostSummary {
 	return CostSummary{
 		WallSeconds: c.Wall.Seconds(), UserSeconds: c.User.Seconds(), SystemSeconds: c.System.Seconds(),
-		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource,
+		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource, GPUMemory: c.GPUMemory,
 	}
 }
 
 func (c CostSummary) cost() Cost {
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 	return Cost{Wall: sec(c.WallSeconds), User: sec(c.UserSeconds), System: sec(c.SystemSeconds),
-		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource}
+		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource, GPUMemory: c.GPUMemory}
 }
 
 // Summarize builds the Summary of a result.

@@ -187,3 +187,27 @@ func (p *placement) gpuUUIDs() []string {
 	}
 	return out
 }
+
+// addGPUMemory fills in each rank's peak GPU memory from NVML's accounting
+// statistics, when the ranks ran on GPUs; notes say where it could not.
+func (cfg *config) addGPUMemory(res *launcher.Result, notes io.Writer) {
+	uuids := cfg.place.gpuUUIDs()
+	if len(uuids) == 0 || res == nil {
+		return
+	}
+	pids := make([]int, len(res.Ranks))
+	for i, r := range res.Ranks {
+		pids[i] = r.Pid
+	}
+	peaks, warnings, err := gpu.PeakGPUMemory(uuids, pids)
+	if err != nil {
+		fmt.Fprintf(notes, "mpspawn: note: no per-rank GPU memory: %s\n", describe(err))
+		return
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(notes, "mpspawn: note: %s\n", w)
+	}
+	for i := range res.Ranks {
+		res.Ranks[i].Cost.GPUMemory = peaks[res.Ranks[i].Pid]
+	}
+}

@@ -62,6 +62,7 @@ func launch(c *cli.Context, cfg *config) error {
 		return usageError{errors.New(rendezvousError(out.Err))}
 	}
 	res := out.Last().Result
+	cfg.addGPUMemory(res, stderr)
 	if out.Err != nil {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", rendezvousError(out.Err))
 	} else if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
