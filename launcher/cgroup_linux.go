@@ -134,6 +134,7 @@ func newJobCgroup(n int) (*jobCgroup, error) {
 	if err := os.Mkdir(c.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("launcher: cgroups: %w", err)
 	}
+	enableMemory(c.dir)
 	for i := range n {
 		dir := filepath.Join(c.dir, "rank-"+strconv.Itoa(i))
 		if err := os.Mkdir(dir, 0o755); err != nil {

@@ -15,6 +15,7 @@ func contain(Containment, []Spec, *guard) (*containment, error) { return nil, Er
 func (*containment) kill()                                      {}
 func (*containment) end([]*rankProc, time.Duration)             {}
 func (*containment) close()                                     {}
+func (*containment) usage(*rankProc)                            {}
 
 // RemoveOnDeath returns ErrUnsupported: there is no guard off Linux.
 func RemoveOnDeath(string) error { return ErrUnsupported }

@@ -13,7 +13,10 @@
 #                        the rank's fds 0, 1, 2, 3, ... in order
 #   server -> launcher  {"id": N, "pid": P} or {"id": N, "error": "..."}
 #                       {"error": "..."}  (a bad request with no readable id)
-#                       {"exit": P, "status": WAITSTATUS}  (when P is reaped)
+#                       {"exit": P, "status": WAITSTATUS}  (when P has exited)
+#   launcher -> server  {"op": "release", "id": N, "pid": P}  (P reported exited)
+#   server -> launcher  {"id": N, "released": P, "rusage": {"utime": S,
+#                        "stime": S, "maxrss": KB}}  (P reaped, by wait4)
 #
 # A bad request (not JSON, truncated, too many fds, unknown op, missing or
 # ill-typed fields, a cwd that is no directory, ...) gets an error reply, its
@@ -388,14 +391,17 @@ def wait_status(r):
 
 
 def release(req, rid):
-    """Reaps a rank the launcher is done with (it was reported exited)."""
+    """Reaps a rank the launcher is done with (it was reported exited), and
+    replies with its resource usage as wait4 returned it: CPU seconds, and
+    its maximum resident set in kilobytes."""
     pid = req.get("pid")
     if type(pid) is not int or pid not in REPORTED:
         raise BadRequest("release: pid %r is not an exited rank" % (pid,))
-    os.waitpid(pid, 0)
+    _, _, ru = os.wait4(pid, 0)
     CHILDREN.discard(pid)
     REPORTED.discard(pid)
-    return {"id": rid, "released": pid}
+    return {"id": rid, "released": pid,
+            "rusage": {"utime": ru.ru_utime, "stime": ru.ru_stime, "maxrss": ru.ru_maxrss}}
 
 
 def serve():

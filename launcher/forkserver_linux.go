@@ -25,6 +25,7 @@ const (
 	forkReplyTimeout   = time.Minute     // a fork request's reply (the server forks at once)
 	forkserverExitWait = 5 * time.Second // the server's exit after Close, before SIGKILL
 	lostRankWait       = 5 * time.Second // a lost rank's exit after SIGKILL
+	releaseWait        = 5 * time.Second // the reply to a release (the rank's usage)
 )
 
 // Bounds on one fork request, given to the server at start (serverConfig):
@@ -79,9 +80,29 @@ type Forkserver struct {
 }
 
 type forkReply struct {
-	pid  int
-	exit chan syscall.WaitStatus // receives the rank's wait status
-	err  error
+	pid    int
+	exit   chan syscall.WaitStatus // receives the rank's wait status
+	rusage *syscall.Rusage         // a release's: the reaped rank's usage
+	err    error
+}
+
+// serverRusage is the part of a reaped rank's wait4 rusage the server
+// reports.
+type serverRusage struct {
+	Utime  float64 `json:"utime"`  // seconds
+	Stime  float64 `json:"stime"`  // seconds
+	Maxrss int64   `json:"maxrss"` // kilobytes
+}
+
+func (u *serverRusage) rusage() *syscall.Rusage {
+	if u == nil {
+		return nil
+	}
+	return &syscall.Rusage{
+		Utime:  syscall.NsecToTimeval(int64(u.Utime * 1e9)),
+		Stime:  syscall.NsecToTimeval(int64(u.Stime * 1e9)),
+		Maxrss: u.Maxrss,
+	}
 }
 
 // serverMsg is any message from the server.
@@ -94,6 +115,8 @@ type serverMsg struct {
 	Exit     int    `json:"exit"`     // an exited rank's pid (not reaped until released)...
 	Released int    `json:"released"` // reply to a release: the rank is reaped
 	Status   int    `json:"status"`   // ...and its wait status
+
+	Rusage *serverRusage `json:"rusage"` // with Released: the rank's usage
 }
 
 // serverConfig is the server's argument (CONFIG_JSON in forkserver.py).
@@ -269,7 +292,7 @@ func (fs *Forkserver) dispatch(m serverMsg) {
 		case m.Error != "":
 			r.err = fmt.Errorf("forkserver: %s", m.Error)
 		case m.Released > 0:
-			r.pid = m.Released
+			r.pid, r.rusage = m.Released, m.Rusage.rusage()
 		case m.Pid <= 0:
 			r.err = fmt.Errorf("forkserver: a reply with no pid")
 		default:

@@ -78,17 +78,28 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 	return rp, nil
 }
 
-// release asks the server to reap rank pid, which it reported exited. It
-// does not wait for the reply: the server answers requests in order, and
-// reaps whatever is left when it closes.
-func (fs *Forkserver) release(pid int) {
-	_, id, err := fs.expect()
+// release asks the server to reap rank pid, which it reported exited, and
+// returns the rank's resource usage from the server's wait4, or nil when
+// no reply came within releaseWait (the server is gone, or busy: it reaps
+// whatever is left when it closes).
+func (fs *Forkserver) release(pid int) *syscall.Rusage {
+	reply, id, err := fs.expect()
 	if err != nil {
-		return // the server is gone, and its ranks were reaped with it
+		return nil // the server is gone, and its ranks were reaped with it
 	}
 	req := fmt.Appendf(nil, `{"id":%d,"op":"release","pid":%d}`, id, pid)
 	if _, _, err := fs.conn.WriteMsgUnix(req, nil, nil); err != nil {
 		fs.forget(id)
+		return nil
+	}
+	t := time.NewTimer(releaseWait)
+	defer t.Stop()
+	select {
+	case r := <-reply:
+		return r.rusage
+	case <-t.C:
+		fs.forget(id)
+		return nil
 	}
 }
 

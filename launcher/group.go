@@ -53,6 +53,7 @@ type rankProc struct {
 	exited    bool
 	stopped   bool
 	abandoned bool // not seen to exit KillWait after SIGKILL
+	usage     usage
 }
 
 // process is a started rank process: a child of the launcher (spawn) or of
@@ -69,8 +70,9 @@ type process interface {
 	signal(sig syscall.Signal) error
 	// release reaps the exited process and closes its pidfd, once the
 	// Group is done signalling it and its group: only then may its pid be
-	// reused.
-	release()
+	// reused. It returns the process's resource usage (its own and its
+	// reaped children's), or nil when it is not known.
+	release() *syscall.Rusage
 	// abandon closes the process's pidfd without reaping it: it did not
 	// exit when killed, and reaping it would block.
 	abandon()
@@ -414,8 +416,9 @@ func (g *Group) finish() {
 		if rp.abandoned {
 			rp.proc.abandon()
 		} else {
-			rp.proc.release() // its group signalled for the last time: the pid may go
+			rp.usage.rusage = rp.proc.release() // its group signalled for the last time: the pid may go
 		}
+		g.cont.usage(rp) // every process in its cgroup is gone
 	}
 	g.cont.close()
 	g.thr.close()
@@ -487,6 +490,7 @@ func (g *Group) collect(s *supervisor) {
 	for _, rp := range g.ranks {
 		r := rp.res
 		r.ErrorFile, _ = ReadErrorFile(rp.spec.ErrorFile)
+		r.Cost = rp.usage.cost(r.Started, r.Ended)
 		res.Ranks = append(res.Ranks, r)
 	}
 	res.RootCause = s.rootCause

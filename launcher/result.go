@@ -36,6 +36,8 @@ type RankResult struct {
 	// were kept (see Job.AddStderr and Tail): the reason a rank that wrote
 	// no error file failed, such as a Python traceback.
 	Stderr string
+	// Cost is what the rank cost: wall and CPU time, peak memory.
+	Cost Cost
 }
 
 // Failed reports whether the rank exited non-zero or by a signal.

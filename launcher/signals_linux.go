@@ -78,14 +78,16 @@ func (p *forkedProcess) signal(sig syscall.Signal) error {
 }
 
 // release tells the server to reap the rank, which it reported exited,
-// and closes the pidfd: the supervisor signals its group no more.
-func (p *forkedProcess) release() {
+// and closes the pidfd: the supervisor signals its group no more. It
+// returns the rank's usage as the server's wait4 returned it.
+func (p *forkedProcess) release() (ru *syscall.Rusage) {
 	p.closeOnce.Do(func() {
-		p.fs.release(p.pidv)
+		ru = p.fs.release(p.pidv)
 		if p.pidfd >= 0 {
 			unix.Close(p.pidfd)
 		}
 	})
+	return ru
 }
 
 // procState is the state letter of process pid from /proc ("D" for

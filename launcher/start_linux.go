@@ -180,7 +180,12 @@ type execProcess struct {
 	// before 5.10), and wait then reaps in a blocking waitid(2), without
 	// pinning the pid.
 	exited *os.File
+	// reaped is how the process was reaped, once it was: by wait without
+	// a pidfd, or by release.
+	reaped *reapedState
 }
+
+type reapedState struct{ st *os.ProcessState }
 
 var _ process = execProcess{}
 
@@ -189,9 +194,9 @@ var _ process = execProcess{}
 func newExecProcess(p *os.Process) execProcess {
 	fd, err := unix.PidfdOpen(p.Pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
-		return execProcess{p: p}
+		return execProcess{p: p, reaped: &reapedState{}}
 	}
-	return execProcess{p: p, exited: os.NewFile(uintptr(fd), "pidfd")}
+	return execProcess{p: p, exited: os.NewFile(uintptr(fd), "pidfd"), reaped: &reapedState{}}
 }
 
 func (e execProcess) pid() int { return e.p.Pid }
@@ -206,17 +211,26 @@ func (e execProcess) wait() (syscall.WaitStatus, error) {
 	if err != nil {
 		return 0, err
 	}
+	e.reaped.st = st
 	ws, _ := st.Sys().(syscall.WaitStatus)
 	return ws, nil
 }
 
 // release reaps the rank, which has exited: its pid may be reused from
-// now on.
-func (e execProcess) release() {
+// now on. It returns the rank's resource usage as the reaping wait
+// returned it.
+func (e execProcess) release() *syscall.Rusage {
 	if e.exited != nil {
-		_, _ = e.p.Wait() // at once: wait saw the exit
+		if st, err := e.p.Wait(); err == nil { // at once: wait saw the exit
+			e.reaped.st = st
+		}
 		e.exited.Close()
 	}
+	if e.reaped.st == nil {
+		return nil
+	}
+	ru, _ := e.reaped.st.SysUsage().(*syscall.Rusage)
+	return ru
 }
 
 // awaitExit parks the calling goroutine in the poller until the process

@@ -48,6 +48,33 @@ type RankSummary struct {
 	Stderr string `json:"stderr_tail,omitempty"`
 	// Note is RankResult.Note.
 	Note string `json:"note,omitempty"`
+	// Cost is RankResult.Cost.
+	Cost CostSummary `json:"cost"`
+}
+
+// CostSummary is a rank's Cost in a Summary, in seconds and bytes.
+type CostSummary struct {
+	WallSeconds   float64 `json:"wall_seconds"`
+	UserSeconds   float64 `json:"user_cpu_seconds"`
+	SystemSeconds float64 `json:"system_cpu_seconds"`
+	CPUSource     string  `json:"cpu_source,omitempty"`
+	// PeakMemory is in bytes, 0 when unknown; MemorySource says what it
+	// measures (SourceCgroupMemory or SourceMaxRSS).
+	PeakMemory   int64  `json:"peak_memory_bytes"`
+	MemorySource string `json:"peak_memory_source,omitempty"`
+}
+
+func costSummary(c Cost) CostSummary {
+	return CostSummary{
+		WallSeconds: c.Wall.Seconds(), UserSeconds: c.User.Seconds(), SystemSeconds: c.System.Seconds(),
+		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource,
+	}
+}
+
+func (c CostSummary) cost() Cost {
+	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+	return Cost{Wall: sec(c.WallSeconds), User: sec(c.UserSeconds), System: sec(c.SystemSeconds),
+		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource}
 }
 
 // Summarize builds the Summary of a result.
@@ -57,7 +84,7 @@ func (r *Result) Summarize(host, runID string) *Summary {
 		x := &r.Ranks[i]
 		rs := RankSummary{Rank: x.Rank, LocalRank: x.LocalRank, Host: host, Pid: x.Pid,
 			ExitCode: x.ExitCode, Stopped: x.Stopped, Time: x.Ended, Error: x.ErrorFile,
-			Stderr: x.Stderr, Note: x.Note}
+			Stderr: x.Stderr, Note: x.Note, Cost: costSummary(x.Cost)}
 		if x.Signal != 0 {
 			rs.Signal, rs.SignalNum = SignalName(x.Signal), int(x.Signal)
 		}
@@ -136,6 +163,8 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 			if f.Note != "" {
 				fmt.Fprintf(&b, "  note      : %s\n", f.Note)
 			}
+			c := f.Cost.cost()
+			fmt.Fprintf(&b, "  cost      : %s\n", costText(&c))
 		}
 	}
 	s.writeAttempts(&b, sep)
@@ -177,6 +206,8 @@ func writeRank(b *strings.Builder, r RankSummary) {
 	default:
 		b.WriteString("  error_file: <N/A>\n  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html\n")
 	}
+	c := r.Cost.cost()
+	fmt.Fprintf(b, "  cost      : %s\n", costText(&c))
 }
 
 // Bounds on the stderr excerpt a failure shows.

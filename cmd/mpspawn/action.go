@@ -40,6 +40,7 @@ type config struct {
 	ipc         bool
 	json        bool
 	multi       multinode // --rdzv-*, --max-restarts, --local-addr
+	diag        diagConfig
 }
 
 func action(c *cli.Context) error {
@@ -165,6 +166,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 		if st, err := os.Stat(cfg.summaryJSON); err == nil && st.IsDir() {
 			return nil, usagef("--summary-json %s: is a directory; want a file path", cfg.summaryJSON)
 		}
+	}
+	if cfg.diag, err = parseDiag(c); err != nil {
+		return nil, err
 	}
 	if cfg.role == "" || strings.ContainsAny(cfg.role, "\x00\n") {
 		return nil, usagef("--role %q: want a name", cfg.role)

@@ -88,7 +88,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE`"},
 
 		&cli.BoolFlag{Name: fVersion, Usage: "print the version, the commit, the Go version and whether GPU support is built in"},
-	}, multinodeFlags()...)
+	}, append(diagFlags(), multinodeFlags()...)...)
 }
 
 // normalizeArgs rewrites torchrun-style underscore flags (--nproc_per_node)

@@ -135,6 +135,7 @@ func (cfg *config) report(c *cli.Context, stderr io.Writer, out *launcher.Outcom
 	if sum.Status != "succeeded" {
 		sum.WriteText(stderr, filepath.Base(cfg.argv[len(cfg.argv)-len(c.Args().Tail())-1]))
 	}
+	cfg.diag.reportSuccess(stderr, res)
 	if cfg.summaryJSON != "" {
 		if err := writeSummary(cfg.summaryJSON, sum); err != nil {
 			fmt.Fprintf(stderr, "mpspawn: warning: %v\n", err)

@@ -54,6 +54,10 @@ import (
 //	                           TCPStore does (SO_REUSEADDR, [::]), writes the
 //	                           port to READY, and holds it until it reads a
 //	                           byte from GO; other ranks exit 0
+//	rank alloc MIB             allocate and touch MIB mebibytes, exit 0
+//	rank spin MS               burn MS ms of CPU time, exit 0
+//	rank stuck READY           write "PID" to READY, then wait for a signal
+//	                           in stuckInAllreduce, printing nothing
 //
 // A malformed number in the arguments is a mistake in the test: Main
 // panics.
