@@ -45,6 +45,9 @@ type config struct {
 }
 
 func action(c *cli.Context) error {
+	if c.IsSet(fDumpStacks) {
+		return dumpStacks(c)
+	}
 	cfg, err := parseConfig(c)
 	if err != nil {
 		return err
