@@ -54,16 +54,22 @@ func (cfg *config) applyScheduler(c *cli.Context) error {
 		}
 	}
 	take(fNNodes, "SLURM_STEP_NUM_NODES", s.NNodes, func() { cfg.rdzv.NNodes = s.NNodes })
-	take(fNodeRank, "SLURM_NODEID", s.NodeRank, func() { cfg.rdzv.NodeRank = s.NodeRank })
-	take(fMasterPort, "SLURM_JOB_ID "+s.JobID+" and SLURM_STEP_ID "+s.StepID, s.MasterPort, func() { cfg.rdzv.MasterPort = s.MasterPort })
 	take(fRunID, "SLURM_JOB_ID.SLURM_STEP_ID", s.RunID(), func() { cfg.runID = s.RunID() })
-	take(fMasterAddr, "first host of SLURM_STEP_NODELIST", s.Master(), func() { cfg.rdzv.MasterAddr = s.Master() })
 	ranks := ""
 	if !c.IsSet(fNproc) {
 		if ranks, err = cfg.slurmRanks(s); err != nil {
 			return err
 		}
 	}
+	if b := c.String(fRdzvBackend); b == "etcd" || b == "c10d" {
+		// The rendezvous gives the node ranks and the master.
+		fmt.Fprintf(notes, "slurm: job %s step %s, %d nodes, node rank and master from the %s rendezvous%s\n",
+			s.JobID, s.StepID, cfg.rdzv.NNodes, b, ranks)
+		return nil
+	}
+	take(fNodeRank, "SLURM_NODEID", s.NodeRank, func() { cfg.rdzv.NodeRank = s.NodeRank })
+	take(fMasterPort, "SLURM_JOB_ID "+s.JobID+" and SLURM_STEP_ID "+s.StepID, s.MasterPort, func() { cfg.rdzv.MasterPort = s.MasterPort })
+	take(fMasterAddr, "first host of SLURM_STEP_NODELIST", s.Master(), func() { cfg.rdzv.MasterAddr = s.Master() })
 	master, resolved := cfg.rdzv.MasterAddr, ""
 	if !c.IsSet(fMasterAddr) {
 		addr, how, err := s.MasterAddr(c.Context)
