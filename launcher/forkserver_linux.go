@@ -125,6 +125,7 @@ type serverConfig struct {
 	Main      []string `json:"main"`
 	MaxFDs    int      `json:"max_fds"`
 	MaxPacket int      `json:"max_packet"`
+	StackHook string   `json:"stack_hook"` // stacks_hook.py, run in each rank
 }
 
 type forkRequest struct {
@@ -206,7 +207,7 @@ func (fs *Forkserver) startProcess(sock *os.File) (output *os.File, err error) {
 	defer devnull.Close()
 	conf, _ := json.Marshal(serverConfig{
 		Preload: fs.cfg.Preload, Main: fs.cfg.Main,
-		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket,
+		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket, StackHook: stackHookSource,
 	})
 	env := fs.cfg.Env
 	if env == nil {
