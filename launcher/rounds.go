@@ -88,6 +88,8 @@ func (j *Job) RunRounds(ctx context.Context, rdzv rendezvous.Rendezvous, maxRest
 		case a.Result.Interrupted != nil || ctx.Err() != nil:
 			j.end(ctx, rdzv, "failed")
 			return out, nil
+		case a.Change == rendezvous.ReasonClosed:
+			return out, nil // closed by another node: nothing to start
 		case a.RootCause == nil && a.Change != "":
 			j.note("rendezvous: %s: starting a new round (no restart spent)", a.Change)
 			continue

@@ -348,7 +348,7 @@ func (e *Etcd) Finish(ctx context.Context) (*Stop, error) {
 		case <-w.allDone:
 			return nil, nil
 		case s := <-w.stopc:
-			if s.Failure != nil || s.Reason == reasonClosed {
+			if s.Failure != nil || s.Reason == ReasonClosed {
 				return &s, nil
 			}
 			// A node waiting to join: this node has finished; the others

@@ -15,8 +15,9 @@ import (
 // errTooLate is a round that started without this node: join the next.
 var errTooLate = errors.New("rendezvous: round started without this node")
 
-// reasonClosed is a Stop's Reason when the run was closed under a round.
-const reasonClosed = "the run was closed"
+// ReasonClosed is a Stop's Reason when another node closed the run under
+// a round that had no failure (it was interrupted, say).
+const ReasonClosed = "the run was closed"
 
 // Next joins the next round and waits, bounded by JoinTimeout, until it
 // starts: at MaxNodes nodes at once, or LastCallTimeout after MinNodes
@@ -132,10 +133,12 @@ func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, erro
 	shown := ""
 	for {
 		switch {
+		case st.members != nil:
+			// Before closed: a round this node is in runs even if it
+			// failed and closed the run at once (its watch sees that).
+			return e.startRound(n, st.members)
 		case st.closed:
 			return Round{}, e.closedError(ctx)
-		case st.members != nil:
-			return e.startRound(n, st.members)
 		}
 		if who := strings.Join(addrs(sortedNodes(st.joined)), ", "); who != shown {
 			shown = who

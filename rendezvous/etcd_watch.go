@@ -112,7 +112,17 @@ func (e *Etcd) watch(ctx context.Context, w *roundWatch) {
 func (e *Etcd) applyRound(ctx context.Context, w *roundWatch, key string, value []byte, deleted bool) {
 	n := w.round.Number
 	if key == e.key("closed") && !deleted {
-		w.stop(Stop{Reason: reasonClosed})
+		// The run failed and closed in one go: the round's failure is
+		// the reason, when it has one.
+		if resp, err := e.cli.Get(ctx, e.roundKey(n, "fail")); err == nil && len(resp.Kvs) > 0 {
+			var f Failure
+			if json.Unmarshal(resp.Kvs[0].Value, &f) == nil {
+				w.failed = true
+				w.stop(Stop{Failure: &f})
+				return
+			}
+		}
+		w.stop(Stop{Reason: ReasonClosed})
 		return
 	}
 	rn, rest, ok := e.parseRoundKey(key)

@@ -168,6 +168,8 @@ func noteStops(w io.Writer, ranks int, grace time.Duration) (stop func()) {
 				case s == syscall.SIGINT:
 					sigints++
 					fmt.Fprintf(w, "mpspawn: SIGINT: stopping %d ranks, up to %v (Ctrl-C again to kill now)\n", ranks, grace)
+				case slices.Contains(launcher.PassedSignals, sig):
+					fmt.Fprintf(w, "mpspawn: %s: passed to the %d ranks; the job goes on\n", launcher.SignalName(s), ranks)
 				default:
 					fmt.Fprintf(w, "mpspawn: %s: stopping %d ranks, up to %v\n", launcher.SignalName(s), ranks, grace)
 					return
