@@ -44,6 +44,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	args = normalizeArgs(args)
 	app.Metadata = map[string]any{argsKey: args}
 	err := checkArgs(app, args)
+	if err == nil {
+		err = checkPET(app.Flags)
+	}
 	switch {
 	case err != nil:
 	case subcommandHelp(app, args, stdout):
