@@ -26,14 +26,22 @@ const ParentRank = -1
 // control channel; Detach is called when the rank has exited. Close ends
 // the broker and reports leaked handles. A Broker is safe for concurrent
 // use.
+//
+// No request scans every queue or handle: a rank's waiting requests are
+// indexed by request id, and the handles it touched by rank, so that a
+// cancel or a rank's exit costs what that rank has, whatever the others
+// hold. What a rank may make the broker keep is bounded (Limits).
 type Broker struct {
-	mu      sync.Mutex
-	nextID  uint64
-	handles map[uint64]*entry
-	queues  map[uint64]*queue
-	peers   map[int]*peer
-	closed  bool
-	writers sync.WaitGroup // every attached peer's writer
+	mu        sync.Mutex
+	nextID    uint64
+	handles   map[uint64]*entry
+	queues    map[uint64]*queue
+	peers     map[int]*peer
+	parent    *peer // the launcher itself, as a publisher
+	limits    Limits
+	limitsErr error // a malformed limit in the environment: Attach fails with it
+	closed    bool
+	writers   sync.WaitGroup // every attached peer's writer
 }
 
 // peer is an attached rank. Frames to it go through its own writer (see
@@ -42,6 +50,25 @@ type peer struct {
 	rank int
 	conn *Conn
 	*peerWriter
+
+	waits   map[uint64]wait     // its waiting requests, by request id
+	entries map[*entry]struct{} // handles it holds, was given or published
+	pending int                 // its waiting requests, puts without an id included
+	held    int                 // handles it holds
+	fds     int                 // live host and fd handles it published
+	queues  int                 // live queues it created
+}
+
+// wait is where a waiting request is: on a queue (a Get, a Put waiting
+// for room, a Join), or a wait for a handle's holders.
+type wait struct {
+	q *queue
+	e *entry
+	w *waiter
+}
+
+func newPeer(rank int, conn *Conn, w *peerWriter) *peer {
+	return &peer{rank: rank, conn: conn, peerWriter: w, waits: map[uint64]wait{}, entries: map[*entry]struct{}{}}
 }
 
 // entry is the broker's record of one handle.
@@ -54,6 +81,7 @@ type entry struct {
 	given   map[int]bool
 	public  bool  // published by the parent: every rank may receive it
 	gone    bool  // producer-owned and the producer exited
+	owner   *peer // the publisher, charged for e.file while e lives
 	notify  *peer // the producer to tell when the handle is freed, if it asked
 	waiters []*waiter
 }
@@ -69,6 +97,7 @@ type waiter struct {
 // queue is a broker-side queue.
 type queue struct {
 	ref        queueRef
+	creator    *peer // charged for the queue while it exists
 	items      []message
 	getters    []getter // waiting for an item
 	putters    []pendingPut
@@ -108,10 +137,21 @@ type outFrame struct {
 	closeAfter *os.File
 }
 
-// NewBroker returns an empty broker.
-func NewBroker() *Broker {
-	return &Broker{handles: map[uint64]*entry{}, queues: map[uint64]*queue{}, peers: map[int]*peer{}}
+// NewBroker returns an empty broker. Its limits are those of the
+// environment (LimitsFromEnv), unless an option says otherwise; a
+// malformed limit in the environment makes every Attach (and so Serve)
+// fail, naming it.
+func NewBroker(opts ...BrokerOption) *Broker {
+	b := &Broker{handles: map[uint64]*entry{}, queues: map[uint64]*queue{}, peers: map[int]*peer{}, parent: newPeer(ParentRank, nil, nil)}
+	b.limits, b.limitsErr = newBrokerLimits()
+	for _, o := range opts {
+		o(b)
+	}
+	return b
 }
+
+// Limits returns the broker's limits.
+func (b *Broker) Limits() Limits { return b.limits }
 
 // Attach registers rank's control channel; Handle answers its requests on
 // conn. A rank number can be attached once at a time: two jobs sharing a
@@ -119,10 +159,13 @@ func NewBroker() *Broker {
 func (b *Broker) Attach(rank int, conn *Conn) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.limitsErr != nil {
+		return b.limitsErr
+	}
 	if _, dup := b.peers[rank]; dup {
 		return fmt.Errorf("ipc: broker: rank %d is already attached (is the broker shared by two jobs at once?)", rank)
 	}
-	p := &peer{rank: rank, conn: conn, peerWriter: newPeerWriter()}
+	p := newPeer(rank, conn, newPeerWriter())
 	b.peers[rank] = p
 	b.writers.Go(func() { p.run(p) })
 	return nil
@@ -161,6 +204,12 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 	}
 	body := f.Payload[1:]
 	switch f.Payload[0] {
+	case opGet, opGetBatch, opJoin, opWaitUnheld:
+		if f.ID == 0 {
+			return fmt.Errorf("%w: a request that waits needs an id", errBadRequest)
+		}
+	}
+	switch f.Payload[0] {
 	case opPublish:
 		h, err := b.publish(p, body, f.Files)
 		if err != nil {
@@ -173,7 +222,10 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 			return err
 		}
 		if e.public && p.rank != ParentRank {
-			e.holders[p.rank]++ // released by the rank's Close, or its exit
+			if e.holders[p.rank] == 0 && p.held >= b.limits.Handles {
+				return limitErr(p.rank, "holds too many handles", b.limits.Handles, EnvMaxHandles)
+			}
+			b.hold(p, e) // released by the rank's Close, or its exit
 		}
 		if e.file != nil {
 			// A duplicate: e.file may be closed (freed) before the reply
@@ -206,7 +258,7 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		if e.holders[p.rank] == 0 {
 			return fmt.Errorf("%w: %s is not held by rank %d (released twice?)", ErrBadHandle, e.h, p.rank)
 		}
-		e.holders[p.rank]--
+		b.unhold(p, e)
 		*out = b.settle(e, *out)
 		reply(nil)
 	case opPut:
@@ -226,7 +278,17 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		if f.Payload[0] == opGetBatch && len(rest) >= 2 {
 			g.max, g.batch = max(int(binary.LittleEndian.Uint16(rest)), 1), true
 		}
-		q := b.queue(ref)
+		if p.held >= b.limits.Handles && p.rank != ParentRank {
+			return limitErr(p.rank, "holds too many handles to take more from a queue", b.limits.Handles, EnvMaxHandles)
+		}
+		q, err := b.queue(p, ref)
+		if err != nil {
+			return err
+		}
+		if err := b.park(p, f.ID, q, nil); err != nil {
+			b.tidy(q)
+			return err
+		}
 		q.getters = append(q.getters, g)
 		*out = b.pump(q, *out)
 	case opTaskDone:
@@ -234,8 +296,8 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		if err != nil {
 			return err
 		}
-		q := b.queue(ref)
-		if q.unfinished == 0 {
+		q := b.queues[ref.ID]
+		if q == nil || q.unfinished == 0 {
 			return fmt.Errorf("%w: TaskDone called more times than items were put", errBadRequest)
 		}
 		q.unfinished--
@@ -246,7 +308,14 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		if err != nil {
 			return err
 		}
-		q := b.queue(ref)
+		q, err := b.queue(p, ref)
+		if err != nil {
+			return err
+		}
+		if err := b.park(p, f.ID, q, nil); err != nil {
+			b.tidy(q)
+			return err
+		}
 		q.joiners = append(q.joiners, pending{p, f.ID})
 		*out = b.pump(q, *out)
 	case opWaitUnheld:
@@ -259,6 +328,9 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 		}
 		timeout := time.Duration(binary.LittleEndian.Uint32(body[HandleSize:])) * time.Millisecond
 		w := &waiter{p: p, id: f.ID}
+		if err := b.park(p, f.ID, nil, &wait{e: e, w: w}); err != nil {
+			return err
+		}
 		e.waiters = append(e.waiters, w)
 		w.timer = time.AfterFunc(timeout, func() { b.expire(e, w) })
 		*out = b.settle(e, *out)
@@ -270,39 +342,113 @@ func (b *Broker) serve(p *peer, f Frame, out *[]outFrame) error {
 
 // cancel drops p's waiting request id (a Get, a Put on a full queue, a
 // Join, a wait for holders), whose caller gave up. A request already
-// answered is not affected: its reply went out before the cancel's.
+// answered is not affected: its reply went out before the cancel's. It
+// looks at the one queue or handle the request waits on.
 func (b *Broker) cancel(p *peer, id uint64, out []outFrame) []outFrame {
-	mine := func(q pending) bool { return q.p == p && q.id == id }
-	var dropped []*entry
-	for _, q := range b.queues {
-		q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return mine(g.pending) })
-		q.joiners = slices.DeleteFunc(q.joiners, mine)
-		q.putters = slices.DeleteFunc(q.putters, func(pp pendingPut) bool {
-			if !mine(pp.pending) {
-				return false
-			}
-			for _, h := range pp.msg.handles {
-				e := b.handles[h.ID]
-				e.queued-- // never queued after all
-				dropped = append(dropped, e)
-			}
-			return true
-		})
+	wt, ok := p.waits[id]
+	if !ok {
+		return out // answered already, or never waiting
 	}
+	if wt.w != nil {
+		b.unwait(wt.e, wt.w)
+		return out
+	}
+	q := wt.q
+	mine := func(x pending) bool { return x.p == p && x.id == id }
+	q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return mine(g.pending) })
+	q.joiners = slices.DeleteFunc(q.joiners, mine)
+	var dropped []*entry
+	q.putters = slices.DeleteFunc(q.putters, func(pp pendingPut) bool {
+		if !mine(pp.pending) {
+			return false
+		}
+		for _, h := range pp.msg.handles {
+			e := b.handles[h.ID]
+			e.queued-- // never queued after all
+			dropped = append(dropped, e)
+		}
+		return true
+	})
+	b.unpark(p, id)
 	for _, e := range dropped {
 		if b.handles[e.h.ID] == e { // not freed by an earlier one
 			out = b.settle(e, out)
 		}
 	}
-	for _, e := range b.handles {
-		for _, w := range e.waiters {
-			if w.p == p && w.id == id && !w.done {
-				w.done = true
-				w.timer.Stop()
-			}
+	b.tidy(q)
+	return out
+}
+
+// park records that p's request id waits (on q, or as the wait w), within
+// p's limit. Only a put may have id 0 (no reply): it is not indexed, and
+// cannot be cancelled.
+func (b *Broker) park(p *peer, id uint64, q *queue, w *wait) error {
+	if p.rank != ParentRank && p.pending >= b.limits.Pending {
+		return limitErr(p.rank, fmt.Sprintf("%d requests wait already", p.pending), b.limits.Pending, EnvMaxPending)
+	}
+	if id != 0 {
+		if _, dup := p.waits[id]; dup {
+			return fmt.Errorf("%w: request id %d is waiting already", errBadRequest, id)
+		}
+		if w != nil {
+			p.waits[id] = *w
+		} else {
+			p.waits[id] = wait{q: q}
 		}
 	}
-	return out
+	p.pending++
+	return nil
+}
+
+// unpark forgets p's waiting request id, answered or dropped.
+func (b *Broker) unpark(p *peer, id uint64) {
+	p.pending--
+	if id != 0 {
+		delete(p.waits, id)
+	}
+}
+
+// unwait drops the wait w for e's holders, unanswered.
+func (b *Broker) unwait(e *entry, w *waiter) {
+	if w.done {
+		return
+	}
+	w.done = true
+	w.timer.Stop()
+	e.waiters = slices.DeleteFunc(e.waiters, func(x *waiter) bool { return x == w })
+	b.unpark(w.p, w.id)
+}
+
+// hold makes p a holder of e once more.
+func (b *Broker) hold(p *peer, e *entry) {
+	if e.holders[p.rank] == 0 {
+		p.held++
+	}
+	e.holders[p.rank]++
+	p.entries[e] = struct{}{}
+}
+
+// unhold drops one of p's holds on e.
+func (b *Broker) unhold(p *peer, e *entry) {
+	if e.holders[p.rank]--; e.holders[p.rank] <= 0 {
+		delete(e.holders, p.rank)
+		p.held--
+		if !e.given[p.rank] && e.owner != p {
+			delete(p.entries, e) // a launcher's handle it opened
+		}
+	}
+}
+
+// tidy forgets q once nothing is in it or waits on it, and nothing got
+// from it waits to be marked done.
+func (b *Broker) tidy(q *queue) {
+	if len(q.items)+len(q.getters)+len(q.putters)+len(q.joiners) != 0 || q.unfinished != 0 || b.queues[q.ref.ID] != q {
+		return
+	}
+	delete(b.queues, q.ref.ID)
+	if q.creator != nil {
+		q.creator.queues--
+	}
 }
 
 // publish records a new handle produced by p.
@@ -311,12 +457,18 @@ func (b *Broker) publish(p *peer, body []byte, files []*os.File) (Handle, error)
 	if len(body) < 1 {
 		return Handle{}, fmt.Errorf("%w: short publish", errBadRequest)
 	}
+	if rank != ParentRank && p.held >= b.limits.Handles {
+		return Handle{}, limitErr(rank, "holds too many handles to publish more", b.limits.Handles, EnvMaxHandles)
+	}
 	kind := Kind(body[0])
-	e := &entry{holders: map[int]int{rank: 1}, given: map[int]bool{rank: true}, public: rank == ParentRank}
+	e := &entry{holders: map[int]int{}, given: map[int]bool{rank: true}, public: rank == ParentRank}
 	switch kind {
 	case KindHost, KindFD:
 		if len(files) != 1 || len(body) < 9 {
 			return Handle{}, fmt.Errorf("%w: a %s handle needs one descriptor and a size", errBadRequest, kind)
+		}
+		if rank != ParentRank && p.fds >= b.limits.FDs {
+			return Handle{}, limitErr(rank, fmt.Sprintf("the launcher keeps %d descriptors for its buffers", p.fds), b.limits.FDs, EnvMaxFDs)
 		}
 		size := int64(binary.LittleEndian.Uint64(body[1:]))
 		if len(body) > 9 {
@@ -334,6 +486,8 @@ func (b *Broker) publish(p *peer, body []byte, files []*os.File) (Handle, error)
 		}
 		e.file, files[0] = files[0], nil // kept: not closed with the frame
 		e.h.Size = size
+		e.owner = p
+		p.fds++
 	case KindProducerOwned:
 		if len(files) != 0 || len(body)-1 > MaxBlob || len(body) == 1 {
 			return Handle{}, fmt.Errorf("%w: a producer-owned handle is a blob of 1..%d bytes, no descriptor", errBadRequest, MaxBlob)
@@ -346,9 +500,14 @@ func (b *Broker) publish(p *peer, body []byte, files []*os.File) (Handle, error)
 	b.nextID++
 	e.h.ID, e.h.Kind, e.h.Producer = b.nextID, kind, int32(rank)
 	if _, err := rand.Read(e.h.Token[:]); err != nil {
+		if e.owner != nil {
+			p.fds-- // not kept after all: the frame's files close it
+			files[0], e.file = e.file, nil
+		}
 		return Handle{}, err
 	}
 	b.handles[e.h.ID] = e
+	b.hold(p, e)
 	return e.h, nil
 }
 
@@ -376,11 +535,32 @@ func (b *Broker) put(p *peer, id uint64, body []byte, out []outFrame) ([]outFram
 	if err != nil {
 		return out, err
 	}
-	m, err := b.message(p, rest)
+	q, err := b.queue(p, ref)
 	if err != nil {
 		return out, err
 	}
-	q := b.queue(ref)
+	if q.full() {
+		if err := b.park(p, id, q, nil); err != nil {
+			b.tidy(q)
+			return out, err
+		}
+	} else {
+		p.pending++ // taken in by pump at once
+		if id != 0 {
+			if _, dup := p.waits[id]; dup {
+				p.pending--
+				b.tidy(q)
+				return out, fmt.Errorf("%w: request id %d is waiting already", errBadRequest, id)
+			}
+			p.waits[id] = wait{q: q}
+		}
+	}
+	m, err := b.message(p, rest)
+	if err != nil {
+		b.unpark(p, id)
+		b.tidy(q)
+		return out, err
+	}
 	q.putters = append(q.putters, pendingPut{pending{p, id}, m})
 	return b.pump(q, out), nil
 }
@@ -395,10 +575,22 @@ func (b *Broker) putBatch(p *peer, body []byte, out []outFrame) ([]outFrame, err
 	if err != nil {
 		return out, err
 	}
-	q := b.queue(ref)
+	q, err := b.queue(p, ref)
+	if err != nil {
+		return out, err
+	}
 	for _, raw := range items {
+		if q.ref.Cap != 0 || len(q.putters) != 0 {
+			// Only a bounded queue makes a batched put wait.
+			if err := b.park(p, 0, q, nil); err != nil {
+				return b.pump(q, out), err
+			}
+		}
 		m, err := b.message(p, raw)
 		if err != nil {
+			if q.ref.Cap != 0 || len(q.putters) != 0 {
+				b.unpark(p, 0)
+			}
 			return b.pump(q, out), err
 		}
 		if q.ref.Cap == 0 && len(q.putters) == 0 {
@@ -435,14 +627,24 @@ func (b *Broker) message(p *peer, raw []byte) (message, error) {
 	return message{hs, value}, nil
 }
 
-// queue returns the queue ref names, creating it on first use.
-func (b *Broker) queue(ref queueRef) *queue {
+// queue returns the queue ref names, creating it for p on first use,
+// within p's limit.
+func (b *Broker) queue(p *peer, ref queueRef) (*queue, error) {
 	q := b.queues[ref.ID]
 	if q == nil {
-		q = &queue{ref: ref}
+		if p.rank != ParentRank && p.queues >= b.limits.Queues {
+			return nil, limitErr(p.rank, fmt.Sprintf("%d queues it created exist", p.queues), b.limits.Queues, EnvMaxQueues)
+		}
+		q = &queue{ref: ref, creator: p}
+		p.queues++
 		b.queues[ref.ID] = q
 	}
-	return q
+	return q, nil
+}
+
+// full reports whether a put on q must wait for room.
+func (q *queue) full() bool {
+	return len(q.putters) > 0 || (q.ref.Cap != 0 && len(q.items) >= int(q.ref.Cap))
 }
 
 // pump moves a queue forward: waiting putters into free room, items to
@@ -455,6 +657,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 			q.putters = q.putters[1:]
 			q.items = append(q.items, pp.msg)
 			q.unfinished++
+			b.unpark(pp.p, pp.id)
 			if pp.id != 0 {
 				out = append(out, outFrame{p: pp.p, f: Frame{Type: FrameReply, ID: pp.id}})
 			}
@@ -465,6 +668,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 			// Share what is there among the ranks waiting.
 			n := min(g.max, (len(q.items)+len(q.getters)-1)/len(q.getters))
 			q.getters = q.getters[1:]
+			b.unpark(g.p, g.id)
 			size := 0
 			for _, m := range q.items[:n] {
 				size += 6 + len(m.handles)*HandleSize + len(m.value)
@@ -475,7 +679,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 					e := b.handles[h.ID]
 					e.queued--
 					e.given[g.p.rank] = true
-					e.holders[g.p.rank]++
+					b.hold(g.p, e)
 				}
 				if g.batch {
 					payload = appendBatchItem(payload, appendMessage(nil, m.handles, m.value))
@@ -494,10 +698,12 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 	}
 	if q.unfinished == 0 {
 		for _, j := range q.joiners {
+			b.unpark(j.p, j.id)
 			out = append(out, outFrame{p: j.p, f: Frame{Type: FrameReply, ID: j.id}})
 		}
 		q.joiners = nil
 	}
+	b.tidy(q)
 	return out
 }
 
@@ -510,6 +716,7 @@ func (b *Broker) settle(e *entry, out []outFrame) []outFrame {
 			if !w.done {
 				w.done = true
 				w.timer.Stop()
+				b.unpark(w.p, w.id)
 				out = append(out, outFrame{p: w.p, f: Frame{Type: FrameReply, ID: w.id}})
 			}
 		}
@@ -572,8 +779,19 @@ func (e *entry) held() int {
 func (b *Broker) free(e *entry, out []outFrame) []outFrame {
 	if e.file != nil {
 		e.file.Close()
+		if e.owner != nil {
+			e.owner.fds--
+		}
 	}
 	delete(b.handles, e.h.ID)
+	for r := range e.given {
+		if p := b.peers[r]; p != nil {
+			delete(p.entries, e)
+		}
+	}
+	if e.owner != nil {
+		delete(e.owner.entries, e)
+	}
 	// Only the producer's own channel: not a rank attached later under
 	// its number (a Pool worker's replacement).
 	if p := e.notify; p != nil && b.peers[p.rank] == p {
@@ -591,6 +809,8 @@ func (b *Broker) expire(e *entry, w *waiter) {
 		return
 	}
 	w.done = true
+	e.waiters = slices.DeleteFunc(e.waiters, func(x *waiter) bool { return x == w })
+	b.unpark(w.p, w.id)
 	var payload []byte
 	for _, r := range e.otherHolders() {
 		payload = binary.LittleEndian.AppendUint32(payload, uint32(int32(r)))
@@ -606,26 +826,39 @@ func (b *Broker) expire(e *entry, w *waiter) {
 
 // Detach is called when rank, attached with conn, has exited: every hold it had is released,
 // its pending requests are dropped, and every producer-owned handle it
-// produced that others still hold is marked gone, its holders told.
+// produced that others still hold is marked gone, its holders told. It
+// visits only what the rank waited on and the handles it touched.
 func (b *Broker) Detach(rank int, conn *Conn) {
 	b.mu.Lock()
-	if p := b.peers[rank]; p == nil || p.conn != conn {
+	p := b.peers[rank]
+	if p == nil || p.conn != conn {
 		b.mu.Unlock() // not attached, or another job's rank of that number
 		return
 	}
 	var out []outFrame
-	b.peers[rank].stop() // it has exited: what is still queued for it is dropped
+	p.stop(p) // it has exited: what is still queued for it is dropped
 	delete(b.peers, rank)
-	for _, q := range b.queues {
-		q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return g.p.rank == rank })
-		q.joiners = slices.DeleteFunc(q.joiners, func(g pending) bool { return g.p.rank == rank })
+	var queues []*queue
+	for _, wt := range p.waits {
+		if wt.w != nil {
+			b.unwait(wt.e, wt.w)
+			continue
+		}
+		q := wt.q
+		q.getters = slices.DeleteFunc(q.getters, func(g getter) bool { return g.p == p })
+		q.joiners = slices.DeleteFunc(q.joiners, func(j pending) bool { return j.p == p })
 		for i := range q.putters {
-			if q.putters[i].p.rank == rank {
+			if q.putters[i].p == p {
 				q.putters[i].id = 0 // still delivered, but nobody to answer
 			}
 		}
+		queues = append(queues, q)
 	}
-	for _, e := range b.handles {
+	clear(p.waits)
+	for _, q := range queues {
+		b.tidy(q)
+	}
+	for e := range p.entries {
 		delete(e.holders, rank)
 		delete(e.given, rank)
 		if e.h.Kind == KindProducerOwned && int(e.h.Producer) == rank && !e.gone {
@@ -636,8 +869,11 @@ func (b *Broker) Detach(rank int, conn *Conn) {
 				}
 			}
 		}
-		out = b.settle(e, out)
+		if b.handles[e.h.ID] == e {
+			out = b.settle(e, out)
+		}
 	}
+	clear(p.entries)
 	b.mu.Unlock()
 	b.send(out)
 }
@@ -651,7 +887,7 @@ func (b *Broker) Close() []string {
 	defer b.mu.Unlock()
 	b.closed = true
 	for _, p := range b.peers {
-		p.stop()
+		p.stop(p)
 	}
 	var leaks []string
 	ids := make([]uint64, 0, len(b.handles))
@@ -712,7 +948,7 @@ func (b *Broker) Publish(kind Kind, f *os.File, size int64) (Handle, error) {
 	if b.closed {
 		return Handle{}, ErrBrokerClosed
 	}
-	return b.publish(&peer{rank: ParentRank}, body, files)
+	return b.publish(b.parent, body, files)
 }
 
 // Release drops the launcher's hold on a handle it published.
@@ -724,7 +960,7 @@ func (b *Broker) Release(h Handle) error {
 	}
 	var out []outFrame
 	if err == nil {
-		e.holders[ParentRank]--
+		b.unhold(b.parent, e)
 		out = b.settle(e, nil)
 	}
 	b.mu.Unlock()

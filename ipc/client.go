@@ -3,11 +3,14 @@ package ipc
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -84,10 +87,16 @@ func (c *Client) read() {
 	}
 	for {
 		f, err := c.conn.ReadFrame()
+		if err == nil && f.Type == FrameError && len(f.Payload) > 0 && f.Payload[0] == errCodeProtocol {
+			// The broker says why it closes the channel: every pending
+			// and later call fails with that.
+			closeFiles(f.Files)
+			err = payloadErr(f.Payload)
+		}
 		if err != nil {
 			c.mu.Lock()
 			if err == io.EOF {
-				err = ErrBrokerClosed
+				err = fmt.Errorf("%w: the launcher closed the control channel (end of stream)", ErrBrokerClosed)
 			}
 			c.err = err
 			for id, ch := range c.pending {
@@ -205,6 +214,9 @@ func (c *Client) request(ctx context.Context, payload []byte, files ...*os.File)
 	c.wmu.Unlock()
 	if err != nil {
 		c.forget(id, ch)
+		if cerr := c.endedErr(err); cerr != nil {
+			return Frame{}, fmt.Errorf("ipc: control channel: %w", cerr)
+		}
 		return Frame{}, fmt.Errorf("ipc: request: %w", err)
 	}
 	select {
@@ -335,6 +347,28 @@ func (c *Client) forget(id uint64, ch chan Frame) {
 	case f := <-ch:
 		closeFiles(f.Files)
 	default:
+	}
+}
+
+// endWait bounds how long a request whose write failed because the
+// launcher closed the channel waits for the reader to learn why.
+const endWait = 5 * time.Second
+
+// endedErr returns why the channel ended, when the write error werr says
+// that the launcher closed it: the broker's error frame (ErrProtocol) that
+// the reader is about to read, or end of stream. It returns nil for other
+// write errors.
+func (c *Client) endedErr(werr error) error {
+	if !errors.Is(werr, syscall.EPIPE) && !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, net.ErrClosed) {
+		return nil
+	}
+	t := time.NewTimer(endWait)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return c.closedErr()
+	case <-t.C:
+		return nil
 	}
 }
 

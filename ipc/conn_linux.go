@@ -34,6 +34,12 @@ type Conn struct {
 	rerr error      // sticky read error, guarded by rmu
 	hdr  [HeaderSize]byte
 	oob  []byte
+
+	frameTimeout atomic.Int64 // see SetFrameTimeout; 0: none
+
+	dmu     sync.Mutex // guards the read deadlines below and their setting
+	readDL  time.Time  // the caller's read deadline
+	frameDL time.Time  // the frame under way must be whole by then; zero between frames
 }
 
 // Ucred is a peer process's credentials as the kernel reports them; on
@@ -175,7 +181,10 @@ func (c *Conn) PeerCred() (*unix.Ucred, error) {
 // does; a zero t means no deadline. An expired deadline reads as
 // os.ErrDeadlineExceeded.
 func (c *Conn) SetDeadline(t time.Time) error {
-	if err := c.uc.SetDeadline(t); err != nil {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	if err := c.uc.SetWriteDeadline(t); err != nil {
 		return fmt.Errorf("ipc: set deadline: %w", err)
 	}
 	return nil
@@ -183,10 +192,61 @@ func (c *Conn) SetDeadline(t time.Time) error {
 
 // SetReadDeadline bounds ReadFrame; a zero t means no deadline.
 func (c *Conn) SetReadDeadline(t time.Time) error {
-	if err := c.uc.SetReadDeadline(t); err != nil {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.readDL = t
+	if err := c.uc.SetReadDeadline(earliest(t, c.frameDL)); err != nil {
 		return fmt.Errorf("ipc: set read deadline: %w", err)
 	}
 	return nil
+}
+
+// SetFrameTimeout bounds how long ReadFrame waits for the rest of a frame
+// once its first byte has arrived: a frame announced and left unfinished
+// for longer is an error wrapping ErrBadFrame, and the Conn's read side is
+// broken for good. d <= 0 means no bound (the default). The broker sets it
+// on every rank's channel (Limits.FrameTimeout).
+func (c *Conn) SetFrameTimeout(d time.Duration) {
+	c.frameTimeout.Store(int64(max(d, 0)))
+}
+
+// beginFrame starts the frame timeout, once the first bytes of a frame
+// have arrived and more must be waited for; it returns the frame's
+// deadline, zero when there is no frame timeout.
+func (c *Conn) beginFrame() time.Time {
+	d := time.Duration(c.frameTimeout.Load())
+	if d == 0 {
+		return time.Time{}
+	}
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.frameDL.IsZero() {
+		c.frameDL = time.Now().Add(d)
+		_ = c.uc.SetReadDeadline(earliest(c.readDL, c.frameDL))
+	}
+	return c.frameDL
+}
+
+// endFrame ends the frame timeout; it reports whether the frame's own
+// deadline (not the caller's) had passed.
+func (c *Conn) endFrame() (expired bool) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.frameDL.IsZero() {
+		return false
+	}
+	expired = !time.Now().Before(c.frameDL) && (c.readDL.IsZero() || c.frameDL.Before(c.readDL))
+	c.frameDL = time.Time{}
+	_ = c.uc.SetReadDeadline(c.readDL)
+	return expired
+}
+
+// earliest is the earlier of two deadlines, zero meaning none.
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // SetWriteDeadline bounds WriteFrame; a zero t means no deadline.

@@ -72,3 +72,6 @@ func (c *Conn) Close() error {
 	}
 	return nil
 }
+
+// SetFrameTimeout does nothing off Linux.
+func (*Conn) SetFrameTimeout(time.Duration) {}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -185,6 +186,10 @@ func (c *Conn) readFrame() (Frame, int, error) {
 	if err == nil {
 		payload, err = c.readPayload(int(h.Length))
 	}
+	if c.endFrame() && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("%w: frame left unfinished for %v (%d of %d header bytes, payload of %d bytes announced)",
+			ErrBadFrame, time.Duration(c.frameTimeout.Load()), n, HeaderSize, h.Length)
+	}
 	if err != nil {
 		closeFDs(fds)
 		if err == io.EOF {
@@ -226,6 +231,9 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 			return fds, cred, n, io.ErrUnexpectedEOF
 		}
 		n += m
+		if n < HeaderSize {
+			c.beginFrame() // the rest of the header must follow in time
+		}
 	}
 	return fds, cred, n, nil
 }
@@ -252,6 +260,7 @@ func (c *Conn) readPayload(n int) ([]byte, error) {
 	if n == 0 {
 		return nil, nil
 	}
+	c.beginFrame() // the payload must follow in time
 	buf := make([]byte, 0, min(n, payloadChunk))
 	for len(buf) < n {
 		if len(buf) == cap(buf) {

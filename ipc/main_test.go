@@ -23,8 +23,12 @@ func TestMain(m *testing.M) {
 // rankMain is the helper rank of the ipc tests: the modes below, which
 // drive the package's internals, and every mode of testrank.Main.
 //
-//	rank broker  see brokerRank
-//	rank echo    see echo
+//	rank broker          see brokerRank
+//	rank echo            see echo
+//	rank violate NAME    see violateRank
+//	rank violate-child   see violateChild
+//	rank limits LIMIT    see limitRank
+//	rank abuse W G       see abuseRank
 func rankMain(args []string) int {
 	if len(args) == 0 {
 		return testrank.Main(args)
@@ -32,6 +36,14 @@ func rankMain(args []string) int {
 	switch args[0] {
 	case "broker":
 		return brokerRank()
+	case "violate":
+		return violateRank(args[1:])
+	case "violate-child":
+		return violateChild(args[1:])
+	case "limits":
+		return limitRank(args[1:])
+	case "abuse":
+		return abuseRank(args[1:])
 	case "echo":
 		if err := echo(); err != nil {
 			fmt.Fprintln(os.Stderr, "echo helper:", err)

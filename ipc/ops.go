@@ -33,6 +33,8 @@ const (
 	errCodeProducerGone = 2
 	errCodeBadRequest   = 3
 	errCodeClosed       = 4
+	errCodeProtocol     = 5 // the rank broke the protocol: the broker closes its channel after this frame
+	errCodeLimit        = 6 // the rank reached one of its limits (see Limits); the request is refused
 )
 
 // Notices, the first byte of a FrameNotice payload, followed by a handle.
@@ -44,8 +46,21 @@ const (
 // Publish flags, the optional byte after a host or fd handle's size.
 const publishNotifyFree = 1 // tell the producer when nobody holds the handle any more
 
-// ErrBrokerClosed is returned for requests after the broker shut down.
+// ErrBrokerClosed is returned for requests after the broker shut down, or
+// once the control channel has ended.
 var ErrBrokerClosed = errors.New("ipc: broker closed")
+
+// ErrProtocol is wrapped by the error a rank gets when the broker found it
+// breaking the protocol (a malformed frame, a frame written by another
+// process than the rank, a frame left unfinished): the broker says why in
+// an error frame and closes the channel, so this call and every later one
+// fail with it.
+var ErrProtocol = errors.New("ipc: protocol violation")
+
+// ErrLimit is wrapped by the error of a request refused because the rank
+// reached one of its limits (see Limits). The rank's channel stays usable:
+// releasing handles, or waiting for fewer things at once, makes room.
+var ErrLimit = errors.New("ipc: limit reached")
 
 // errPayload encodes err for a FrameError.
 func errPayload(err error) []byte {
@@ -59,6 +74,10 @@ func errPayload(err error) []byte {
 		code = errCodeBadRequest
 	case errors.Is(err, ErrBrokerClosed):
 		code = errCodeClosed
+	case errors.Is(err, ErrProtocol):
+		code = errCodeProtocol
+	case errors.Is(err, ErrLimit):
+		code = errCodeLimit
 	}
 	return append([]byte{code}, err.Error()...)
 }
@@ -80,6 +99,10 @@ func payloadErr(b []byte) error {
 		sentinel = errBadRequest
 	case errCodeClosed:
 		sentinel = ErrBrokerClosed
+	case errCodeProtocol:
+		sentinel = ErrProtocol
+	case errCodeLimit:
+		sentinel = ErrLimit
 	default:
 		return errors.New(msg)
 	}

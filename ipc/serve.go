@@ -69,6 +69,13 @@ func (e *PeerError) Error() string {
 // by pid, the rank's process: the first that was not ends Serve with a
 // *PeerError. Serve detaches the rank before it returns.
 //
+// A channel never ends in silence: when Serve ends with an error (a
+// malformed frame, a frame left unfinished for longer than the broker's
+// frame timeout, a frame written by another process, a frame nobody
+// expects, an error from deliver), the rank is sent an error frame naming
+// it (ErrProtocol) and the channel is closed after it, so that the rank's
+// pending and later calls fail with that error.
+//
 // Serve returns nil when the channel ended (the rank closed it, or the
 // caller closed conn or set a read deadline to stop it), the error of
 // Attach, the error deliver returned, or why the channel broke. A nil
@@ -78,6 +85,16 @@ func (b *Broker) Serve(rank int, conn *Conn, pid int, deliver func(Frame) error)
 		return err
 	}
 	defer b.Detach(rank, conn) // the rank is gone: its holds are released
+	conn.SetFrameTimeout(b.limits.FrameTimeout)
+	err := b.readLoop(rank, conn, pid, deliver)
+	if err != nil && b.peerErr(rank, conn) == nil {
+		b.refuse(rank, conn, err)
+	}
+	return err
+}
+
+// readLoop is Serve's read loop.
+func (b *Broker) readLoop(rank int, conn *Conn, pid int, deliver func(Frame) error) error {
 	for {
 		f, err := conn.ReadFrame()
 		if err != nil {
@@ -105,6 +122,21 @@ func (b *Broker) Serve(rank int, conn *Conn, pid int, deliver func(Frame) error)
 			}
 		}
 	}
+}
+
+// refuse tells rank, attached with conn, why its channel is being closed
+// (err, sent as ErrProtocol in an error frame with id 0), and closes it
+// once that frame is written.
+func (b *Broker) refuse(rank int, conn *Conn, err error) {
+	b.mu.Lock()
+	p := b.peers[rank]
+	b.mu.Unlock()
+	if p == nil || p.conn != conn {
+		conn.Close()
+		return
+	}
+	payload := append([]byte{errCodeProtocol}, fmt.Sprintf("%v: %v", ErrProtocol, err)...)
+	p.finish(outFrame{p: p, f: Frame{Type: FrameError, Payload: payload}})
 }
 
 // peerErr is why the broker cut rank (attached with conn) off, or nil.

@@ -31,6 +31,10 @@ type Cost struct {
 	// MemorySource is "cgroup memory.peak" or "wait4 maxrss" (the rank
 	// process's own maximum resident set, not its children's).
 	MemorySource string
+	// GPUMemory is the rank's peak GPU memory in bytes, summed over its
+	// GPUs; 0 when unknown. The launcher does not talk to NVML: the
+	// caller fills it in (package gpu's PeakGPUMemory).
+	GPUMemory int64
 }
 
 // The sources of a Cost's figures.
@@ -106,7 +110,7 @@ func (r *Result) CostLine() string {
 	}
 	var first, last time.Time
 	var cpu time.Duration
-	peak := -1
+	peak, gpuPeak := -1, -1
 	for i := range r.Ranks {
 		x := &r.Ranks[i]
 		if first.IsZero() || (!x.Started.IsZero() && x.Started.Before(first)) {
@@ -118,6 +122,9 @@ func (r *Result) CostLine() string {
 		cpu += x.Cost.CPU()
 		if x.Cost.PeakMemory > 0 && (peak < 0 || x.Cost.PeakMemory > r.Ranks[peak].Cost.PeakMemory) {
 			peak = i
+		}
+		if x.Cost.GPUMemory > 0 && (gpuPeak < 0 || x.Cost.GPUMemory > r.Ranks[gpuPeak].Cost.GPUMemory) {
+			gpuPeak = i
 		}
 	}
 	noun := "ranks"
@@ -134,6 +141,9 @@ func (r *Result) CostLine() string {
 		}
 		b.WriteString(")")
 	}
+	if gpuPeak >= 0 {
+		fmt.Fprintf(&b, "; peak GPU memory %s (rank %d)", Bytes(r.Ranks[gpuPeak].Cost.GPUMemory), r.Ranks[gpuPeak].Rank)
+	}
 	return b.String()
 }
 
@@ -147,6 +157,9 @@ func costText(c *Cost) string {
 	}
 	if c.PeakMemory > 0 {
 		fmt.Fprintf(&b, ", peak memory %s (%s)", Bytes(c.PeakMemory), c.MemorySource)
+	}
+	if c.GPUMemory > 0 {
+		fmt.Fprintf(&b, ", peak GPU memory %s (NVML accounting)", Bytes(c.GPUMemory))
 	}
 	return b.String()
 }

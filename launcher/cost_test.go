@@ -106,3 +106,31 @@ func TestCostForkserver(t *testing.T) {
 		})
 	}
 }
+
+func TestCostLine(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	rank := func(r int, start, end, cpu time.Duration, mem, gpuMem int64, src string) RankResult {
+		return RankResult{Rank: r, Started: t0.Add(start), Ended: t0.Add(end),
+			Cost: Cost{User: cpu, PeakMemory: mem, MemorySource: src, GPUMemory: gpuMem}}
+	}
+	for _, tt := range []struct {
+		name  string
+		ranks []RankResult
+		want  string
+	}{
+		{"cgroup", []RankResult{
+			rank(0, 0, 12*time.Second, 11*time.Second, 1<<30, 0, SourceCgroupMemory),
+			rank(1, 100*time.Millisecond, 12400*time.Millisecond, 12*time.Second, 1288490189, 0, SourceCgroupMemory),
+		}, "2 ranks ok in 12.4 s; CPU 23.0 s; peak memory 1.2 GiB (rank 1)"},
+		{"maxrss and GPU", []RankResult{
+			rank(0, 0, time.Second, time.Second, 300<<20, 40<<30, SourceMaxRSS),
+		}, "1 rank ok in 1.0 s; CPU 1.0 s; peak memory 300.0 MiB (rank 0, max RSS of the rank process); peak GPU memory 40.0 GiB (rank 0)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &Result{Ranks: tt.ranks, RootCause: -1}
+			if got := r.CostLine(); got != tt.want {
+				t.Errorf("CostLine() = %q; want %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -3,7 +3,8 @@
 #     PYTHON -u -c <this file> CONFIG_JSON
 #
 # with a SOCK_SEQPACKET socket on fd 3. CONFIG_JSON is {"preload": [...],
-# "main": [...], "max_fds": F, "max_packet": B}: the launcher owns the bounds
+# "main": [...], "max_fds": F, "max_packet": B, "stack_hook": SOURCE} (the
+# stack hook each forked rank runs before its script): the launcher owns the bounds
 # on a request (at most F fds and B bytes) and keeps its own requests within
 # them. The server imports the preload modules once, reports {"ready": pid},
 # then serves one JSON message per packet:
@@ -286,6 +287,10 @@ def child(req, fds, kind, target, args, mask):
     for kv in req["env"]:
         k, _, v = kv.partition("=")
         os.environ[k] = v
+    if CONFIG.get("stack_hook"):
+        # The rank's stacks on demand (stacks_hook.py): the same hook that
+        # an injected sitecustomize runs in a spawned rank.
+        exec(compile(CONFIG["stack_hook"], "<mpspawn stack hook>", "exec"), {"__name__": "mpspawn_stack_hook"})
     return run_main(kind, target, args, mask)
 
 

@@ -74,9 +74,10 @@ type Forkserver struct {
 	deadErr error         // why, once dead is closed
 	readerD chan struct{} // the reader goroutine has returned
 
-	closing   atomic.Bool
-	closeOnce sync.Once
-	closeErr  error // set by Close
+	releaseSlow atomic.Bool // a release went unanswered for releaseWait
+	closing     atomic.Bool
+	closeOnce   sync.Once
+	closeErr    error // set by Close
 }
 
 type forkReply struct {
@@ -125,6 +126,7 @@ type serverConfig struct {
 	Main      []string `json:"main"`
 	MaxFDs    int      `json:"max_fds"`
 	MaxPacket int      `json:"max_packet"`
+	StackHook string   `json:"stack_hook"` // stacks_hook.py, run in each rank
 }
 
 type forkRequest struct {
@@ -206,7 +208,7 @@ func (fs *Forkserver) startProcess(sock *os.File) (output *os.File, err error) {
 	defer devnull.Close()
 	conf, _ := json.Marshal(serverConfig{
 		Preload: fs.cfg.Preload, Main: fs.cfg.Main,
-		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket,
+		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket, StackHook: stackHookSource,
 	})
 	env := fs.cfg.Env
 	if env == nil {

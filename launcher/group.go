@@ -8,6 +8,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -33,6 +34,10 @@ type Group struct {
 	res   *Result
 
 	outputStalled bool // set by finish
+
+	stacks     *stackDir    // the Python ranks' stack files, when Options asks for stacks
+	lastOutput atomic.Int64 // UnixNano of the ranks' last output (HangTimeout)
+	started    time.Time    // when Start started the ranks (Timeout)
 }
 
 // rankProc is one running rank. Its fields other than exit are written
@@ -109,9 +114,14 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	if g.cont, err = contain(opts.Containment, specs, g.guard); err != nil {
 		return nil, err
 	}
+	if err := g.watch(specs); err != nil {
+		g.cont.close()
+		return nil, err
+	}
 	m := opts.method()
 	if err := m.Ready(ctx); err != nil {
 		g.cont.close()
+		g.stacks.remove()
 		return nil, err
 	}
 	g.thr = m.starter(len(specs))
@@ -247,13 +257,20 @@ type supervisor struct {
 	killC       <-chan time.Time // the grace period is over
 	giveUpC     <-chan time.Time // KillWait after SIGKILL is over
 	sigErrs     []error          // signals that could not be sent
+	dog         *watchdog        // HangTimeout and Timeout, or nil
+	dumped      chan []*Stack    // the stacks taken, by rank index, once taken
 }
 
 func (g *Group) supervise(ctx context.Context) {
 	s := &supervisor{g: g, live: len(g.ranks), rootCause: -1}
+	s.dog = newWatchdog(g.opts, g.started, &g.lastOutput)
 	ctxDone := ctx.Done()
 	for s.live > 0 {
 		select {
+		case now := <-s.dog.c():
+			s.watchdogFired(now)
+		case stacks := <-s.dumped:
+			s.stacksTaken(stacks)
 		case e := <-g.exits:
 			s.exited(e)
 		case sig := <-g.sigs:
@@ -274,6 +291,10 @@ func (g *Group) supervise(ctx context.Context) {
 			s.giveUp()
 		}
 	}
+	if s.dumped != nil { // every rank exited while their stacks were taken
+		s.stacksTaken(<-s.dumped)
+	}
+	s.dog.stop()
 	if s.killTimer != nil {
 		s.killTimer.Stop()
 	}
@@ -421,6 +442,7 @@ func (g *Group) finish() {
 		g.cont.usage(rp) // every process in its cgroup is gone
 	}
 	g.cont.close()
+	g.stacks.remove()
 	g.thr.close()
 }
 
@@ -491,6 +513,11 @@ func (g *Group) collect(s *supervisor) {
 		r := rp.res
 		r.ErrorFile, _ = ReadErrorFile(rp.spec.ErrorFile)
 		r.Cost = rp.usage.cost(r.Started, r.Ended)
+		if r.Stack != nil && r.Stack.Kind == StackGo {
+			st := *r.Stack
+			st.Text = trimGoStack(rp.spec.capture.text())
+			r.Stack = &st
+		}
 		res.Ranks = append(res.Ranks, r)
 	}
 	res.RootCause = s.rootCause

@@ -227,6 +227,7 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 				switch {
 				case sig == syscall.SIGPIPE:
 				case suspend(g, sig):
+				case pass(g, sig):
 				default:
 					g.Signal(sig)
 				}

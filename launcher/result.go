@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
@@ -38,6 +39,10 @@ type RankResult struct {
 	Stderr string
 	// Cost is what the rank cost: wall and CPU time, peak memory.
 	Cost Cost
+	// Stack is where the rank was when the launcher stopped the job for
+	// a hang or a timeout (Options.HangTimeout, Options.Timeout); nil
+	// when no stack was taken.
+	Stack *Stack
 }
 
 // Failed reports whether the rank exited non-zero or by a signal.
@@ -99,6 +104,10 @@ func (r *Result) Succeeded() bool {
 func (r *Result) ExitCode() int {
 	if s, ok := r.Interrupted.(syscall.Signal); ok {
 		return 128 + int(s)
+	}
+	var te *TimeoutError
+	if errors.As(r.Cause, &te) {
+		return TimeoutExitCode
 	}
 	if r.RootCause >= 0 {
 		return r.Ranks[r.RootCause].Code()

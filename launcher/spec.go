@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpspawn/mpspawn/place"
@@ -48,6 +49,10 @@ type Spec struct {
 	// path), when the job is contained by cgroups
 	cgroup     *os.File
 	cgroupPath string
+	// set by Start: when the rank last wrote output, and its stderr's
+	// capture for a Go stack dump
+	activity *atomic.Int64
+	capture  *stackCapture
 }
 
 // Containment is how the launcher makes sure that nothing a job started
@@ -100,12 +105,32 @@ type Options struct {
 	// the Group; its owner closes it.
 	Method StartMethod
 
+	// HangTimeout, when positive, stops the ranks as a failure when none
+	// of them has written any output (stdout or stderr) for that long,
+	// after taking every live rank's stack (RankResult.Stack);
+	// Result.Cause is then a *HangError. Only output the launcher reads
+	// counts: a rank whose Spec.Stdout and Spec.Stderr are nil shows none.
+	HangTimeout time.Duration
+	// Timeout, when positive, stops the ranks that long after they
+	// started, after taking their stacks; Result.Cause is then a
+	// *TimeoutError and Result.ExitCode is TimeoutExitCode (124).
+	Timeout time.Duration
+	// Stacks installs mpspawn's stack hook in Python ranks (see
+	// docs/diagnosis.md), so that their stacks can be taken while they
+	// run (DumpStacks). It is implied by HangTimeout and Timeout.
+	Stacks bool
+	// StacksDir is where the ranks' stack files go; empty means a
+	// temporary directory. Start makes it; its files are removed when
+	// the Group ends.
+	StacksDir string
 	// OnRootCause, when not nil, is called once with the root cause's
 	// result the moment the first rank fails on its own, before the other
 	// ranks are stopped (the job's other nodes are told from it). It runs
 	// on the supervisor's goroutine and must not block.
 	OnRootCause func(RankResult)
 }
+
+func (o Options) stacks() bool { return o.Stacks || o.HangTimeout > 0 || o.Timeout > 0 }
 
 func (o Options) grace() time.Duration {
 	if o.GracePeriod > 0 {

@@ -154,9 +154,13 @@ func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
 		files = append(files, cw)
 		rp.pipes = append(rp.pipes, r)
 		rp.relays.Add(1)
+		var src io.Reader = r
+		if s.activity != nil {
+			src = activityReader{r, s.activity}
+		}
 		go func() {
 			defer rp.relays.Done()
-			relayLines(r, w)
+			relayLines(src, w)
 		}()
 	}
 	return append(files, s.ExtraFiles...), release, nil

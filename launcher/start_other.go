@@ -43,3 +43,9 @@ func procState(int) string { return "unknown" }
 var suspendSignals []os.Signal
 
 func suspend(*Group, os.Signal) bool { return false }
+
+// PassedSignals are the forwarded signals that do not stop the job: none
+// here.
+var PassedSignals = []os.Signal{}
+
+func pass(*Group, os.Signal) bool { return false }

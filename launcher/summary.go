@@ -20,10 +20,13 @@ type Summary struct {
 	Interrupted string `json:"interrupted_by,omitempty"`
 	// Interpreter is what ran the ranks' script, when it was one:
 	// "/usr/bin/python3 (python3 on PATH)". The caller sets it.
-	Interpreter string        `json:"interpreter,omitempty"`
-	RootCause   *RankSummary  `json:"root_cause"`
-	Failures    []RankSummary `json:"failures"`
-	Ranks       []RankSummary `json:"ranks"`
+	Interpreter string `json:"interpreter,omitempty"`
+	// Cause is why mpspawn stopped the job when no rank's failure did:
+	// "hang: no output for 5m0s", "timeout: the job ran for 10m0s".
+	Cause     string        `json:"cause,omitempty"`
+	RootCause *RankSummary  `json:"root_cause"`
+	Failures  []RankSummary `json:"failures"`
+	Ranks     []RankSummary `json:"ranks"`
 	// Attempts lists every round's root cause when the job ran more than
 	// one (restarts, changes of membership); see Outcome.Summarize.
 	Attempts []AttemptSummary `json:"attempts,omitempty"`
@@ -50,6 +53,9 @@ type RankSummary struct {
 	Note string `json:"note,omitempty"`
 	// Cost is RankResult.Cost.
 	Cost CostSummary `json:"cost"`
+	// Stack is RankResult.Stack: where the rank was when mpspawn stopped
+	// the job for a hang or a timeout.
+	Stack *Stack `json:"stack,omitempty"`
 }
 
 // CostSummary is a rank's Cost in a Summary, in seconds and bytes.
@@ -62,19 +68,21 @@ type CostSummary struct {
 	// measures (SourceCgroupMemory or SourceMaxRSS).
 	PeakMemory   int64  `json:"peak_memory_bytes"`
 	MemorySource string `json:"peak_memory_source,omitempty"`
+	// GPUMemory is Cost.GPUMemory, omitted when unknown.
+	GPUMemory int64 `json:"peak_gpu_memory_bytes,omitempty"`
 }
 
 func costSummary(c Cost) CostSummary {
 	return CostSummary{
 		WallSeconds: c.Wall.Seconds(), UserSeconds: c.User.Seconds(), SystemSeconds: c.System.Seconds(),
-		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource,
+		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource, GPUMemory: c.GPUMemory,
 	}
 }
 
 func (c CostSummary) cost() Cost {
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 	return Cost{Wall: sec(c.WallSeconds), User: sec(c.UserSeconds), System: sec(c.SystemSeconds),
-		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource}
+		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource, GPUMemory: c.GPUMemory}
 }
 
 // Summarize builds the Summary of a result.
@@ -84,7 +92,7 @@ func (r *Result) Summarize(host, runID string) *Summary {
 		x := &r.Ranks[i]
 		rs := RankSummary{Rank: x.Rank, LocalRank: x.LocalRank, Host: host, Pid: x.Pid,
 			ExitCode: x.ExitCode, Stopped: x.Stopped, Time: x.Ended, Error: x.ErrorFile,
-			Stderr: x.Stderr, Note: x.Note, Cost: costSummary(x.Cost)}
+			Stderr: x.Stderr, Note: x.Note, Cost: costSummary(x.Cost), Stack: x.Stack}
 		if x.Signal != 0 {
 			rs.Signal, rs.SignalNum = SignalName(x.Signal), int(x.Signal)
 		}
@@ -112,6 +120,7 @@ func (r *Result) Summarize(host, runID string) *Summary {
 	case !r.Succeeded():
 		s.Status = "failed"
 	}
+	s.Cause = reason(r.Cause)
 	return s
 }
 
@@ -140,6 +149,10 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 		b.WriteString(sep + "Root Cause (first observed failure):\n")
 		writeRank(&b, *s.RootCause)
 	}
+	if s.Cause != "" && s.RootCause == nil {
+		fmt.Fprintf(&b, "%sRoot Cause: %s (mpspawn stopped the ranks)\n", sep, s.Cause)
+	}
+	writeStacks(&b, sep, s.Ranks)
 	var others, stopped []RankSummary
 	for _, f := range s.Failures {
 		switch {
@@ -245,4 +258,28 @@ func exitText(r RankSummary) string {
 		return "-" + r.Signal
 	}
 	return fmt.Sprint(r.ExitCode)
+}
+
+// writeStacks writes, rank by rank, the stacks taken when the job was
+// stopped for a hang or a timeout.
+func writeStacks(b *strings.Builder, sep string, ranks []RankSummary) {
+	shown := false
+	for _, r := range ranks {
+		if r.Stack == nil {
+			continue
+		}
+		if !shown {
+			b.WriteString(sep + "Stacks (where each rank was when mpspawn stopped it):\n")
+			shown = true
+		}
+		fmt.Fprintf(b, "[%d]: local_rank %d, pid %d\n", r.Rank, r.LocalRank, r.Pid)
+		if r.Stack.Note != "" {
+			fmt.Fprintf(b, "  note      : %s\n", r.Stack.Note)
+		}
+		for _, l := range strings.Split(r.Stack.Text, "\n") {
+			if l != "" {
+				b.WriteString("    " + l + "\n")
+			}
+		}
+	}
 }

@@ -1,7 +1,9 @@
 // Package rendezvous owns who is in the job: the world size, this node's
 // rank, and the master address and port that rank 0 listens on. Membership
 // comes from flags (Static) or from an etcd v3 rendezvous shared by the
-// nodes (Etcd), both behind one interface, Rendezvous.
+// nodes (Etcd), both behind one interface, Rendezvous. Under SLURM,
+// DetectSlurm reads the job step's values (with ExpandHostlist for Slurm's
+// node lists), which the command turns into the flags' defaults.
 //
 // It also owns free-port choice. A standalone job reserves its master port
 // for as long as the Job lives, so that many standalone jobs started at once

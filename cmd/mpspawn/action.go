@@ -39,11 +39,15 @@ type config struct {
 	dryRun      bool
 	ipc         bool
 	json        bool
-	multi       multinode // --rdzv-*, --max-restarts, --local-addr
 	diag        diagConfig
+	sched       *sched    // the scheduler that gave defaults; nil when none
+	multi       multinode // --rdzv-*, --max-restarts, --local-addr
 }
 
 func action(c *cli.Context) error {
+	if c.IsSet(fDumpStacks) {
+		return dumpStacks(c)
+	}
 	cfg, err := parseConfig(c)
 	if err != nil {
 		return err
@@ -114,6 +118,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 	cfg.rdzv = rendezvous.Config{
 		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: 1, // set by planRanks, which places at least 1
 		MasterAddr: c.String(fMasterAddr), MasterPort: c.Int(fMasterPort), Standalone: c.Bool(fStandalone),
+	}
+	if err := cfg.applyScheduler(c); err != nil {
+		return nil, err
 	}
 	if p := c.Int(fMasterPort); c.IsSet(fMasterPort) && (p < 1 || p > 65535) {
 		return nil, usagef("--master-port %d: want a port between 1 and 65535", p)

@@ -48,7 +48,9 @@ func TestNearestFlag(t *testing.T) {
 		{"standalon", "--standalone"},
 		{"master-adr", "--master-addr"},
 		{"logdir", "--log-dir"},
-		{"max-restarts", ""},
+		{"max-restart", "--max-restarts"},
+		{"rdzv-endpiont", "--rdzv-endpoint"},
+		{"node-rnak", "--node-rank"},
 		{"xyz", ""},
 	}
 	for _, tt := range tests {

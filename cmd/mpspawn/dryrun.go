@@ -17,10 +17,11 @@ import (
 
 // planJSON is the --dry-run --json form of a plan.
 type planJSON struct {
-	Host     string         `json:"host"`
-	Source   string         `json:"source"`
-	Ranks    []rankPlanJSON `json:"ranks"`
-	Warnings []string       `json:"warnings"`
+	Rendezvous schedJSON      `json:"rendezvous"`
+	Host       string         `json:"host"`
+	Source     string         `json:"source"`
+	Ranks      []rankPlanJSON `json:"ranks"`
+	Warnings   []string       `json:"warnings"`
 }
 
 type rankPlanJSON struct {
@@ -44,7 +45,7 @@ func dryRun(c *cli.Context, cfg *config) error {
 	})
 	contract := job.Contract()
 	contract.StartMethod = cfg.startMethod // no method is started for a dry run
-	out := planJSON{Host: cfg.place.topo.Host, Source: cfg.place.source, Warnings: cfg.place.plan.Warnings}
+	out := planJSON{Rendezvous: cfg.schedPlan(addr, port), Host: cfg.place.topo.Host, Source: cfg.place.source, Warnings: cfg.place.plan.Warnings}
 	if out.Warnings == nil {
 		out.Warnings = []string{}
 	}
@@ -77,6 +78,7 @@ func dryRun(c *cli.Context, cfg *config) error {
 // writePlanText prints a plan as a table, then each rank's placement
 // variables.
 func writePlanText(w io.Writer, pl *placement, plan planJSON) error {
+	writeSchedText(w, plan.Rendezvous)
 	fmt.Fprintf(w, "%d ranks on %s (%s)\n", len(plan.Ranks), plan.Host, plan.Source)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "RANK\tLOCAL_RANK\tGPUS\tCPUS\tOMP_NUM_THREADS")

@@ -48,8 +48,9 @@ const (
 	catFailure     = "Failure handling"
 )
 
+// flags is the launcher's flags; each also reads PET_<FLAG> (see withPET).
 func flags() []cli.Flag {
-	return append([]cli.Flag{
+	return withPET(append(append([]cli.Flag{
 		&cli.StringFlag{Category: catRanks, Name: fNproc, Value: "1", Usage: "ranks on this node: `N`, gpu (one per usable GPU), cpu (one per CPU) or auto (GPUs if any, else CPUs)"},
 		&cli.StringFlag{Category: catRanks, Name: fStartMethod, Value: "spawn", Usage: "`METHOD` that creates the ranks: spawn (a fresh exec per rank) or forkserver (Python ranks forked from one server started first, see --preload)"},
 		&cli.StringFlag{Category: catRanks, Name: fRole, Value: "default", Usage: "the ranks' role `NAME` (ROLE_NAME, and ${role_name} in the line prefix)"},
@@ -88,7 +89,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE`"},
 
 		&cli.BoolFlag{Name: fVersion, Usage: "print the version, the commit, the Go version and whether GPU support is built in"},
-	}, append(diagFlags(), multinodeFlags()...)...)
+	}, diagFlags()...), multinodeFlags()...))
 }
 
 // normalizeArgs rewrites torchrun-style underscore flags (--nproc_per_node)

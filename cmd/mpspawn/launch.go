@@ -41,8 +41,11 @@ func launch(c *cli.Context, cfg *config) error {
 	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
 	job := cfg.job(rendezvous.Membership{NProcPerNode: cfg.nproc})
 	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
+	cfg.diag.options(&job.Options, scratch)
 	stopNotes := noteStops(stderr, job.NProcPerNode, cfg.grace)
-	out, err := job.RunRounds(c.Context, rdzv, cfg.multi.maxRestarts)
+	ctx, unwatch := cfg.watchGPUs(c.Context, stderr)
+	out, err := job.RunRounds(ctx, rdzv, cfg.multi.maxRestarts)
+	unwatch()
 	stopNotes()
 	if scratch != "" {
 		defer removeScratch(job, scratch)
@@ -59,9 +62,10 @@ func launch(c *cli.Context, cfg *config) error {
 		return usageError{errors.New(rendezvousError(out.Err))}
 	}
 	res := out.Last().Result
+	cfg.addGPUMemory(res, stderr)
 	if out.Err != nil {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", rendezvousError(out.Err))
-	} else if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil {
+	} else if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", stopCause(res.Cause)) // not a rank's failure: the summary would not say why
 	}
 	cfg.report(c, stderr, out, scratch != "")
@@ -164,6 +168,8 @@ func noteStops(w io.Writer, ranks int, grace time.Duration) (stop func()) {
 				case s == syscall.SIGINT:
 					sigints++
 					fmt.Fprintf(w, "mpspawn: SIGINT: stopping %d ranks, up to %v (Ctrl-C again to kill now)\n", ranks, grace)
+				case slices.Contains(launcher.PassedSignals, sig):
+					fmt.Fprintf(w, "mpspawn: %s: passed to the %d ranks; the job goes on\n", launcher.SignalName(s), ranks)
 				default:
 					fmt.Fprintf(w, "mpspawn: %s: stopping %d ranks, up to %v\n", launcher.SignalName(s), ranks, grace)
 					return

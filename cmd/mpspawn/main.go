@@ -42,7 +42,11 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit code %d", int(e)) }
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp(stdout, stderr)
 	args = normalizeArgs(args)
+	app.Metadata = map[string]any{argsKey: args}
 	err := checkArgs(app, args)
+	if err == nil {
+		err = checkPET(app.Flags)
+	}
 	switch {
 	case err != nil:
 	case subcommandHelp(app, args, stdout):

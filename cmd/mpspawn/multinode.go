@@ -94,6 +94,10 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	if m.minNodes, m.maxNodes, err = parseNNodes(c); err != nil {
 		return err
 	}
+	slurm := cfg.sched != nil && cfg.sched.slurm != nil
+	if slurm && !c.IsSet(fNNodes) {
+		m.minNodes, m.maxNodes = cfg.rdzv.NNodes, cfg.rdzv.NNodes // the step's nodes
+	}
 	if m.maxRestarts = c.Int(fMaxRestarts); m.maxRestarts < 0 {
 		return usagef("--max-restarts %d: want 0 or more", m.maxRestarts)
 	}
@@ -133,7 +137,7 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 		}
 		m.endpoints = append(m.endpoints, strings.TrimSpace(e))
 	}
-	if !c.IsSet(fRdzvID) && !c.IsSet(fRunID) {
+	if !c.IsSet(fRdzvID) && !c.IsSet(fRunID) && !slurm { // under SLURM: <job>.<step>
 		return usagef("--rdzv-backend %s needs --rdzv-id ID: every node of the job passes the same one", m.backend)
 	}
 	if m.backend == "c10d" && len(m.endpoints) != 1 {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 
 	"github.com/mpspawn/mpspawn/gpu"
@@ -77,7 +76,7 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 	}
 	visible := gpu.VisibleSet{}
 	if spec.mode != "cpu" {
-		value, set := os.LookupEnv("CUDA_VISIBLE_DEVICES")
+		value, set := visibleDevicesEnv()
 		v, warnings, err := gpu.Visible(pl.topo, value, set)
 		for _, w := range warnings {
 			fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)

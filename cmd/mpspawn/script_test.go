@@ -59,6 +59,13 @@ func scriptParams(t *testing.T, dir string, env map[string]string) testscript.Pa
 		RequireExplicitExec: true,
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("REPO", repo)
+			// A Python that starts at once (no pyenv-style shim before it),
+			// for scripts whose timing bounds include the interpreter's start.
+			py := "python3"
+			if _, err := os.Stat(systemPython); err == nil {
+				py = systemPython
+			}
+			e.Setenv("PY3", py)
 			if py, _ := torchPython(); py != "" {
 				e.Setenv("TORCH_PYTHON", py)
 			}
@@ -83,6 +90,7 @@ func scriptParams(t *testing.T, dir string, env map[string]string) testscript.Pa
 			"mkfifo":     cmdMkfifo,
 			"exitcode":   cmdExitCode,
 			"jsonget":    cmdJSONGet,
+			"freeport":   cmdFreePort,
 		},
 	}
 }

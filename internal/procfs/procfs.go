@@ -60,3 +60,18 @@ func HasEnv(pid int, kv string) bool {
 	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
 	return err == nil && bytes.Contains(append([]byte{0}, env...), []byte("\x00"+kv+"\x00"))
 }
+
+// Getenv returns the value of key in pid's environment (as it was when the
+// process executed its program), and whether it is there.
+func Getenv(pid int, key string) (string, bool) {
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return "", false
+	}
+	for _, kv := range bytes.Split(env, []byte{0}) {
+		if k, v, ok := bytes.Cut(kv, []byte("=")); ok && string(k) == key {
+			return string(v), true
+		}
+	}
+	return "", false
+}

@@ -1,0 +1,209 @@
+package launcher
+
+import (
+	"io"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The watchdog stops a job that hangs (Options.HangTimeout: no output
+// from any rank for that long) or runs too long (Options.Timeout), after
+// taking every live rank's stack (see Stack). It runs in the supervisor.
+
+// watchdog holds the supervisor's timer for HangTimeout and Timeout.
+type watchdog struct {
+	hang, timeout time.Duration
+	start         time.Time
+	last          *atomic.Int64 // UnixNano of the ranks' last output
+	timer         *time.Timer
+}
+
+// newWatchdog returns the watchdog of opts, or nil when neither bound is
+// set.
+func newWatchdog(opts Options, start time.Time, last *atomic.Int64) *watchdog {
+	if opts.HangTimeout <= 0 && opts.Timeout <= 0 {
+		return nil
+	}
+	w := &watchdog{hang: opts.HangTimeout, timeout: opts.Timeout, start: start, last: last}
+	w.timer = time.NewTimer(w.next(start))
+	return w
+}
+
+// c is the channel that fires when a bound may have passed; nil for no
+// watchdog.
+func (w *watchdog) c() <-chan time.Time {
+	if w == nil {
+		return nil
+	}
+	return w.timer.C
+}
+
+// next is how long from now until the first bound can pass.
+func (w *watchdog) next(now time.Time) time.Duration {
+	d := time.Duration(-1)
+	if w.timeout > 0 {
+		d = w.start.Add(w.timeout).Sub(now)
+	}
+	if w.hang > 0 {
+		h := time.Unix(0, w.last.Load()).Add(w.hang).Sub(now)
+		if d < 0 || h < d {
+			d = h
+		}
+	}
+	return max(d, 0)
+}
+
+// fired checks the bounds when the timer fired: it returns the cause to
+// stop the job with, or re-arms the timer and returns nil (output came
+// since it was set).
+func (w *watchdog) fired(now time.Time) error {
+	if w.timeout > 0 && !now.Before(w.start.Add(w.timeout)) {
+		return &TimeoutError{Timeout: w.timeout}
+	}
+	if w.hang > 0 && now.Sub(time.Unix(0, w.last.Load())) >= w.hang {
+		return &HangError{Quiet: w.hang}
+	}
+	w.timer.Reset(w.next(now))
+	return nil
+}
+
+func (w *watchdog) stop() {
+	if w != nil {
+		w.timer.Stop()
+	}
+}
+
+// activityReader records the time of every read that returned output.
+type activityReader struct {
+	r    io.Reader
+	last *atomic.Int64
+}
+
+func (a activityReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		a.last.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// stackCapture passes a rank's stderr lines on to w and, once started,
+// keeps them (up to maxStack bytes): a Go rank's goroutine dump, which
+// its runtime writes to stderr on SIGQUIT.
+type stackCapture struct {
+	w    io.Writer
+	mu   sync.Mutex
+	on   bool
+	kept []byte
+}
+
+var _ abandoner = (*stackCapture)(nil)
+
+func (c *stackCapture) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.on && len(c.kept)+len(p) <= maxStack {
+		c.kept = append(c.kept, p...)
+	}
+	c.mu.Unlock()
+	if c.w == nil {
+		return len(p), nil
+	}
+	return c.w.Write(p)
+}
+
+// start keeps the lines written from now on.
+func (c *stackCapture) start() {
+	c.mu.Lock()
+	c.on = true
+	c.mu.Unlock()
+}
+
+func (c *stackCapture) text() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return string(c.kept)
+}
+
+// Abandon gives up on w, when it can be.
+func (c *stackCapture) Abandon() {
+	if a, ok := c.w.(abandoner); ok {
+		a.Abandon()
+	}
+}
+
+// watch sets up what the watchdog and the stacks need in specs: the stack
+// hook in every rank's environment, the capture of its stderr, and the
+// record of its output's time.
+func (g *Group) watch(specs []Spec) error {
+	g.started = time.Now()
+	g.lastOutput.Store(g.started.UnixNano())
+	if g.opts.stacks() {
+		var err error
+		if g.stacks, err = newStackDir(g.opts.StacksDir); err != nil {
+			return err
+		}
+		for i := range specs {
+			specs[i].Env = g.stacks.env(specs[i].Env)
+			specs[i].capture = &stackCapture{w: specs[i].Stderr}
+			specs[i].Stderr = specs[i].capture
+		}
+	}
+	for i := range specs {
+		specs[i].activity = &g.lastOutput
+	}
+	return nil
+}
+
+// watchdogFired stops the job for a hang or a timeout, after taking the
+// stacks, unless it is stopping already.
+func (s *supervisor) watchdogFired(now time.Time) {
+	cause := s.dog.fired(now)
+	if cause == nil || s.cause != nil || s.dumped != nil {
+		return
+	}
+	s.cause = cause
+	s.takeStacks()
+}
+
+// takeStacks takes every live rank's stack in the background (each
+// bounded) and sends them on s.dumped. The ranks count as stopped from
+// now on: a Go rank that SIGQUIT ends is not the job's root cause.
+func (s *supervisor) takeStacks() {
+	var dir string
+	if s.g.stacks != nil {
+		dir = s.g.stacks.dir
+	}
+	s.dumped = make(chan []*Stack, 1)
+	var live []int
+	for i, rp := range s.g.ranks {
+		if !rp.exited {
+			rp.stopped = true
+			live = append(live, i)
+		}
+	}
+	go func() {
+		out := make([]*Stack, len(s.g.ranks))
+		var wg sync.WaitGroup
+		for _, i := range live {
+			rp := s.g.ranks[i]
+			wg.Go(func() { out[i] = stackOf(rp.proc.pid(), dir, rp.proc.signal, true, rp.spec.capture) })
+		}
+		wg.Wait()
+		s.dumped <- out
+	}()
+}
+
+// stacksTaken records the stacks and stops the ranks still running.
+func (s *supervisor) stacksTaken(stacks []*Stack) {
+	s.dumped = nil
+	for i, st := range stacks {
+		if st != nil {
+			s.g.ranks[i].res.Stack = st
+		}
+	}
+	if s.live > 0 {
+		s.stop(s.cause, syscall.SIGTERM)
+	}
+}
