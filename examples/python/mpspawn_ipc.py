@@ -12,6 +12,11 @@ zero-copy, as read-only memory — and publish buffers of its own:
     ...
     c.release(handles[0])                     # after dropping every view of mem
 
+Every failure is an exception: an error the broker answers with is a
+BrokerError; when the broker closes the channel (a protocol violation it
+names in an error frame, or end of stream) that call and every later one
+raise ChannelClosed, naming why.
+
 Standard library only; Linux, Python 3.9+ (socket.recv_fds).
 """
 
@@ -22,22 +27,74 @@ import os
 import socket
 import struct
 
+# The protocol's constants, one per line: TestPythonConstants (package
+# ipc) checks each against the Go side.
 MAGIC = b"MPS"
 VERSION = 1
+MAX_FILES = 16
 HEADER = struct.Struct(">3sBBBBBQI")  # magic, version, type, flags, nfds, reserved, id, length
-FRAME_REQUEST, FRAME_REPLY, FRAME_ERROR, FRAME_NOTICE = 5, 6, 4, 8
-OP_PUBLISH, OP_OPEN, OP_RELEASE, OP_PUT, OP_GET = 1, 2, 3, 4, 5
-KIND_HOST = 1
 HANDLE = struct.Struct("<QqiB3x16s")  # id, size, producer, kind, pad, token
-ERRORS = {1: "bad handle", 2: "producer gone", 3: "bad request", 4: "broker closed"}
+
+FRAME_HELLO = 1
+FRAME_ARGS = 2
+FRAME_RESULT = 3
+FRAME_ERROR = 4
+FRAME_REQUEST = 5
+FRAME_REPLY = 6
+FRAME_CLOSE = 7
+FRAME_NOTICE = 8
+
+OP_PUBLISH = 1
+OP_OPEN = 2
+OP_RELEASE = 3
+OP_PUT = 4
+OP_GET = 5
+OP_TASK_DONE = 6
+OP_JOIN = 7
+OP_WAIT_UNHELD = 8
+OP_CHECK = 9
+OP_PUT_BATCH = 10
+OP_GET_BATCH = 11
+OP_CANCEL = 12
+
+KIND_HOST = 1
+KIND_FD = 2
+KIND_PRODUCER_OWNED = 3
+
+ERR_OTHER = 0
+ERR_BAD_HANDLE = 1
+ERR_PRODUCER_GONE = 2
+ERR_BAD_REQUEST = 3
+ERR_CLOSED = 4
+ERR_PROTOCOL = 5
+ERR_LIMIT = 6
+
+NOTICE_PRODUCER_GONE = 1
+NOTICE_FREED = 2
+
+ERRORS = {
+    ERR_OTHER: "error",
+    ERR_BAD_HANDLE: "bad handle",
+    ERR_PRODUCER_GONE: "producer gone",
+    ERR_BAD_REQUEST: "bad request",
+    ERR_CLOSED: "broker closed",
+    ERR_PROTOCOL: "protocol violation",
+    ERR_LIMIT: "limit reached",
+}
 
 
 class BrokerError(Exception):
-    """An error the broker answered with; .kind is "bad handle", "producer gone", ..."""
+    """An error the broker answered with; .kind is "bad handle", "producer gone",
+    "limit reached", ... (ERRORS)."""
 
     def __init__(self, kind, message):
         super().__init__(message)
         self.kind = kind
+
+
+class ChannelClosed(BrokerError, EOFError):
+    """The broker closed the channel: .kind is "protocol violation" (the
+    message says which) or "end of stream". Every later call raises it too."""
 
 
 class Handle:
@@ -60,43 +117,65 @@ class Client:
         self.sock = socket.socket(fileno=fd)
         self.next_id = 0
         self.maps = {}
+        self.closed = None  # the ChannelClosed that ended the channel
 
     @classmethod
     def from_env(cls):
         return cls(int(os.environ["MPSPAWN_CONTROL_FD"]))
 
     def _send(self, payload, fds=()):
+        if self.closed:
+            raise self.closed
         self.next_id += 1
         hdr = HEADER.pack(MAGIC, VERSION, FRAME_REQUEST, 0, len(fds), 0, self.next_id, len(payload))
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         data = hdr + payload
-        sent = self.sock.sendmsg([data], anc)
-        if sent < len(data):
-            self.sock.sendall(data[sent:])
+        try:
+            sent = self.sock.sendmsg([data], anc)
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
+        except (BrokenPipeError, ConnectionResetError):
+            # The broker closed the channel: what it said last says why.
+            self._reply(None)
         return self.next_id
+
+    def _close(self, kind, message):
+        self.closed = ChannelClosed(kind, message)
+        raise self.closed
 
     def _recv_exact(self, n):
         buf = bytearray()
         while len(buf) < n:
             chunk = self.sock.recv(n - len(buf))
             if not chunk:
-                raise EOFError("control channel closed")
+                self._close("end of stream", "control channel closed by the launcher inside a frame")
             buf += chunk
         return bytes(buf)
 
     def _reply(self, want_id):
-        """Reads frames until the reply to want_id; notices are skipped."""
+        """Reads frames until the reply to want_id; notices are skipped. An
+        error frame that is no reply (id 0, or a protocol violation) means
+        the broker closes the channel."""
+        if self.closed:
+            raise self.closed
         while True:
-            data, fds, _, _ = socket.recv_fds(self.sock, HEADER.size, 16)
+            try:
+                data, fds, _, _ = socket.recv_fds(self.sock, HEADER.size, MAX_FILES)
+            except ConnectionResetError:
+                data, fds = b"", []
             if not data:
-                raise EOFError("control channel closed")
+                self._close("end of stream", "control channel closed by the launcher (end of stream)")
             data += self._recv_exact(HEADER.size - len(data))
             magic, version, ftype, flags, nfds, _, fid, length = HEADER.unpack(data)
             if magic != MAGIC or version != VERSION or flags or nfds != len(fds):
                 for fd in fds:
                     os.close(fd)
-                raise ValueError("bad frame from the broker")
+                self._close("protocol violation", "bad frame from the broker")
             payload = self._recv_exact(length)
+            if ftype == FRAME_ERROR and payload[:1] == bytes([ERR_PROTOCOL]):
+                for fd in fds:
+                    os.close(fd)
+                self._close(ERRORS[ERR_PROTOCOL], payload[1:].decode(errors="replace"))
             if ftype == FRAME_NOTICE or fid != want_id:
                 for fd in fds:
                     os.close(fd)
@@ -104,7 +183,8 @@ class Client:
             if ftype == FRAME_ERROR:
                 for fd in fds:
                     os.close(fd)
-                raise BrokerError(ERRORS.get(payload[0], "error"), payload[1:].decode())
+                code = payload[0] if payload else ERR_OTHER
+                raise BrokerError(ERRORS.get(code, "error"), payload[1:].decode(errors="replace"))
             return payload, fds
 
     def _call(self, payload, fds=()):
