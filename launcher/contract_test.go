@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/mpspawn/mpspawn/place"
@@ -28,8 +29,13 @@ func TestContractEnv(t *testing.T) {
 			"ROLE_WORLD_SIZE": "8", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500",
 			"TORCHELASTIC_RUN_ID": "r", "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0",
 			"TORCHELASTIC_ERROR_FILE": "/logs/r/attempt_0/2/error.json", "OMP_NUM_THREADS": "1", "PATH": "/bin",
-			"MPSPAWN_START_METHOD": "spawn",
+			"MPSPAWN_START_METHOD": "spawn", "TORCHELASTIC_USE_AGENT_STORE": "False", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
 		}, []string{"MPSPAWN_LOG_DIR", "MPSPAWN_CPUS"}},
+		{"user NCCL error handling kept", []string{"TORCH_NCCL_ASYNC_ERROR_HANDLING=0"}, place.Rank{},
+			map[string]string{"TORCH_NCCL_ASYNC_ERROR_HANDLING": "0"}, nil},
+		{"legacy NCCL variable respected", []string{"NCCL_ASYNC_ERROR_HANDLING=0"}, place.Rank{},
+			map[string]string{"NCCL_ASYNC_ERROR_HANDLING": "0"}, []string{"TORCH_NCCL_ASYNC_ERROR_HANDLING"}},
+		{"uneven nodes: first rank is the prefix sum", nil, place.Rank{}, map[string]string{"RANK": "5"}, nil},
 		{"user OMP kept", []string{"OMP_NUM_THREADS=8"}, place.Rank{Env: map[string]string{"OMP_NUM_THREADS": "3"}},
 			map[string]string{"OMP_NUM_THREADS": "8"}, nil},
 		{"placement OMP over default", nil, place.Rank{Env: map[string]string{"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "GPU-a"}},
@@ -40,6 +46,9 @@ func TestContractEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := base
+			if strings.HasPrefix(tt.name, "uneven") {
+				c.FirstRank = 3 // node 0 runs 3 ranks, this node 4: local rank 2 is rank 5
+			}
 			c.Base = append(append([]string(nil), base.Base...), tt.env...)
 			got := envMap(c.Env(2, tt.place))
 			for k, v := range tt.want {
@@ -96,4 +105,14 @@ func TestReadRankEnvRefusesMalformed(t *testing.T) {
 			t.Errorf("ReadRankEnv(%s=%q) = nil error; want one", kv[0], kv[1])
 		}
 	}
+}
+
+// envMap is an environment as a map, the last value of a name winning.
+func envMap(env []string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
 }

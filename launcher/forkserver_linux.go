@@ -74,9 +74,10 @@ type Forkserver struct {
 	deadErr error         // why, once dead is closed
 	readerD chan struct{} // the reader goroutine has returned
 
-	closing   atomic.Bool
-	closeOnce sync.Once
-	closeErr  error // set by Close
+	releaseSlow atomic.Bool // a release went unanswered for releaseWait
+	closing     atomic.Bool
+	closeOnce   sync.Once
+	closeErr    error // set by Close
 }
 
 type forkReply struct {

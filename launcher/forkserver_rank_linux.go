@@ -80,8 +80,9 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 
 // release asks the server to reap rank pid, which it reported exited, and
 // returns the rank's resource usage from the server's wait4, or nil when
-// no reply came within releaseWait (the server is gone, or busy: it reaps
-// whatever is left when it closes).
+// no reply came within releaseWait (the server is gone, or stopped: it
+// reaps whatever is left when it closes). After one such wait, later
+// releases do not wait, so a Group's end waits releaseWait at most once.
 func (fs *Forkserver) release(pid int) *syscall.Rusage {
 	reply, id, err := fs.expect()
 	if err != nil {
@@ -92,12 +93,17 @@ func (fs *Forkserver) release(pid int) *syscall.Rusage {
 		fs.forget(id)
 		return nil
 	}
+	if fs.releaseSlow.Load() {
+		fs.forget(id) // a server that did not answer one release in time is not waited for again
+		return nil
+	}
 	t := time.NewTimer(releaseWait)
 	defer t.Stop()
 	select {
 	case r := <-reply:
 		return r.rusage
 	case <-t.C:
+		fs.releaseSlow.Store(true)
 		fs.forget(id)
 		return nil
 	}

@@ -108,7 +108,8 @@ type Options struct {
 	// HangTimeout, when positive, stops the ranks as a failure when none
 	// of them has written any output (stdout or stderr) for that long,
 	// after taking every live rank's stack (RankResult.Stack);
-	// Result.Cause is then a *HangError.
+	// Result.Cause is then a *HangError. Only output the launcher reads
+	// counts: a rank whose Spec.Stdout and Spec.Stderr are nil shows none.
 	HangTimeout time.Duration
 	// Timeout, when positive, stops the ranks that long after they
 	// started, after taking their stacks; Result.Cause is then a

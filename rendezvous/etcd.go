@@ -361,3 +361,36 @@ func (e *Etcd) Finish(ctx context.Context) (*Stop, error) {
 		}
 	}
 }
+
+// WaitLeft waits, bounded by ctx, until every other node has left the run
+// (its lease is gone): the node that hosts the etcd server stops it only
+// then, so that no node loses etcd while it closes.
+func (e *Etcd) WaitLeft(ctx context.Context) {
+	if e.round < 0 {
+		return
+	}
+	prefix := e.roundKey(e.round, "join") + "/"
+	resp, err := e.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return
+	}
+	left := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		if id := strings.TrimPrefix(string(kv.Key), prefix); id != e.self.ID {
+			left[id] = true
+		}
+	}
+	if len(left) == 0 {
+		return
+	}
+	for wr := range e.cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				delete(left, strings.TrimPrefix(string(ev.Kv.Key), prefix))
+			}
+		}
+		if len(left) == 0 || wr.Err() != nil {
+			return
+		}
+	}
+}

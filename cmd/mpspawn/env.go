@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -75,4 +76,31 @@ func onCommandLine(c *cli.Context, name string) bool {
 		}
 	}
 	return false
+}
+
+// checkPET finds a PET_* value that is not of its flag's type, before the
+// flags are read, and words it for people: "PET_NODE_RANK="first": want a
+// whole number (it sets --node-rank)".
+func checkPET(fs []cli.Flag) error {
+	for _, f := range fs {
+		name := f.Names()[0]
+		v, ok := os.LookupEnv(petVar(name))
+		if !ok || v == "" {
+			continue
+		}
+		var err error
+		want := ""
+		switch f := f.(type) {
+		case *cli.IntFlag:
+			_, err = strconv.ParseInt(v, f.Base, 64)
+			want = "a whole number"
+		case *cli.BoolFlag:
+			_, err = strconv.ParseBool(v)
+			want = "true or false (or 1 or 0)"
+		}
+		if err != nil {
+			return usagef("%s=%q: want %s (it sets --%s)", petVar(name), v, want, name)
+		}
+	}
+	return nil
 }

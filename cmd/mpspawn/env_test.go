@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/urfave/cli/v2"
 )
 
@@ -86,10 +89,30 @@ func TestPETEnvironment(t *testing.T) {
 // TestPETBadValue: a PET_* value that is not of the flag's type is one
 // line and exit code 2, before anything starts.
 func TestPETBadValue(t *testing.T) {
-	t.Setenv("PET_NODE_RANK", "first")
-	var stdout, stderr bytes.Buffer
-	code := run([]string{"mpspawn", "--no-python", "true"}, &stdout, &stderr)
-	if code != 2 || strings.Count(stderr.String(), "\n") != 1 || !strings.Contains(stderr.String(), "PET_NODE_RANK") {
-		t.Errorf("PET_NODE_RANK=first: run = %d, stderr %q; want 2 and one line naming PET_NODE_RANK", code, stderr.String())
+	for _, tt := range []struct{ env, value, want string }{
+		{"PET_NODE_RANK", "first", `mpspawn: error: PET_NODE_RANK="first": want a whole number (it sets --node-rank)` + "\n"},
+		{"PET_STANDALONE", "yes", `mpspawn: error: PET_STANDALONE="yes": want true or false (or 1 or 0) (it sets --standalone)` + "\n"},
+	} {
+		t.Run(tt.env, func(t *testing.T) {
+			t.Setenv(tt.env, tt.value)
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"mpspawn", "--no-python", "true"}, &stdout, &stderr)
+			if code != 2 || stderr.String() != tt.want {
+				t.Errorf("%s=%s: run = %d, stderr %q; want 2 and %q", tt.env, tt.value, code, stderr.String(), tt.want)
+			}
+		})
 	}
+}
+
+// cmdFreePort: freeport VAR — sets VAR to a TCP port that no socket on
+// this host held a moment ago.
+func cmdFreePort(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: freeport VAR")
+	}
+	l, err := net.Listen("tcp", ":0")
+	ts.Check(err)
+	port := l.Addr().(*net.TCPAddr).Port
+	ts.Check(l.Close())
+	ts.Setenv(args[0], strconv.Itoa(port))
 }

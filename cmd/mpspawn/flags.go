@@ -76,7 +76,7 @@ func flags() []cli.Flag {
 		&cli.BoolFlag{Category: catProgram, Name: fRunPath, Usage: "accepted for torchrun compatibility; changes nothing: each rank runs the script by its path (PYTHON -u SCRIPT), in its own process"},
 		&cli.BoolFlag{Category: catProgram, Name: fIPC, Usage: "give every rank a control channel (fd 3, MPSPAWN_CONTROL_FD) to share buffers zero-copy and use queues (examples/python/mpspawn_ipc.py)"},
 
-		&cli.StringFlag{Category: catLogs, Name: fLogDir, Usage: "base `DIR` of per-rank files: DIR/<run-id>/attempt_0/<local_rank>/{stdout.log,stderr.log,error.json}"},
+		&cli.StringFlag{Category: catLogs, Name: fLogDir, Usage: "base `DIR` of per-rank files: DIR/<run-id>/attempt_<k>/<local_rank>/{stdout.log,stderr.log,error.json}"},
 		&cli.StringFlag{Category: catLogs, Name: fRedirects, Aliases: []string{"r"}, Value: "0", Usage: "send `STREAMS` to the log files only: 0 none, 1 stdout, 2 stderr, 3 both, or per local rank (0:3,1:2,...)"},
 		&cli.StringFlag{Category: catLogs, Name: fTee, Aliases: []string{"t"}, Value: "0", Usage: "send `STREAMS` to the console and the log files, same values as --redirects"},
 		&cli.StringFlag{Category: catLogs, Name: fRanksFilter, Usage: "show only these local `RANKS` on the console, e.g. 0,3 (files get every rank)"},

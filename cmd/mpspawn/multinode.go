@@ -121,7 +121,7 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	if c.Bool(fStandalone) {
 		return usagef("--standalone runs one node on its own and cannot take --rdzv-backend %s: drop one of them", m.backend)
 	}
-	if m.maxNodes == 1 && ep == "" {
+	if m.maxNodes == 1 && (ep == "" || m.backend == "c10d") {
 		// One node needs no server: it runs as --standalone does.
 		m.backend = "static"
 		cfg.rdzv.Standalone, cfg.rdzv.MasterPort, cfg.rdzv.MasterAddr = true, 0, ""
@@ -252,7 +252,7 @@ func (conf rdzvConf) tlsConfig() (*tls.Config, error) {
 
 // openRendezvous is the job's rendezvous: the static Job, or this node's
 // membership of the etcd rendezvous (with c10d, after starting the etcd
-// server when this node hosts it).
+// server when this node hosts it). Close closes it, and stops the server.
 func (cfg *config) openRendezvous(c *cli.Context) (rendezvous.Rendezvous, error) {
 	m := &cfg.multi
 	if !m.dynamic() {
@@ -262,6 +262,48 @@ func (cfg *config) openRendezvous(c *cli.Context) (rendezvous.Rendezvous, error)
 	if err != nil {
 		return nil, err
 	}
+	var hosted *hostedEtcd
+	if m.backend == "c10d" {
+		if hosted, err = cfg.hostC10d(c); err != nil {
+			return nil, err
+		}
+	}
+	r, err := cfg.openEtcd(c, tc)
+	if err != nil {
+		hosted.stop()
+		return nil, err
+	}
+	if hosted != nil {
+		return &hostingRendezvous{r, hosted}, nil
+	}
+	return r, nil
+}
+
+// hostWaitLeft bounds the hosting node's wait for the others to leave
+// before it stops the etcd server.
+const hostWaitLeft = 5 * time.Second
+
+// hostingRendezvous is the rendezvous of the node that hosts the c10d
+// etcd server: closing it stops the server too, after the node left.
+type hostingRendezvous struct {
+	rendezvous.Rendezvous
+	hosted *hostedEtcd
+}
+
+func (h *hostingRendezvous) Close() error {
+	if e, ok := h.Rendezvous.(*rendezvous.Etcd); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), hostWaitLeft)
+		e.WaitLeft(ctx)
+		cancel()
+	}
+	err := h.Rendezvous.Close()
+	h.hosted.stop()
+	return err
+}
+
+// openEtcd joins the etcd rendezvous at the endpoints.
+func (cfg *config) openEtcd(c *cli.Context, tc *tls.Config) (rendezvous.Rendezvous, error) {
+	m := &cfg.multi
 	e, err := rendezvous.NewEtcd(c.Context, rendezvous.EtcdConfig{ // bounded by connect_timeout
 		Endpoints: m.endpoints, RunID: cfg.runID, MinNodes: m.minNodes, MaxNodes: m.maxNodes,
 		NProc: cfg.nproc, LocalAddr: m.localAddr,

@@ -20,9 +20,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// nodeTimeout bounds every node's run in these tests: a node that is not
-// stopped by the others would run its ranks' `sleep 60`.
-const nodeTimeout = 30 * time.Second
+// nodeTimeout bounds every node's run in these tests (torch jobs on a busy
+// machine included). A node the others fail to stop runs its ranks'
+// `sleep 60` to the end and exits 0, which fails its test.
+const nodeTimeout = 120 * time.Second
 
 // node is one mpspawn process of a multi-node test: this test binary run
 // as the CLI (see TestMain).

@@ -90,6 +90,7 @@ func scriptParams(t *testing.T, dir string, env map[string]string) testscript.Pa
 			"mkfifo":     cmdMkfifo,
 			"exitcode":   cmdExitCode,
 			"jsonget":    cmdJSONGet,
+			"freeport":   cmdFreePort,
 		},
 	}
 }

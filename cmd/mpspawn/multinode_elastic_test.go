@@ -1,0 +1,111 @@
+//go:build linux
+
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mpspawn/mpspawn/internal/etcdtest"
+	"golang.org/x/sys/unix"
+)
+
+// mkfifos makes FIFOs named names in dir.
+func mkfifos(t *testing.T, dir string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if err := unix.Mkfifo(filepath.Join(dir, n), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// writeFIFO writes a line to a FIFO a rank reads.
+func writeFIFO(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("go\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestMultinodeElastic: with --nnodes 1:3, node A starts alone; node B
+// arriving stops A's ranks and a new round takes both in without spending
+// a restart; B SIGKILLed is a lost node, and A, with a restart left,
+// carries on alone and succeeds.
+func TestMultinodeElastic(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	mkfifos(t, dir, "alone", "both")
+	script := `echo world=$WORLD_SIZE restart=$TORCHELASTIC_RESTART_COUNT group=$GROUP_RANK
+if [ $WORLD_SIZE = 1 ] && [ $TORCHELASTIC_RESTART_COUNT = 0 ]; then echo up > ` + dir + `/alone; exec sleep 60; fi
+if [ $WORLD_SIZE = 2 ]; then [ $GROUP_RANK = 1 ] && echo up > ` + dir + `/both; exec sleep 60; fi
+exit 0`
+	args := func(addr string) []string {
+		a := etcdArgs(srv, "elastic", addr, "1:3", "--max-restarts", "1", "--no-python", "sh", "-c", script)
+		// last_call_timeout: a round starts 300 ms after its first node.
+		for i := range a {
+			if a[i] == "lease_ttl=1,join_timeout=20" {
+				a[i] += ",last_call_timeout=0.3"
+			}
+		}
+		return a
+	}
+	a := startNode(t, args("127.0.0.2")...)
+	readLine(t, filepath.Join(dir, "alone"))
+	b := startNode(t, args("127.0.0.3")...)
+	readLine(t, filepath.Join(dir, "both"))
+	if err := b.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if code := a.wait(t); code != 0 {
+		t.Fatalf("node A exited %d; want 0; stderr:\n%s", code, a.stderr.String())
+	}
+	out := a.stdout.String()
+	for _, want := range []string{"world=1 restart=0 group=0", "world=2 restart=0 group=0", "world=1 restart=1 group=0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("node A stdout = %q; want a round with %q", out, want)
+		}
+	}
+	errs := a.stderr.String()
+	for _, want := range []string{"node 127.0.0.3 is waiting to join: starting a new round (no restart spent)", "node 1 (127.0.0.3) lost", "restarting the ranks (restart 1 of 1)"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("node A stderr = %q; want %q", errs, want)
+		}
+	}
+}
+
+// TestMultinodeEtcdRestart: etcd restarted while the ranks run, for less
+// than the lease TTL, does not stop the job: both nodes succeed.
+func TestMultinodeEtcdRestart(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	mkfifos(t, dir, "up0", "up1", "go0", "go1")
+	script := `echo up > ` + dir + `/up$GROUP_RANK; read x < ` + dir + `/go$GROUP_RANK; echo done`
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		args := etcdArgs(srv, "job", addr, "2", "--no-python", "sh", "-c", script)
+		for i := range args {
+			if args[i] == "lease_ttl=1,join_timeout=20" {
+				args[i] = "lease_ttl=5,join_timeout=20"
+			}
+		}
+		nodes = append(nodes, startNode(t, args...))
+	}
+	readLine(t, filepath.Join(dir, "up0"))
+	readLine(t, filepath.Join(dir, "up1"))
+	srv.Restart()
+	writeFIFO(t, filepath.Join(dir, "go0"))
+	writeFIFO(t, filepath.Join(dir, "go1"))
+	for i, n := range nodes {
+		if code := n.wait(t); code != 0 || !strings.Contains(n.stdout.String(), "done") {
+			t.Errorf("node %d exited %d, stdout %q; want 0 and done; stderr:\n%s", i, code, n.stdout.String(), n.stderr.String())
+		}
+	}
+}
