@@ -115,6 +115,46 @@ func checkCauseSummary(t *testing.T, path string, i int, cause string, code int,
 	}
 }
 
+// TestMultinodeHangBoth: both nodes hang with the same bound, so both
+// watchdogs fire at about the same time: the first publication is the root
+// cause on both nodes, and each still shows its own ranks' stacks.
+func TestMultinodeHangBoth(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	script := filepath.Join(dir, "stuck.py")
+	if err := os.WriteFile(script, []byte(stuckScript), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var nodes []*node
+	for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		nodes = append(nodes, startNode(t, etcdArgs(srv, "both", addr, "2", "--nproc-per-node", "2", "--hang-timeout", "2s",
+			"--summary-json", filepath.Join(dir, fmt.Sprintf("sum%d.json", i)), "--no-python", python3(), "-u", script)...))
+	}
+	var at []any
+	for i, n := range nodes {
+		if code := n.wait(t); code != 1 {
+			t.Errorf("node %d exited %d; want 1; stderr:\n%s", i, code, n.stderr.String())
+		}
+		sum := readSummary(t, filepath.Join(dir, fmt.Sprintf("sum%d.json", i)))
+		if sum["cause"] != "hang: no output for 2s" || sum["cause_node"] == nil {
+			t.Errorf("node %d summary cause = %v at %v; want the hang and its node", i, sum["cause"], sum["cause_node"])
+		}
+		at = append(at, sum["cause_node"])
+		ranks, _ := sum["ranks"].([]any)
+		fn := map[int]string{0: "waiting_for_peer", 1: "stuck_in_allreduce"}[i]
+		for _, r := range ranks {
+			st, _ := r.(map[string]any)["stack"].(map[string]any)
+			if text, _ := st["text"].(string); !strings.Contains(text, "in "+fn) {
+				t.Errorf("node %d rank stack = %v; want a Python stack in %s", i, st, fn)
+			}
+		}
+	}
+	if fmt.Sprint(at[0]) != fmt.Sprint(at[1]) {
+		t.Errorf("the nodes name different root causes: node %v and node %v", at[0], at[1])
+	}
+	t.Logf("root cause on both nodes: %v", at[0])
+}
+
 func hostname(t *testing.T) string {
 	t.Helper()
 	h, err := os.Hostname()
