@@ -151,3 +151,29 @@ func TestMultinodeFinishedNodeWaits(t *testing.T) {
 		t.Errorf("node 0 exited %d; want 0 and a close_timeout warning; stderr:\n%s", code, n0.stderr.String())
 	}
 }
+
+// TestMultinodeInterrupted: SIGTERM to node 1's launcher stops its ranks
+// and, through the rendezvous, node 0's; both exit 143, and node 0 says
+// why.
+func TestMultinodeInterrupted(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	mkfifos(t, dir, "up")
+	script := `[ $GROUP_RANK = 1 ] && echo up > ` + dir + `/up; exec sleep 60`
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		nodes = append(nodes, startNode(t, etcdArgs(srv, "term", addr, "2", "--no-python", "sh", "-c", script)...))
+	}
+	readLine(t, filepath.Join(dir, "up"))
+	if err := nodes[1].cmd.Process.Signal(unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		if code := n.wait(t); code != 143 {
+			t.Errorf("node %d exited %d; want 143; stderr:\n%s", i, code, n.stderr.String())
+		}
+	}
+	if s := nodes[0].stderr.String(); !strings.Contains(s, "node 1 (127.0.0.3): mpspawn interrupted by SIGTERM") {
+		t.Errorf("node 0 stderr does not say node 1 was interrupted:\n%s", s)
+	}
+}
