@@ -104,3 +104,24 @@ func TestFilesWithPayloadDropped(t *testing.T) {
 	}
 	checkFDs(t, base)
 }
+
+// A peer that closes its end with frames of ours unread (a rank that exits
+// before reading a last notice) ends the stream: its own frames are read,
+// then io.EOF, not a connection reset that the launcher would report as a
+// broken channel.
+func TestPeerClosedWithUnreadFrames(t *testing.T) {
+	parent, child := pair(t)
+	if err := child.WriteFrame(Frame{Type: FrameResult, ID: 1, Payload: []byte("done")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := parent.WriteFrame(Frame{Type: FrameNotice, Payload: []byte("never read")}); err != nil {
+		t.Fatal(err)
+	}
+	child.Close()
+	if f, err := parent.ReadFrame(); err != nil || string(f.Payload) != "done" {
+		t.Fatalf("ReadFrame() = %q, %v; want the peer's last frame", f.Payload, err)
+	}
+	if _, err := parent.ReadFrame(); err != io.EOF {
+		t.Errorf("ReadFrame() after the peer closed with a frame unread = %v; want io.EOF", err)
+	}
+}

@@ -213,6 +213,13 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 	}
 	for n < HeaderSize {
 		m, oobn, flags, err := recvmsg(rc, c.hdr[n:], c.oob)
+		if errors.Is(err, unix.ECONNRESET) {
+			// The peer closed its end with frames of ours unread (it
+			// exited before reading a last notice, say): after every
+			// byte it wrote, which the kernel delivers first, this is
+			// its end of stream.
+			err, m = nil, 0
+		}
 		if err != nil {
 			return fds, cred, n, err
 		}
@@ -268,7 +275,7 @@ func (c *Conn) readPayload(n int) ([]byte, error) {
 		}
 		m, err := c.uc.Read(buf[len(buf):min(cap(buf), n)])
 		buf = buf[:len(buf)+m]
-		if err == io.EOF {
+		if err == io.EOF || errors.Is(err, unix.ECONNRESET) {
 			return nil, io.ErrUnexpectedEOF
 		}
 		if err != nil {

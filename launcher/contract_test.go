@@ -106,3 +106,13 @@ func TestReadRankEnvRefusesMalformed(t *testing.T) {
 		}
 	}
 }
+
+// envMap is an environment as a map, the last value of a name winning.
+func envMap(env []string) map[string]string {
+	m := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		m[k] = v
+	}
+	return m
+}

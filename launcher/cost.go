@@ -67,15 +67,16 @@ func (u usage) cost(start, end time.Time) Cost {
 	case u.cgroupCPU:
 		c.User, c.System, c.CPUSource = u.user, u.sys, SourceCgroupCPU
 	case u.rusage != nil:
-		c.User = time.Duration(u.rusage.Utime.Nano())
-		c.System = time.Duration(u.rusage.Stime.Nano())
+		c.User, c.System, _ = rusageCost(u.rusage)
 		c.CPUSource = SourceRusageCPU
 	}
 	switch {
 	case u.cgroupPeak > 0:
 		c.PeakMemory, c.MemorySource = u.cgroupPeak, SourceCgroupMemory
-	case u.rusage != nil && u.rusage.Maxrss > 0:
-		c.PeakMemory, c.MemorySource = int64(u.rusage.Maxrss)*1024, SourceMaxRSS // Linux: kilobytes
+	case u.rusage != nil:
+		if _, _, rss := rusageCost(u.rusage); rss > 0 {
+			c.PeakMemory, c.MemorySource = rss, SourceMaxRSS
+		}
 	}
 	return c
 }

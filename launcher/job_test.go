@@ -3,18 +3,8 @@
 package launcher
 
 import (
-	"strings"
 	"testing"
 )
-
-func envMap(env []string) map[string]string {
-	m := map[string]string{}
-	for _, kv := range env {
-		k, v, _ := strings.Cut(kv, "=")
-		m[k] = v
-	}
-	return m
-}
 
 func TestParseStreams(t *testing.T) {
 	tests := []struct {

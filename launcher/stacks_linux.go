@@ -137,6 +137,9 @@ func stackOf(pid int, dir string, signal func(syscall.Signal) error, stop bool, 
 		}
 		return &Stack{Kind: StackGo, Note: "goroutines dumped by the Go runtime on SIGQUIT"}
 	}
+	if st := descendantStacks(pid, dir, exe); st != nil {
+		return st
+	}
 	if strings.HasPrefix(filepath.Base(exe), "python") {
 		return &Stack{Note: "a Python program without mpspawn's stack hook (run with -I, -E or -S, or a script's child): no stack available"}
 	}
@@ -145,6 +148,60 @@ func stackOf(pid int, dir string, signal func(syscall.Signal) error, stop bool, 
 		name = "pid " + strconv.Itoa(pid)
 	}
 	return &Stack{Note: fmt.Sprintf("no stack available: %s is neither a Python nor a Go program", name)}
+}
+
+// descendantStacks takes the stacks of the Python processes under a rank
+// that is not Python itself (a shell script that runs python): they got
+// the hook from the rank's PYTHONPATH. It returns nil when there are none.
+func descendantStacks(pid int, dir, exe string) *Stack {
+	if dir == "" {
+		return nil
+	}
+	var b strings.Builder
+	level := []int{pid}
+	for depth := 0; depth < 4 && len(level) > 0; depth++ {
+		var next []int
+		for _, parent := range level {
+			for _, child := range procfs.Children(parent) {
+				next = append(next, child)
+				// The pidfd first: the process checked is the one signalled.
+				fd, err := unix.PidfdOpen(child, 0)
+				if err != nil {
+					continue
+				}
+				file := ownStackFile(child)
+				if file == "" || filepath.Dir(file) != dir {
+					unix.Close(fd)
+					continue
+				}
+				st := pythonStack(file, pidfdSignal(fd))
+				unix.Close(fd)
+				fmt.Fprintf(&b, "process %d (a Python process the rank started):\n", child)
+				if st.Text != "" {
+					b.WriteString(st.Text + "\n")
+				} else {
+					b.WriteString(st.Note + "\n")
+				}
+			}
+		}
+		level = next
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return &Stack{Kind: StackPython, Text: strings.TrimRight(b.String(), "\n"),
+		Note: fmt.Sprintf("the rank is %s; these are the Python processes it started", exe)}
+}
+
+// pidfdSignal signals the process behind pidfd fd; one that is gone is
+// not an error.
+func pidfdSignal(fd int) func(syscall.Signal) error {
+	return func(sig syscall.Signal) error {
+		if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+		return nil
+	}
 }
 
 // pythonStack signals a Python rank whose hook registered faulthandler
@@ -263,13 +320,13 @@ func stackOfPid(pid int, file string) *Stack {
 		return &Stack{Note: fmt.Sprintf("rank gone: %v", err)}
 	}
 	defer unix.Close(fd)
-	signal := func(sig syscall.Signal) error {
-		if err := unix.PidfdSendSignal(fd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-			return err
-		}
-		return nil
+	dir := ""
+	if file != "" {
+		dir = filepath.Dir(file)
+	} else {
+		dir, _ = procfs.Getenv(pid, "MPSPAWN_STACKS_DIR") // a spawned rank's, for the Python processes it started
 	}
-	return stackOf(pid, filepath.Dir(file), signal, false, nil)
+	return stackOf(pid, dir, pidfdSignal(fd), false, nil)
 }
 
 // foundRank is a rank of another launcher: its pid, its rank (-1 when
@@ -293,7 +350,8 @@ func launcherRanks(pid int) []foundRank {
 					continue
 				}
 				seen[p] = true
-				next = append(next, p)
+				// A rank's own processes are its business (its stack
+				// covers the Python ones): the walk stops at each rank.
 				if file := ownStackFile(p); file != "" {
 					out = append(out, foundRank{pid: p, rank: stackFileRank(file), file: file})
 				} else if procfs.HasEnv(p, tag) && !procfs.HasEnv(parent, tag) {
@@ -302,6 +360,8 @@ func launcherRanks(pid int) []foundRank {
 						r, _ = strconv.Atoi(v)
 					}
 					out = append(out, foundRank{pid: p, rank: r})
+				} else {
+					next = append(next, p)
 				}
 			}
 		}

@@ -163,19 +163,21 @@ func TestTimeout(t *testing.T) {
 	}
 }
 
-// TestNoHangWhileOutput: a rank that keeps writing is not a hang.
+// TestNoHangWhileOutput: a rank that writes a line every 0.25 s for 4 s
+// is not a hang under a 2 s bound (eight times its pace, for a loaded
+// machine).
 func TestNoHangWhileOutput(t *testing.T) {
 	sh, err := exec.LookPath("sh")
 	if err != nil {
 		t.Skip("no sh")
 	}
-	spec := Spec{Rank: 0, Path: sh, Args: []string{"sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.5; done"}, Env: os.Environ(), Stdout: NewTail(nil)}
+	spec := Spec{Rank: 0, Path: sh, Args: []string{"sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do echo $i; sleep 0.25; done"}, Env: os.Environ(), Stdout: NewTail(nil)}
 	g, err := Start(context.Background(), []Spec{spec}, Options{HangTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res := waitResult(t, g); !res.Succeeded() {
-		t.Errorf("result cause %v; want success: the rank wrote every 0.5 s", res.Cause)
+		t.Errorf("result cause %v; want success: the rank wrote every 0.25 s", res.Cause)
 	}
 }
 

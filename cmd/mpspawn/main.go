@@ -86,7 +86,10 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...). When a rank fails,\n" +
 			"every other rank's process group gets SIGTERM, then SIGKILL after --grace-period, and mpspawn\n" +
 			"exits with the failing rank's own exit code. Flags may also be written torchrun-style with\n" +
-			"underscores (--nproc_per_node).\n\n" +
+			"underscores (--nproc_per_node). Every flag also reads PET_<FLAG> from the environment, as\n" +
+			"torchrun does (Kubernetes PyTorchJob); inside a SLURM step (srun), SLURM's nodes, node rank,\n" +
+			"master, GPUs and job id are the defaults: the command line wins over PET_*, which wins over\n" +
+			"SLURM (docs/schedulers.md).\n\n" +
 			"Exit codes: 0 all ranks succeeded; the root-cause rank's exit code (128+N for signal N);\n" +
 			"2 bad usage, or any other error before a rank started; 130/143 when mpspawn itself got\n" +
 			"SIGINT/SIGTERM.",

@@ -54,27 +54,26 @@ func (cfg *config) applyScheduler(c *cli.Context) error {
 		}
 	}
 	take(fNNodes, "SLURM_STEP_NUM_NODES", s.NNodes, func() { cfg.rdzv.NNodes = s.NNodes })
-	take(fNodeRank, "SLURM_NODEID", s.NodeRank, func() { cfg.rdzv.NodeRank = s.NodeRank })
-	take(fMasterPort, "SLURM_JOB_ID "+s.JobID+" and SLURM_STEP_ID "+s.StepID, s.MasterPort, func() { cfg.rdzv.MasterPort = s.MasterPort })
 	take(fRunID, "SLURM_JOB_ID.SLURM_STEP_ID", s.RunID(), func() { cfg.runID = s.RunID() })
-	take(fMasterAddr, "first host of SLURM_STEP_NODELIST", s.Master(), func() { cfg.rdzv.MasterAddr = s.Master() })
 	ranks := ""
 	if !c.IsSet(fNproc) {
 		if ranks, err = cfg.slurmRanks(s); err != nil {
 			return err
 		}
 	}
+	if b := c.String(fRdzvBackend); b == "etcd" || b == "c10d" {
+		// The rendezvous gives the node ranks and the master.
+		fmt.Fprintf(notes, "slurm: job %s step %s, %d nodes, node rank and master from the %s rendezvous%s\n",
+			s.JobID, s.StepID, cfg.rdzv.NNodes, b, ranks)
+		return nil
+	}
+	take(fNodeRank, "SLURM_NODEID", s.NodeRank, func() { cfg.rdzv.NodeRank = s.NodeRank })
+	take(fMasterPort, "SLURM_JOB_ID "+s.JobID+" and SLURM_STEP_ID "+s.StepID, s.MasterPort, func() { cfg.rdzv.MasterPort = s.MasterPort })
+	take(fMasterAddr, "first host of SLURM_STEP_NODELIST", s.Master(), func() { cfg.rdzv.MasterAddr = s.Master() })
 	master, resolved := cfg.rdzv.MasterAddr, ""
 	if !c.IsSet(fMasterAddr) {
-		addr, how, err := s.MasterAddr(c.Context)
-		switch {
-		case err != nil && !cfg.dryRun:
-			return usagef("SLURM's master node %s has no address here: %s; give it with --master-addr", s.Master(), masterAddrReason(err))
-		case err != nil:
-			fmt.Fprintf(notes, "mpspawn: warning: SLURM's master node %s has no address here (%s); a launch on the nodes looks again\n", s.Master(), masterAddrReason(err))
-		case addr != s.Master():
-			cfg.rdzv.MasterAddr = addr
-			resolved = fmt.Sprintf(" (%s, from %s)", addr, how)
+		if resolved, err = cfg.slurmMasterAddr(c, s); err != nil {
+			return err
 		}
 	}
 	node := ""
@@ -84,6 +83,24 @@ func (cfg *config) applyScheduler(c *cli.Context) error {
 	fmt.Fprintf(notes, "slurm: job %s step %s, node %d of %d%s, master %s:%d%s%s\n",
 		s.JobID, s.StepID, cfg.rdzv.NodeRank, cfg.rdzv.NNodes, node, master, cfg.rdzv.MasterPort, resolved, ranks)
 	return cfg.checkSlurmPort(c, s)
+}
+
+// slurmMasterAddr sets the master address to the one the other nodes reach
+// SLURM's master node by (see rendezvous.Slurm.MasterAddr), and returns
+// how it was found, for the detection line ("" when it is the node's name).
+// A dry run goes on without one, with a warning.
+func (cfg *config) slurmMasterAddr(c *cli.Context, s *rendezvous.Slurm) (string, error) {
+	addr, how, err := s.MasterAddr(c.Context)
+	switch {
+	case err != nil && !cfg.dryRun:
+		return "", usagef("SLURM's master node %s has no address here: %s; give it with --master-addr", s.Master(), masterAddrReason(err))
+	case err != nil:
+		fmt.Fprintf(c.App.ErrWriter, "mpspawn: warning: SLURM's master node %s has no address here (%s); a launch on the nodes looks again\n", s.Master(), masterAddrReason(err))
+	case addr != s.Master():
+		cfg.rdzv.MasterAddr = addr
+		return fmt.Sprintf(" (%s, from %s)", addr, how), nil
+	}
+	return "", nil
 }
 
 // slurmRanks sets the number of ranks from what SLURM gave the step on this

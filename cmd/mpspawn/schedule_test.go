@@ -152,3 +152,37 @@ func TestSlurmGPUs(t *testing.T) {
 		})
 	}
 }
+
+// TestSlurmEtcd: with --rdzv-backend etcd the step gives the node count
+// and the rendezvous id (<job>.<step>); node ranks and master come from the
+// rendezvous, so SLURM's are not looked up.
+func TestSlurmEtcd(t *testing.T) {
+	setSlurmStep(t, map[string]string{"SLURM_NODE_ALIASES": ""})
+	var stdout, stderr bytes.Buffer
+	args := []string{"mpspawn", "--dry-run", "--rdzv-backend", "etcd", "--rdzv-endpoint", "127.0.0.1:2379"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("run(%q) = %d: %s", args, code, stderr.String())
+	}
+	if want := "slurm: job 41 step 0, 4 nodes, node rank and master from the etcd rendezvous, 2 ranks (SLURM_CPUS_ON_NODE)\n"; stderr.String() != want {
+		t.Errorf("stderr = %q; want %q (and no lookup of rack1-n01)", stderr.String(), want)
+	}
+	if !strings.Contains(stdout.String(), "run id 41.0") {
+		t.Errorf("dry run = %q; want run id 41.0", stdout.String())
+	}
+}
+
+// TestSlurmNoMasterAddr: a launch whose master node has no address here
+// (its name does not resolve, no alias, no Slurm to ask) stops before
+// anything starts, in one line that says both reasons and the way out.
+func TestSlurmNoMasterAddr(t *testing.T) {
+	setSlurmStep(t, map[string]string{"SLURM_NODE_ALIASES": "", "SLURM_STEP_NODELIST": "n1.invalid,n2.invalid,n3.invalid,n4.invalid"})
+	t.Setenv("PATH", "")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"mpspawn", "--no-python", "/bin/true"}, &stdout, &stderr)
+	msg := stderr.String()
+	if code != 2 || strings.Count(msg, "\n") != 1 ||
+		!strings.HasPrefix(msg, "mpspawn: error: SLURM's master node n1.invalid has no address here: its name does not resolve (") ||
+		!strings.HasSuffix(msg, ") and scontrol show node n1.invalid gave no NodeAddr (executable file not found in $PATH); give it with --master-addr\n") {
+		t.Errorf("run = %d, stderr %q; want 2 and one line with both reasons and --master-addr", code, msg)
+	}
+}
