@@ -402,17 +402,22 @@ func (s *supervisor) signalLive(sig syscall.Signal) {
 	}
 }
 
-// sendLive sends sig to every live rank's process group and to the rank's
-// own process, which may have left its group, through its pidfd (a rank's
-// pid stays pinned until the launcher releases it, so no stranger is
-// signalled).
+// sendLive sends sig to every live rank's process group and, where the
+// rank has left that group, to the rank's own process through its pidfd (a
+// rank's pid stays pinned until the launcher releases it, so no stranger is
+// signalled). A rank still in its group gets sig once: a second SIGINT or
+// SIGUSR1 would interrupt the handler the first one started.
 func (s *supervisor) sendLive(sig syscall.Signal) {
 	for _, rp := range s.g.ranks {
 		if rp.exited {
 			continue
 		}
-		if err := killGroup(rp.proc.pid(), sig); err != nil {
+		pid := rp.proc.pid()
+		if err := killGroup(pid, sig); err != nil {
 			s.sigErrs = append(s.sigErrs, err)
+		}
+		if leadsGroup(pid) {
+			continue // the group's signal reached it
 		}
 		if err := rp.proc.signal(sig); err != nil {
 			s.sigErrs = append(s.sigErrs, fmt.Errorf("launcher: signal rank %d (pid %d) with %s: %w", rp.spec.Rank, rp.proc.pid(), SignalName(sig), err))

@@ -137,3 +137,10 @@ func (e execProcess) abandon() {
 		e.exited.Close()
 	}
 }
+
+// leadsGroup says whether pid is still the leader of its own process group,
+// so that a signal to the group reaches it.
+func leadsGroup(pid int) bool {
+	pgid, err := syscall.Getpgid(pid)
+	return err == nil && pgid == pid
+}

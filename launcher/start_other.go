@@ -49,3 +49,6 @@ func suspend(*Group, os.Signal) bool { return false }
 var PassedSignals = []os.Signal{}
 
 func pass(*Group, os.Signal) bool { return false }
+
+// leadsGroup knows no process groups on this platform.
+func leadsGroup(int) bool { return false }
