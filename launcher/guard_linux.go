@@ -13,7 +13,7 @@ import (
 // reading this script on stdin) with the launcher's pipe on fd 3: it keeps the set of ranks it is told of
 // ("+PID" adds one, "-PID" removes one; a rank leads its process group, so
 // PID is its group's id too), the prefix of the
-// launcher's job cgroups ("cPREFIX") and directories to remove ("dDIR"),
+// launcher's job cgroups ("cPREFIX") and the directories to remove ("dDIR", one per line),
 // and, when its pipe reaches EOF — the launcher process exited or died,
 // even by SIGKILL — kills every rank still in the set, and its process group, and every job cgroup
 // still there (cgroup.kill), waits for the cgroups to empty (bounded),
@@ -24,13 +24,15 @@ const guardScript = `trap '' INT TERM HUP QUIT USR1 USR2 PIPE
 g=' '
 c=
 d=
+nl='
+'
 while IFS= read -r l; do
 	case $l in
 	+*) g="$g${l#+} " ;;
 	-*) p=${l#-}
 		case $g in *" $p "*) g="${g%%" $p "*} ${g#*" $p "}" ;; esac ;;
 	c*) c=${l#c} ;;
-	d*) d=${l#d} ;;
+	d*) d="$d${l#d}$nl" ;;
 	esac
 done <&3
 for p in $g; do
@@ -51,7 +53,9 @@ if [ -n "$c" ]; then
 		rmdir "$j"/rank-* "$j" 2>/dev/null
 	done
 fi
-[ -n "$d" ] && [ -d "$d" ] && [ ! -L "$d" ] && rm -rf -- "$d"
+printf %s "$d" | while IFS= read -r x; do
+	[ -n "$x" ] && [ -d "$x" ] && [ ! -L "$x" ] && rm -rf -- "$x"
+done
 exit 0`
 
 // guard is the launcher's side of the guard process. One guard serves every
@@ -63,7 +67,7 @@ type guard struct {
 	proc    *os.Process
 	groups  map[int]bool // registered process groups, resent if the guard is restarted
 	cgroups string       // the job cgroups' prefix, once one was made
-	dir     string       // a directory to remove when the launcher dies
+	dirs    []string     // directories to remove when the launcher dies
 }
 
 var (
@@ -176,15 +180,19 @@ func (g *guard) watchCgroups() {
 
 // RemoveOnDeath asks the launcher's guard to remove dir (recursively, not
 // following a symbolic link) if this process dies before it does: a
-// scratch directory, say. One directory is kept; a later call replaces it.
+// scratch directory, say. Every directory given is removed; one that is
+// already gone costs nothing.
 func RemoveOnDeath(dir string) error {
+	if strings.ContainsRune(dir, '\n') {
+		return fmt.Errorf("launcher: remove on death: a directory name with a newline: %q", dir)
+	}
 	g, err := startGuard()
 	if err != nil {
 		return err
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.dir = dir
+	g.dirs = append(g.dirs, dir)
 	g.send("d" + dir + "\n")
 	return nil
 }
@@ -211,8 +219,8 @@ func (g *guard) respawn() {
 	if g.cgroups != "" {
 		fmt.Fprintf(&b, "c%s\n", g.cgroups)
 	}
-	if g.dir != "" {
-		fmt.Fprintf(&b, "d%s\n", g.dir)
+	for _, dir := range g.dirs {
+		fmt.Fprintf(&b, "d%s\n", dir)
 	}
 	_, _ = g.w.WriteString(b.String())
 }

@@ -3,7 +3,9 @@
 package launcher
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,8 +36,21 @@ func TestGuardScript(t *testing.T) {
 		}
 	}()
 	// As the launcher runs it: the script on stdin, the lines on fd 3.
-	lines := filepath.Join(t.TempDir(), "lines")
-	if err := os.WriteFile(lines, fmt.Appendf(nil, "+%d\n+%d\n+%d\n-%d\n-999999\n", killed1.Pid, kept.Pid, killed2.Pid, kept.Pid), 0o600); err != nil {
+	tmp := t.TempDir()
+	// Directories to remove: two (one with a space in its name), and a
+	// link to a third, which is kept with everything in it.
+	dir1, dir2, target := filepath.Join(tmp, "scratch"), filepath.Join(tmp, "etcd data"), filepath.Join(tmp, "target")
+	link := filepath.Join(tmp, "link")
+	for _, d := range []string{dir1, dir2, target} {
+		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	lines := filepath.Join(tmp, "lines")
+	if err := os.WriteFile(lines, fmt.Appendf(nil, "+%d\nd%s\n+%d\n+%d\nd%s\n-%d\n-999999\nd%s\n", killed1.Pid, dir1, kept.Pid, killed2.Pid, dir2, kept.Pid, link), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Open(lines)
@@ -62,6 +77,14 @@ func TestGuardScript(t *testing.T) {
 	}
 	if pidGone(kept.Pid, 0) { // the guard has exited: any kill has happened
 		t.Errorf("unregistered group %d was killed", kept.Pid)
+	}
+	for _, d := range []string{dir1, dir2} {
+		if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("directory %q after the guard's end: %v; want removed", d, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(target, "sub")); err != nil {
+		t.Errorf("a link's target after the guard's end: %v; want kept", err)
 	}
 }
 

@@ -94,6 +94,7 @@ func (cfg *config) hostC10d(c *cli.Context) (*hostedEtcd, error) {
 	if err != nil {
 		return nil, usagef("no directory for the etcd server's data: %s (set TMPDIR)", describe(err))
 	}
+	_ = launcher.RemoveOnDeath(dir) // by the guard, if mpspawn is SIGKILLed
 	client := "http://" + net.JoinHostPort(ip, port)
 	peerURL := "http://" + net.JoinHostPort(ip, strconv.Itoa(peer))
 	svc, err := launcher.StartService(launcher.ServiceSpec{
