@@ -245,3 +245,26 @@ func waitKeysGone(t *testing.T, endpoint, prefix string) {
 	}
 	t.Fatalf("%d keys under %s still there after 20s", left, prefix)
 }
+
+// TestMultinodeTLS: --rdzv-conf cacert, cert and key reach an etcd that
+// requires TLS client certificates; without them the endpoint is
+// unreachable (one line, exit 2).
+func TestMultinodeTLS(t *testing.T) {
+	srv, files := etcdtest.StartTLS(t)
+	conf := "lease_ttl=1,connect_timeout=2,cacert=" + files.CA + ",cert=" + files.Cert + ",key=" + files.Key
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		nodes = append(nodes, startNode(t, "--rdzv-backend", "etcd", "--rdzv-endpoint", srv.Endpoint, "--rdzv-id", "tls",
+			"--nnodes", "2", "--local-addr", addr, "--rdzv-conf", conf, "--no-python", "sh", "-c", "echo world=$WORLD_SIZE"))
+	}
+	for i, n := range nodes {
+		if code := n.wait(t); code != 0 || !strings.Contains(n.stdout.String(), "world=2") {
+			t.Errorf("node %d over TLS exited %d, stdout %q; want 0, world=2; stderr:\n%s", i, code, n.stdout.String(), n.stderr.String())
+		}
+	}
+	plain := startNode(t, "--rdzv-backend", "etcd", "--rdzv-endpoint", srv.Endpoint, "--rdzv-id", "plain",
+		"--nnodes", "2", "--rdzv-conf", "connect_timeout=1", "--no-python", "true")
+	if code := plain.wait(t); code != 2 || !strings.Contains(plain.stderr.String(), "etcd not reachable within 1s") {
+		t.Errorf("node without TLS exited %d; want 2 and not reachable; stderr:\n%s", code, plain.stderr.String())
+	}
+}
