@@ -268,3 +268,19 @@ func TestMultinodeTLS(t *testing.T) {
 		t.Errorf("node without TLS exited %d; want 2 and not reachable; stderr:\n%s", code, plain.stderr.String())
 	}
 }
+
+// TestMultinodeInterruptedWaiting: SIGINT while a node waits for the
+// others ends the wait at once, exit 130, no rank started.
+func TestMultinodeInterruptedWaiting(t *testing.T) {
+	srv := etcdtest.Start(t)
+	n := startNode(t, etcdArgs(srv, "wait", "127.0.0.2", "2", "--no-python", "sh", "-c", "echo started")...)
+	if !n.stderr.waitFor("mpspawn: rendezvous wait: 1/2 nodes (127.0.0.2), waiting up to", 20*time.Second) {
+		t.Fatalf("no status line; stderr:\n%s", n.stderr.String())
+	}
+	if err := n.cmd.Process.Signal(unix.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := n.wait(t); code != 130 || n.stdout.Len() != 0 || !strings.Contains(n.stderr.String(), "mpspawn: SIGINT while waiting for the rendezvous: no rank started") {
+		t.Errorf("exited %d, stdout %q; want 130, nothing started; stderr:\n%s", code, n.stdout.String(), n.stderr.String())
+	}
+}
