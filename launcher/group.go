@@ -282,7 +282,7 @@ func (g *Group) supervise(ctx context.Context) {
 			s.stop(cause, syscall.SIGTERM)
 		case <-ctxDone:
 			ctxDone = nil
-			s.stop(context.Cause(ctx), syscall.SIGTERM)
+			s.cancelled(context.Cause(ctx))
 		case <-s.killC:
 			s.killC = nil
 			s.signalLive(syscall.SIGKILL)

@@ -118,7 +118,7 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	pub := &publisher{ctx: ctx, rdzv: rdzv, job: j}
-	j.Options.OnRootCause = pub.publish
+	j.Options.OnRootCause, j.Options.OnCause = pub.publish, pub.publishCause
 	stopped := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -154,6 +154,8 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 		a.RootCause = se.Stop.Failure
 	case errors.As(res.Cause, &se):
 		a.Change = se.Stop.Reason
+	case reason(res.Cause) != "": // a hang, a timeout: a failure, as a rank's
+		a.RootCause = pub.settle(res.Cause)
 	case res.Succeeded():
 		s, err := rdzv.Finish(ctx)
 		if err == nil && s != nil && s.Failure != nil {
@@ -183,19 +185,7 @@ type publisher struct {
 }
 
 func (p *publisher) publish(r RankResult) {
-	f := p.job.failure(&r)
-	p.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), 10*time.Second)
-		defer cancel()
-		first, err := p.rdzv.Fail(ctx, f)
-		if err != nil {
-			p.job.note("warning: could not tell the other nodes of the failure: %v", err)
-			first = f
-		}
-		p.mu.Lock()
-		p.res = &first
-		p.mu.Unlock()
-	})
+	p.send(p.job.failure(&r))
 }
 
 // wait waits for the publication and returns the round's first failure as

@@ -27,7 +27,10 @@ func (o *Outcome) Summarize(host, runID string) *Summary {
 		return &Summary{Status: "failed", ExitCode: o.ExitCode(), Host: host, RunID: runID, Failures: []RankSummary{}}
 	}
 	s := a.Result.Summarize(host, runID)
-	if rc := a.RootCause; rc != nil && rc.NodeRank != a.Round.NodeRank {
+	switch rc := a.RootCause; {
+	case rc != nil && rc.Cause != "" && a.Round.NNodes > 1:
+		s.causeFrom(*rc)
+	case rc != nil && rc.NodeRank != a.Round.NodeRank:
 		r := FailureSummary(*rc)
 		s.RootCause, s.Status = &r, "failed"
 	}
@@ -55,6 +58,8 @@ func FailureSummary(f rendezvous.Failure) RankSummary {
 	switch {
 	case f.Lost:
 		r.Note = fmt.Sprintf("node %d (%s) lost: %s", f.NodeRank, f.Addr, f.Message)
+	case f.Cause != "":
+		r.Note = fmt.Sprintf("node %d (%s): %s", f.NodeRank, f.Addr, f.Cause)
 	case f.Rank < 0:
 		r.Note = fmt.Sprintf("node %d (%s): %s", f.NodeRank, f.Addr, f.Message)
 	default:
@@ -87,4 +92,18 @@ func (s *Summary) writeAttempts(b *strings.Builder, sep string) {
 			b.WriteString("succeeded\n")
 		}
 	}
+}
+
+// CauseNode is the node whose launcher found a Summary's Cause.
+type CauseNode struct {
+	NodeRank int    `json:"node_rank"`
+	Host     string `json:"host"`
+	Addr     string `json:"addr,omitempty"`
+}
+
+// causeFrom makes f, a hang or a timeout found on some node of the job,
+// the summary's root cause: the cause and its node, in place of this
+// node's own (which may be the same kind, found a moment later).
+func (s *Summary) causeFrom(f rendezvous.Failure) {
+	s.Cause, s.CauseNode, s.RootCause, s.Status = f.Cause, &CauseNode{NodeRank: f.NodeRank, Host: f.Host, Addr: f.Addr}, nil, "failed"
 }

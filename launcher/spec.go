@@ -128,6 +128,12 @@ type Options struct {
 	// ranks are stopped (the job's other nodes are told from it). It runs
 	// on the supervisor's goroutine and must not block.
 	OnRootCause func(RankResult)
+	// OnCause, when not nil, is called once with the cause the moment the
+	// launcher itself decides to stop the ranks for a hang or a timeout
+	// (HangTimeout, Timeout), before it takes their stacks (the job's
+	// other nodes are told from it). It runs on the supervisor's goroutine
+	// and must not block.
+	OnCause func(error)
 }
 
 func (o Options) stacks() bool { return o.Stacks || o.HangTimeout > 0 || o.Timeout > 0 }

@@ -23,7 +23,10 @@ type Summary struct {
 	Interpreter string `json:"interpreter,omitempty"`
 	// Cause is why mpspawn stopped the job when no rank's failure did:
 	// "hang: no output for 5m0s", "timeout: the job ran for 10m0s".
-	Cause     string        `json:"cause,omitempty"`
+	Cause string `json:"cause,omitempty"`
+	// CauseNode is the node whose launcher found Cause, in a job of
+	// more than one node; nil otherwise.
+	CauseNode *CauseNode    `json:"cause_node,omitempty"`
 	RootCause *RankSummary  `json:"root_cause"`
 	Failures  []RankSummary `json:"failures"`
 	Ranks     []RankSummary `json:"ranks"`
@@ -149,7 +152,11 @@ func (s *Summary) WriteText(w io.Writer, title string) {
 		b.WriteString(sep + "Root Cause (first observed failure):\n")
 		writeRank(&b, *s.RootCause)
 	}
-	if s.Cause != "" && s.RootCause == nil {
+	switch {
+	case s.Cause != "" && s.RootCause == nil && s.CauseNode != nil:
+		n := s.CauseNode
+		fmt.Fprintf(&b, "%sRoot Cause: %s on node %d (%s, %s) (mpspawn stopped the ranks of every node)\n", sep, s.Cause, n.NodeRank, n.Host, n.Addr)
+	case s.Cause != "" && s.RootCause == nil:
 		fmt.Fprintf(&b, "%sRoot Cause: %s (mpspawn stopped the ranks)\n", sep, s.Cause)
 	}
 	writeStacks(&b, sep, s.Ranks)

@@ -164,6 +164,9 @@ func (s *supervisor) watchdogFired(now time.Time) {
 		return
 	}
 	s.cause = cause
+	if s.g.opts.OnCause != nil {
+		s.g.opts.OnCause(cause)
+	}
 	s.takeStacks()
 }
 

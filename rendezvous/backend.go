@@ -83,6 +83,11 @@ type Failure struct {
 	Signal    int       `json:"signal,omitempty"` // the signal that killed the rank, or 0
 	Message   string    `json:"message,omitempty"`
 	Time      time.Time `json:"time"`
+	// Cause is set when the node's launcher itself stopped its ranks for
+	// a cause it found rather than a rank's failure: "hang: no output for
+	// 2s", "timeout: the job ran for 10m0s" (Rank is then -1). The other
+	// nodes take their own ranks' stacks before they stop them.
+	Cause string `json:"cause,omitempty"`
 	// Lost is set when the node itself was lost (its lease expired: its
 	// launcher died or was cut off from etcd).
 	Lost bool `json:"lost,omitempty"`
@@ -95,6 +100,9 @@ const LostExitCode = 1
 func (f Failure) String() string {
 	if f.Lost {
 		return fmt.Sprintf("node %d (%s) lost: %s", f.NodeRank, f.Addr, f.Message)
+	}
+	if f.Cause != "" {
+		return fmt.Sprintf("%s on node %d (%s)", f.Cause, f.NodeRank, f.Host)
 	}
 	return fmt.Sprintf("rank %d on node %d (%s) failed with exit code %d", f.Rank, f.NodeRank, f.Host, f.ExitCode)
 }

@@ -1,0 +1,95 @@
+package launcher
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"time"
+
+	"github.com/mpspawn/mpspawn/rendezvous"
+)
+
+// A hang or a timeout found on one node stops every node of the job: the
+// node whose watchdog fired publishes it through the rendezvous as the
+// round's failure (rendezvous.Failure.Cause, rank -1), as it would a
+// rank's; every other node, stopped by it, takes its own ranks' stacks
+// before it stops them. The hang is judged per node: the watchdog sees
+// the output of this node's ranks only.
+
+// cancelled stops the ranks when the Group's context is done. When the
+// cause is a hang or a timeout found on another node, the ranks' stacks
+// are taken first, as for this node's own watchdog. While stacks are
+// being taken the ranks are left alone: stacksTaken stops them.
+func (s *supervisor) cancelled(cause error) {
+	switch {
+	case s.dumped != nil:
+		return
+	case s.cause == nil && remoteCause(cause) != nil:
+		s.cause = cause
+		s.takeStacks()
+		return
+	}
+	s.stop(cause, syscall.SIGTERM)
+}
+
+// remoteCause is the failure of another node that its launcher found
+// itself (a hang, a timeout), when cause is the stop it sent; else nil.
+func remoteCause(cause error) *rendezvous.Failure {
+	var se *rendezvous.StopError
+	if errors.As(cause, &se) && se.Stop.Failure != nil && se.Stop.Failure.Cause != "" {
+		return se.Stop.Failure
+	}
+	return nil
+}
+
+// causeExitCode is the exit code of a job the launcher stopped for cause:
+// TimeoutExitCode for a timeout, 1 otherwise.
+func causeExitCode(cause error) int {
+	var te *TimeoutError
+	if errors.As(cause, &te) {
+		return TimeoutExitCode
+	}
+	return 1
+}
+
+// causeFailure is the detail, for the other nodes, of this node's stop
+// for a cause the launcher found (a hang, a timeout, a GPU's XID error).
+func (j *Job) causeFailure(cause error) rendezvous.Failure {
+	f := j.failure(nil)
+	f.Cause, f.ExitCode = reason(cause), causeExitCode(cause)
+	return f
+}
+
+// publishCause tells the other nodes that this node stops its ranks for
+// cause, from the supervisor's callback, without blocking it.
+func (p *publisher) publishCause(cause error) {
+	p.send(p.job.causeFailure(cause))
+}
+
+// settle returns the round's first failure, after publishing this node's
+// stop for cause when nothing was published yet (a cause that came
+// through the context, such as a GPU's XID error).
+func (p *publisher) settle(cause error) *rendezvous.Failure {
+	if first := p.wait(); first != nil {
+		return first
+	}
+	p.send(p.job.causeFailure(cause))
+	return p.wait()
+}
+
+// send publishes f in the background; wait gives the round's first
+// failure as the rendezvous has it.
+func (p *publisher) send(f rendezvous.Failure) {
+	p.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), 10*time.Second)
+		defer cancel()
+		first, err := p.rdzv.Fail(ctx, f)
+		if err != nil {
+			p.job.note("warning: could not tell the other nodes of the failure: %v", err)
+			first = f
+		}
+		p.mu.Lock()
+		p.res = &first
+		p.mu.Unlock()
+	})
+}
