@@ -57,6 +57,7 @@ type peer struct {
 	held    int                 // handles it holds
 	fds     int                 // live host and fd handles it published
 	queues  int                 // live queues it created
+	queued  int                 // bytes of its put requests that queued messages keep
 }
 
 // wait is where a waiting request is: on a queue (a Get, a Put waiting
@@ -108,7 +109,42 @@ type queue struct {
 type message struct {
 	handles []Handle
 	value   []byte
+	pin     *pinned // the request payload value points into
 }
+
+// pinned is a put request's payload while messages in queues point into
+// it: charged to the rank that put it, until the last of them is got or
+// dropped.
+type pinned struct {
+	from *peer
+	size int
+	refs int
+}
+
+// unpin drops a message's hold on its request payload.
+func (m message) unpin() {
+	if m.pin == nil {
+		return
+	}
+	if m.pin.refs--; m.pin.refs == 0 {
+		m.pin.from.queued -= m.pin.size
+	}
+}
+
+// pin charges p for a put request's payload of size bytes, within its
+// limit; the caller releases the charge with done once the messages made
+// from it hold it (or none does).
+func (b *Broker) pin(p *peer, size int) (*pinned, error) {
+	if p.rank != ParentRank && p.queued+size > b.limits.QueuedBytes {
+		return nil, limitErr(p.rank, fmt.Sprintf("%d bytes it put wait in queues", p.queued), b.limits.QueuedBytes, EnvMaxQueuedBytes)
+	}
+	p.queued += size
+	return &pinned{from: p, size: size, refs: 1}, nil
+}
+
+// done drops the request's own hold on the pin: the messages made from it
+// keep it.
+func (pin *pinned) done() { message{pin: pin}.unpin() }
 
 type pending struct {
 	p  *peer
@@ -371,6 +407,7 @@ func (b *Broker) cancel(p *peer, id uint64, out []outFrame) []outFrame {
 			e.queued-- // never queued after all
 			dropped = append(dropped, e)
 		}
+		pp.msg.unpin()
 		return true
 	})
 	b.unpark(p, id)
@@ -539,6 +576,11 @@ func (b *Broker) put(p *peer, id uint64, body []byte, out []outFrame) ([]outFram
 	if err != nil {
 		return out, err
 	}
+	pin, err := b.pin(p, len(body))
+	if err != nil {
+		return out, err
+	}
+	defer pin.done()
 	q, err := b.queue(p, ref)
 	if err != nil {
 		return out, err
@@ -559,7 +601,7 @@ func (b *Broker) put(p *peer, id uint64, body []byte, out []outFrame) ([]outFram
 			p.waits[id] = wait{q: q}
 		}
 	}
-	m, err := b.message(p, rest)
+	m, err := b.message(p, rest, pin)
 	if err != nil {
 		b.unpark(p, id)
 		b.tidy(q)
@@ -579,6 +621,11 @@ func (b *Broker) putBatch(p *peer, body []byte, out []outFrame) ([]outFrame, err
 	if err != nil {
 		return out, err
 	}
+	pin, err := b.pin(p, len(body))
+	if err != nil {
+		return out, err
+	}
+	defer pin.done()
 	q, err := b.queue(p, ref)
 	if err != nil {
 		return out, err
@@ -590,7 +637,7 @@ func (b *Broker) putBatch(p *peer, body []byte, out []outFrame) ([]outFrame, err
 				return b.pump(q, out), err
 			}
 		}
-		m, err := b.message(p, raw)
+		m, err := b.message(p, raw, pin)
 		if err != nil {
 			if q.ref.Cap != 0 || len(q.putters) != 0 {
 				b.unpark(p, 0)
@@ -609,7 +656,7 @@ func (b *Broker) putBatch(p *peer, body []byte, out []outFrame) ([]outFrame, err
 
 // message checks a message a rank puts: it may only send handles it holds,
 // and the queue then holds them until a rank gets the message.
-func (b *Broker) message(p *peer, raw []byte) (message, error) {
+func (b *Broker) message(p *peer, raw []byte, pin *pinned) (message, error) {
 	hs, value, err := cutMessage(raw)
 	if err != nil {
 		return message{}, err
@@ -627,8 +674,9 @@ func (b *Broker) message(p *peer, raw []byte) (message, error) {
 		b.handles[h.ID].queued++
 	}
 	// value points into the request frame's payload, which nobody else
-	// uses: kept as it is, not copied.
-	return message{hs, value}, nil
+	// uses: kept as it is, not copied, and charged to p while it is kept.
+	pin.refs++
+	return message{hs, value, pin}, nil
 }
 
 // queue returns the queue ref names, creating it for p on first use,
@@ -690,6 +738,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 				} else {
 					payload = appendMessage(payload, m.handles, m.value)
 				}
+				m.unpin()
 			}
 			clear(q.items[:n]) // let the collector have what was sent
 			q.items = q.items[n:]

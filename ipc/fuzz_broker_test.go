@@ -29,7 +29,7 @@ func FuzzBroker(f *testing.F) {
 
 // fuzzBroker is FuzzBroker's body.
 func fuzzBroker(t *testing.T, data []byte) {
-	b := NewBroker(WithLimits(Limits{Handles: 3, FDs: 2, Pending: 3, Queues: 3}))
+	b := NewBroker(WithLimits(Limits{Handles: 3, FDs: 2, Pending: 3, Queues: 3, QueuedBytes: 200}))
 	defer b.Close()
 	conns := map[int]*Conn{}
 	attach := func(r int) {
@@ -153,10 +153,23 @@ func checkCounts(t *testing.T, b *Broker) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for r, p := range b.peers {
-		pending, queues := 0, 0
+		pending, queues, queued := 0, 0, 0
+		pins := map[*pinned]bool{}
+		pin := func(m message) {
+			if m.pin != nil && m.pin.from == p && !pins[m.pin] {
+				pins[m.pin] = true
+				queued += m.pin.size
+			}
+		}
 		for _, q := range b.queues {
 			if q.creator == p {
 				queues++
+			}
+			for _, m := range q.items {
+				pin(m)
+			}
+			for _, pp := range q.putters {
+				pin(pp.msg)
 			}
 			for _, g := range q.getters {
 				pending += count(g.p == p)
@@ -179,9 +192,9 @@ func checkCounts(t *testing.T, b *Broker) {
 				t.Fatalf("rank %d holds or was given %s, but does not list it", r, e.h)
 			}
 		}
-		if p.pending != pending || p.held != held || p.fds != fds || p.queues != queues {
-			t.Fatalf("rank %d counts pending %d, held %d, fds %d, queues %d; the broker has %d, %d, %d, %d",
-				r, p.pending, p.held, p.fds, p.queues, pending, held, fds, queues)
+		if p.pending != pending || p.held != held || p.fds != fds || p.queues != queues || p.queued != queued {
+			t.Fatalf("rank %d counts pending %d, held %d, fds %d, queues %d, queued bytes %d; the broker has %d, %d, %d, %d, %d",
+				r, p.pending, p.held, p.fds, p.queues, p.queued, pending, held, fds, queues, queued)
 		}
 		if len(p.waits) > pending {
 			t.Fatalf("rank %d indexes %d waiting requests; %d wait", r, len(p.waits), pending)

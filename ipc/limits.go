@@ -33,6 +33,11 @@ type Limits struct {
 	// waiting requests, or has values got but not marked done (TaskDone);
 	// MPSPAWN_IPC_MAX_QUEUES.
 	Queues int
+	// QueuedBytes is how many bytes of a rank's puts may wait in queues
+	// (the broker keeps each put request whole while any message of it
+	// waits: a batch counts whole until its last message is got);
+	// MPSPAWN_IPC_MAX_QUEUED_BYTES.
+	QueuedBytes int
 	// FrameTimeout bounds how long a frame may take to arrive once its
 	// first byte has: a rank that announces a frame and leaves it
 	// unfinished is cut off with ErrProtocol; MPSPAWN_IPC_FRAME_TIMEOUT (a
@@ -42,16 +47,17 @@ type Limits struct {
 
 // DefaultLimits returns the limits a broker has unless told otherwise.
 func DefaultLimits() Limits {
-	return Limits{Handles: 1 << 16, FDs: 4096, Pending: peerQueue, Queues: 1 << 14, FrameTimeout: 30 * time.Second}
+	return Limits{Handles: 1 << 16, FDs: 4096, Pending: peerQueue, Queues: 1 << 14, QueuedBytes: 1 << 30, FrameTimeout: 30 * time.Second}
 }
 
 // The environment variables LimitsFromEnv reads.
 const (
-	EnvMaxHandles   = "MPSPAWN_IPC_MAX_HANDLES"
-	EnvMaxFDs       = "MPSPAWN_IPC_MAX_FDS"
-	EnvMaxPending   = "MPSPAWN_IPC_MAX_PENDING"
-	EnvMaxQueues    = "MPSPAWN_IPC_MAX_QUEUES"
-	EnvFrameTimeout = "MPSPAWN_IPC_FRAME_TIMEOUT"
+	EnvMaxHandles     = "MPSPAWN_IPC_MAX_HANDLES"
+	EnvMaxFDs         = "MPSPAWN_IPC_MAX_FDS"
+	EnvMaxPending     = "MPSPAWN_IPC_MAX_PENDING"
+	EnvMaxQueues      = "MPSPAWN_IPC_MAX_QUEUES"
+	EnvMaxQueuedBytes = "MPSPAWN_IPC_MAX_QUEUED_BYTES"
+	EnvFrameTimeout   = "MPSPAWN_IPC_FRAME_TIMEOUT"
 )
 
 // LimitsFromEnv returns DefaultLimits with each limit that getenv names
@@ -63,7 +69,7 @@ func LimitsFromEnv(getenv func(string) string) (Limits, error) {
 	for _, v := range []struct {
 		name string
 		dst  *int
-	}{{EnvMaxHandles, &l.Handles}, {EnvMaxFDs, &l.FDs}, {EnvMaxPending, &l.Pending}, {EnvMaxQueues, &l.Queues}} {
+	}{{EnvMaxHandles, &l.Handles}, {EnvMaxFDs, &l.FDs}, {EnvMaxPending, &l.Pending}, {EnvMaxQueues, &l.Queues}, {EnvMaxQueuedBytes, &l.QueuedBytes}} {
 		s := getenv(v.name)
 		if s == "" {
 			continue
@@ -92,7 +98,7 @@ type BrokerOption func(*Broker)
 func WithLimits(l Limits) BrokerOption {
 	return func(b *Broker) {
 		d := DefaultLimits()
-		for _, v := range []struct{ dst, def *int }{{&l.Handles, &d.Handles}, {&l.FDs, &d.FDs}, {&l.Pending, &d.Pending}, {&l.Queues, &d.Queues}} {
+		for _, v := range []struct{ dst, def *int }{{&l.Handles, &d.Handles}, {&l.FDs, &d.FDs}, {&l.Pending, &d.Pending}, {&l.Queues, &d.Queues}, {&l.QueuedBytes, &d.QueuedBytes}} {
 			if *v.dst <= 0 {
 				*v.dst = *v.def
 			}

@@ -17,7 +17,7 @@ import (
 )
 
 // testLimits are small limits, so that a rank reaches each quickly.
-var testLimits = Limits{Handles: 6, FDs: 4, Pending: 8, Queues: 5}
+var testLimits = Limits{Handles: 6, FDs: 4, Pending: 8, Queues: 5, QueuedBytes: 64 << 10}
 
 // limitRank is the rank of TestLimits: it reaches the limit named by
 // args[0] (as testLimits set it), prints "limit: ERROR" for the refusal,
@@ -40,6 +40,8 @@ func limitRank(args []string) int {
 		refused, after = reachHandles(ctx, c, args[0] == "fds")
 	case "queues":
 		refused, after = reachQueues(ctx)
+	case "queued":
+		refused, after = reachQueued(ctx)
 	default:
 		fmt.Fprintln(os.Stderr, "limits: unknown limit", args[0])
 		return 2
@@ -137,6 +139,19 @@ func reachQueues(ctx context.Context) (refused, after error) {
 	return refused, (Queue[int]{ID: 300, Capacity: 1}).Put(ctx, 1)
 }
 
+// reachQueued puts 10 kB values on a queue nobody reads until a Put is
+// refused; once it takes one back, a Put succeeds again.
+func reachQueued(ctx context.Context) (refused, after error) {
+	q := Queue[[10000]byte]{ID: 400, Capacity: 1000}
+	for i := 0; refused == nil && i < 100; i++ {
+		refused = q.Put(ctx, [10000]byte{})
+	}
+	if _, err := q.Get(ctx); err != nil {
+		return refused, err
+	}
+	return refused, q.Put(ctx, [10000]byte{})
+}
+
 // free unmaps a buffer without releasing its handle.
 func (b *Buffer) free() {
 	if b.m != nil {
@@ -155,6 +170,7 @@ func TestLimits(t *testing.T) {
 		{"handles", "holds too many handles to publish more (limit 6; raise it with ipc.WithLimits or MPSPAWN_IPC_MAX_HANDLES)"},
 		{"fds", "the launcher keeps 4 descriptors for its buffers (limit 4; raise it with ipc.WithLimits or MPSPAWN_IPC_MAX_FDS)"},
 		{"queues", "5 queues it created exist (limit 5; raise it with ipc.WithLimits or MPSPAWN_IPC_MAX_QUEUES)"},
+		{"queued", "bytes it put wait in queues (limit 65536; raise it with ipc.WithLimits or MPSPAWN_IPC_MAX_QUEUED_BYTES)"},
 	} {
 		t.Run(tc.limit, func(t *testing.T) {
 			b := NewBroker(WithLimits(testLimits))
@@ -169,7 +185,7 @@ func TestLimits(t *testing.T) {
 			}
 
 			lines, served := runRank(t, b, 0, "limits", tc.limit)
-			if len(lines) != 2 || lines[0] != "limit: true ipc: limit reached: rank 0: "+tc.want || lines[1] != "after: <nil>" {
+			if len(lines) != 2 || !strings.HasPrefix(lines[0], "limit: true ipc: limit reached: rank 0: ") || !strings.HasSuffix(lines[0], tc.want) || lines[1] != "after: <nil>" {
 				t.Errorf("rank printed %q; want the refusal naming %q, then success", lines, tc.want)
 			}
 			if err := <-served; err != nil {
@@ -259,7 +275,7 @@ func TestLimitsFromEnv(t *testing.T) {
 		wantErr string
 	}{
 		{nil, def, ""},
-		{map[string]string{EnvMaxPending: "10000", EnvFrameTimeout: "2m"}, Limits{Handles: def.Handles, FDs: def.FDs, Pending: 10000, Queues: def.Queues, FrameTimeout: 2 * time.Minute}, ""},
+		{map[string]string{EnvMaxPending: "10000", EnvFrameTimeout: "2m"}, Limits{Handles: def.Handles, FDs: def.FDs, Pending: 10000, Queues: def.Queues, QueuedBytes: def.QueuedBytes, FrameTimeout: 2 * time.Minute}, ""},
 		{map[string]string{EnvMaxHandles: "0"}, Limits{}, `ipc: MPSPAWN_IPC_MAX_HANDLES="0": want a positive integer`},
 		{map[string]string{EnvMaxQueues: "1e3"}, Limits{}, `ipc: MPSPAWN_IPC_MAX_QUEUES="1e3": want a positive integer`},
 		{map[string]string{EnvFrameTimeout: "30"}, Limits{}, `ipc: MPSPAWN_IPC_FRAME_TIMEOUT="30": want a positive duration, such as 1m`},

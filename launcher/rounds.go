@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -30,6 +32,8 @@ type Outcome struct {
 	// Err is the rendezvous error that ended the job between rounds (a
 	// join timeout, a run closed by another node), or nil.
 	Err error
+	// Interrupted is the signal that ended the wait for a round, or nil.
+	Interrupted os.Signal
 }
 
 // Last is the last attempt, or nil when none ran.
@@ -45,6 +49,9 @@ func (o *Outcome) Last() *Attempt {
 // when this launcher was interrupted, 0 when it succeeded.
 func (o *Outcome) ExitCode() int {
 	a := o.Last()
+	if s, ok := o.Interrupted.(syscall.Signal); ok {
+		return 128 + int(s)
+	}
 	switch {
 	case a == nil:
 		return 1
@@ -71,9 +78,9 @@ func (o *Outcome) ExitCode() int {
 func (j *Job) RunRounds(ctx context.Context, rdzv rendezvous.Rendezvous, maxRestarts int) (*Outcome, error) {
 	out := &Outcome{}
 	for {
-		round, err := rdzv.Next(ctx)
-		if err != nil {
-			out.Err = err
+		round, sig, err := next(ctx, rdzv)
+		if err != nil || sig != nil {
+			out.Err, out.Interrupted = err, sig
 			return out, nil
 		}
 		if len(out.Attempts) > 0 && j.Output != nil {
@@ -218,4 +225,37 @@ func (j *Job) failure(r *RankResult) rendezvous.Failure {
 func (o *Output) reopen() *Output {
 	return &Output{Stdout: o.Stdout, Stderr: o.Stderr, Prefix: o.Prefix, RoleName: o.RoleName, Timestamps: o.Timestamps,
 		Filter: o.Filter, Redirects: o.Redirects, Tee: o.Tee, Dir: o.Dir, DrainTimeout: o.DrainTimeout}
+}
+
+// next waits for the next round. A signal that would stop the ranks
+// (ForwardedSignals, not PassedSignals) ends the wait, and is returned.
+func next(ctx context.Context, rdzv rendezvous.Rendezvous) (rendezvous.Round, os.Signal, error) {
+	sigc := make(chan os.Signal, 1)
+	var stops []os.Signal
+	for _, s := range ForwardedSignals {
+		if !slices.Contains(PassedSignals, s) {
+			stops = append(stops, s)
+		}
+	}
+	signal.Notify(sigc, stops...)
+	defer signal.Stop(sigc)
+	nctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type reply struct {
+		r   rendezvous.Round
+		err error
+	}
+	done := make(chan reply, 1)
+	go func() {
+		r, err := rdzv.Next(nctx)
+		done <- reply{r, err}
+	}()
+	select {
+	case r := <-done:
+		return r.r, nil, r.err
+	case sig := <-sigc:
+		cancel()
+		<-done
+		return rendezvous.Round{}, sig, nil
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -150,6 +151,11 @@ type Etcd struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// leaseLost is set once the lease could not be kept alive (etcd away
+	// for longer than the TTL): every node's lease has then expired or
+	// will, so a node's keys going no longer means the node is lost.
+	leaseLost atomic.Bool
 }
 
 // NewEtcd connects to etcd (failing within ConnectTimeout with a
@@ -220,7 +226,8 @@ func (e *Etcd) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAlive
 	for range ka {
 	}
 	if ctx.Err() == nil {
-		fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: lost the etcd lease (etcd unreachable for longer than the lease TTL %v); this node's ranks carry on, and failures still stop them, but other nodes may count this node as lost\n", e.cfg.RunID, e.cfg.LeaseTTL)
+		e.leaseLost.Store(true)
+		fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: lost the etcd lease (etcd unreachable for longer than the lease TTL %v); the ranks carry on and failures still stop every node once etcd is back, but a lost node is no longer noticed\n", e.cfg.RunID, e.cfg.LeaseTTL)
 	}
 }
 

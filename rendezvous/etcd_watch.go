@@ -156,7 +156,7 @@ func (e *Etcd) applyRound(ctx context.Context, w *roundWatch, key string, value 
 	case rn == n && strings.HasPrefix(rest, "join/") && deleted:
 		id := strings.TrimPrefix(rest, "join/")
 		node, member := w.members[id]
-		if !member || w.isDone[id] || w.failed {
+		if !member || w.isDone[id] || w.failed || e.leaseLost.Load() {
 			return
 		}
 		rank := 0

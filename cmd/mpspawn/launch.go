@@ -58,6 +58,14 @@ func launch(c *cli.Context, cfg *config) error {
 	if err != nil {
 		return preloadUsage(err)
 	}
+	if out.Last() == nil && out.Interrupted != nil {
+		name := out.Interrupted.String()
+		if s, ok := out.Interrupted.(syscall.Signal); ok {
+			name = launcher.SignalName(s)
+		}
+		fmt.Fprintf(stderr, "mpspawn: %s while waiting for the rendezvous: no rank started\n", name)
+		return exitCode(out.ExitCode())
+	}
 	if out.Last() == nil { // no round started: nothing ran
 		return usageError{errors.New(rendezvousError(out.Err))}
 	}

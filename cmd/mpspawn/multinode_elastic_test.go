@@ -3,12 +3,16 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mpspawn/mpspawn/internal/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -175,5 +179,108 @@ func TestMultinodeInterrupted(t *testing.T) {
 	}
 	if s := nodes[0].stderr.String(); !strings.Contains(s, "node 1 (127.0.0.3): mpspawn interrupted by SIGTERM") {
 		t.Errorf("node 0 stderr does not say node 1 was interrupted:\n%s", s)
+	}
+}
+
+// TestMultinodeEtcdLongOutage: etcd away for longer than the lease TTL is
+// a warning on each node; the ranks carry on, nobody counts the other as
+// lost when etcd is back (every lease expired), and the job succeeds.
+func TestMultinodeEtcdLongOutage(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	mkfifos(t, dir, "up0", "up1", "go0", "go1")
+	script := `echo up > ` + dir + `/up$GROUP_RANK; read x < ` + dir + `/go$GROUP_RANK; echo done`
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		nodes = append(nodes, startNode(t, etcdArgs(srv, "job", addr, "2", "--no-python", "sh", "-c", script)...))
+	}
+	readLine(t, filepath.Join(dir, "up0"))
+	readLine(t, filepath.Join(dir, "up1"))
+	srv.Stop()
+	for i, n := range nodes {
+		if !n.stderr.waitFor("lost the etcd lease", 20*time.Second) {
+			t.Fatalf("node %d did not warn of the lost lease; stderr:\n%s", i, n.stderr.String())
+		}
+	}
+	srv.Restart()
+	// The leases, kept alive by nobody now, expire and take the nodes'
+	// join keys: only then are the ranks let go.
+	waitKeysGone(t, srv.Endpoint, "/mpspawn/job/r/00000000/join/")
+	writeFIFO(t, filepath.Join(dir, "go0"))
+	writeFIFO(t, filepath.Join(dir, "go1"))
+	for i, n := range nodes {
+		if code := n.wait(t); code != 0 || !strings.Contains(n.stdout.String(), "done") {
+			t.Errorf("node %d exited %d, stdout %q; want 0 and done; stderr:\n%s", i, code, n.stdout.String(), n.stderr.String())
+		}
+	}
+}
+
+// waitKeysGone waits, bounded, until no key under prefix is left in etcd.
+func waitKeysGone(t *testing.T, endpoint, prefix string) {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := resp.Count
+	if left == 0 {
+		return
+	}
+	for wr := range cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				left--
+			}
+		}
+		if left == 0 {
+			return
+		}
+	}
+	t.Fatalf("%d keys under %s still there after 20s", left, prefix)
+}
+
+// TestMultinodeTLS: --rdzv-conf cacert, cert and key reach an etcd that
+// requires TLS client certificates; without them the endpoint is
+// unreachable (one line, exit 2).
+func TestMultinodeTLS(t *testing.T) {
+	srv, files := etcdtest.StartTLS(t)
+	conf := "lease_ttl=1,connect_timeout=2,cacert=" + files.CA + ",cert=" + files.Cert + ",key=" + files.Key
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		nodes = append(nodes, startNode(t, "--rdzv-backend", "etcd", "--rdzv-endpoint", srv.Endpoint, "--rdzv-id", "tls",
+			"--nnodes", "2", "--local-addr", addr, "--rdzv-conf", conf, "--no-python", "sh", "-c", "echo world=$WORLD_SIZE"))
+	}
+	for i, n := range nodes {
+		if code := n.wait(t); code != 0 || !strings.Contains(n.stdout.String(), "world=2") {
+			t.Errorf("node %d over TLS exited %d, stdout %q; want 0, world=2; stderr:\n%s", i, code, n.stdout.String(), n.stderr.String())
+		}
+	}
+	plain := startNode(t, "--rdzv-backend", "etcd", "--rdzv-endpoint", srv.Endpoint, "--rdzv-id", "plain",
+		"--nnodes", "2", "--rdzv-conf", "connect_timeout=1", "--no-python", "true")
+	if code := plain.wait(t); code != 2 || !strings.Contains(plain.stderr.String(), "etcd not reachable within 1s") {
+		t.Errorf("node without TLS exited %d; want 2 and not reachable; stderr:\n%s", code, plain.stderr.String())
+	}
+}
+
+// TestMultinodeInterruptedWaiting: SIGINT while a node waits for the
+// others ends the wait at once, exit 130, no rank started.
+func TestMultinodeInterruptedWaiting(t *testing.T) {
+	srv := etcdtest.Start(t)
+	n := startNode(t, etcdArgs(srv, "wait", "127.0.0.2", "2", "--no-python", "sh", "-c", "echo started")...)
+	if !n.stderr.waitFor("mpspawn: rendezvous wait: 1/2 nodes (127.0.0.2), waiting up to", 20*time.Second) {
+		t.Fatalf("no status line; stderr:\n%s", n.stderr.String())
+	}
+	if err := n.cmd.Process.Signal(unix.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code := n.wait(t); code != 130 || n.stdout.Len() != 0 || !strings.Contains(n.stderr.String(), "mpspawn: SIGINT while waiting for the rendezvous: no rank started") {
+		t.Errorf("exited %d, stdout %q; want 130, nothing started; stderr:\n%s", code, n.stdout.String(), n.stderr.String())
 	}
 }

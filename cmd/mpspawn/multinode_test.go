@@ -28,11 +28,59 @@ const nodeTimeout = 120 * time.Second
 // node is one mpspawn process of a multi-node test: this test binary run
 // as the CLI (see TestMain).
 type node struct {
-	cmd            *exec.Cmd
-	stdout, stderr bytes.Buffer
-	done           chan struct{}
-	code           int
-	ended          time.Time
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr notifyBuffer
+	done   chan struct{}
+	code   int
+	ended  time.Time
+}
+
+// notifyBuffer is a node's stderr: written by its copier goroutine, read
+// by the test, which can wait for a line.
+type notifyBuffer struct {
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed and replaced on each write
+}
+
+func (n *notifyBuffer) Write(p []byte) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.changed != nil {
+		close(n.changed)
+		n.changed = nil
+	}
+	return n.b.Write(p)
+}
+
+func (n *notifyBuffer) String() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.b.String()
+}
+
+// waitFor waits, at most d, until the buffer holds s.
+func (n *notifyBuffer) waitFor(s string, d time.Duration) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for {
+		n.mu.Lock()
+		if strings.Contains(n.b.String(), s) {
+			n.mu.Unlock()
+			return true
+		}
+		if n.changed == nil {
+			n.changed = make(chan struct{})
+		}
+		ch := n.changed
+		n.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return false
+		}
+	}
 }
 
 // startNode starts mpspawn with args; it is SIGKILLed by pid if it is

@@ -41,6 +41,7 @@ type Server struct {
 	bin      string
 	dir      string
 	peerPort int
+	tls      *TLSFiles // serve clients over TLS, with client certificates
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -103,7 +104,17 @@ func Args(dir, endpoint string, peer int) []string {
 }
 
 func (s *Server) start() error {
-	cmd := exec.Command(s.bin, Args(s.dir, s.Endpoint, s.peerPort)...)
+	args := Args(s.dir, s.Endpoint, s.peerPort)
+	if s.tls != nil {
+		for i, a := range args {
+			if a == "http://"+s.Endpoint {
+				args[i] = "https://" + s.Endpoint
+			}
+		}
+		args = append(args, "--cert-file", s.tls.Cert, "--key-file", s.tls.Key,
+			"--trusted-ca-file", s.tls.CA, "--client-cert-auth")
+	}
+	cmd := exec.Command(s.bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -218,3 +229,5 @@ func (b *logBuffer) String() string {
 	defer b.mu.Unlock()
 	return strings.Join(b.lines, "\n")
 }
+
+func itoa(n int) string { return strconv.Itoa(n) }
