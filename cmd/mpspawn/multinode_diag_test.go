@@ -155,6 +155,32 @@ func TestMultinodeHangBoth(t *testing.T) {
 	t.Logf("root cause on both nodes: %v", at[0])
 }
 
+// TestMultinodeHangRestart: a hang on node 1 is a failure of the job: with
+// --max-restarts 1 it spends the restart on both nodes, and the second
+// attempt succeeds.
+func TestMultinodeHangRestart(t *testing.T) {
+	srv := etcdtest.Start(t)
+	script := `echo attempt=$TORCHELASTIC_RESTART_COUNT; [ "$TORCHELASTIC_RESTART_COUNT" = 1 ] && exit 0; exec sleep 60`
+	var nodes []*node
+	for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		bound := map[int]string{0: "60s", 1: "2s"}[i]
+		nodes = append(nodes, startNode(t, etcdArgs(srv, "again", addr, "2", "--max-restarts", "1", "--hang-timeout", bound,
+			"--no-python", "sh", "-c", script)...))
+	}
+	for i, n := range nodes {
+		if code := n.wait(t); code != 0 {
+			t.Errorf("node %d exited %d; want 0; stderr:\n%s", i, code, n.stderr.String())
+		}
+		want := "hang: no output for 2s on node 1 (" + hostname(t) + "); restarting the ranks (restart 1 of 1)"
+		if s := n.stderr.String(); !strings.Contains(s, want) {
+			t.Errorf("node %d stderr does not say %q:\n%s", i, want, s)
+		}
+		if !strings.Contains(n.stdout.String(), "attempt=1") {
+			t.Errorf("node %d stdout = %q; want the second attempt", i, n.stdout.String())
+		}
+	}
+}
+
 func hostname(t *testing.T) string {
 	t.Helper()
 	h, err := os.Hostname()
