@@ -38,7 +38,7 @@ func python3() string {
 }
 
 // TestMultinodeHangAndTimeout: a hang (or a timeout) found on node 1 stops
-// both nodes. Node 1's bound is short, node 0's long, so that node 0 is
+// both nodes, under both start methods. Node 1's bound is short, node 0's long, so that node 0 is
 // stopped by node 1's: both exit with its code (1, or 124), both summaries
 // name it and its node, each shows where its own ranks were, and the run
 // is closed as failed.
@@ -50,11 +50,12 @@ func TestMultinodeHangAndTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name, flag, short, cause string
-		code                     int
+		name, method, flag, short, cause string
+		code                             int
 	}{
-		{"hang", "--hang-timeout", "2s", "hang: no output for 2s", 1},
-		{"timeout", "--timeout", "3s", "timeout: the job ran for 3s", 124},
+		{"hang", "spawn", "--hang-timeout", "2s", "hang: no output for 2s", 1},
+		{"hang-forkserver", "forkserver", "--hang-timeout", "2s", "hang: no output for 2s", 1},
+		{"timeout", "spawn", "--timeout", "3s", "timeout: the job ran for 3s", 124},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var nodes []*node
@@ -62,7 +63,7 @@ func TestMultinodeHangAndTimeout(t *testing.T) {
 				bound := map[int]string{0: "60s", 1: tc.short}[i]
 				sum := filepath.Join(dir, fmt.Sprintf("%s%d.json", tc.name, i))
 				nodes = append(nodes, startNode(t, etcdArgs(srv, tc.name, addr, "2", "--nproc-per-node", "2", tc.flag, bound,
-					"--summary-json", sum, "--no-python", python3(), "-u", script)...))
+					"--summary-json", sum, "--python", python3(), "--start-method", tc.method, script)...))
 			}
 			for i, n := range nodes {
 				if code := n.wait(t); code != tc.code {
@@ -78,6 +79,7 @@ func TestMultinodeHangAndTimeout(t *testing.T) {
 					t.Errorf("node %d stderr does not name the root cause (%q) and show both its ranks at %s:\n%s", i, want, where, s)
 				}
 			}
+			t.Logf("node 0 exited %v after node 1", nodes[0].ended.Sub(nodes[1].ended))
 			late := startNode(t, etcdArgs(srv, tc.name, "127.0.0.4", "2", "--no-python", "true")...)
 			if code := late.wait(t); code != 2 || !strings.Contains(late.stderr.String(), "the run has already ended (failed)") {
 				t.Errorf("late node exited %d, %q; want 2, the run ended as failed", code, late.stderr.String())
