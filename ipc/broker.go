@@ -139,8 +139,8 @@ type outFrame struct {
 
 // NewBroker returns an empty broker. Its limits are those of the
 // environment (LimitsFromEnv), unless an option says otherwise; a
-// malformed limit in the environment makes every Attach (and so Serve)
-// fail, naming it.
+// malformed limit in the environment is reported by Err, and makes every
+// Attach (and so Serve) fail, naming it.
 func NewBroker(opts ...BrokerOption) *Broker {
 	b := &Broker{handles: map[uint64]*entry{}, queues: map[uint64]*queue{}, peers: map[int]*peer{}, parent: newPeer(ParentRank, nil, nil)}
 	b.limits, b.limitsErr = newBrokerLimits()
@@ -152,6 +152,10 @@ func NewBroker(opts ...BrokerOption) *Broker {
 
 // Limits returns the broker's limits.
 func (b *Broker) Limits() Limits { return b.limits }
+
+// Err returns why the broker cannot serve ranks: a malformed limit in the
+// environment (see NewBroker), or nil. Check it before starting ranks.
+func (b *Broker) Err() error { return b.limitsErr }
 
 // Attach registers rank's control channel; Handle answers its requests on
 // conn. A rank number can be attached once at a time: two jobs sharing a

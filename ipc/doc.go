@@ -48,8 +48,22 @@
 // is closed. After such an error the stream is out of step and the Conn's
 // read side stays broken; the caller closes the Conn.
 //
-// A clean end of stream before the first header byte reads as [io.EOF]; an
-// end of stream inside a frame as [io.ErrUnexpectedEOF].
+// A clean end of stream before the first header byte reads as [io.EOF]
+// (so does a peer that closed with frames of ours unread: the kernel's
+// connection reset comes after every byte it wrote); an end of stream
+// inside a frame as [io.ErrUnexpectedEOF]. With [Conn.SetFrameTimeout], a
+// frame whose first bytes came but whose rest did not within the timeout is
+// rejected too.
+//
+// # The broker
+//
+// [Broker.Serve] is the launcher's one read loop on a rank's channel. No
+// channel ends in silence: a rank that breaks the protocol is sent an
+// error frame naming the violation ([ErrProtocol]) before its channel is
+// closed, and its [Client] fails the pending call and every later one with
+// it. What one rank may make the broker keep is bounded by [Limits]; a
+// request past one fails with [ErrLimit], and the rank carries on. The
+// request protocol is described in docs/ipc-protocol.md.
 //
 // # Peer credentials
 //

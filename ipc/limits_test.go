@@ -250,3 +250,29 @@ func serveHere(t *testing.T, b *Broker, rank int) (c *Client, end func()) {
 	}()
 	return NewClient(conn, rank), func() { conn.Close(); parent.Close(); <-served }
 }
+
+func TestLimitsFromEnv(t *testing.T) {
+	def := DefaultLimits()
+	for _, tc := range []struct {
+		env     map[string]string
+		want    Limits
+		wantErr string
+	}{
+		{nil, def, ""},
+		{map[string]string{EnvMaxPending: "10000", EnvFrameTimeout: "2m"}, Limits{Handles: def.Handles, FDs: def.FDs, Pending: 10000, Queues: def.Queues, FrameTimeout: 2 * time.Minute}, ""},
+		{map[string]string{EnvMaxHandles: "0"}, Limits{}, `ipc: MPSPAWN_IPC_MAX_HANDLES="0": want a positive integer`},
+		{map[string]string{EnvMaxQueues: "1e3"}, Limits{}, `ipc: MPSPAWN_IPC_MAX_QUEUES="1e3": want a positive integer`},
+		{map[string]string{EnvFrameTimeout: "30"}, Limits{}, `ipc: MPSPAWN_IPC_FRAME_TIMEOUT="30": want a positive duration, such as 1m`},
+	} {
+		got, err := LimitsFromEnv(func(k string) string { return tc.env[k] })
+		if tc.wantErr != "" {
+			if err == nil || err.Error() != tc.wantErr {
+				t.Errorf("LimitsFromEnv(%v) = %v; want error %q", tc.env, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("LimitsFromEnv(%v) = %+v, %v; want %+v", tc.env, got, err, tc.want)
+		}
+	}
+}

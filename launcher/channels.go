@@ -37,7 +37,13 @@ type Channels struct {
 // AddChannels gives every spec a control channel to broker: its end
 // becomes the rank's first extra file, and its environment names it.
 // Ranks are attached to the broker by Spec.Rank.
+//
+// A broker that cannot serve ranks (ipc.Broker.Err: a malformed limit in
+// the environment) is an error here, before any rank starts.
 func AddChannels(broker *ipc.Broker, specs []Spec) (*Channels, error) {
+	if err := broker.Err(); err != nil {
+		return nil, fmt.Errorf("launcher: control channel: %w", err)
+	}
 	c := &Channels{broker: broker, ranks: map[int]int{}, errs: make([]error, len(specs))}
 	for i := range specs {
 		c.ranks[specs[i].Rank] = i

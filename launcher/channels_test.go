@@ -136,3 +136,21 @@ func (f lineFunc) Write(b []byte) (int, error) {
 	f(string(b))
 	return len(b), nil
 }
+
+// TestAddChannelsRefusesBadLimits: a malformed broker limit in the
+// environment is an error before any rank starts, naming the variable.
+func TestAddChannelsRefusesBadLimits(t *testing.T) {
+	t.Setenv(ipc.EnvMaxPending, "lots")
+	broker := ipc.NewBroker()
+	defer broker.Close()
+	specs := []Spec{helperSpec(0, "exit", "0")}
+	if chans, err := AddChannels(broker, specs); err == nil || !strings.Contains(err.Error(), `MPSPAWN_IPC_MAX_PENDING="lots": want a positive integer`) {
+		if chans != nil {
+			chans.Close()
+		}
+		t.Fatalf("AddChannels() = %v; want the malformed limit named", err)
+	}
+	if len(specs[0].ExtraFiles) != 0 {
+		t.Errorf("the spec got %d extra files; want none", len(specs[0].ExtraFiles))
+	}
+}

@@ -108,21 +108,27 @@ type joinState struct {
 // join puts this node into round n and waits for the round's members.
 func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, error) {
 	b, _ := json.Marshal(e.self)
-	put, err := e.cli.Put(ctx, e.roundKey(n, "join", e.self.ID), string(b), clientv3.WithLease(e.lease))
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	events, err := e.syncedWatch(wctx)
+	if err != nil {
+		return Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: watch run %s: %w", e.cfg.RunID, err))
+	}
+	resp, err := e.cli.Txn(ctx).Then(
+		clientv3.OpPut(e.roundKey(n, "join", e.self.ID), string(b), clientv3.WithLease(e.lease)),
+		clientv3.OpGet(e.roundKey(n)+"/", clientv3.WithPrefix()),
+		clientv3.OpGet(e.key("closed")),
+	).Commit()
 	if err != nil {
 		return Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
 	}
 	st := &joinState{joined: map[string]Node{}}
-	resp, err := e.cli.Get(ctx, e.roundKey(n)+"/", clientv3.WithPrefix(), clientv3.WithRev(put.Header.Revision))
-	if err != nil {
-		return Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", n, err))
+	for _, r := range resp.Responses[1:] {
+		for _, kv := range r.GetResponseRange().Kvs {
+			e.applyJoin(st, n, string(kv.Key), kv.Value, false)
+		}
 	}
-	for _, kv := range resp.Kvs {
-		e.applyJoin(st, n, string(kv.Key), kv.Value, false)
-	}
-	wctx, wcancel := context.WithCancel(ctx)
-	defer wcancel()
-	events := e.cli.Watch(clientv3.WithRequireLeader(wctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(put.Header.Revision+1))
+	floor := resp.Header.Revision // events up to here are in the read
 	var lastCall *time.Timer
 	var lastCallC <-chan time.Time
 	defer func() {
@@ -166,7 +172,9 @@ func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, erro
 				return e.join(ctx, n, deadline)
 			}
 			for _, ev := range wr.Events {
-				e.applyJoin(st, n, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+				if ev.Kv.ModRevision > floor {
+					e.applyJoin(st, n, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+				}
 			}
 		case <-lastCallC:
 			lastCall, lastCallC = nil, nil
@@ -305,4 +313,25 @@ func addrs(nodes []Node) []string {
 		out[i] = n.Addr
 	}
 	return out
+}
+
+// syncedWatch watches the whole run from now on and returns once etcd has
+// created the watch. A watch from an older revision would do without the
+// read that follows it, but etcd catches up such watches only every
+// 100 ms; one created first, with a read after it, is told of every change
+// at once.
+func (e *Etcd) syncedWatch(ctx context.Context) (clientv3.WatchChan, error) {
+	events := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+	select {
+	case wr, ok := <-events:
+		if !ok {
+			return nil, ctx.Err()
+		}
+		if err := wr.Err(); err != nil {
+			return nil, err
+		}
+		return events, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }

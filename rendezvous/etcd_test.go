@@ -266,3 +266,61 @@ func TestEtcdUnreachable(t *testing.T) {
 		t.Errorf("NewEtcd took %v; want about the connect timeout", d)
 	}
 }
+
+// BenchmarkEtcdRound measures one round of two nodes on a real etcd: from
+// both nodes calling Next to both having the round (what a launch adds to
+// a multi-node job's start, beyond the launcher's own start).
+func BenchmarkEtcdRound(b *testing.B) {
+	srv := etcdtest.Start(b)
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		nodes := make([]*Etcd, 2)
+		for j, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+			e, err := NewEtcd(context.Background(), EtcdConfig{Endpoints: []string{srv.Endpoint}, RunID: fmt.Sprint("bench", i),
+				MinNodes: 2, MaxNodes: 2, NProc: 2, LocalAddr: addr, LeaseTTL: 5 * time.Second})
+			if err != nil {
+				b.Fatal(err)
+			}
+			nodes[j] = e
+		}
+		b.StartTimer()
+		var wg sync.WaitGroup
+		for _, e := range nodes {
+			wg.Go(func() {
+				if _, err := e.Next(context.Background()); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		b.StopTimer()
+		for _, e := range nodes {
+			e.Close()
+		}
+		b.StartTimer()
+	}
+}
+
+// TestStaticRounds: a static Job is a Rendezvous whose rounds count the
+// restarts of one node, with the same membership every time.
+func TestStaticRounds(t *testing.T) {
+	j, err := Static(Config{NNodes: 2, NodeRank: 1, NProcPerNode: 2, MasterAddr: "10.0.0.1", MasterPort: 1234})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	var r Rendezvous = j
+	for want := range 3 {
+		got, err := r.Next(context.Background())
+		if err != nil || got.Restart != want || got.Number != want || got.Membership != j.Membership {
+			t.Errorf("Next #%d = %+v, %v; want restart %d and the static membership", want, got, err, want)
+		}
+	}
+	if r.Stopped() != nil {
+		t.Errorf("Stopped() = non-nil; want nil: no other node stops a static job")
+	}
+	f := Failure{Rank: 2, ExitCode: 3}
+	if got, err := r.Fail(context.Background(), f); err != nil || got != f {
+		t.Errorf("Fail = %+v, %v; want %+v", got, err, f)
+	}
+}

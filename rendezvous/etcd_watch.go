@@ -67,11 +67,16 @@ func (w *roundWatch) stop(s Stop) {
 // watch reads the round's state once, then follows its events; a broken
 // watch (etcd restarting) is resumed from the last revision seen.
 func (e *Etcd) watch(ctx context.Context, w *roundWatch) {
-	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
-	for err != nil {
+	events, err := e.syncedWatch(ctx)
+	var resp *clientv3.GetResponse
+	if err == nil {
+		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+	}
+	for err != nil { // etcd away as the round starts: read again
 		if ctx.Err() != nil {
 			return
 		}
+		events = nil
 		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
 	}
 	present := map[string]bool{}
@@ -85,18 +90,25 @@ func (e *Etcd) watch(ctx context.Context, w *roundWatch) {
 			e.applyRound(ctx, w, k, nil, true)
 		}
 	}
-	rev := resp.Header.Revision + 1
+	floor := resp.Header.Revision // events up to here are in the read
+	rev := floor + 1              // where a broken watch resumes
 	for ctx.Err() == nil {
-		events := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+		if events == nil {
+			events = e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
+		}
 		for wr := range events {
 			if wr.Err() != nil {
 				break
 			}
 			for _, ev := range wr.Events {
+				if ev.Kv.ModRevision <= floor {
+					continue
+				}
 				e.applyRound(ctx, w, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
-				rev = ev.Kv.ModRevision + 1
+				rev = max(rev, ev.Kv.ModRevision+1)
 			}
 		}
+		events = nil
 		if ctx.Err() == nil {
 			// Not a spin: the client waits for a connection before the
 			// next watch answers.

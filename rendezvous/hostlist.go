@@ -64,8 +64,8 @@ const hostlistSeparators = "\t, "
 // ExpandHostlist returns an error instead. Any error is a *HostlistError.
 func ExpandHostlist(list string) ([]string, error) {
 	x := &expander{list: list}
-	if i := strings.IndexByte(list, 0); i >= 0 {
-		return nil, x.fail(list, "contains a NUL byte at", false)
+	if strings.IndexByte(list, 0) >= 0 {
+		return nil, x.fail(list, "contains a NUL byte:", false)
 	}
 	var quiet error // the first error Slurm would not have reported
 	for _, tok := range hostlistTokens(list) {

@@ -81,7 +81,7 @@ func TestExpandHostlistErrors(t *testing.T) {
 		{"n[a-c]", `rendezvous: hostlist "n[a-c]": is not a number or range N-M: "a-c"`},
 		{"n[1--3]", `rendezvous: hostlist "n[1--3]": has a negative number in range "1--3"`},
 		{"n[0-65536]", `rendezvous: hostlist "n[0-65536]": has more than 65536 hosts in range "0-65536"`},
-		{"a\x00b", `rendezvous: hostlist "a\x00b": contains a NUL byte at "a\x00b"`},
+		{"a\x00b", `rendezvous: hostlist "a\x00b": contains a NUL byte: "a\x00b"`},
 		{"a[0-65535]b[0-65535]", `rendezvous: hostlist "a[0-65535]b[0-65535]": expands to more than 1048576 hosts: "a[0-65535]b[0-65535]"`},
 	}
 	for _, tt := range tests {

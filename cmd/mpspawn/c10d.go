@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mpspawn/mpspawn/launcher"
@@ -19,8 +21,26 @@ const etcdReadyLine = "serving client traffic"
 
 // hostedEtcd is the etcd server a c10d node runs for the job.
 type hostedEtcd struct {
-	svc *launcher.Service
-	dir string
+	svc     *launcher.Service
+	dir     string
+	quit    chan struct{} // closed by stop
+	watched chan struct{} // closed when the watcher has returned
+}
+
+// watch says, once, if the server exits before the job ends: the nodes
+// then carry on with the failure detection they still have (see
+// docs/multinode.md).
+func (h *hostedEtcd) watch(w io.Writer, ep string) {
+	defer close(h.watched)
+	select {
+	case <-h.svc.Done():
+		last := h.svc.Log()
+		if i := strings.LastIndexByte(last, '\n'); i >= 0 {
+			last = last[i+1:]
+		}
+		fmt.Fprintf(w, "mpspawn: warning: the etcd server this node hosts at %s exited during the job (last log line: %.300s); failures still stop this node's ranks, but no longer reach the other nodes\n", ep, last)
+	case <-h.quit:
+	}
 }
 
 // stop stops the server and removes its data.
@@ -28,6 +48,8 @@ func (h *hostedEtcd) stop() {
 	if h == nil {
 		return
 	}
+	close(h.quit)
+	<-h.watched
 	h.svc.Stop(5 * time.Second)
 	_ = os.RemoveAll(h.dir)
 }
@@ -92,7 +114,9 @@ func (cfg *config) hostC10d(c *cli.Context) (*hostedEtcd, error) {
 		return nil, usagef("--rdzv-backend c10d: could not start the etcd server at %s: %s", ep, describe(err))
 	}
 	fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: hosting an etcd server at %s (pid %d) for the job\n", cfg.runID, ep, svc.Pid())
-	return &hostedEtcd{svc: svc, dir: dir}, nil
+	h := &hostedEtcd{svc: svc, dir: dir, quit: make(chan struct{}), watched: make(chan struct{})}
+	go h.watch(c.App.ErrWriter, ep)
+	return h, nil
 }
 
 // listenIP is an IP address etcd can listen on for host (etcd wants an IP

@@ -43,11 +43,15 @@ func withPET(fs []cli.Flag) []cli.Flag {
 }
 
 // given says where the value of flag name came from when c.IsSet(name):
-// "PET_NNODES=3" when the environment gave it, else "--nnodes 3".
+// "PET_NNODES=3" when the environment gave it, else "--nnodes 3" (or
+// "--standalone" for a bool flag).
 func given(c *cli.Context, name string) string {
 	value := fmt.Sprint(c.Value(name))
-	if env, ok := os.LookupEnv(petVar(name)); ok && env == value && !onCommandLine(c, name) {
+	if env, ok := os.LookupEnv(petVar(name)); ok && !onCommandLine(c, name) {
 		return petVar(name) + "=" + env
+	}
+	if b, ok := c.Value(name).(bool); ok && b {
+		return "--" + name
 	}
 	return "--" + name + " " + value
 }

@@ -109,3 +109,71 @@ func TestMultinodeEtcdRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestMultinodeFinishedNodeWaits: node 0's ranks succeed first; it waits
+// for node 1, and when node 1's rank then fails, node 0 exits with its code
+// too. With node 1 still running after close_timeout, node 0 stops waiting.
+func TestMultinodeFinishedNodeWaits(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	mkfifos(t, dir, "done0", "go1")
+	script := `if [ $GROUP_RANK = 0 ]; then echo up > ` + dir + `/done0; exit 0; fi; read x < ` + dir + `/go1; exit 6`
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		nodes = append(nodes, startNode(t, etcdArgs(srv, "wait", addr, "2", "--no-python", "sh", "-c", script)...))
+	}
+	readLine(t, filepath.Join(dir, "done0"))
+	writeFIFO(t, filepath.Join(dir, "go1"))
+	for i, n := range nodes {
+		if code := n.wait(t); code != 6 {
+			t.Errorf("node %d exited %d; want 6 (node 1's rank); stderr:\n%s", i, code, n.stderr.String())
+		}
+	}
+	if s := nodes[0].stderr.String(); !strings.Contains(s, "Root Cause") || !strings.Contains(s, "on node 1 (127.0.0.3)") {
+		t.Errorf("node 0 stderr does not name node 1's rank:\n%s", s)
+	}
+
+	// close_timeout: node 1 runs on; node 0 stops waiting after 1 s.
+	hang := `[ $GROUP_RANK = 0 ] && exit 0; exec sleep 60`
+	var n0 *node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		args := etcdArgs(srv, "hang", addr, "2", "--no-python", "sh", "-c", hang)
+		for i := range args {
+			if args[i] == "lease_ttl=1,join_timeout=20" {
+				args[i] += ",close_timeout=1"
+			}
+		}
+		if n := startNode(t, args...); n0 == nil {
+			n0 = n
+		}
+	}
+	if code := n0.wait(t); code != 0 || !strings.Contains(n0.stderr.String(), "other nodes still running after 1s (close_timeout), not waiting longer") {
+		t.Errorf("node 0 exited %d; want 0 and a close_timeout warning; stderr:\n%s", code, n0.stderr.String())
+	}
+}
+
+// TestMultinodeInterrupted: SIGTERM to node 1's launcher stops its ranks
+// and, through the rendezvous, node 0's; both exit 143, and node 0 says
+// why.
+func TestMultinodeInterrupted(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	mkfifos(t, dir, "up")
+	script := `[ $GROUP_RANK = 1 ] && echo up > ` + dir + `/up; exec sleep 60`
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		nodes = append(nodes, startNode(t, etcdArgs(srv, "term", addr, "2", "--no-python", "sh", "-c", script)...))
+	}
+	readLine(t, filepath.Join(dir, "up"))
+	if err := nodes[1].cmd.Process.Signal(unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range nodes {
+		if code := n.wait(t); code != 143 {
+			t.Errorf("node %d exited %d; want 143; stderr:\n%s", i, code, n.stderr.String())
+		}
+	}
+	if s := nodes[0].stderr.String(); !strings.Contains(s, "node 1 (127.0.0.3): mpspawn interrupted by SIGTERM") {
+		t.Errorf("node 0 stderr does not say node 1 was interrupted:\n%s", s)
+	}
+}

@@ -186,3 +186,19 @@ func TestSlurmNoMasterAddr(t *testing.T) {
 		t.Errorf("run = %d, stderr %q; want 2 and one line with both reasons and --master-addr", code, msg)
 	}
 }
+
+// TestSlurmStandalone: --standalone inside a step runs this node alone and
+// says that SLURM's step is not used.
+func TestSlurmStandalone(t *testing.T) {
+	setSlurmStep(t, nil)
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"mpspawn", "--dry-run", "--json", "--standalone"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("run = %d: %s", code, stderr.String())
+	}
+	if want := "mpspawn: note: --standalone: this node runs alone; SLURM's step 41.0 (4 nodes) is not used\n"; stderr.String() != want {
+		t.Errorf("stderr = %q; want %q", stderr.String(), want)
+	}
+	if !strings.Contains(stdout.String(), `"scheduler": "none"`) || !strings.Contains(stdout.String(), `"master_addr": "127.0.0.1"`) {
+		t.Errorf("plan = %s; want no scheduler and master 127.0.0.1", stdout.String())
+	}
+}
