@@ -62,7 +62,7 @@ func TestMultinodeHangAndTimeout(t *testing.T) {
 			for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
 				bound := map[int]string{0: "60s", 1: tc.short}[i]
 				sum := filepath.Join(dir, fmt.Sprintf("%s%d.json", tc.name, i))
-				nodes = append(nodes, startNode(t, etcdArgs(srv, tc.name, addr, "2", "--nproc-per-node", "2", tc.flag, bound,
+				nodes = append(nodes, startNode(t, diagArgs(srv, tc.name, addr, "2", "--nproc-per-node", "2", tc.flag, bound,
 					"--summary-json", sum, "--python", python3(), "--start-method", tc.method, script)...))
 			}
 			for i, n := range nodes {
@@ -80,7 +80,7 @@ func TestMultinodeHangAndTimeout(t *testing.T) {
 				}
 			}
 			t.Logf("node 0 exited %v after node 1", nodes[0].ended.Sub(nodes[1].ended))
-			late := startNode(t, etcdArgs(srv, tc.name, "127.0.0.4", "2", "--no-python", "true")...)
+			late := startNode(t, diagArgs(srv, tc.name, "127.0.0.4", "2", "--no-python", "true")...)
 			if code := late.wait(t); code != 2 || !strings.Contains(late.stderr.String(), "the run has already ended (failed)") {
 				t.Errorf("late node exited %d, %q; want 2, the run ended as failed", code, late.stderr.String())
 			}
@@ -129,7 +129,7 @@ func TestMultinodeHangBoth(t *testing.T) {
 	}
 	var nodes []*node
 	for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
-		nodes = append(nodes, startNode(t, etcdArgs(srv, "both", addr, "2", "--nproc-per-node", "2", "--hang-timeout", "2s",
+		nodes = append(nodes, startNode(t, diagArgs(srv, "both", addr, "2", "--nproc-per-node", "2", "--hang-timeout", "2s",
 			"--summary-json", filepath.Join(dir, fmt.Sprintf("sum%d.json", i)), "--no-python", python3(), "-u", script)...))
 	}
 	var at []any
@@ -166,7 +166,7 @@ func TestMultinodeHangRestart(t *testing.T) {
 	var nodes []*node
 	for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
 		bound := map[int]string{0: "60s", 1: "2s"}[i]
-		nodes = append(nodes, startNode(t, etcdArgs(srv, "again", addr, "2", "--max-restarts", "1", "--hang-timeout", bound,
+		nodes = append(nodes, startNode(t, diagArgs(srv, "again", addr, "2", "--max-restarts", "1", "--hang-timeout", bound,
 			"--no-python", "sh", "-c", script)...))
 	}
 	for i, n := range nodes {
@@ -181,6 +181,12 @@ func TestMultinodeHangRestart(t *testing.T) {
 			t.Errorf("node %d stdout = %q; want the second attempt", i, n.stdout.String())
 		}
 	}
+}
+
+// diagArgs are etcdArgs with a lease TTL of 5s: these tests are about
+// hangs, and a loaded machine (-race) can starve a 1s lease's keep-alive.
+func diagArgs(srv *etcdtest.Server, id, addr, nnodes string, extra ...string) []string {
+	return etcdArgs(srv, id, addr, nnodes, append([]string{"--rdzv-conf", "lease_ttl=5,join_timeout=20"}, extra...)...)
 }
 
 func hostname(t *testing.T) string {
