@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/testrank"
 	"github.com/mpspawn/mpspawn/rendezvous"
+	"golang.org/x/sys/unix"
 )
 
 // firstWrite closes started on the first write it gets.
@@ -86,5 +88,72 @@ func TestRemoteCauseStacks(t *testing.T) {
 				t.Errorf("rank: stopped %v, %s; want stopped by SIGTERM", r.Stopped, r.Status())
 			}
 		})
+	}
+}
+
+// recorder is the static rendezvous, recording what the launcher
+// publishes and how it closes the run.
+type recorder struct {
+	*rendezvous.Job
+	mu     sync.Mutex
+	failed []rendezvous.Failure
+	ended  []string
+}
+
+func (r *recorder) Fail(ctx context.Context, f rendezvous.Failure) (rendezvous.Failure, error) {
+	r.mu.Lock()
+	r.failed = append(r.failed, f)
+	r.mu.Unlock()
+	return r.Job.Fail(ctx, f)
+}
+
+func (r *recorder) End(ctx context.Context, status string) error {
+	r.mu.Lock()
+	r.ended = append(r.ended, status)
+	r.mu.Unlock()
+	return r.Job.End(ctx, status)
+}
+
+// TestRunRoundsCause: a round stopped for a cause the launcher found
+// through its context (a GPU's XID error) is a failure: it is published to
+// the other nodes with the cause, the run is closed as failed, and the
+// job exits 1.
+func TestRunRoundsCause(t *testing.T) {
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready")
+	if err := unix.Mkfifo(ready, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	static, err := rendezvous.Static(rendezvous.Config{NNodes: 1, NProcPerNode: 1, MasterAddr: "127.0.0.1", MasterPort: 29500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdzv := &recorder{Job: static}
+	j := &Job{Path: testrank.Exe, Command: []string{testrank.Name, "block", ready}, Env: os.Environ(), RunID: "r",
+		ScratchDir: dir, Options: Options{GracePeriod: 5 * time.Second, Timeout: time.Minute}} // the bound, should the rank never start
+	j.NProcPerNode = 1
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	go func() {
+		if b, err := os.ReadFile(ready); err == nil && len(b) > 0 {
+			cancel(gpuFault{})
+		}
+	}()
+	defer func() { // unblock the reader, should the rank never have started
+		if f, err := os.OpenFile(ready, os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+			f.Close()
+		}
+	}()
+	out, err := j.RunRounds(ctx, rdzv, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := out.Last()
+	if len(out.Attempts) != 1 || a.RootCause == nil || a.RootCause.Cause != (gpuFault{}).Reason() || out.ExitCode() != 1 {
+		t.Fatalf("attempts %d, root cause %+v, exit %d; want 1 attempt (no restart: the launcher's own context is done), the GPU's fault, 1",
+			len(out.Attempts), a.RootCause, out.ExitCode())
+	}
+	if len(rdzv.failed) != 1 || rdzv.failed[0].Cause != (gpuFault{}).Reason() || rdzv.failed[0].Rank != -1 || len(rdzv.ended) != 1 || rdzv.ended[0] != "failed" {
+		t.Errorf("published %+v, ended %q; want the GPU's fault once, then the run closed as failed", rdzv.failed, rdzv.ended)
 	}
 }

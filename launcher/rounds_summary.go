@@ -59,7 +59,11 @@ func FailureSummary(f rendezvous.Failure) RankSummary {
 	case f.Lost:
 		r.Note = fmt.Sprintf("node %d (%s) lost: %s", f.NodeRank, f.Addr, f.Message)
 	case f.Cause != "":
-		r.Note = fmt.Sprintf("node %d (%s): %s", f.NodeRank, f.Addr, f.Cause)
+		where := f.Addr
+		if where == "" { // a static job publishes no address
+			where = f.Host
+		}
+		r.Note = fmt.Sprintf("node %d (%s): %s", f.NodeRank, where, f.Cause)
 	case f.Rank < 0:
 		r.Note = fmt.Sprintf("node %d (%s): %s", f.NodeRank, f.Addr, f.Message)
 	default:

@@ -38,7 +38,7 @@ func python3() string {
 }
 
 // TestMultinodeHangAndTimeout: a hang (or a timeout) found on node 1 stops
-// both nodes. Node 1's bound is short, node 0's long, so that node 0 is
+// both nodes, under both start methods. Node 1's bound is short, node 0's long, so that node 0 is
 // stopped by node 1's: both exit with its code (1, or 124), both summaries
 // name it and its node, each shows where its own ranks were, and the run
 // is closed as failed.
@@ -50,19 +50,20 @@ func TestMultinodeHangAndTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		name, flag, short, cause string
-		code                     int
+		name, method, flag, short, cause string
+		code                             int
 	}{
-		{"hang", "--hang-timeout", "2s", "hang: no output for 2s", 1},
-		{"timeout", "--timeout", "3s", "timeout: the job ran for 3s", 124},
+		{"hang", "spawn", "--hang-timeout", "2s", "hang: no output for 2s", 1},
+		{"hang-forkserver", "forkserver", "--hang-timeout", "2s", "hang: no output for 2s", 1},
+		{"timeout", "spawn", "--timeout", "3s", "timeout: the job ran for 3s", 124},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var nodes []*node
 			for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
 				bound := map[int]string{0: "60s", 1: tc.short}[i]
 				sum := filepath.Join(dir, fmt.Sprintf("%s%d.json", tc.name, i))
-				nodes = append(nodes, startNode(t, etcdArgs(srv, tc.name, addr, "2", "--nproc-per-node", "2", tc.flag, bound,
-					"--summary-json", sum, "--no-python", python3(), "-u", script)...))
+				nodes = append(nodes, startNode(t, diagArgs(srv, tc.name, addr, "2", "--nproc-per-node", "2", tc.flag, bound,
+					"--summary-json", sum, "--python", python3(), "--start-method", tc.method, script)...))
 			}
 			for i, n := range nodes {
 				if code := n.wait(t); code != tc.code {
@@ -78,7 +79,8 @@ func TestMultinodeHangAndTimeout(t *testing.T) {
 					t.Errorf("node %d stderr does not name the root cause (%q) and show both its ranks at %s:\n%s", i, want, where, s)
 				}
 			}
-			late := startNode(t, etcdArgs(srv, tc.name, "127.0.0.4", "2", "--no-python", "true")...)
+			t.Logf("node 0 exited %v after node 1", nodes[0].ended.Sub(nodes[1].ended))
+			late := startNode(t, diagArgs(srv, tc.name, "127.0.0.4", "2", "--no-python", "true")...)
 			if code := late.wait(t); code != 2 || !strings.Contains(late.stderr.String(), "the run has already ended (failed)") {
 				t.Errorf("late node exited %d, %q; want 2, the run ended as failed", code, late.stderr.String())
 			}
@@ -127,7 +129,7 @@ func TestMultinodeHangBoth(t *testing.T) {
 	}
 	var nodes []*node
 	for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
-		nodes = append(nodes, startNode(t, etcdArgs(srv, "both", addr, "2", "--nproc-per-node", "2", "--hang-timeout", "2s",
+		nodes = append(nodes, startNode(t, diagArgs(srv, "both", addr, "2", "--nproc-per-node", "2", "--hang-timeout", "2s",
 			"--summary-json", filepath.Join(dir, fmt.Sprintf("sum%d.json", i)), "--no-python", python3(), "-u", script)...))
 	}
 	var at []any
@@ -153,6 +155,38 @@ func TestMultinodeHangBoth(t *testing.T) {
 		t.Errorf("the nodes name different root causes: node %v and node %v", at[0], at[1])
 	}
 	t.Logf("root cause on both nodes: %v", at[0])
+}
+
+// TestMultinodeHangRestart: a hang on node 1 is a failure of the job: with
+// --max-restarts 1 it spends the restart on both nodes, and the second
+// attempt succeeds.
+func TestMultinodeHangRestart(t *testing.T) {
+	srv := etcdtest.Start(t)
+	script := `echo attempt=$TORCHELASTIC_RESTART_COUNT; [ "$TORCHELASTIC_RESTART_COUNT" = 1 ] && exit 0; exec sleep 60`
+	var nodes []*node
+	for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		bound := map[int]string{0: "60s", 1: "2s"}[i]
+		nodes = append(nodes, startNode(t, diagArgs(srv, "again", addr, "2", "--max-restarts", "1", "--hang-timeout", bound,
+			"--no-python", "sh", "-c", script)...))
+	}
+	for i, n := range nodes {
+		if code := n.wait(t); code != 0 {
+			t.Errorf("node %d exited %d; want 0; stderr:\n%s", i, code, n.stderr.String())
+		}
+		want := "hang: no output for 2s on node 1 (" + hostname(t) + "); restarting the ranks (restart 1 of 1)"
+		if s := n.stderr.String(); !strings.Contains(s, want) {
+			t.Errorf("node %d stderr does not say %q:\n%s", i, want, s)
+		}
+		if !strings.Contains(n.stdout.String(), "attempt=1") {
+			t.Errorf("node %d stdout = %q; want the second attempt", i, n.stdout.String())
+		}
+	}
+}
+
+// diagArgs are etcdArgs with a lease TTL of 5s: these tests are about
+// hangs, and a loaded machine (-race) can starve a 1s lease's keep-alive.
+func diagArgs(srv *etcdtest.Server, id, addr, nnodes string, extra ...string) []string {
+	return etcdArgs(srv, id, addr, nnodes, append([]string{"--rdzv-conf", "lease_ttl=5,join_timeout=20"}, extra...)...)
 }
 
 func hostname(t *testing.T) string {
