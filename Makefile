@@ -33,10 +33,12 @@ install:
 demo: build
 	$(BIN) --standalone --nproc-per-node 4 --python $(PYTHON) examples/python/hello_ranks.py
 
-# Everything the tests need (Debian's python3-torch for the DDP test), then
-# every test under the race detector.
+# Everything the tests need (scripts/install-test-deps.sh: torch, etcd, a
+# SLURM cluster's packages), then every test under the race detector. The
+# CLI's package, with its real DDP, multi-node and SLURM jobs, takes about
+# 15 minutes on 2 cores; the bound leaves room for a slower machine.
 test: test-deps
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 40m ./...
 
 test-deps:
 	scripts/install-test-deps.sh
