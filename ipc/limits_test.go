@@ -214,24 +214,8 @@ func TestLimits(t *testing.T) {
 // printed once it has exited, and Serve's outcome to come.
 func runRank(t *testing.T, b *Broker, rank int, args ...string) ([]string, <-chan error) {
 	t.Helper()
-	parent, child, err := Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { parent.Close() })
 	cmd := testrank.Command(args...)
-	cmd.Env = append(os.Environ(), ControlFDVar())
-	cmd.ExtraFiles = []*os.File{child}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Start()
-	child.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	parent, out := startOnChannel(t, cmd)
 	served := make(chan error, 1)
 	go func() { served <- b.Serve(rank, parent, cmd.Process.Pid, nil) }()
 	timer := time.AfterFunc(time.Minute, func() { _ = cmd.Process.Kill() })
@@ -250,21 +234,8 @@ func runRank(t *testing.T, b *Broker, rank int, args ...string) ([]string, <-cha
 // Serve; end closes both ends and waits for Serve.
 func serveHere(t *testing.T, b *Broker, rank int) (c *Client, end func()) {
 	t.Helper()
-	parent, child, err := Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := FileConn(child)
-	child.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = b.Serve(rank, parent, os.Getpid(), nil)
-	}()
-	return NewClient(conn, rank), func() { conn.Close(); parent.Close(); <-served }
+	conn, end := serveConn(t, b, rank)
+	return NewClient(conn, rank), end
 }
 
 func TestLimitsFromEnv(t *testing.T) {

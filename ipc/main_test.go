@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/mpspawn/mpspawn/internal/testrank"
@@ -149,6 +150,55 @@ func rawPair(t testing.TB) (*Conn, *os.File) {
 		child.Close()
 	})
 	return parent, child
+}
+
+// startOnChannel starts cmd with the child end of a new control channel
+// as its fd 3 (ControlFDVar), its stderr the test's, its stdout piped, and
+// returns the launcher's end (closed when the test ends) and the pipe. Set
+// cmd's stdin before.
+func startOnChannel(t testing.TB, cmd *exec.Cmd) (*Conn, io.ReadCloser) {
+	t.Helper()
+	parent, child, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { parent.Close() })
+	cmd.Env = append(os.Environ(), ControlFDVar())
+	cmd.ExtraFiles = []*os.File{child}
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		child.Close()
+		t.Fatal(err)
+	}
+	err = cmd.Start()
+	child.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parent, out
+}
+
+// serveConn attaches a connection in this process to b as rank, served by
+// Serve; end closes both ends and waits for Serve.
+func serveConn(t testing.TB, b *Broker, rank int) (c *Conn, end func()) {
+	t.Helper()
+	parent, child, err := Pair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = FileConn(child)
+	child.Close()
+	if err != nil {
+		parent.Close()
+		t.Fatal(err)
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = b.Serve(rank, parent, os.Getpid(), nil) // every frame here is this process's
+	}()
+	return c, func() { c.Close(); parent.Close(); <-served }
 }
 
 // memfd returns a memfd holding content, closed when the test ends.

@@ -72,24 +72,8 @@ func pythonRank(t *testing.T, b *Broker, script string) (lines *bufio.Scanner, p
 		}
 		t.Skip("no python3")
 	}
-	parent, child, err := Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { parent.Close() })
 	cmd := exec.Command("python3", "-c", "import sys\nsys.path.insert(0, '../examples/python')\n"+script)
-	cmd.Env = append(os.Environ(), ControlFDVar())
-	cmd.ExtraFiles = []*os.File{child}
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Start()
-	child.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	parent, out := startOnChannel(t, cmd)
 	timer := time.AfterFunc(time.Minute, func() { _ = cmd.Process.Kill() })
 	t.Cleanup(func() { timer.Stop() })
 	ch := make(chan error, 1)

@@ -98,30 +98,14 @@ func TestMemoryReclaimed(t *testing.T) {
 	}
 	b := NewBroker()
 	defer b.Close()
-	parent, child, err := Pair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer parent.Close()
 	baseHeap, baseRSS := liveHeap(t)
 
 	cmd := testrank.Command("abuse", "100000", "200000")
-	cmd.Env = append(os.Environ(), ControlFDVar())
-	cmd.ExtraFiles = []*os.File{child}
-	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cmd.Start()
-	child.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	parent, out := startOnChannel(t, cmd)
 	timer := time.AfterFunc(5*time.Minute, func() { _ = cmd.Process.Kill() })
 	defer timer.Stop()
 	served := make(chan error, 1)

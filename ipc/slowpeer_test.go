@@ -4,7 +4,6 @@ package ipc
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 )
@@ -18,28 +17,11 @@ import (
 func TestNonReadingRankStallsNobody(t *testing.T) {
 	b := NewBroker()
 	defer b.Close()
-	attach := func(rank int) (*Conn, func()) {
-		parent, child, err := Pair()
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := FileConn(child)
-		child.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		served := make(chan struct{})
-		go func() {
-			defer close(served)
-			_ = b.Serve(rank, parent, os.Getpid(), nil) // every frame here is this process's
-		}()
-		return c, func() { c.Close(); parent.Close(); <-served }
-	}
-	hog, endHog := attach(5)
+	hog, endHog := serveConn(t, b, 5)
 	defer endHog()
-	prodConn, endProd := attach(1)
+	prodConn, endProd := serveConn(t, b, 1)
 	defer endProd()
-	consConn, endCons := attach(2)
+	consConn, endCons := serveConn(t, b, 2)
 	defer endCons()
 
 	data := Queue[[]byte]{ID: 7}

@@ -109,24 +109,8 @@ func TestViolationAnswered(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b := NewBroker(WithLimits(Limits{FrameTimeout: 500 * time.Millisecond}))
 			defer b.Close()
-			parent, child, err := Pair()
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer parent.Close()
 			cmd := testrank.Command("violate", tc.name)
-			cmd.Env = append(os.Environ(), ControlFDVar())
-			cmd.ExtraFiles = []*os.File{child}
-			cmd.Stderr = os.Stderr
-			out, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = cmd.Start()
-			child.Close()
-			if err != nil {
-				t.Fatal(err)
-			}
+			parent, out := startOnChannel(t, cmd)
 			served := make(chan error, 1)
 			go func() { served <- b.Serve(0, parent, cmd.Process.Pid, nil) }()
 			timer := time.AfterFunc(time.Minute, func() { _ = cmd.Process.Kill() })
@@ -148,7 +132,7 @@ func TestViolationAnswered(t *testing.T) {
 					t.Errorf("rank's call %d returned %q; want ErrProtocol naming %q", i+1, l, tc.want)
 				}
 			}
-			err = <-served
+			err := <-served
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Serve() = %v; want an error naming %q", err, tc.want)
 			}
