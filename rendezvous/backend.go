@@ -9,7 +9,7 @@ import (
 
 // Rendezvous is how one node learns, round after round, who is in the
 // job, and how the nodes tell each other that a round is over. Static
-// membership (a *Job from Static) and the etcd v3 rendezvous (*Etcd) both
+// membership (a *Job from Static) and the etcd v3 rendezvous (package rendezvous/etcd) both
 // implement it; the launcher runs every job through it.
 //
 // A round is one start of the ranks on every node. The launcher calls Next
@@ -43,10 +43,11 @@ type Rendezvous interface {
 	Close() error
 }
 
-var (
-	_ Rendezvous = (*Job)(nil)
-	_ Rendezvous = (*Etcd)(nil)
-)
+var _ Rendezvous = (*Job)(nil)
+
+// ReasonClosed is a Stop's Reason when another node closed the run under
+// a round that had no failure (it was interrupted, say).
+const ReasonClosed = "the run was closed"
 
 // ErrClosed is wrapped by Next's error when the run has ended.
 var ErrClosed = errors.New("rendezvous: run closed")

@@ -1,7 +1,8 @@
 // Package rendezvous owns who is in the job: the world size, this node's
 // rank, and the master address and port that rank 0 listens on. Membership
 // comes from flags (Static) or from an etcd v3 rendezvous shared by the
-// nodes (Etcd), both behind one interface, Rendezvous. Under SLURM,
+// nodes (package rendezvous/etcd, apart so that single-node programs do
+// not link the etcd client), both behind one interface, Rendezvous. Under SLURM,
 // DetectSlurm reads the job step's values (with ExpandHostlist for Slurm's
 // node lists), which the command turns into the flags' defaults.
 //
@@ -184,7 +185,7 @@ func Static(cfg Config) (*Job, error) {
 	switch {
 	case j.MasterPort != 0:
 	case cfg.Standalone:
-		port, hold, err := reservePort()
+		port, hold, err := ReservePort()
 		if err != nil {
 			return nil, fmt.Errorf("rendezvous: reserve a free port: %w", err)
 		}

@@ -1,6 +1,7 @@
 package rendezvous
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -223,5 +224,29 @@ func TestCloseIdempotent(t *testing.T) {
 				t.Errorf("after Close, hold = %v; want nil", j.hold)
 			}
 		})
+	}
+}
+
+// TestStaticRounds: a static Job is a Rendezvous whose rounds count the
+// restarts of one node, with the same membership every time.
+func TestStaticRounds(t *testing.T) {
+	j, err := Static(Config{NNodes: 2, NodeRank: 1, NProcPerNode: 2, MasterAddr: "10.0.0.1", MasterPort: 1234})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	var r Rendezvous = j
+	for want := range 3 {
+		got, err := r.Next(context.Background())
+		if err != nil || got.Restart != want || got.Number != want || got.Membership != j.Membership {
+			t.Errorf("Next #%d = %+v, %v; want restart %d and the static membership", want, got, err, want)
+		}
+	}
+	if r.Stopped() != nil {
+		t.Errorf("Stopped() = non-nil; want nil: no other node stops a static job")
+	}
+	f := Failure{Rank: 2, ExitCode: 3}
+	if got, err := r.Fail(context.Background(), f); err != nil || got != f {
+		t.Errorf("Fail = %+v, %v; want %+v", got, err, f)
 	}
 }

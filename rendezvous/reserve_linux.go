@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// reservePort picks a free TCP port and holds it until hold is closed.
+// ReservePort picks a free TCP port and holds it until hold is closed.
 //
 // The socket binds port 0 without SO_REUSEADDR, so the kernel only picks a
 // port that no socket on any address holds. Then it sets SO_REUSEADDR and
@@ -30,7 +30,7 @@ import (
 // kernel has no IPv6.
 //
 // The socket is close-on-exec, so ranks do not inherit it.
-func reservePort() (port int, hold *os.File, err error) {
+func ReservePort() (port int, hold *os.File, err error) {
 	fd, port, err := bindPortZero(unix.AF_INET6)
 	if errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EADDRNOTAVAIL) {
 		fd, port, err = bindPortZero(unix.AF_INET)

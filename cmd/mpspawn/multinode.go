@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd"
 	"github.com/urfave/cli/v2"
 )
 
@@ -173,8 +174,8 @@ func (cfg *config) staticEndpoint(c *cli.Context, ep string) error {
 
 // parseRdzvConf reads --rdzv-conf's K=V pairs.
 func parseRdzvConf(v string) (rdzvConf, error) {
-	conf := rdzvConf{join: rendezvous.DefaultJoinTimeout, lastCall: rendezvous.DefaultLastCallTimeout,
-		close: rendezvous.DefaultCloseTimeout, lease: rendezvous.DefaultLeaseTTL, connect: rendezvous.DefaultConnectTimeout}
+	conf := rdzvConf{join: etcd.DefaultJoinTimeout, lastCall: etcd.DefaultLastCallTimeout,
+		close: etcd.DefaultCloseTimeout, lease: etcd.DefaultLeaseTTL, connect: etcd.DefaultConnectTimeout}
 	if v == "" {
 		return conf, nil
 	}
@@ -291,7 +292,7 @@ type hostingRendezvous struct {
 }
 
 func (h *hostingRendezvous) Close() error {
-	if e, ok := h.Rendezvous.(*rendezvous.Etcd); ok {
+	if e, ok := h.Rendezvous.(*etcd.Rendezvous); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), hostWaitLeft)
 		e.WaitLeft(ctx)
 		cancel()
@@ -304,13 +305,13 @@ func (h *hostingRendezvous) Close() error {
 // openEtcd joins the etcd rendezvous at the endpoints.
 func (cfg *config) openEtcd(c *cli.Context, tc *tls.Config) (rendezvous.Rendezvous, error) {
 	m := &cfg.multi
-	e, err := rendezvous.NewEtcd(c.Context, rendezvous.EtcdConfig{ // bounded by connect_timeout
+	e, err := etcd.New(c.Context, etcd.Config{ // bounded by connect_timeout
 		Endpoints: m.endpoints, RunID: cfg.runID, MinNodes: m.minNodes, MaxNodes: m.maxNodes,
 		NProc: cfg.nproc, LocalAddr: m.localAddr,
 		JoinTimeout: m.conf.join, LastCallTimeout: m.conf.lastCall, CloseTimeout: m.conf.close,
 		ConnectTimeout: m.conf.connect, LeaseTTL: m.conf.lease, TLS: tc, Notes: c.App.ErrWriter,
 	})
-	var ce *rendezvous.ConnectError
+	var ce *etcd.ConnectError
 	if errors.As(err, &ce) {
 		return nil, usagef("--rdzv-endpoint %s: etcd not reachable within %v (connect_timeout): %s", strings.Join(ce.Endpoints, ","), ce.Timeout, describeEtcd(ce.Err))
 	}
@@ -327,8 +328,8 @@ func describeEtcd(err error) string {
 
 // rendezvousError words the error that ended a job between rounds.
 func rendezvousError(err error) string {
-	var je *rendezvous.JoinTimeoutError
-	var ce *rendezvous.ClosedError
+	var je *etcd.JoinTimeoutError
+	var ce *etcd.ClosedError
 	switch {
 	case errors.As(err, &je):
 		return fmt.Sprintf("rendezvous %s: %d of %d nodes joined within join_timeout %v (%s)", je.RunID, len(je.Joined), je.MinNodes, je.Timeout, strings.Join(je.Joined, ", "))

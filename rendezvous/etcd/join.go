@@ -1,4 +1,4 @@
-package rendezvous
+package etcd
 
 import (
 	"context"
@@ -9,22 +9,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mpspawn/mpspawn/rendezvous"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // errTooLate is a round that started without this node: join the next.
 var errTooLate = errors.New("rendezvous: round started without this node")
 
-// ReasonClosed is a Stop's Reason when another node closed the run under
-// a round that had no failure (it was interrupted, say).
-const ReasonClosed = "the run was closed"
-
 // Next joins the next round and waits, bounded by JoinTimeout, until it
 // starts: at MaxNodes nodes at once, or LastCallTimeout after MinNodes
 // joined. A node that arrives while a round runs joins the one after it
 // (the running nodes take it in when the job is below MaxNodes). Each
 // change of the nodes waiting is one status line on Notes.
-func (e *Etcd) Next(ctx context.Context) (Round, error) {
+func (e *Rendezvous) Next(ctx context.Context) (rendezvous.Round, error) {
 	e.stopWatch()
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.JoinTimeout)
 	defer cancel()
@@ -33,7 +30,7 @@ func (e *Etcd) Next(ctx context.Context) (Round, error) {
 	if e.round < 0 {
 		var err error
 		if n, err = e.firstRound(ctx); err != nil {
-			return Round{}, err
+			return rendezvous.Round{}, err
 		}
 	}
 	for {
@@ -43,7 +40,7 @@ func (e *Etcd) Next(ctx context.Context) (Round, error) {
 			continue
 		}
 		if err != nil {
-			return Round{}, err
+			return rendezvous.Round{}, err
 		}
 		return r, nil
 	}
@@ -51,7 +48,7 @@ func (e *Etcd) Next(ctx context.Context) (Round, error) {
 
 // firstRound reads the run and picks the round a new node joins: the
 // newest one that has not started, or the one after the newest started.
-func (e *Etcd) firstRound(ctx context.Context) (int, error) {
+func (e *Rendezvous) firstRound(ctx context.Context) (int, error) {
 	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read run %s: %w", e.cfg.RunID, err))
@@ -78,7 +75,7 @@ func (e *Etcd) firstRound(ctx context.Context) (int, error) {
 	return newest, nil
 }
 
-func (e *Etcd) closedError(ctx context.Context) error {
+func (e *Rendezvous) closedError(ctx context.Context) error {
 	status := "closed"
 	if resp, err := e.cli.Get(ctx, e.key("closed")); err == nil && len(resp.Kvs) > 0 {
 		status = string(resp.Kvs[0].Value)
@@ -88,7 +85,7 @@ func (e *Etcd) closedError(ctx context.Context) error {
 
 // ctxErr gives the join timeout's error when ctx's deadline is what ended
 // an etcd call.
-func (e *Etcd) ctxErr(ctx context.Context, err error) error {
+func (e *Rendezvous) ctxErr(ctx context.Context, err error) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return &JoinTimeoutError{RunID: e.cfg.RunID, MinNodes: e.cfg.MinNodes, Timeout: e.cfg.JoinTimeout}
 	}
@@ -100,19 +97,19 @@ func (e *Etcd) ctxErr(ctx context.Context, err error) error {
 
 // joinState is a round's nodes as this node waits for it to start.
 type joinState struct {
-	joined  map[string]Node // by id
+	joined  map[string]rendezvous.Node // by id
 	members *members
 	closed  bool
 }
 
 // join puts this node into round n and waits for the round's members.
-func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, error) {
+func (e *Rendezvous) join(ctx context.Context, n int, deadline time.Time) (rendezvous.Round, error) {
 	b, _ := json.Marshal(e.self)
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	events, err := e.syncedWatch(wctx)
 	if err != nil {
-		return Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: watch run %s: %w", e.cfg.RunID, err))
+		return rendezvous.Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: watch run %s: %w", e.cfg.RunID, err))
 	}
 	resp, err := e.cli.Txn(ctx).Then(
 		clientv3.OpPut(e.roundKey(n, "join", e.self.ID), string(b), clientv3.WithLease(e.lease)),
@@ -120,9 +117,9 @@ func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, erro
 		clientv3.OpGet(e.key("closed")),
 	).Commit()
 	if err != nil {
-		return Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
+		return rendezvous.Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
 	}
-	st := &joinState{joined: map[string]Node{}}
+	st := &joinState{joined: map[string]rendezvous.Node{}}
 	for _, r := range resp.Responses[1:] {
 		for _, kv := range r.GetResponseRange().Kvs {
 			e.applyJoin(st, n, string(kv.Key), kv.Value, false)
@@ -144,7 +141,7 @@ func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, erro
 			// failed and closed the run at once (its watch sees that).
 			return e.startRound(n, st.members)
 		case st.closed:
-			return Round{}, e.closedError(ctx)
+			return rendezvous.Round{}, e.closedError(ctx)
 		}
 		if who := strings.Join(addrs(sortedNodes(st.joined)), ", "); who != shown {
 			shown = who
@@ -153,7 +150,7 @@ func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, erro
 		switch {
 		case len(st.joined) >= e.cfg.MaxNodes:
 			if err := e.createMembers(ctx, n, st); err != nil {
-				return Round{}, err
+				return rendezvous.Round{}, err
 			}
 		case len(st.joined) >= e.cfg.MinNodes && lastCall == nil:
 			lastCall = time.NewTimer(e.cfg.LastCallTimeout)
@@ -166,7 +163,7 @@ func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, erro
 		case wr, ok := <-events:
 			if !ok || wr.Err() != nil {
 				if ctx.Err() != nil {
-					return Round{}, e.joinTimeout(ctx, st)
+					return rendezvous.Round{}, e.joinTimeout(ctx, st)
 				}
 				// The watch broke (etcd restarted): read the round again.
 				return e.join(ctx, n, deadline)
@@ -179,15 +176,15 @@ func (e *Etcd) join(ctx context.Context, n int, deadline time.Time) (Round, erro
 		case <-lastCallC:
 			lastCall, lastCallC = nil, nil
 			if err := e.createMembers(ctx, n, st); err != nil {
-				return Round{}, err
+				return rendezvous.Round{}, err
 			}
 		case <-ctx.Done():
-			return Round{}, e.joinTimeout(ctx, st)
+			return rendezvous.Round{}, e.joinTimeout(ctx, st)
 		}
 	}
 }
 
-func (e *Etcd) joinTimeout(ctx context.Context, st *joinState) error {
+func (e *Rendezvous) joinTimeout(ctx context.Context, st *joinState) error {
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return ctx.Err()
 	}
@@ -195,7 +192,7 @@ func (e *Etcd) joinTimeout(ctx context.Context, st *joinState) error {
 }
 
 // applyJoin applies one key of the run to the state of round n.
-func (e *Etcd) applyJoin(st *joinState, n int, key string, value []byte, deleted bool) {
+func (e *Rendezvous) applyJoin(st *joinState, n int, key string, value []byte, deleted bool) {
 	if key == e.key("closed") && !deleted {
 		st.closed = true
 		return
@@ -211,7 +208,7 @@ func (e *Etcd) applyJoin(st *joinState, n int, key string, value []byte, deleted
 			delete(st.joined, id)
 			return
 		}
-		var node Node
+		var node rendezvous.Node
 		if json.Unmarshal(value, &node) == nil {
 			st.joined[id] = node
 		}
@@ -225,7 +222,7 @@ func (e *Etcd) applyJoin(st *joinState, n int, key string, value []byte, deleted
 
 // createMembers starts round n with the nodes joined, unless another node
 // started it first (the transaction creates the key once).
-func (e *Etcd) createMembers(ctx context.Context, n int, st *joinState) error {
+func (e *Rendezvous) createMembers(ctx context.Context, n int, st *joinState) error {
 	restart, err := e.restartCount(ctx, n)
 	if err != nil {
 		return err
@@ -246,7 +243,7 @@ func (e *Etcd) createMembers(ctx context.Context, n int, st *joinState) error {
 // restartCount is round n's TORCHELASTIC_RESTART_COUNT: the previous
 // round's, plus one if that round failed (a change of membership spends
 // no restart).
-func (e *Etcd) restartCount(ctx context.Context, n int) (int, error) {
+func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
@@ -266,12 +263,12 @@ func (e *Etcd) restartCount(ctx context.Context, n int) (int, error) {
 
 // startRound turns round n's members into this node's Round and starts
 // watching the round.
-func (e *Etcd) startRound(n int, m *members) (Round, error) {
-	i := slices.IndexFunc(m.Nodes, func(x Node) bool { return x.ID == e.self.ID })
+func (e *Rendezvous) startRound(n int, m *members) (rendezvous.Round, error) {
+	i := slices.IndexFunc(m.Nodes, func(x rendezvous.Node) bool { return x.ID == e.self.ID })
 	if i < 0 {
-		return Round{}, errTooLate
+		return rendezvous.Round{}, errTooLate
 	}
-	r := Round{Number: n, Restart: m.Restart, Hosts: m.Nodes}
+	r := rendezvous.Round{Number: n, Restart: m.Restart, Hosts: m.Nodes}
 	r.NNodes, r.NodeRank, r.NProcPerNode = len(m.Nodes), i, e.self.NProc
 	for j, node := range m.Nodes {
 		if j < i {
@@ -286,7 +283,7 @@ func (e *Etcd) startRound(n int, m *members) (Round, error) {
 }
 
 // status is the line that shows the nodes waiting for a round.
-func (e *Etcd) status(st *joinState, deadline time.Time) string {
+func (e *Rendezvous) status(st *joinState, deadline time.Time) string {
 	want := fmt.Sprint(e.cfg.MaxNodes)
 	if e.cfg.MinNodes != e.cfg.MaxNodes {
 		want = fmt.Sprintf("%d (at least %d)", e.cfg.MaxNodes, e.cfg.MinNodes)
@@ -298,16 +295,16 @@ func (e *Etcd) status(st *joinState, deadline time.Time) string {
 
 // sortedNodes orders nodes by id: node ranks are the same on every node,
 // and stay the same across rounds while the nodes do.
-func sortedNodes(nodes map[string]Node) []Node {
-	out := make([]Node, 0, len(nodes))
+func sortedNodes(nodes map[string]rendezvous.Node) []rendezvous.Node {
+	out := make([]rendezvous.Node, 0, len(nodes))
 	for _, n := range nodes {
 		out = append(out, n)
 	}
-	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, func(a, b rendezvous.Node) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
-func addrs(nodes []Node) []string {
+func addrs(nodes []rendezvous.Node) []string {
 	out := make([]string, len(nodes))
 	for i, n := range nodes {
 		out[i] = n.Addr
@@ -320,7 +317,7 @@ func addrs(nodes []Node) []string {
 // read that follows it, but etcd catches up such watches only every
 // 100 ms; one created first, with a read after it, is told of every change
 // at once.
-func (e *Etcd) syncedWatch(ctx context.Context) (clientv3.WatchChan, error) {
+func (e *Rendezvous) syncedWatch(ctx context.Context) (clientv3.WatchChan, error) {
 	events := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
 	select {
 	case wr, ok := <-events:

@@ -1,4 +1,4 @@
-package rendezvous
+package etcd
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mpspawn/mpspawn/rendezvous"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -16,29 +17,29 @@ import (
 // round while the job is below MaxNodes, the run's end. It owns one
 // goroutine, stopped by stopWatch.
 type roundWatch struct {
-	round    Round
+	round    rendezvous.Round
 	nodeRank int
-	stopc    chan Stop     // receives once
-	allDone  chan struct{} // closed once every member is done
+	stopc    chan rendezvous.Stop // receives once
+	allDone  chan struct{}        // closed once every member is done
 	cancel   context.CancelFunc
 	done     chan struct{}
 
 	stopOnce sync.Once
 	// owned by the watch goroutine
-	members map[string]Node
+	members map[string]rendezvous.Node
 	isDone  map[string]bool
 	failed  bool
 }
 
 // watchRound starts watching round r, from the revision after its
 // members were read.
-func (e *Etcd) watchRound(r Round) *roundWatch {
+func (e *Rendezvous) watchRound(r rendezvous.Round) *roundWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &roundWatch{
 		round: r, nodeRank: r.NodeRank,
-		stopc: make(chan Stop, 1), allDone: make(chan struct{}),
+		stopc: make(chan rendezvous.Stop, 1), allDone: make(chan struct{}),
 		cancel: cancel, done: make(chan struct{}),
-		members: map[string]Node{}, isDone: map[string]bool{},
+		members: map[string]rendezvous.Node{}, isDone: map[string]bool{},
 	}
 	for _, n := range r.Hosts {
 		w.members[n.ID] = n
@@ -51,7 +52,7 @@ func (e *Etcd) watchRound(r Round) *roundWatch {
 }
 
 // stopWatch stops the current round's watcher and waits for it.
-func (e *Etcd) stopWatch() {
+func (e *Rendezvous) stopWatch() {
 	if e.cur == nil {
 		return
 	}
@@ -60,13 +61,13 @@ func (e *Etcd) stopWatch() {
 	e.cur = nil
 }
 
-func (w *roundWatch) stop(s Stop) {
+func (w *roundWatch) stop(s rendezvous.Stop) {
 	w.stopOnce.Do(func() { w.stopc <- s })
 }
 
 // watch reads the round's state once, then follows its events; a broken
 // watch (etcd restarting) is resumed from the last revision seen.
-func (e *Etcd) watch(ctx context.Context, w *roundWatch) {
+func (e *Rendezvous) watch(ctx context.Context, w *roundWatch) {
 	events, err := e.syncedWatch(ctx)
 	var resp *clientv3.GetResponse
 	if err == nil {
@@ -121,20 +122,20 @@ func (e *Etcd) watch(ctx context.Context, w *roundWatch) {
 }
 
 // applyRound applies one key of the run to the watched round.
-func (e *Etcd) applyRound(ctx context.Context, w *roundWatch, key string, value []byte, deleted bool) {
+func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, key string, value []byte, deleted bool) {
 	n := w.round.Number
 	if key == e.key("closed") && !deleted {
 		// The run failed and closed in one go: the round's failure is
 		// the reason, when it has one.
 		if resp, err := e.cli.Get(ctx, e.roundKey(n, "fail")); err == nil && len(resp.Kvs) > 0 {
-			var f Failure
+			var f rendezvous.Failure
 			if json.Unmarshal(resp.Kvs[0].Value, &f) == nil {
 				w.failed = true
-				w.stop(Stop{Failure: &f})
+				w.stop(rendezvous.Stop{Failure: &f})
 				return
 			}
 		}
-		w.stop(Stop{Reason: ReasonClosed})
+		w.stop(rendezvous.Stop{Reason: rendezvous.ReasonClosed})
 		return
 	}
 	rn, rest, ok := e.parseRoundKey(key)
@@ -143,10 +144,10 @@ func (e *Etcd) applyRound(ctx context.Context, w *roundWatch, key string, value 
 	}
 	switch {
 	case rn == n && rest == "fail" && !deleted:
-		var f Failure
+		var f rendezvous.Failure
 		if json.Unmarshal(value, &f) == nil {
 			w.failed = true
-			w.stop(Stop{Failure: &f})
+			w.stop(rendezvous.Stop{Failure: &f})
 		}
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
 		w.isDone[strings.TrimPrefix(rest, "done/")] = true
@@ -165,22 +166,22 @@ func (e *Etcd) applyRound(ctx context.Context, w *roundWatch, key string, value 
 				rank = i
 			}
 		}
-		f := Failure{NodeRank: rank, Host: node.Host, Addr: node.Addr, Rank: -1, LocalRank: -1,
-			ExitCode: LostExitCode, Lost: true, Time: time.Now(),
+		f := rendezvous.Failure{NodeRank: rank, Host: node.Host, Addr: node.Addr, Rank: -1, LocalRank: -1,
+			ExitCode: rendezvous.LostExitCode, Lost: true, Time: time.Now(),
 			Message: fmt.Sprintf("its etcd lease expired (its launcher died, or lost etcd for longer than the lease TTL %v)", e.cfg.LeaseTTL)}
 		if first, err := e.publishFailure(ctx, n, f); err == nil {
 			f = first
 		}
 		w.failed = true
-		w.stop(Stop{Failure: &f})
+		w.stop(rendezvous.Stop{Failure: &f})
 	case rn == n+1 && strings.HasPrefix(rest, "join/") && !deleted:
 		id := strings.TrimPrefix(rest, "join/")
 		if _, member := w.members[id]; member || w.failed || len(w.members) >= e.cfg.MaxNodes {
 			return
 		}
-		var node Node
+		var node rendezvous.Node
 		_ = json.Unmarshal(value, &node)
-		w.stop(Stop{Reason: fmt.Sprintf("node %s is waiting to join", node.Addr)})
+		w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", node.Addr)})
 	}
 }
 

@@ -1,6 +1,6 @@
 //go:build linux
 
-package rendezvous
+package etcd
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/etcdtest"
+	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
 // syncBuffer is a Notes writer the test reads while nodes write.
@@ -35,14 +36,14 @@ func (s *syncBuffer) String() string {
 
 // testNode is one node of a test's etcd rendezvous.
 type testNode struct {
-	*Etcd
+	*Rendezvous
 	notes *syncBuffer
 }
 
-func newNode(t *testing.T, srv *etcdtest.Server, runID, addr string, nproc, minN, maxN int, tune func(*EtcdConfig)) *testNode {
+func newNode(t *testing.T, srv *etcdtest.Server, runID, addr string, nproc, minN, maxN int, tune func(*Config)) *testNode {
 	t.Helper()
 	notes := &syncBuffer{}
-	cfg := EtcdConfig{
+	cfg := Config{
 		Endpoints: []string{srv.Endpoint}, RunID: runID, MinNodes: minN, MaxNodes: maxN, NProc: nproc,
 		LocalAddr: addr, Host: "host-" + addr, JoinTimeout: 20 * time.Second, LastCallTimeout: 200 * time.Millisecond,
 		CloseTimeout: 10 * time.Second, ConnectTimeout: 5 * time.Second, LeaseTTL: time.Second, Notes: notes,
@@ -52,18 +53,18 @@ func newNode(t *testing.T, srv *etcdtest.Server, runID, addr string, nproc, minN
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	e, err := NewEtcd(ctx, cfg)
+	e, err := New(ctx, cfg)
 	if err != nil {
-		t.Fatalf("NewEtcd(%s): %v", addr, err)
+		t.Fatalf("New(%s): %v", addr, err)
 	}
 	t.Cleanup(func() { e.Close() })
 	return &testNode{e, notes}
 }
 
 // nextAll calls Next on every node at once and returns their rounds.
-func nextAll(t *testing.T, nodes ...*testNode) []Round {
+func nextAll(t *testing.T, nodes ...*testNode) []rendezvous.Round {
 	t.Helper()
-	rounds := make([]Round, len(nodes))
+	rounds := make([]rendezvous.Round, len(nodes))
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
 	for i, n := range nodes {
@@ -88,7 +89,7 @@ func TestEtcdRound(t *testing.T) {
 	a := newNode(t, srv, "job", "127.0.0.2", 3, 2, 2, nil)
 	b := newNode(t, srv, "job", "127.0.0.3", 1, 2, 2, nil)
 	rs := nextAll(t, a, b)
-	want := []Membership{
+	want := []rendezvous.Membership{
 		{NNodes: 2, NodeRank: 0, NProcPerNode: 3, WorldSize: 4, FirstRank: 0, MasterAddr: "127.0.0.2", MasterPort: a.Self().Port},
 		{NNodes: 2, NodeRank: 1, NProcPerNode: 1, WorldSize: 4, FirstRank: 3, MasterAddr: "127.0.0.2", MasterPort: a.Self().Port},
 	}
@@ -109,7 +110,7 @@ func TestEtcdRound(t *testing.T) {
 	// keeps the node ranks and counts one restart on both nodes.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	f := Failure{Rank: 3, LocalRank: 0, Pid: 42, ExitCode: 3, Message: "boom", Time: time.Now()}
+	f := rendezvous.Failure{Rank: 3, LocalRank: 0, Pid: 42, ExitCode: 3, Message: "boom", Time: time.Now()}
 	if got, err := b.Fail(ctx, f); err != nil || got.Rank != 3 || got.NodeRank != 1 {
 		t.Fatalf("Fail = %+v, %v; want itself, node rank 1", got, err)
 	}
@@ -143,13 +144,13 @@ func TestEtcdRound(t *testing.T) {
 	late := newNode(t, srv, "job", "127.0.0.4", 1, 2, 2, nil)
 	_, err := late.Next(ctx)
 	var ce *ClosedError
-	if !errors.As(err, &ce) || !errors.Is(err, ErrClosed) || ce.Status != "succeeded" {
+	if !errors.As(err, &ce) || !errors.Is(err, rendezvous.ErrClosed) || ce.Status != "succeeded" {
 		t.Errorf("late node Next = %v; want a ClosedError (succeeded)", err)
 	}
 }
 
 // Membership is r's membership (a helper for readability).
-func (e *Etcd) Membership(r Round) Membership { return r.Membership }
+func (e *Rendezvous) Membership(r rendezvous.Round) rendezvous.Membership { return r.Membership }
 
 // TestEtcdTwoRuns: two jobs with different run ids on one etcd, same
 // addresses, never see each other.
@@ -172,7 +173,7 @@ func TestEtcdTwoRuns(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := nodes[1].Fail(ctx, Failure{Rank: 2, ExitCode: 1}); err != nil {
+	if _, err := nodes[1].Fail(ctx, rendezvous.Failure{Rank: 2, ExitCode: 1}); err != nil {
 		t.Fatal(err)
 	}
 	<-nodes[0].Stopped()
@@ -187,7 +188,7 @@ func TestEtcdTwoRuns(t *testing.T) {
 // JoinTimeoutError naming who joined.
 func TestEtcdJoinTimeout(t *testing.T) {
 	srv := etcdtest.Start(t)
-	a := newNode(t, srv, "job", "127.0.0.2", 1, 2, 2, func(c *EtcdConfig) { c.JoinTimeout = 300 * time.Millisecond })
+	a := newNode(t, srv, "job", "127.0.0.2", 1, 2, 2, func(c *Config) { c.JoinTimeout = 300 * time.Millisecond })
 	_, err := a.Next(context.Background())
 	var je *JoinTimeoutError
 	if !errors.As(err, &je) || len(je.Joined) != 1 || je.Joined[0] != "127.0.0.2" || je.MinNodes != 2 {
@@ -205,7 +206,7 @@ func TestEtcdLostNode(t *testing.T) {
 	b.Close() // revokes its lease, as its expiry would
 	select {
 	case s := <-a.Stopped():
-		if s.Failure == nil || !s.Failure.Lost || s.Failure.NodeRank != 1 || s.Failure.Addr != "127.0.0.3" || s.Failure.ExitCode != LostExitCode {
+		if s.Failure == nil || !s.Failure.Lost || s.Failure.NodeRank != 1 || s.Failure.Addr != "127.0.0.3" || s.Failure.ExitCode != rendezvous.LostExitCode {
 			t.Errorf("stop = %+v; want node 1 lost", s)
 		}
 	case <-time.After(5 * time.Second):
@@ -224,7 +225,7 @@ func TestEtcdElastic(t *testing.T) {
 		t.Fatalf("first round %+v; want one node", r)
 	}
 	b := newNode(t, srv, "job", "127.0.0.3", 1, 1, 3, nil)
-	var rb Round
+	var rb rendezvous.Round
 	var errb error
 	var wg sync.WaitGroup
 	wg.Go(func() { rb, errb = b.Next(context.Background()) })
@@ -241,7 +242,7 @@ func TestEtcdElastic(t *testing.T) {
 	if err := errors.Join(erra, errb); err != nil {
 		t.Fatal(err)
 	}
-	for i, r := range []Round{ra, rb} {
+	for i, r := range []rendezvous.Round{ra, rb} {
 		if r.NNodes != 2 || r.NodeRank != i || r.Restart != 0 || r.Number != 1 {
 			t.Errorf("node %d: %+v; want 2 nodes, node rank %d, restart 0, round 1", i, r, i)
 		}
@@ -257,13 +258,13 @@ func TestEtcdUnreachable(t *testing.T) {
 	}
 	ep := fmt.Sprintf("127.0.0.1:%d", port)
 	start := time.Now()
-	_, err = NewEtcd(context.Background(), EtcdConfig{Endpoints: []string{ep}, RunID: "x", MinNodes: 1, MaxNodes: 1, NProc: 1, ConnectTimeout: 300 * time.Millisecond})
+	_, err = New(context.Background(), Config{Endpoints: []string{ep}, RunID: "x", MinNodes: 1, MaxNodes: 1, NProc: 1, ConnectTimeout: 300 * time.Millisecond})
 	var ce *ConnectError
 	if !errors.As(err, &ce) || ce.Endpoints[0] != ep {
-		t.Fatalf("NewEtcd(%s) = %v; want a ConnectError", ep, err)
+		t.Fatalf("New(%s) = %v; want a ConnectError", ep, err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("NewEtcd took %v; want about the connect timeout", d)
+		t.Errorf("New took %v; want about the connect timeout", d)
 	}
 }
 
@@ -274,9 +275,9 @@ func BenchmarkEtcdRound(b *testing.B) {
 	srv := etcdtest.Start(b)
 	for i := 0; b.Loop(); i++ {
 		b.StopTimer()
-		nodes := make([]*Etcd, 2)
+		nodes := make([]*Rendezvous, 2)
 		for j, addr := range []string{"127.0.0.2", "127.0.0.3"} {
-			e, err := NewEtcd(context.Background(), EtcdConfig{Endpoints: []string{srv.Endpoint}, RunID: fmt.Sprint("bench", i),
+			e, err := New(context.Background(), Config{Endpoints: []string{srv.Endpoint}, RunID: fmt.Sprint("bench", i),
 				MinNodes: 2, MaxNodes: 2, NProc: 2, LocalAddr: addr, LeaseTTL: 5 * time.Second})
 			if err != nil {
 				b.Fatal(err)
@@ -298,29 +299,5 @@ func BenchmarkEtcdRound(b *testing.B) {
 			e.Close()
 		}
 		b.StartTimer()
-	}
-}
-
-// TestStaticRounds: a static Job is a Rendezvous whose rounds count the
-// restarts of one node, with the same membership every time.
-func TestStaticRounds(t *testing.T) {
-	j, err := Static(Config{NNodes: 2, NodeRank: 1, NProcPerNode: 2, MasterAddr: "10.0.0.1", MasterPort: 1234})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer j.Close()
-	var r Rendezvous = j
-	for want := range 3 {
-		got, err := r.Next(context.Background())
-		if err != nil || got.Restart != want || got.Number != want || got.Membership != j.Membership {
-			t.Errorf("Next #%d = %+v, %v; want restart %d and the static membership", want, got, err, want)
-		}
-	}
-	if r.Stopped() != nil {
-		t.Errorf("Stopped() = non-nil; want nil: no other node stops a static job")
-	}
-	f := Failure{Rank: 2, ExitCode: 3}
-	if got, err := r.Fail(context.Background(), f); err != nil || got != f {
-		t.Errorf("Fail = %+v, %v; want %+v", got, err, f)
 	}
 }
