@@ -24,12 +24,11 @@ var testLimits = Limits{Handles: 6, FDs: 4, Pending: 8, Queues: 5, QueuedBytes: 
 // makes room, prints "after: ok" once the same request succeeds again,
 // and exits.
 func limitRank(args []string) int {
-	conn, err := ConnFromEnv()
+	c, err := ClientFromEnv(0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	c := NewClient(conn, 0)
 	ctx, cancel := context.WithTimeout(WithClient(context.Background(), c), time.Minute)
 	defer cancel()
 	var refused, after error

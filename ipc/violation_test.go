@@ -52,12 +52,11 @@ var violations = map[string]func(fd int) error{
 // requests and prints what each returned, one line each.
 func violateRank(args []string) int {
 	violate := violations[args[0]]
-	conn, err := ConnFromEnv()
+	c, err := ClientFromEnv(0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	c := NewClient(conn, 0)
 	ctx, cancel := context.WithTimeout(WithClient(context.Background(), c), time.Minute)
 	defer cancel()
 	q := Queue[int]{ID: 5, Capacity: 1}
