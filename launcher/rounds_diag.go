@@ -77,11 +77,15 @@ func (p *publisher) settle(cause error) *rendezvous.Failure {
 	return p.wait()
 }
 
+// publishTimeout bounds telling the other nodes of a failure: etcd may be
+// unreachable, and the node's own exit must not wait for it.
+const publishTimeout = 10 * time.Second
+
 // send publishes f in the background; wait gives the round's first
 // failure as the rendezvous has it.
 func (p *publisher) send(f rendezvous.Failure) {
 	p.wg.Go(func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), publishTimeout)
 		defer cancel()
 		first, err := p.rdzv.Fail(ctx, f)
 		if err != nil {

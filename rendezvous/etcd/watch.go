@@ -29,6 +29,8 @@ type roundWatch struct {
 	members map[string]rendezvous.Node
 	isDone  map[string]bool
 	failed  bool
+
+	allDoneClosed bool
 }
 
 // watchRound starts watching round r: it reads the run's keys, then
@@ -178,7 +180,8 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, key string, 
 		}
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
 		w.isDone[strings.TrimPrefix(rest, "done/")] = true
-		if len(w.isDone) >= len(w.members) && w.allMembersDone() {
+		if !w.allDoneClosed && len(w.isDone) >= len(w.members) && w.allMembersDone() {
+			w.allDoneClosed = true // keys read again (compacted history) apply again
 			close(w.allDone)
 		}
 	case rn == n && strings.HasPrefix(rest, "join/") && deleted:
