@@ -150,7 +150,14 @@ func readSummary(t *testing.T, path string) map[string]any {
 func TestMultinodeRankFailure(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
-	script := `echo rank=$RANK world=$WORLD_SIZE master=$MASTER_ADDR group=$GROUP_RANK; [ "$RANK" = 3 ] && exit 3; exec sleep 60`
+	// Rank 3 fails once the others have said what they got (a marker
+	// file each; bounded), so that they are not stopped before they do.
+	script := `echo rank=$RANK world=$WORLD_SIZE master=$MASTER_ADDR group=$GROUP_RANK; touch ` + dir + `/said$RANK
+if [ "$RANK" = 3 ]; then
+	i=0; while [ $i -lt 1200 ] && [ "$(ls ` + dir + ` | grep -c '^said')" -lt 4 ]; do sleep 0.05; i=$((i+1)); done
+	exit 3
+fi
+exec sleep 60`
 	var nodes []*node
 	for i, addr := range []string{"127.0.0.2", "127.0.0.3"} {
 		sum := filepath.Join(dir, fmt.Sprintf("sum%d.json", i))
