@@ -115,9 +115,12 @@ func (c *containment) sweep(ranks []*rankProc, wait time.Duration) {
 	}
 }
 
-// close removes the job's cgroups.
-func (c *containment) close() {
+// close removes the job's cgroups, killing again, and waiting at most
+// wait for, whatever entered them since end. What it cannot remove (a
+// process that does not exit after SIGKILL) is left to the guard, which
+// removes this process's job cgroups when it exits.
+func (c *containment) close(wait time.Duration) {
 	if c.cg != nil {
-		c.cg.remove()
+		_ = c.cg.remove(wait)
 	}
 }
