@@ -3,14 +3,19 @@
 package launcher
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -211,5 +216,177 @@ func awaitDirOpen(t *testing.T, in int, d time.Duration) bool {
 			}
 			off += unix.SizeofInotifyEvent + int(ev.Len)
 		}
+	}
+}
+
+// holdModule is a module a forkserver preloads in the tests that hold a
+// forked child, or the server itself, at the moment of a fork. At-fork
+// hooks run first of all in a new child ("child"), and in the server
+// right after the fork ("server", only with $MPSPAWN_TEST_HOLD_SERVER
+// set): each connects to the socket at $MPSPAWN_TEST_HOLD, sends "WHO
+// PID", and waits until the test closes the connection or refuses it. A
+// rank's own forks are not held.
+const holdModule = `import os, socket
+held = False
+def hold(who):
+    global held
+    path = os.environ.get("MPSPAWN_TEST_HOLD")
+    if held or not path or (who == "server" and not os.environ.get("MPSPAWN_TEST_HOLD_SERVER")):
+        return
+    held = who == "child"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        s.sendall(b"%s %d\n" % (who.encode(), os.getpid()))
+        s.recv(1)
+    except OSError:
+        pass
+    finally:
+        s.close()
+os.register_at_fork(after_in_parent=lambda: hold("server"), after_in_child=lambda: hold("child"))
+`
+
+// holdSetup writes holdModule to a directory and listens on a socket in
+// it; the environment given puts both where the forkserver finds them.
+func holdSetup(t *testing.T) (ln *net.UnixListener, env []string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mpspawn_hold.py"), []byte(holdModule), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "hold.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln, []string{"PYTHONPATH=" + dir, "MPSPAWN_TEST_HOLD=" + sock}
+}
+
+// held is a process holdModule holds, and its connection: closing it
+// lets the process go on.
+type held struct {
+	who  string // "child" or "server"
+	pid  int
+	conn net.Conn
+}
+
+// acceptHeld accepts n processes held by holdModule.
+func acceptHeld(t *testing.T, ln *net.UnixListener, n int) []held {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	_ = ln.SetDeadline(deadline)
+	var hs []held
+	for range n {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatalf("%d of %d processes held at a fork: %v", len(hs), n, err)
+		}
+		_ = c.SetReadDeadline(deadline)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		who, p, _ := strings.Cut(strings.TrimSpace(line), " ")
+		pid, perr := strconv.Atoi(p)
+		if err != nil || perr != nil {
+			c.Close()
+			t.Fatalf("a held process sent %q, %v; want WHO PID", line, err)
+		}
+		hs = append(hs, held{who, pid, c})
+	}
+	return hs
+}
+
+// TestForkserverPlacesItsChildBeforeReplying: when the launcher hears of a
+// forked rank, the rank is already in its cgroup, though it has not run
+// anything yet (held in an at-fork hook): the server places it, the child
+// never places itself. A child placing itself could do so after the
+// launcher's, or its guard's, last kill of the job's cgroups, leaving
+// them populated at their rmdir (mpspawn-<pid>-1/rank-N left after CI
+// runs), or, killed with the launcher before it did, outlive the job.
+func TestForkserverPlacesItsChildBeforeReplying(t *testing.T) {
+	needCgroups(t)
+	python, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3 on PATH")
+	}
+	script := filepath.Join(t.TempDir(), "rank.py")
+	if err := os.WriteFile(script, []byte(forkRank), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ln, env := holdSetup(t)
+	fs, err := StartForkserver(ForkserverConfig{Python: python, Preload: []string{"mpspawn_hold"}, Env: append(os.Environ(), env...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	g, err := Start(context.Background(), []Spec{pySpec(0, python, script, "exit", "0")}, Options{Method: fs, Containment: ContainCgroup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rank, job := g.cont.cg.ranks[0], g.cont.cg.dir
+	hs := acceptHeld(t, ln, 1) // the reply has come: Start has returned
+	mount, err := cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "0::" + strings.TrimPrefix(rank, mount)
+	got, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", hs[0].pid))
+	if !slices.Contains(strings.Split(string(got), "\n"), want) {
+		t.Errorf("forked rank %d's cgroups when Start returned:\n%s\nwant the line %q", hs[0].pid, got, want)
+	}
+	hs[0].conn.Close()
+	if res := waitResult(t, g); !res.Succeeded() {
+		t.Errorf("rank held, then let go: %s; want it to exit 0", res.Ranks[0].Status())
+	}
+	if _, err := os.Stat(job); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("job cgroup %s after Wait: %v; want removed", job, err)
+	}
+}
+
+// TestForkserverHeldWhenTheLauncherDies: a launcher SIGKILLed while its
+// forkserver is between a fork and its reply, the child not placed yet,
+// leaves neither the child nor a cgroup behind: until the server has
+// placed it, the child is in the server's process group, which the guard
+// kills.
+func TestForkserverHeldWhenTheLauncherDies(t *testing.T) {
+	base := needCgroups(t)
+	_, python, script := startForkserver(t) // for its rank script; the launcher starts its own server
+	ln, env := holdSetup(t)
+	cmd := testrank.Command("launcher", os.DevNull, "1")
+	cmd.Env = append(append(os.Environ(), env...), "MPSPAWN_TEST_HOLD_SERVER=1", "MPSPAWN_TEST_CONTAIN=cgroup",
+		"MPSPAWN_TEST_PYTHON="+python, "MPSPAWN_TEST_SCRIPT="+script, "MPSPAWN_TEST_PRELOAD=mpspawn_hold")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	prefix := fmt.Sprintf("mpspawn-%d-", cmd.Process.Pid)
+	defer func() { removeLeft(cgroupsLeft(base, prefix)) }()
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	hs := acceptHeld(t, ln, 2) // the server after its fork, and its child
+	defer func() {
+		for _, h := range hs {
+			h.conn.Close()
+			if h.who == "child" {
+				_ = syscall.Kill(h.pid, syscall.SIGKILL) // after a failure: a child that outlived the job
+			}
+		}
+	}()
+	guard := guardOf(cmd.Process.Pid)
+	gfd, err := unix.PidfdOpen(guard, 0)
+	if err != nil {
+		t.Fatalf("the launcher's guard: %v", err)
+	}
+	defer unix.Close(gfd)
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	_ = cmd.Wait()
+	for _, h := range hs {
+		if !pidGone(h.pid, time.Second) {
+			t.Errorf("%s %d, held at a fork, alive 1s after its launcher was SIGKILLed", h.who, h.pid)
+		}
+	}
+	ln.Close()
+	if !pidfd.Wait(gfd, 30*time.Second) {
+		t.Fatalf("guard %d still running 30s after its launcher's death", guard)
+	}
+	if left := cgroupsLeft(base, prefix); len(left) > 0 {
+		t.Errorf("cgroups left after the guard's end: %q; want none", left)
 	}
 }
