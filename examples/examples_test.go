@@ -5,6 +5,8 @@
 package examples_test
 
 import (
+	"debug/elf"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -30,6 +32,32 @@ func TestSpawnExample(t *testing.T) {
 	want := regexp.MustCompile(`^hello from rank 0 of world size 3, pid \d+\nhello from rank 1 of world size 3, pid \d+\nhello from rank 2 of world size 3, pid \d+\n$`)
 	if !want.Match(out) {
 		t.Errorf("spawn printed:\n%s", out)
+	}
+}
+
+// TestGoAPIProgramIsStatic: a Go API program (failfast: spawn also links
+// the gpu package, which needs cgo for NVML) built with cgo enabled (the
+// default wherever a C compiler is installed) is still statically linked,
+// so that each rank, which re-executes it, pays no dynamic loading. It
+// holds as long as nothing the Go API imports links package net (whose
+// cgo resolver brings in libc) or another cgo package.
+func TestGoAPIProgramIsStatic(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "failfast")
+	cmd := exec.Command("go", "build", "-o", bin, "./failfast")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("CGO_ENABLED=1 go build ./failfast: %v\n%s", err, out)
+	}
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			libs, _ := f.ImportedLibraries()
+			t.Errorf("the failfast example is dynamically linked (needs %v): something the Go API imports uses cgo (go list -deps ./launcher/mp | grep -x -e net -e runtime/cgo)", libs)
+		}
 	}
 }
 

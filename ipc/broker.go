@@ -1,7 +1,6 @@
 package ipc
 
 import (
-	"crypto/rand"
 	"crypto/subtle"
 	"encoding/binary"
 	"fmt"
@@ -540,7 +539,7 @@ func (b *Broker) publish(p *peer, body []byte, files []*os.File) (Handle, error)
 	}
 	b.nextID++
 	e.h.ID, e.h.Kind, e.h.Producer = b.nextID, kind, int32(rank)
-	if _, err := rand.Read(e.h.Token[:]); err != nil {
+	if err := randomBytes(e.h.Token[:]); err != nil {
 		if e.owner != nil {
 			p.fds-- // not kept after all: the frame's files close it
 			files[0], e.file = e.file, nil

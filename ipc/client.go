@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"sort"
 	"sync"
@@ -359,7 +358,7 @@ const endWait = 5 * time.Second
 // the reader is about to read, or end of stream. It returns nil for other
 // write errors.
 func (c *Client) endedErr(werr error) error {
-	if !errors.Is(werr, syscall.EPIPE) && !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, net.ErrClosed) {
+	if !errors.Is(werr, syscall.EPIPE) && !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, os.ErrClosed) {
 		return nil
 	}
 	t := time.NewTimer(endWait)

@@ -3,8 +3,8 @@
 package ipc
 
 import (
+	"errors"
 	"fmt"
-	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -23,7 +23,8 @@ import (
 // good: later calls return the same error. A deadline that expires before
 // any byte of a frame moved leaves the Conn usable.
 type Conn struct {
-	uc         *net.UnixConn
+	f          *os.File // non-blocking, so the runtime's poller waits for it
+	closed     atomic.Bool
 	maxPayload atomic.Int64
 	cred       atomic.Pointer[unix.Ucred] // writer of the last frame read
 
@@ -50,35 +51,50 @@ type Ucred = unix.Ucred
 // with more descriptors is reported by the kernel as truncated.
 var oobSize = unix.CmsgSpace(MaxFiles*4) + unix.CmsgSpace(unix.SizeofUcred)
 
-// NewConn returns a Conn that frames the stream socket c. The Conn owns c:
-// Close closes it. NewConn turns on SO_PASSCRED on c (see PeerCred).
-func NewConn(c *net.UnixConn) *Conn {
-	conn := &Conn{uc: c, oob: make([]byte, oobSize)}
-	conn.maxPayload.Store(DefaultMaxPayload)
-	if rc, err := c.SyscallConn(); err == nil {
-		// Best effort: without it PeerCred falls back to SO_PEERCRED.
-		_ = rc.Control(func(fd uintptr) { _ = setPassCred(int(fd)) })
+// newConn returns a Conn that frames the stream socket fd, which it owns
+// (Close closes it): it makes fd non-blocking and turns on SO_PASSCRED (see
+// PeerCred). The socket is an os.File rather than a net.UnixConn so that
+// programs using the package do not link package net, whose cgo resolver
+// would make every Go API binary dynamically linked (and slower to start,
+// once per rank).
+func newConn(fd int, name string) (*Conn, error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
 	}
-	return conn
+	// Best effort: without it PeerCred falls back to SO_PEERCRED.
+	_ = setPassCred(fd)
+	conn := &Conn{f: os.NewFile(uintptr(fd), name), oob: make([]byte, oobSize)}
+	conn.maxPayload.Store(DefaultMaxPayload)
+	return conn, nil
 }
 
 // FileConn returns a Conn on a duplicate of f, which must be a unix stream
-// socket — typically the rank's inherited end of a [Pair]. As with
-// net.FileConn, f stays open and the caller closes it.
+// socket — typically the rank's inherited end of a [Pair]. f stays open
+// and the caller closes it.
 func FileConn(f *os.File) (*Conn, error) {
 	if err := checkStreamSocket(f); err != nil {
 		return nil, fmt.Errorf("ipc: file conn %s: %w", f.Name(), err)
 	}
-	nc, err := net.FileConn(f)
+	rc, err := f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("ipc: file conn %s: %w", f.Name(), err)
 	}
-	uc, ok := nc.(*net.UnixConn)
-	if !ok {
-		nc.Close()
-		return nil, fmt.Errorf("ipc: file conn %s: %T is not a unix socket", f.Name(), nc)
+	fd := -1
+	var opErr error
+	if err := rc.Control(func(sysfd uintptr) {
+		fd, opErr = unix.FcntlInt(sysfd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, fmt.Errorf("ipc: file conn %s: %w", f.Name(), err)
 	}
-	return NewConn(uc), nil
+	if opErr != nil {
+		return nil, fmt.Errorf("ipc: file conn %s: %w", f.Name(), os.NewSyscallError("fcntl F_DUPFD_CLOEXEC", opErr))
+	}
+	c, err := newConn(fd, f.Name())
+	if err != nil {
+		return nil, fmt.Errorf("ipc: file conn %s: %w", f.Name(), err)
+	}
+	return c, nil
 }
 
 // checkStreamSocket reports whether f is an AF_UNIX SOCK_STREAM socket.
@@ -122,15 +138,12 @@ func Pair() (parent *Conn, child *os.File, err error) {
 		unix.Close(fds[1])
 		return nil, nil, fmt.Errorf("ipc: pair: %w", err)
 	}
-	pf := os.NewFile(uintptr(fds[0]), "ipc-parent")
-	child = os.NewFile(uintptr(fds[1]), "ipc-child")
-	nc, err := net.FileConn(pf) // a non-blocking duplicate of pf
-	pf.Close()
+	parent, err = newConn(fds[0], "ipc-parent")
 	if err != nil {
-		child.Close()
+		unix.Close(fds[1])
 		return nil, nil, fmt.Errorf("ipc: pair: %w", err)
 	}
-	return NewConn(nc.(*net.UnixConn)), child, nil
+	return parent, os.NewFile(uintptr(fds[1]), "ipc-child"), nil
 }
 
 // setPassCred turns on SO_PASSCRED on the socket fd.
@@ -160,7 +173,7 @@ func (c *Conn) PeerCred() (*unix.Ucred, error) {
 		cp := *cr
 		return &cp, nil
 	}
-	rc, err := c.uc.SyscallConn()
+	rc, err := c.f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("ipc: peer cred: %w", err)
 	}
@@ -169,7 +182,7 @@ func (c *Conn) PeerCred() (*unix.Ucred, error) {
 	if err := rc.Control(func(fd uintptr) {
 		cr, opErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
-		return nil, fmt.Errorf("ipc: peer cred: %w", err)
+		return nil, fmt.Errorf("ipc: peer cred: %w", c.closedErr(err))
 	}
 	if opErr != nil {
 		return nil, fmt.Errorf("ipc: peer cred: %w", os.NewSyscallError("getsockopt SO_PEERCRED", opErr))
@@ -184,7 +197,7 @@ func (c *Conn) SetDeadline(t time.Time) error {
 	if err := c.SetReadDeadline(t); err != nil {
 		return err
 	}
-	if err := c.uc.SetWriteDeadline(t); err != nil {
+	if err := c.f.SetWriteDeadline(t); err != nil {
 		return fmt.Errorf("ipc: set deadline: %w", err)
 	}
 	return nil
@@ -195,7 +208,7 @@ func (c *Conn) SetReadDeadline(t time.Time) error {
 	c.dmu.Lock()
 	defer c.dmu.Unlock()
 	c.readDL = t
-	if err := c.uc.SetReadDeadline(earliest(t, c.frameDL)); err != nil {
+	if err := c.f.SetReadDeadline(earliest(t, c.frameDL)); err != nil {
 		return fmt.Errorf("ipc: set read deadline: %w", err)
 	}
 	return nil
@@ -222,7 +235,7 @@ func (c *Conn) beginFrame() time.Time {
 	defer c.dmu.Unlock()
 	if c.frameDL.IsZero() {
 		c.frameDL = time.Now().Add(d)
-		_ = c.uc.SetReadDeadline(earliest(c.readDL, c.frameDL))
+		_ = c.f.SetReadDeadline(earliest(c.readDL, c.frameDL))
 	}
 	return c.frameDL
 }
@@ -237,7 +250,7 @@ func (c *Conn) endFrame() (expired bool) {
 	}
 	expired = !time.Now().Before(c.frameDL) && (c.readDL.IsZero() || c.frameDL.Before(c.readDL))
 	c.frameDL = time.Time{}
-	_ = c.uc.SetReadDeadline(c.readDL)
+	_ = c.f.SetReadDeadline(c.readDL)
 	return expired
 }
 
@@ -251,18 +264,28 @@ func earliest(a, b time.Time) time.Time {
 
 // SetWriteDeadline bounds WriteFrame; a zero t means no deadline.
 func (c *Conn) SetWriteDeadline(t time.Time) error {
-	if err := c.uc.SetWriteDeadline(t); err != nil {
+	if err := c.f.SetWriteDeadline(t); err != nil {
 		return fmt.Errorf("ipc: set write deadline: %w", err)
 	}
 	return nil
 }
 
 // Close closes the socket. Blocked ReadFrame and WriteFrame calls return
-// an error wrapping net.ErrClosed. Files of frames already read are not
-// affected.
+// an error wrapping os.ErrClosed, as do later calls. Files of frames
+// already read are not affected.
 func (c *Conn) Close() error {
-	if err := c.uc.Close(); err != nil {
+	c.closed.Store(true) // before the wake-up, for closedErr
+	if err := c.f.Close(); err != nil {
 		return fmt.Errorf("ipc: close: %w", err)
 	}
 	return nil
+}
+
+// closedErr returns os.ErrClosed for an error of an operation that Close
+// ended (the poller reports it in words of its own), and err otherwise.
+func (c *Conn) closedErr(err error) error {
+	if err != nil && c.closed.Load() && !errors.Is(err, os.ErrClosed) {
+		return os.ErrClosed
+	}
+	return err
 }

@@ -5,7 +5,6 @@ package ipc
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"time"
 )
@@ -20,12 +19,7 @@ var errUnsupported = fmt.Errorf("ipc: control channel needs linux: %w", errors.E
 
 // Conn is one end of a control channel; off Linux it only reports
 // errors.ErrUnsupported.
-type Conn struct {
-	uc *net.UnixConn
-}
-
-// NewConn returns a Conn whose operations all fail off Linux; Close closes c.
-func NewConn(c *net.UnixConn) *Conn { return &Conn{uc: c} }
+type Conn struct{}
 
 // FileConn is not supported off Linux.
 func FileConn(*os.File) (*Conn, error) { return nil, errUnsupported }
@@ -62,16 +56,8 @@ func (*Conn) SetReadDeadline(time.Time) error { return errUnsupported }
 // SetWriteDeadline is not supported off Linux.
 func (*Conn) SetWriteDeadline(time.Time) error { return errUnsupported }
 
-// Close closes the socket given to NewConn, if any.
-func (c *Conn) Close() error {
-	if c == nil || c.uc == nil {
-		return nil
-	}
-	if err := c.uc.Close(); err != nil {
-		return fmt.Errorf("ipc: close: %w", err)
-	}
-	return nil
-}
+// Close does nothing off Linux: no Conn is ever made there.
+func (*Conn) Close() error { return nil }
 
 // SetFrameTimeout does nothing off Linux.
 func (*Conn) SetFrameTimeout(time.Duration) {}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -364,8 +363,8 @@ func TestCloseUnblocksReader(t *testing.T) {
 	if err := parent.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; !errors.Is(err, net.ErrClosed) {
-		t.Errorf("ReadFrame() after Close = %v; want net.ErrClosed", err)
+	if err := <-done; !errors.Is(err, os.ErrClosed) {
+		t.Errorf("ReadFrame() after Close = %v; want os.ErrClosed", err)
 	}
 }
 

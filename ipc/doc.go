@@ -67,7 +67,7 @@
 //
 // # Peer credentials
 //
-// [Pair] and [NewConn] turn on SO_PASSCRED, so the kernel stamps every
+// [Pair] and [FileConn] turn on SO_PASSCRED, so the kernel stamps every
 // frame with the pid, uid and gid of the process that wrote it
 // (SCM_CREDENTIALS). This matters because SO_PEERCRED on a socket pair names
 // the process that called socketpair(2) — the launcher — on both ends, not

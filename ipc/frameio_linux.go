@@ -102,7 +102,7 @@ func withFDs(files []*os.File, fds []int, fn func(fds []int) error) error {
 // returns how many bytes went out. It waits for the socket through the
 // netpoller, so write deadlines apply.
 func (c *Conn) send(hdr, payload []byte, fds []int) (int, error) {
-	rc, err := c.uc.SyscallConn()
+	rc, err := c.f.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
@@ -138,7 +138,7 @@ func (c *Conn) send(hdr, payload []byte, fds []int) (int, error) {
 	if err == nil {
 		err = opErr
 	}
-	return sent, err
+	return sent, c.closedErr(err)
 }
 
 // advance drops the first n bytes of bufs.
@@ -207,7 +207,7 @@ func (c *Conn) readFrame() (Frame, int, error) {
 // the sender's credentials that arrive with it. It returns the descriptors
 // even with an error, for the caller to close.
 func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
-	rc, err := c.uc.SyscallConn()
+	rc, err := c.f.SyscallConn()
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -221,7 +221,7 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 			err, m = nil, 0
 		}
 		if err != nil {
-			return fds, cred, n, err
+			return fds, cred, n, c.closedErr(err)
 		}
 		got, cr := parseControl(c.oob[:oobn])
 		fds = append(fds, got...)
@@ -273,13 +273,13 @@ func (c *Conn) readPayload(n int) ([]byte, error) {
 		if len(buf) == cap(buf) {
 			buf = slices.Grow(buf, min(n-len(buf), len(buf)))
 		}
-		m, err := c.uc.Read(buf[len(buf):min(cap(buf), n)])
+		m, err := c.f.Read(buf[len(buf):min(cap(buf), n)])
 		buf = buf[:len(buf)+m]
 		if err == io.EOF || errors.Is(err, unix.ECONNRESET) {
 			return nil, io.ErrUnexpectedEOF
 		}
 		if err != nil {
-			return nil, err
+			return nil, c.closedErr(err)
 		}
 	}
 	return buf, nil

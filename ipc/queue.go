@@ -2,7 +2,6 @@ package ipc
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,7 +29,9 @@ const InlineMax = 1 << 20
 // unbounded). The broker creates it on first use.
 func NewQueue[T any](capacity int) Queue[T] {
 	var b [8]byte
-	_, _ = rand.Read(b[:])
+	if err := randomBytes(b[:]); err != nil {
+		panic("ipc: new queue: " + err.Error()) // as crypto/rand.Read does: no randomness is not recoverable
+	}
 	return Queue[T]{ID: binary.LittleEndian.Uint64(b[:]) | 1, Capacity: uint32(max(capacity, 0))}
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 )
@@ -101,7 +100,7 @@ func (b *Broker) readLoop(rank int, conn *Conn, pid int, deliver func(Frame) err
 			if cut := b.peerErr(rank, conn); cut != nil {
 				return cut // the broker cut it off: it does not read
 			}
-			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("ipc: rank %d's control channel: %w", rank, err)

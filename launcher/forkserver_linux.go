@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"runtime"
 	"sync"
@@ -45,7 +44,7 @@ const (
 // together), and Close it once they have ended.
 type Forkserver struct {
 	cfg     ForkserverConfig
-	conn    *net.UnixConn // SOCK_SEQPACKET: one JSON message per packet
+	conn    *packetConn // SOCK_SEQPACKET: one JSON message per packet
 	guard   *guard
 	pid     int
 	started time.Time
@@ -183,14 +182,10 @@ func (fs *Forkserver) socket() (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	parent := os.NewFile(uintptr(fds[0]), "forkserver")
-	defer parent.Close()
-	c, err := net.FileConn(parent)
-	if err != nil {
+	if fs.conn, err = newPacketConn(fds[0], "forkserver"); err != nil {
 		unix.Close(fds[1])
 		return nil, err
 	}
-	fs.conn = c.(*net.UnixConn)
 	return os.NewFile(uintptr(fds[1]), "forkserver-child"), nil
 }
 
@@ -276,7 +271,7 @@ func (fs *Forkserver) read() {
 	defer close(fs.readerD)
 	buf := make([]byte, 64<<10)
 	for {
-		n, _, _, _, err := fs.conn.ReadMsgUnix(buf, nil)
+		n, err := fs.conn.ReadMsg(buf)
 		if err != nil || n == 0 {
 			break
 		}

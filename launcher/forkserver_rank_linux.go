@@ -47,7 +47,7 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 	rp.started = time.Now()
 	err = syscall.EMSGSIZE // beyond the server's bound, as beyond the socket's
 	if len(req) <= forkserverMaxPacket {
-		_, _, err = fs.conn.WriteMsgUnix(req, unix.UnixRights(fds...), nil)
+		err = fs.conn.WriteMsg(req, unix.UnixRights(fds...))
 	}
 	if err != nil {
 		fs.forget(id)
@@ -89,7 +89,7 @@ func (fs *Forkserver) release(pid int) *syscall.Rusage {
 		return nil // the server is gone, and its ranks were reaped with it
 	}
 	req := fmt.Appendf(nil, `{"id":%d,"op":"release","pid":%d}`, id, pid)
-	if _, _, err := fs.conn.WriteMsgUnix(req, nil, nil); err != nil {
+	if err := fs.conn.WriteMsg(req, nil); err != nil {
 		fs.forget(id)
 		return nil
 	}

@@ -358,7 +358,7 @@ func sendRaw(t *testing.T, fs *Forkserver, packet string, fds []int) (closed fun
 		fds[0] = int(w.Fd())
 		oob = unix.UnixRights(fds...)
 	}
-	if _, _, err := fs.conn.WriteMsgUnix([]byte(packet), oob, nil); err != nil {
+	if err := fs.conn.WriteMsg([]byte(packet), oob); err != nil {
 		r.Close()
 		t.Fatalf("send %q: %v", packet, err)
 	}

@@ -2,7 +2,6 @@ package launcher
 
 import (
 	"context"
-	"debug/buildinfo"
 	_ "embed" // the stack hook's source
 	"errors"
 	"fmt"
@@ -117,7 +116,7 @@ func stackOf(pid int, dir string, signal func(syscall.Signal) error, stop bool, 
 		}
 	}
 	exe, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-	if _, err := buildinfo.ReadFile("/proc/" + strconv.Itoa(pid) + "/exe"); err == nil {
+	if isGoExecutable("/proc/" + strconv.Itoa(pid) + "/exe") {
 		if !stop {
 			return &Stack{Note: "a Go program: its goroutines are dumped only when the job is stopped (SIGQUIT ends a Go program)"}
 		}

@@ -15,12 +15,10 @@ package rendezvous
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"unicode"
 )
 
@@ -215,20 +213,3 @@ func (j *Job) Close() error {
 // ErrPortInUse is what CheckPort returns (wrapped) when a socket on this
 // host already listens on the port.
 var ErrPortInUse = errors.New("rendezvous: port in use")
-
-// CheckPort reports whether rank 0 could listen on port on this host: it
-// binds and listens on the port on every address, as torch's TCPStore does
-// (SO_REUSEADDR), and closes the socket at once. A port another socket
-// listens on gives an error wrapping ErrPortInUse. The port may still be
-// taken between CheckPort and rank 0's listen: this finds the common case
-// (a previous job still running) before any rank starts, not every race.
-func CheckPort(port int) error {
-	l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
-	if errors.Is(err, syscall.EADDRINUSE) {
-		return fmt.Errorf("rendezvous: port %d: %w", port, ErrPortInUse)
-	}
-	if err != nil {
-		return fmt.Errorf("rendezvous: check port %d: %w", port, err)
-	}
-	return l.Close()
-}

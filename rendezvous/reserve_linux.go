@@ -81,3 +81,47 @@ func bindAndReuse(s, family int) (port int, err error) {
 	}
 	return 0, fmt.Errorf("getsockname: unexpected address %T", name)
 }
+
+// CheckPort reports whether rank 0 could listen on port on this host: it
+// binds and listens on the port on every address, as torch's TCPStore does
+// (SO_REUSEADDR), and closes the socket at once. A port another socket
+// listens on gives an error wrapping ErrPortInUse. The port may still be
+// taken between CheckPort and rank 0's listen: this finds the common case
+// (a previous job still running) before any rank starts, not every race.
+func CheckPort(port int) error {
+	err := listenOnce(unix.AF_INET6, port)
+	if errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EADDRNOTAVAIL) {
+		err = listenOnce(unix.AF_INET, port)
+	}
+	if errors.Is(err, unix.EADDRINUSE) {
+		return fmt.Errorf("rendezvous: port %d: %w", port, ErrPortInUse)
+	}
+	if err != nil {
+		return fmt.Errorf("rendezvous: check port %d: %w", port, err)
+	}
+	return nil
+}
+
+// listenOnce listens on port on the family's wildcard address (both
+// families for AF_INET6) with SO_REUSEADDR, and closes the socket.
+func listenOnce(family, port int) error {
+	s, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(s)
+	var sa unix.Sockaddr = &unix.SockaddrInet4{Port: port}
+	if family == unix.AF_INET6 {
+		sa = &unix.SockaddrInet6{Port: port}
+		if err := unix.SetsockoptInt(s, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return os.NewSyscallError("setsockopt IPV6_V6ONLY", err)
+		}
+	}
+	if err := unix.SetsockoptInt(s, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return os.NewSyscallError("setsockopt SO_REUSEADDR", err)
+	}
+	if err := unix.Bind(s, sa); err != nil {
+		return os.NewSyscallError("bind", err)
+	}
+	return os.NewSyscallError("listen", unix.Listen(s, 1))
+}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -160,7 +159,11 @@ func expandTasksPerNode(v string) ([]int, error) {
 // it (scontrol show node NAME), which is how slurmctld reaches the node.
 // Asking Slurm comes last because every node of every step would ask
 // slurmctld at once. Each lookup is bounded by ctx and a few seconds.
-func (s *Slurm) MasterAddr(ctx context.Context) (addr, how string, err error) {
+//
+// lookupHost resolves a name, normally net.DefaultResolver.LookupHost: the
+// package does not link package net itself, so that a Go API program (which
+// links it through the launcher) stays statically linked.
+func (s *Slurm) MasterAddr(ctx context.Context, lookupHost func(context.Context, string) ([]string, error)) (addr, how string, err error) {
 	name := s.Master()
 	for _, alias := range strings.Split(s.NodeAliases, ",") {
 		// name:addr:host, where addr may be a bracketed IPv6 address.
@@ -172,7 +175,7 @@ func (s *Slurm) MasterAddr(ctx context.Context) (addr, how string, err error) {
 	}
 	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_, dnsErr := net.DefaultResolver.LookupHost(lctx, name)
+	_, dnsErr := lookupHost(lctx, name)
 	if dnsErr == nil {
 		return name, "the node's name", nil
 	}

@@ -3,6 +3,7 @@ package rendezvous
 import (
 	"context"
 	"errors"
+	"net"
 	"slices"
 	"testing"
 )
@@ -115,18 +116,18 @@ func TestSlurmMasterAddr(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if addr, how, err := s.MasterAddr(ctx); addr != "fd00::7" || how != "SLURM_NODE_ALIASES" || err != nil {
+	if addr, how, err := s.MasterAddr(ctx, net.DefaultResolver.LookupHost); addr != "fd00::7" || how != "SLURM_NODE_ALIASES" || err != nil {
 		t.Errorf("MasterAddr with aliases = %q, %q, %v; want fd00::7 from SLURM_NODE_ALIASES", addr, how, err)
 	}
 	s.Nodes[0] = "localhost" // resolves everywhere (/etc/hosts)
-	if addr, how, err := s.MasterAddr(ctx); addr != "localhost" || err != nil {
+	if addr, how, err := s.MasterAddr(ctx, net.DefaultResolver.LookupHost); addr != "localhost" || err != nil {
 		t.Errorf("MasterAddr(localhost) = %q, %q, %v; want localhost, its own name", addr, how, err)
 	}
 	// A name that resolves nowhere, and no Slurm to ask (an empty PATH):
 	// both reasons come back.
 	t.Setenv("PATH", "")
 	s.Nodes[0] = "no-such-node.invalid"
-	_, _, err = s.MasterAddr(ctx)
+	_, _, err = s.MasterAddr(ctx, net.DefaultResolver.LookupHost)
 	var me *MasterAddrError
 	if !errors.As(err, &me) || me.Node != "no-such-node.invalid" || me.DNS == nil || me.Slurm == nil {
 		t.Errorf("MasterAddr(unresolvable, no scontrol) = %v; want a *MasterAddrError with both reasons", err)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -90,7 +91,7 @@ func (cfg *config) applyScheduler(c *cli.Context) error {
 // how it was found, for the detection line ("" when it is the node's name).
 // A dry run goes on without one, with a warning.
 func (cfg *config) slurmMasterAddr(c *cli.Context, s *rendezvous.Slurm) (string, error) {
-	addr, how, err := s.MasterAddr(c.Context)
+	addr, how, err := s.MasterAddr(c.Context, net.DefaultResolver.LookupHost)
 	switch {
 	case err != nil && !cfg.dryRun:
 		return "", usagef("SLURM's master node %s has no address here: %s; give it with --master-addr", s.Master(), masterAddrReason(err))
