@@ -36,13 +36,15 @@ func contain(want Containment, specs []Spec, g *guard) (*containment, error) {
 	c := &containment{guard: g}
 	switch want {
 	case ContainAuto, ContainCgroup:
+		// The guard hears of the job cgroups' prefix before the first is
+		// made: a launcher killed in between leaves none behind.
+		g.watchCgroups()
 		cg, err := newJobCgroup(len(specs))
 		if err == nil {
 			c.kind, c.cg = ContainCgroup, cg
 			for i := range specs {
 				specs[i].cgroup, specs[i].cgroupPath = cg.fds[i], cg.ranks[i]
 			}
-			g.watchCgroups()
 			return c, nil
 		}
 		if want == ContainCgroup {
