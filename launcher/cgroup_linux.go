@@ -194,19 +194,16 @@ const removePasses = 3
 // cgroups, deepest first (a rank may have made cgroups of its own). A
 // cgroup that a process entered after the job's last kill stays
 // populated, and rmdir fails with EBUSY: remove then kills the job's
-// cgroups again, waits at most wait for them to empty and tries again, up
-// to removePasses in all. It returns what it could not remove; the guard
-// tries again when this process exits.
+// cgroups again, waits at most wait for them to empty and, if they did,
+// tries again, up to removePasses in all. It returns what it could not
+// remove; the guard tries again when this process exits.
 func (c *jobCgroup) remove(wait time.Duration) error {
 	closeAll(c.fds)
 	c.fds = nil
 	var err error
 	for pass := range removePasses {
-		if pass > 0 {
-			if c.kill() != nil {
-				break
-			}
-			c.waitEmpty(wait)
+		if pass > 0 && (c.kill() != nil || !c.waitEmpty(wait)) {
+			break // a process that outlives SIGKILL for wait outlives another pass too
 		}
 		if err = removeTree(c.dir); err == nil || !errors.Is(err, unix.EBUSY) {
 			break
