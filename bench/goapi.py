@@ -14,6 +14,11 @@ API side by side, in one run.
         torch.multiprocessing.spawn does), 8 no-op functions, run by
         --python (Debian's /usr/bin/python3 by default);
     targets: (b) within 1.5x of (a), (c) at least 10x (b).
+    With --floor, two more contenders in the same rotation show what the
+    machine itself allows: the shell loop with an empty Go program
+    (`func main() {}`, built static by `go build` into a temporary
+    directory) and with /bin/true. No Go rank starts faster than the first:
+    c over it is the most c/b can be on the machine.
     Each round runs 3 spawns per contender in one process: the first pays
     what a process does once (mpspawn's guard process, Python's resource
     tracker) and is reported on its own line; the headline figures are the
@@ -37,6 +42,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -106,6 +112,20 @@ def prioritise():
     os.nice(-20)
 
 
+def empty_go_program(tmp):
+    """Builds `func main() {}` (static, CGO_ENABLED=0) in tmp; returns its path."""
+    src = os.path.join(tmp, "empty")
+    os.mkdir(src)
+    with open(os.path.join(src, "go.mod"), "w") as f:
+        f.write("module empty\n")
+    with open(os.path.join(src, "main.go"), "w") as f:
+        f.write("package main\n\nfunc main() {}\n")
+    out = os.path.join(tmp, "empty-go")
+    subprocess.run(["go", "build", "-o", out, "."], cwd=src, check=True,
+                   env={**os.environ, "CGO_ENABLED": "0", "GOFLAGS": ""})
+    return out
+
+
 def load():
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
@@ -120,6 +140,8 @@ def main():
     ap.add_argument("--gobench", default="bin/gobench")
     ap.add_argument("--python", default="/usr/bin/python3", help="interpreter of the Python side")
     ap.add_argument("--priority", action="store_true", help="run at nice -20 in an autogroup of its own")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time shell loops of an empty Go program and of /bin/true (needs go)")
     ap.add_argument("--prioritised", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.priority and not a.prioritised:
@@ -136,6 +158,10 @@ def main():
         "go": [a.gobench, "spawn", REPS],
         "py": [a.python, me, "--side", "spawn", REPS],
     }
+    tmp = tempfile.TemporaryDirectory()
+    if a.floor:
+        spawners["empty"] = [a.gobench, "shell", REPS, empty_go_program(tmp.name)]
+        spawners["true"] = [a.gobench, "shell", REPS, "/bin/true"]
     first = {k: [] for k in spawners}
     later = {k: [] for k in spawners}
     py_m, go_m = [], []
@@ -156,6 +182,7 @@ def main():
     load1 = load()
     med = {k: statistics.median(v) * 1000 for k, v in later.items()}
     med1 = {k: statistics.median(v) * 1000 for k, v in first.items()}
+    tmp.cleanup()
     pyver = subprocess.run([a.python, "-c", "import sys; print(sys.version.split()[0])"],
                            capture_output=True, text=True).stdout.strip()
     link = "dynamically linked" if dynamic(a.gobench) else "statically linked"
@@ -166,6 +193,10 @@ def main():
     print(f"  (a) shell loop, 8 x `gobench nop`      {med['shell']:8.1f} ms")
     print(f"  (b) mp.Spawn + Join                    {med['go']:8.1f} ms   b/a {med['go'] / med['shell']:5.2f}x (target <= 1.5x)")
     print(f"  (c) multiprocessing spawn              {med['py']:8.1f} ms   c/b {med['py'] / med['go']:5.1f}x (target >= 10x)")
+    if a.floor:
+        print(f"  (d) shell loop, 8 x empty Go program   {med['empty']:8.1f} ms   c/d {med['py'] / med['empty']:5.1f}x: "
+              f"the most c/b can be here; b/d {med['go'] / med['empty']:.2f}x")
+        print(f"  (e) shell loop, 8 x /bin/true          {med['true']:8.1f} ms   c/e {med['py'] / med['true']:5.1f}x")
     print(f"  first of a process: (a) {med1['shell']:.1f} ms, (b) {med1['go']:.1f} ms (starts the guard), "
           f"(c) {med1['py']:.1f} ms (starts the resource tracker); "
           f"b/a {med1['go'] / med1['shell']:.2f}x, c/b {med1['py'] / med1['go']:.1f}x")

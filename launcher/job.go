@@ -64,7 +64,8 @@ type Job struct {
 	// discards them.
 	Notes io.Writer
 
-	tails []*Tail // each local rank's stderr, kept by Specs
+	tails    []*Tail // each local rank's stderr, kept by Specs
+	ompNoted bool    // noteOMP has spoken
 }
 
 // AttemptDir is the directory of this attempt's per-rank files.
@@ -242,8 +243,12 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 }
 
 // noteOMP says what OMP_NUM_THREADS the ranks get when the user left it
-// unset.
+// unset, once for the job: not again when a restart runs the ranks again.
 func (j *Job) noteOMP() {
+	if j.ompNoted {
+		return
+	}
+	j.ompNoted = true
 	switch bound := j.boundOMP(); {
 	case bound != "":
 		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)

@@ -3,8 +3,9 @@
 // number per line for the script to read.
 //
 //	gobench spawn REPS        seconds to spawn and join 8 no-op ranks, per rep
-//	gobench shell REPS        seconds for sh to start 8 processes of gobench nop
-//	                          and wait for them, per rep: the anchor for spawn
+//	gobench shell REPS [PROG] seconds for sh to start 8 processes of gobench nop
+//	                          (or of PROG) and wait for them, per rep: the anchor
+//	                          for spawn (with PROG, a floor under it)
 //	gobench nop               nothing: the binary's own start and exit
 //	gobench queue N           messages per second through an ipc.Queue, rank 0 → rank 1
 //	gobench handoff N         64 MiB float32 buffers per second handed from rank 0 to rank 1,
@@ -63,7 +64,7 @@ func main() {
 	case "spawn":
 		err = spawn(n)
 	case "shell":
-		err = shell(n)
+		err = shell(n, os.Args[3:])
 	case "queue", "handoff", "handoff-fresh":
 		err = ipcBench(os.Args[1], n)
 	case "map":
@@ -97,11 +98,16 @@ const shellLoop = `for i in 1 2 3 4 5 6 7 8; do "$0" nop & done; wait`
 
 // shell times sh running shellLoop with this binary: 8 processes of the
 // ranks' own binary doing nothing, so that the binary's start (runtime and
-// package init, dynamic loading) is in the anchor as it is in the ranks.
-func shell(reps int) error {
+// package init) is in the anchor as it is in the ranks. With prog, the loop
+// runs prog instead (an empty Go program, /bin/true): what starting any
+// process, or any Go process, costs on the machine.
+func shell(reps int, prog []string) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	if len(prog) > 0 {
+		exe = prog[0]
 	}
 	for range reps {
 		cmd := exec.Command("/bin/sh", "-c", shellLoop, exe)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/etcdtest"
 	"github.com/mpspawn/mpspawn/rendezvous"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // syncBuffer is a Notes writer the test reads while nodes write.
@@ -151,6 +152,46 @@ func TestEtcdRound(t *testing.T) {
 
 // Membership is r's membership (a helper for readability).
 func (e *Rendezvous) Membership(r rendezvous.Round) rendezvous.Membership { return r.Membership }
+
+// TestEtcdWatchCompacted: a round watch that resumes (after etcd went
+// away) at a revision etcd has since compacted reads the keys again rather
+// than retrying the lost history for ever: a failure published in the gap
+// still stops the node.
+func TestEtcdWatchCompacted(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newNode(t, srv, "job", "127.0.0.2", 1, 2, 2, nil)
+	b := newNode(t, srv, "job", "127.0.0.3", 1, 2, 2, nil)
+	rs := nextAll(t, a, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a.stopWatch() // node 0 is cut off from here on...
+	before, err := a.cli.Get(ctx, a.prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Fail(ctx, rendezvous.Failure{Rank: 1, ExitCode: 7, Message: "in the gap", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	// A write elsewhere, so that compacting at its revision removes the
+	// failure's own revisions from the history.
+	after, err := a.cli.Put(ctx, "/unrelated", "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.cli.Compact(ctx, after.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	// ...and resumes where it was, in history etcd no longer has.
+	a.cur = a.watchRoundFrom(rs[0], before.Header.Revision+1)
+	select {
+	case s := <-a.Stopped():
+		if s.Failure == nil || s.Failure.ExitCode != 7 || s.Failure.Message != "in the gap" {
+			t.Errorf("node 0 stop = %+v; want node 1's failure", s)
+		}
+	case <-ctx.Done():
+		t.Fatal("node 0 was not told of the failure published while its watch was away and compacted")
+	}
+}
 
 // TestEtcdTwoRuns: two jobs with different run ids on one etcd, same
 // addresses, never see each other.

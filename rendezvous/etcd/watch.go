@@ -31,9 +31,15 @@ type roundWatch struct {
 	failed  bool
 }
 
-// watchRound starts watching round r, from the revision after its
-// members were read.
+// watchRound starts watching round r: it reads the run's keys, then
+// follows their changes from the revision after that read.
 func (e *Rendezvous) watchRound(r rendezvous.Round) *roundWatch {
+	return e.watchRoundFrom(r, 0)
+}
+
+// watchRoundFrom is watchRound resuming a watch at revision rev, as after a
+// broken watch; rev 0 reads the keys first.
+func (e *Rendezvous) watchRoundFrom(r rendezvous.Round, rev int64) *roundWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &roundWatch{
 		round: r, nodeRank: r.NodeRank,
@@ -46,7 +52,7 @@ func (e *Rendezvous) watchRound(r rendezvous.Round) *roundWatch {
 	}
 	go func() {
 		defer close(w.done)
-		e.watch(ctx, w)
+		e.watch(ctx, w, rev)
 	}()
 	return w
 }
@@ -65,39 +71,29 @@ func (w *roundWatch) stop(s rendezvous.Stop) {
 	w.stopOnce.Do(func() { w.stopc <- s })
 }
 
-// watch reads the round's state once, then follows its events; a broken
-// watch (etcd restarting) is resumed from the last revision seen.
-func (e *Rendezvous) watch(ctx context.Context, w *roundWatch) {
-	events, err := e.syncedWatch(ctx)
-	var resp *clientv3.GetResponse
-	if err == nil {
-		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
-	}
-	for err != nil { // etcd away as the round starts: read again
-		if ctx.Err() != nil {
-			return
-		}
-		events = nil
-		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
-	}
-	present := map[string]bool{}
-	for _, kv := range resp.Kvs {
-		e.applyRound(ctx, w, string(kv.Key), kv.Value, false)
-		present[string(kv.Key)] = true
-	}
-	for id := range w.members {
-		// A member lost between the round's start and this read.
-		if k := e.roundKey(w.round.Number, "join", id); !present[k] {
-			e.applyRound(ctx, w, k, nil, true)
-		}
-	}
-	floor := resp.Header.Revision // events up to here are in the read
-	rev := floor + 1              // where a broken watch resumes
+// watch follows the run's keys for round w from revision rev (0: read
+// them first). A broken watch (etcd restarting) resumes from the last
+// revision seen; one that cannot resume because etcd compacted its history
+// past that revision reads the keys again instead, so that no change in
+// between goes unseen.
+func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
+	var events clientv3.WatchChan
+	floor := rev - 1 // changes up to here are known
 	for ctx.Err() == nil {
+		if rev == 0 {
+			if events, floor = e.readRound(ctx, w); ctx.Err() != nil {
+				return
+			}
+			rev = floor + 1
+		}
 		if events == nil {
 			events = e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 		}
 		for wr := range events {
+			if wr.CompactRevision != 0 {
+				rev = 0 // the history from rev is gone: read the keys again
+				break
+			}
 			if wr.Err() != nil {
 				break
 			}
@@ -119,6 +115,37 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch) {
 			}
 		}
 	}
+}
+
+// readRound starts a watch, then reads the run's keys and applies them to
+// round w; it returns the watch (nil if etcd refused it: the caller makes
+// one) and the revision of the read, which the watch's events up to are
+// already applied.
+func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (clientv3.WatchChan, int64) {
+	events, err := e.syncedWatch(ctx)
+	var resp *clientv3.GetResponse
+	if err == nil {
+		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+	}
+	for err != nil { // etcd away: read again
+		if ctx.Err() != nil {
+			return nil, 0
+		}
+		events = nil
+		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+	}
+	present := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		e.applyRound(ctx, w, string(kv.Key), kv.Value, false)
+		present[string(kv.Key)] = true
+	}
+	for id := range w.members {
+		// A member lost between the round's start and this read.
+		if k := e.roundKey(w.round.Number, "join", id); !present[k] {
+			e.applyRound(ctx, w, k, nil, true)
+		}
+	}
+	return events, resp.Header.Revision
 }
 
 // applyRound applies one key of the run to the watched round.
