@@ -118,7 +118,8 @@ func TestCgroupRemoveAfterALateEntry(t *testing.T) {
 // kills the job's cgroups and waits for them to empty; a process enters a
 // rank's cgroup between that wait and the guard's rmdir (the window in
 // which a forkserver's child could land in it): the guard kills it and
-// removes every cgroup all the same. The test stops the guard (SIGSTOP)
+// removes every cgroup all the same, a cgroup a rank made under its own
+// included. The test stops the guard (SIGSTOP)
 // the moment it opens the job's cgroup to remove what is in it, as an
 // inotify watch reports, moves a process of its own into rank 1's cgroup,
 // and lets the guard go on.
@@ -154,6 +155,9 @@ func guardAfterALateEntry(t *testing.T, base string) (entered bool) {
 	defer unix.Close(gfd)
 	defer syscall.Kill(-guard, syscall.SIGCONT) // whatever happens, the guard does not stay stopped
 	late := startIdle(t)
+	if err := os.Mkdir(filepath.Join(job, "rank-0", "own"), 0o755); err != nil { // a rank's cgroup of its own
+		t.Fatal(err)
+	}
 	in, err := unix.InotifyInit1(unix.IN_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
