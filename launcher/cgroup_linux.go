@@ -17,8 +17,8 @@ import (
 
 // jobCgroup is one Group's cgroup v2 subtree: a cgroup for the job under
 // the launcher's own, and one child per rank, which the rank is born into
-// (clone3 CLONE_INTO_CGROUP for spawn; the forkserver's child moves itself
-// before it runs the script). Whatever a rank starts stays in its cgroup —
+// (clone3 CLONE_INTO_CGROUP for spawn; the forkserver moves its child in
+// before the child runs anything). Whatever a rank starts stays in its cgroup —
 // setsid, double forks and new process groups included — so cgroup.kill
 // ends every descendant at once, and nothing outlives the job.
 type jobCgroup struct {
@@ -138,12 +138,12 @@ func newJobCgroup(n int) (*jobCgroup, error) {
 	for i := range n {
 		dir := filepath.Join(c.dir, "rank-"+strconv.Itoa(i))
 		if err := os.Mkdir(dir, 0o755); err != nil {
-			c.remove()
+			_ = c.remove(0) // nothing ran in them
 			return nil, fmt.Errorf("launcher: cgroups: %w", err)
 		}
 		f, err := os.Open(dir)
 		if err != nil {
-			c.remove()
+			_ = c.remove(0)
 			return nil, fmt.Errorf("launcher: cgroups: %w", err)
 		}
 		c.ranks, c.fds = append(c.ranks, dir), append(c.fds, f)
@@ -187,13 +187,52 @@ func (c *jobCgroup) waitEmpty(d time.Duration) bool {
 	}
 }
 
-// remove closes the rank cgroups' descriptors and removes the cgroups,
-// which must be empty.
-func (c *jobCgroup) remove() {
+// removePasses bounds remove's passes over the job's cgroups.
+const removePasses = 3
+
+// remove closes the rank cgroups' descriptors and removes the job's
+// cgroups, deepest first (a rank may have made cgroups of its own). A
+// cgroup that a process entered after the job's last kill stays
+// populated, and rmdir fails with EBUSY: remove then kills the job's
+// cgroups again, waits at most wait for them to empty and, if they did,
+// tries again, up to removePasses in all. It returns what it could not
+// remove; the guard tries again when this process exits.
+func (c *jobCgroup) remove(wait time.Duration) error {
 	closeAll(c.fds)
 	c.fds = nil
-	for _, dir := range c.ranks {
-		_ = os.Remove(dir)
+	var err error
+	for pass := range removePasses {
+		if pass > 0 && (c.kill() != nil || !c.waitEmpty(wait)) {
+			break // a process that outlives SIGKILL for wait outlives another pass too
+		}
+		if err = removeTree(c.dir); err == nil || !errors.Is(err, unix.EBUSY) {
+			break
+		}
 	}
-	_ = os.Remove(c.dir)
+	if err != nil {
+		return fmt.Errorf("launcher: cgroups: remove %s: %w", c.dir, err)
+	}
+	return nil
+}
+
+// removeTree removes the cgroup dir and the cgroups under it, children
+// first. One already gone is not an error; the first other failure is
+// returned after trying the rest.
+func removeTree(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var first error
+	for _, e := range ents {
+		if e.IsDir() {
+			if err := removeTree(filepath.Join(dir, e.Name())); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	if err := unix.Rmdir(dir); err != nil && err != unix.ENOENT && first == nil {
+		first = err
+	}
+	return first
 }

@@ -36,13 +36,15 @@ func contain(want Containment, specs []Spec, g *guard) (*containment, error) {
 	c := &containment{guard: g}
 	switch want {
 	case ContainAuto, ContainCgroup:
+		// The guard hears of the job cgroups' prefix before the first is
+		// made: a launcher killed in between leaves none behind.
+		g.watchCgroups()
 		cg, err := newJobCgroup(len(specs))
 		if err == nil {
 			c.kind, c.cg = ContainCgroup, cg
 			for i := range specs {
 				specs[i].cgroup, specs[i].cgroupPath = cg.fds[i], cg.ranks[i]
 			}
-			g.watchCgroups()
 			return c, nil
 		}
 		if want == ContainCgroup {
@@ -115,9 +117,12 @@ func (c *containment) sweep(ranks []*rankProc, wait time.Duration) {
 	}
 }
 
-// close removes the job's cgroups.
-func (c *containment) close() {
+// close removes the job's cgroups, killing again, and waiting at most
+// wait for, whatever entered them since end. What it cannot remove (a
+// process that does not exit after SIGKILL) is left to the guard, which
+// removes this process's job cgroups when it exits.
+func (c *containment) close(wait time.Duration) {
 	if c.cg != nil {
-		c.cg.remove()
+		_ = c.cg.remove(wait)
 	}
 }

@@ -14,7 +14,7 @@ type containment struct {
 func contain(Containment, []Spec, *guard) (*containment, error) { return nil, ErrUnsupported }
 func (*containment) kill()                                      {}
 func (*containment) end([]*rankProc, time.Duration)             {}
-func (*containment) close()                                     {}
+func (*containment) close(time.Duration)                        {}
 func (*containment) usage(*rankProc)                            {}
 
 // RemoveOnDeath returns ErrUnsupported: there is no guard off Linux.

@@ -10,8 +10,10 @@
 # then serves one JSON message per packet:
 #
 #   launcher -> server  {"op": "fork", "id": N, "argv": [...], "env": [...],
-#                        "cwd": "...", "cpus": [...]}  + fds (SCM_RIGHTS):
-#                        the rank's fds 0, 1, 2, 3, ... in order
+#                        "cwd": "...", "cpus": [...], "cgroup": "..."}  + fds
+#                        (SCM_RIGHTS): the rank's fds 0, 1, 2, 3, ... in order;
+#                        the server moves the child into "cgroup" (optional)
+#                        before the child runs anything, and before it replies
 #   server -> launcher  {"id": N, "pid": P} or {"id": N, "error": "..."}
 #                       {"error": "..."}  (a bad request with no readable id)
 #                       {"exit": P, "status": WAITSTATUS}  (when P has exited)
@@ -224,6 +226,9 @@ def fork_rank(req, fds):
     if err is not None:
         return error_reply(req["id"], "refusing to fork: " + err)
     kind, target, args = parse_argv(req["argv"])
+    # The child waits for the server's go (one byte on this pipe) before
+    # anything else: see place.
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
     # Signals the launcher may send at once stay blocked in the child until
     # it has its own handlers, as if it were a fresh python.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED)
@@ -231,36 +236,73 @@ def fork_rank(req, fds):
         pid = os.fork()
     except BaseException:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(go_r)
+        os.close(go_w)
         raise
     if pid == 0:
         code = 1
         try:
-            code = child(req, fds, kind, target, args, mask)
+            os.close(go_w)  # so that the server's death reads as EOF
+            code = child(req, fds, kind, target, args, mask, go_r)
         except BaseException:  # noqa: BLE001 - set-up failed: say why, on the rank's stderr
             import traceback
             traceback.print_exc()
         finally:
             os._exit(code)
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    os.close(go_r)
     CHILDREN.add(pid)
-    # Both sides set the group, so that it exists before the launcher
-    # signals it, whichever runs first.
     try:
-        os.setpgid(pid, pid)
+        place(pid, req.get("cgroup"))
+    except OSError as e:
+        os.close(go_w)  # the child reads EOF and exits; it never ran the rank's code
+        kill_child(pid)
+        return error_reply(req["id"], "cannot place the rank in its cgroup %s: %s" % (req.get("cgroup"), e))
+    try:
+        os.write(go_w, b"1")
     except OSError:
-        pass
+        pass  # the child is already dead: its exit is reported as any rank's
+    finally:
+        os.close(go_w)
     return {"id": req["id"], "pid": pid}
 
 
-def child(req, fds, kind, target, args, mask):
+def place(pid, cgroup):
+    """Moves the forked child into its rank's cgroup, then into a process
+    group of its own, before the launcher hears of it. Until then the child
+    is in the server's process group, which the launcher (and its guard,
+    should the launcher die) kills with the server: at every moment the
+    child is either there or in its cgroup, and it never moves itself, so
+    nothing enters a rank cgroup once the server is gone."""
+    if cgroup:
+        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    os.setpgid(pid, pid)
+
+
+def kill_child(pid):
+    """Kills and reaps a child that will not run its rank."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    CHILDREN.discard(pid)
+
+
+def child(req, fds, kind, target, args, mask, go):
     """The rank: returns its exit code (the caller os._exits with it)."""
+    # First of all: the server has placed this process in its cgroup and
+    # its own process group (see place), so whatever the rank starts is
+    # born in its cgroup. EOF: the server died, or could not place it.
+    if os.read(go, 1) != b"1":
+        return 1
+    os.close(go)
     import ctypes
 
-    if req.get("cgroup"):
-        # First of all: whatever the rank starts is born in its cgroup.
-        with open(os.path.join(req["cgroup"], "cgroup.procs"), "w") as f:
-            f.write("0")
-    os.setpgid(0, 0)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != SERVER_PID:

@@ -134,8 +134,11 @@ type forkRequest struct {
 	Env  []string `json:"env"`
 	Cwd  string   `json:"cwd,omitempty"`
 	CPUs []int    `json:"cpus,omitempty"`
-	// Cgroup is the rank's cgroup, which the forked child moves itself
-	// into before anything else.
+	// Cgroup is the rank's cgroup: the server moves the forked child into
+	// it, and then into a process group of its own, before the child runs
+	// anything and before it replies. Until then the child is in the
+	// server's process group, killed with the server; it never moves
+	// itself, so nothing enters a rank cgroup once the server is gone.
 	Cgroup string `json:"cgroup,omitempty"`
 }
 

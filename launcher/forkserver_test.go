@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/internal/proctest"
 	"golang.org/x/sys/unix"
 )
@@ -246,6 +247,8 @@ func TestForkserverBadRequests(t *testing.T) {
 		{"NUL in env", `{"id":%d,"op":"fork","env":["A=\u0000"],"argv":` + string(argv) + `}`, stdio, "bad request: env ['A=\\x00'] is not a list of strings without NUL"},
 		{"cpus not numbers", `{"id":%d,` + fork + `,"cpus":["0"]}`, stdio, "bad request: cpus ['0'] is not a list of CPU numbers"},
 		{"bad cwd", `{"id":%d,` + fork + `,"cwd":"/nonexistent/mpspawn"}`, stdio, "bad request: cwd '/nonexistent/mpspawn' is not a directory"},
+		{"bad cgroup", `{"id":%d,` + fork + `,"cgroup":"/nonexistent/mpspawn"}`, stdio, "bad request: cgroup '/nonexistent/mpspawn' is not a directory"},
+		{"cgroup that takes no process", `{"id":%d,` + fork + `,"cgroup":"/proc"}`, stdio, "cannot place the rank in its cgroup /proc"},
 		{"no stdio", `{"id":%d,` + fork + `}`, stdio[:1], "bad request: 1 fds"},
 		{"too many fds", `{"id":%d,` + fork + `}`, tooMany, "bad request: more than 64 fds"},
 		{"not python", `{"id":%d,"op":"fork","env":[],"argv":["-c","pass"]}`, stdio, "bad request: forkserver runs PYTHON"},
@@ -293,6 +296,13 @@ func TestForkserverBadRequests(t *testing.T) {
 				t.Errorf("%q got %d errors with no id; want none", tc.packet, n-stray)
 			}
 		})
+	}
+	// A refused fork leaves no child, not even a zombie: none forked, or
+	// the one forked killed and reaped.
+	for _, pid := range procfs.Pids() {
+		if st, ppid, err := procfs.Stat(pid); err == nil && ppid == fs.Pid() {
+			t.Errorf("forkserver's child %d (state %c) after refused requests; want none", pid, st)
+		}
 	}
 	// The server lives on and forks.
 	out := &lineBuffer{}

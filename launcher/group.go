@@ -115,12 +115,12 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 		return nil, err
 	}
 	if err := g.watch(specs); err != nil {
-		g.cont.close()
+		g.cont.close(g.opts.killWait())
 		return nil, err
 	}
 	m := opts.method()
 	if err := m.Ready(ctx); err != nil {
-		g.cont.close()
+		g.cont.close(g.opts.killWait())
 		g.stacks.remove()
 		return nil, err
 	}
@@ -446,7 +446,7 @@ func (g *Group) finish() {
 		}
 		g.cont.usage(rp) // every process in its cgroup is gone
 	}
-	g.cont.close()
+	g.cont.close(g.opts.killWait())
 	g.stacks.remove()
 	g.thr.close()
 }

@@ -16,8 +16,11 @@ import (
 // launcher's job cgroups ("cPREFIX") and the directories to remove ("dDIR", one per line),
 // and, when its pipe reaches EOF — the launcher process exited or died,
 // even by SIGKILL — kills every rank still in the set, and its process group, and every job cgroup
-// still there (cgroup.kill), waits for the cgroups to empty (bounded),
-// removes them, and removes the directories. It ignores the signals a
+// still there (cgroup.kill), waits for the cgroups to empty (bounded,
+// killing again whatever entered them meanwhile), removes them deepest
+// first, and goes round again, at most three times in all, while any is
+// left (a process that entered one between the wait and the rmdir makes
+// rmdir fail with EBUSY); then it removes the directories. It ignores the signals a
 // terminal or the launcher's own process group might receive, and runs in
 // a session of its own.
 const guardScript = `trap '' INT TERM HUP QUIT USR1 USR2 PIPE
@@ -38,21 +41,26 @@ done <&3
 for p in $g; do
 	kill -s KILL -- -$p $p 2>/dev/null
 done
-if [ -n "$c" ]; then
+n=0
+while [ -n "$c" ] && [ $n -lt 3 ]; do
+	n=$((n+1))
+	left=
 	for j in "$c"*; do
-		[ -f "$j/cgroup.kill" ] && echo 1 > "$j/cgroup.kill"
+		[ -f "$j/cgroup.kill" ] && left=1 && echo 1 > "$j/cgroup.kill"
 	done
+	[ -n "$left" ] || break
 	for j in "$c"*; do
 		i=0
-		while [ -d "$j" ] && [ $i -lt 100 ]; do
+		while [ -f "$j/cgroup.events" ] && [ $i -lt 100 ]; do
 			read -r e < "$j/cgroup.events"
 			[ "$e" = "populated 0" ] && break
+			echo 1 > "$j/cgroup.kill"
 			sleep 0.05
 			i=$((i+1))
 		done
-		rmdir "$j"/rank-* "$j" 2>/dev/null
+		[ -d "$j" ] && find "$j" -depth -type d -exec rmdir {} + 2>/dev/null
 	done
-fi
+done
 printf %s "$d" | while IFS= read -r x; do
 	[ -n "$x" ] && [ -d "$x" ] && [ ! -L "$x" ] && rm -rf -- "$x"
 done

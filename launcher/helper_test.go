@@ -42,6 +42,13 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "the tests leaked file descriptors: %s\n", strings.Join(leaked, ", "))
 			code = 1
 		}
+		if base, err := cgroupBase(); err == nil {
+			if left := cgroupsLeft(base, fmt.Sprintf("mpspawn-%d-", os.Getpid())); len(left) > 0 {
+				fmt.Fprintf(os.Stderr, "the tests left job cgroups: %s\n", strings.Join(left, ", "))
+				removeLeft(left)
+				code = 1
+			}
+		}
 	}
 	os.Exit(code)
 }

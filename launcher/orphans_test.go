@@ -22,7 +22,11 @@ import (
 
 // helperLauncher is a launcher process for TestLauncherSIGKILLLeavesNothing:
 // it starts n "family" ranks and reports every rank's and child's pid on
-// ready, in one line, then supervises until killed.
+// ready, in one line, then supervises until killed. $MPSPAWN_TEST_MODE
+// names another mode, $MPSPAWN_TEST_CONTAIN the containment;
+// $MPSPAWN_TEST_PYTHON and $MPSPAWN_TEST_SCRIPT fork the ranks from a
+// forkserver, which preloads the modules in $MPSPAWN_TEST_PRELOAD
+// (comma-separated).
 func helperLauncher(ready string, n int) int {
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -44,7 +48,11 @@ func helperLauncher(ready string, n int) int {
 	}
 	opts := Options{Containment: Containment(os.Getenv("MPSPAWN_TEST_CONTAIN"))}
 	if python := os.Getenv("MPSPAWN_TEST_PYTHON"); python != "" {
-		fs, err := StartForkserver(ForkserverConfig{Python: python})
+		var preload []string
+		if p := os.Getenv("MPSPAWN_TEST_PRELOAD"); p != "" {
+			preload = strings.Split(p, ",")
+		}
+		fs, err := StartForkserver(ForkserverConfig{Python: python, Preload: preload})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
