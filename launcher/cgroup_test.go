@@ -308,20 +308,8 @@ func acceptHeld(t *testing.T, ln *net.UnixListener, n int) []held {
 // runs), or, killed with the launcher before it did, outlive the job.
 func TestForkserverPlacesItsChildBeforeReplying(t *testing.T) {
 	needCgroups(t)
-	python, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("no python3 on PATH")
-	}
-	script := filepath.Join(t.TempDir(), "rank.py")
-	if err := os.WriteFile(script, []byte(forkRank), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	ln, env := holdSetup(t)
-	fs, err := StartForkserver(ForkserverConfig{Python: python, Preload: []string{"mpspawn_hold"}, Env: append(os.Environ(), env...)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fs.Close()
+	fs, python, script := startForkserverWith(t, ForkserverConfig{Preload: []string{"mpspawn_hold"}, Env: append(os.Environ(), env...)})
 	g, err := Start(context.Background(), []Spec{pySpec(0, python, script, "exit", "0")}, Options{Method: fs, Containment: ContainCgroup})
 	if err != nil {
 		t.Fatal(err)

@@ -91,6 +91,12 @@ if mode == "env":
 // rank script's path; the server is closed when the test ends.
 func startForkserver(t *testing.T, preload ...string) (*Forkserver, string, string) {
 	t.Helper()
+	return startForkserverWith(t, ForkserverConfig{Preload: preload})
+}
+
+// startForkserverWith is startForkserver with cfg (its Python is set).
+func startForkserverWith(t *testing.T, cfg ForkserverConfig) (*Forkserver, string, string) {
+	t.Helper()
 	python, err := exec.LookPath("python3")
 	if err != nil {
 		t.Skip("no python3 on PATH")
@@ -99,7 +105,8 @@ func startForkserver(t *testing.T, preload ...string) (*Forkserver, string, stri
 	if err := os.WriteFile(script, []byte(forkRank), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	fs, err := StartForkserver(ForkserverConfig{Python: python, Preload: preload})
+	cfg.Python = python
+	fs, err := StartForkserver(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
