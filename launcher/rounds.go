@@ -121,11 +121,9 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 	j.Options.OnRootCause, j.Options.OnCause = pub.publish, pub.publishCause
 	stopped := make(chan struct{})
 	var wg sync.WaitGroup
-	var taken *rendezvous.Stop // the round's stop, once this goroutine took it
 	wg.Go(func() {
 		select {
 		case s := <-rdzv.Stopped():
-			taken = &s
 			cancel(&rendezvous.StopError{Stop: s})
 		case <-stopped:
 		}
@@ -133,7 +131,6 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 	res, err := j.Run(rctx)
 	close(stopped)
 	wg.Wait()
-
 	first := pub.wait()
 	if err != nil {
 		return Attempt{}, err
@@ -161,13 +158,6 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 		a.Change = se.Stop.Reason
 	case reason(res.Cause) != "": // a hang, a timeout: a failure, as a rank's
 		a.RootCause = pub.settle(res.Cause)
-	case res.Succeeded() && taken != nil && taken.Failure != nil:
-		// Another node failed as this node's ranks were ending: too late
-		// to stop them, but the round failed. (The stop is delivered once:
-		// Finish would wait for it in vain.)
-		a.RootCause = taken.Failure
-	case res.Succeeded() && taken != nil && taken.Reason == rendezvous.ReasonClosed:
-		// The run closed as the ranks were ending: nothing to wait for.
 	case res.Succeeded():
 		s, err := rdzv.Finish(ctx)
 		if err == nil && s != nil && s.Failure != nil {

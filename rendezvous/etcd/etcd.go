@@ -369,16 +369,21 @@ func (e *Rendezvous) Finish(ctx context.Context) (*rendezvous.Stop, error) {
 	}
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
+	// The stop itself may have been taken from Stopped already (by the
+	// caller cancelling ranks that had all succeeded by then): wait on
+	// the round's record of it instead.
+	stopped := w.stopped
 	for {
 		select {
 		case <-w.allDone:
 			return nil, nil
-		case s := <-w.stopc:
-			if s.Failure != nil || s.Reason == rendezvous.ReasonClosed {
+		case <-stopped:
+			if s := w.first; s.Failure != nil || s.Reason == rendezvous.ReasonClosed {
 				return &s, nil
 			}
 			// A node waiting to join: this node has finished; the others
 			// decide.
+			stopped = nil
 		case <-t.C:
 			fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: this node's ranks succeeded; other nodes still running after %v (close_timeout), not waiting longer\n", e.cfg.RunID, e.cfg.CloseTimeout)
 			return nil, nil

@@ -19,7 +19,9 @@ import (
 type roundWatch struct {
 	round    rendezvous.Round
 	nodeRank int
-	stopc    chan rendezvous.Stop // receives once
+	stopc    chan rendezvous.Stop // receives once: Stopped's reader takes it
+	stopped  chan struct{}        // closed once first is set: any number of readers
+	first    rendezvous.Stop      // the round's stop, once stopped is closed
 	allDone  chan struct{}        // closed once every member is done
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -45,7 +47,7 @@ func (e *Rendezvous) watchRoundFrom(r rendezvous.Round, rev int64) *roundWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &roundWatch{
 		round: r, nodeRank: r.NodeRank,
-		stopc: make(chan rendezvous.Stop, 1), allDone: make(chan struct{}),
+		stopc: make(chan rendezvous.Stop, 1), stopped: make(chan struct{}), allDone: make(chan struct{}),
 		cancel: cancel, done: make(chan struct{}),
 		members: map[string]rendezvous.Node{}, isDone: map[string]bool{},
 	}
@@ -70,7 +72,11 @@ func (e *Rendezvous) stopWatch() {
 }
 
 func (w *roundWatch) stop(s rendezvous.Stop) {
-	w.stopOnce.Do(func() { w.stopc <- s })
+	w.stopOnce.Do(func() {
+		w.first = s
+		close(w.stopped)
+		w.stopc <- s
+	})
 }
 
 // watch follows the run's keys for round w from revision rev (0: read
