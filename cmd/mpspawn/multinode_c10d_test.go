@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/etcdtest"
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/internal/proctest"
 	"golang.org/x/sys/unix"
 )
@@ -29,11 +30,7 @@ func TestMultinodeC10dHostedEtcdDies(t *testing.T) {
 	}
 	ep := fmt.Sprintf("127.0.0.2:%d", port)
 	dir := t.TempDir()
-	for _, f := range []string{"up0", "up1", "go0", "go1"} {
-		if err := unix.Mkfifo(filepath.Join(dir, f), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	mkfifos(t, dir, "up0", "up1", "go0", "go1")
 	// Each node's rank says it runs, then waits for the test's word: node
 	// 0's rank then exits 3, node 1's exits 0.
 	script := `echo $$ > ` + dir + `/pid$GROUP_RANK; echo up > ` + dir + `/up$GROUP_RANK; read x < ` + dir + `/go$GROUP_RANK; [ "$GROUP_RANK" = 0 ] && exit 3; exit 0`
@@ -52,11 +49,11 @@ func TestMultinodeC10dHostedEtcdDies(t *testing.T) {
 	if !n0.stderr.waitFor("exited during the job", nodeTimeout) {
 		t.Fatalf("node 0 did not say its etcd server exited; stderr:\n%s", n0.stderr.String())
 	}
-	writeLine(t, filepath.Join(dir, "go0"))
+	writeFIFO(t, filepath.Join(dir, "go0"))
 	if code := n0.wait(t); code != 3 {
 		t.Errorf("node 0 exited %d; want 3 (its rank's code); stderr:\n%s", code, n0.stderr.String())
 	}
-	writeLine(t, filepath.Join(dir, "go1"))
+	writeFIFO(t, filepath.Join(dir, "go1"))
 	// Node 1's rank succeeded; it cannot tell anyone, and does not wait
 	// for ever trying (close_timeout bounds it).
 	if code := n1.wait(t); code != 0 || !strings.Contains(n1.stderr.String(), "could not tell the other nodes within 5s (close_timeout)") {
@@ -72,46 +69,11 @@ func TestMultinodeC10dHostedEtcdDies(t *testing.T) {
 // childNamed returns the pid of parent's child whose command name is comm.
 func childNamed(t *testing.T, parent int, comm string) int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
-		s := string(b)
-		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < open || s[open+1:end] != comm {
-			continue
-		}
-		var state byte
-		var ppid int
-		if _, err := fmt.Sscanf(s[end+2:], "%c %d", &state, &ppid); err == nil && ppid == parent {
+	for _, pid := range procfs.Children(parent) {
+		if b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm"); err == nil && strings.TrimSpace(string(b)) == comm {
 			return pid
 		}
 	}
 	t.Fatalf("pid %d has no child %q", parent, comm)
 	return 0
-}
-
-// writeLine writes one line to a FIFO whose reader is waiting, bounded.
-func writeLine(t *testing.T, path string) {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- os.WriteFile(path, []byte("go\n"), 0) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(nodeTimeout):
-		t.Fatalf("nobody read %s within %v", path, nodeTimeout)
-	}
 }

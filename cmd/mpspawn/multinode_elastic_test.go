@@ -26,16 +26,19 @@ func mkfifos(t *testing.T, dir string, names ...string) {
 	}
 }
 
-// writeFIFO writes a line to a FIFO a rank reads.
+// writeFIFO writes a line to a FIFO a rank reads, bounded: opening a FIFO
+// for writing waits for its reader.
 func writeFIFO(t *testing.T, path string) {
 	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString("go\n"); err != nil {
-		t.Fatal(err)
+	done := make(chan error, 1)
+	go func() { done <- os.WriteFile(path, []byte("go\n"), 0) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(nodeTimeout):
+		t.Fatalf("nobody read %s within %v", path, nodeTimeout)
 	}
 }
 
