@@ -146,14 +146,14 @@ func TestRankCommandsRefuse(t *testing.T) {
 }
 
 // Handles travel between test and ranks as their wire form in hex.
-func hexHandle(h Handle) string { return fmt.Sprintf("%x", AppendHandle(nil, h)) }
+func hexHandle(h Handle) string { return fmt.Sprintf("%x", appendHandle(nil, h)) }
 
 func parseHandle(s string) (Handle, error) {
 	var b []byte
 	if _, err := fmt.Sscanf(s, "%x", &b); err != nil {
 		return Handle{}, err
 	}
-	return DecodeHandle(b)
+	return decodeHandle(b)
 }
 
 // byteQueue is the queue the tests pass handles and values through.

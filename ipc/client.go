@@ -128,7 +128,7 @@ func (c *Client) read() {
 				c.asyncErr = payloadErr(f.Payload)
 			}
 		case f.Type == FrameNotice && len(f.Payload) > 0:
-			h, err := DecodeHandle(f.Payload[1:])
+			h, err := decodeHandle(f.Payload[1:])
 			switch {
 			case err != nil:
 			case f.Payload[0] == noticeProducerGone:
@@ -380,7 +380,7 @@ func (c *Client) closedErr() error {
 // Release drops this rank's hold on h: received through a queue, or
 // published by this rank. A host buffer is freed when nobody holds it.
 func (c *Client) Release(ctx context.Context, h Handle) error {
-	_, err := c.request(ctx, AppendHandle([]byte{opRelease}, h))
+	_, err := c.request(ctx, appendHandle([]byte{opRelease}, h))
 	return err
 }
 
@@ -392,7 +392,7 @@ func (c *Client) PublishBlob(ctx context.Context, blob []byte) (Handle, error) {
 	if err != nil {
 		return Handle{}, err
 	}
-	h, err := DecodeHandle(f.Payload)
+	h, err := decodeHandle(f.Payload)
 	if err == nil {
 		c.mu.Lock()
 		c.published = append(c.published, h)
@@ -418,13 +418,13 @@ func (c *Client) publishFile(ctx context.Context, kind Kind, f *os.File, size in
 	if err != nil {
 		return Handle{}, err
 	}
-	return DecodeHandle(r.Payload)
+	return decodeHandle(r.Payload)
 }
 
 // OpenFD returns the descriptor a KindFD or KindHost handle names. The
 // caller closes it, and releases the handle when done.
 func (c *Client) OpenFD(ctx context.Context, h Handle) (*os.File, error) {
-	f, err := c.request(ctx, AppendHandle([]byte{opOpen}, h))
+	f, err := c.request(ctx, appendHandle([]byte{opOpen}, h))
 	if err != nil {
 		return nil, err
 	}
@@ -446,7 +446,7 @@ type Blob struct {
 // pass to cudaIpcOpenMemHandle. Call Valid before every use of what it
 // names, and Close (which releases the handle) when done.
 func (c *Client) OpenBlob(ctx context.Context, h Handle) (*Blob, error) {
-	f, err := c.request(ctx, AppendHandle([]byte{opOpen}, h))
+	f, err := c.request(ctx, appendHandle([]byte{opOpen}, h))
 	if err != nil {
 		return nil, err
 	}
@@ -468,7 +468,7 @@ func (b *Blob) Valid(ctx context.Context) error {
 	if gone {
 		return fmt.Errorf("%w: %s", ErrProducerGone, b.h)
 	}
-	_, err := b.c.request(ctx, AppendHandle([]byte{opCheck}, b.h))
+	_, err := b.c.request(ctx, appendHandle([]byte{opCheck}, b.h))
 	return err
 }
 
@@ -491,7 +491,7 @@ func (c *Client) Close(ctx context.Context, wait time.Duration) []string {
 	c.mu.Unlock()
 	var warnings []string
 	for _, h := range hs {
-		body := AppendHandle([]byte{opWaitUnheld}, h)
+		body := appendHandle([]byte{opWaitUnheld}, h)
 		body = binary.LittleEndian.AppendUint32(body, uint32(wait/time.Millisecond))
 		f, err := c.request(ctx, body)
 		if err != nil {

@@ -86,13 +86,13 @@ func fuzzBroker(t *testing.T, data []byte) {
 		case 4:
 			body = binary.LittleEndian.AppendUint64([]byte{opCancel}, id)
 		case 5:
-			body = AppendHandle([]byte{opRelease}, handle())
+			body = appendHandle([]byte{opRelease}, handle())
 		case 6:
 			timeout := uint32(0)
 			if next()%2 == 1 {
 				timeout = 1 << 31
 			}
-			body = binary.LittleEndian.AppendUint32(AppendHandle([]byte{opWaitUnheld}, handle()), timeout)
+			body = binary.LittleEndian.AppendUint32(appendHandle([]byte{opWaitUnheld}, handle()), timeout)
 		case 7:
 			body = append([]byte{opTaskDone}, queue()...)
 		case 8:
@@ -103,20 +103,21 @@ func fuzzBroker(t *testing.T, data []byte) {
 			checkCounts(t, b)
 			continue
 		case 10:
-			body = AppendHandle([]byte{opOpen}, handle())
+			body = appendHandle([]byte{opOpen}, handle())
 		case 11:
 			body = binary.LittleEndian.AppendUint16(append([]byte{opGetBatch}, queue()...), uint16(next()))
 		}
 		b.mu.Lock()
-		var out []outFrame
-		p := b.peers[r]
+		req := &request{p: b.peers[r], id: id}
 		err := error(nil)
 		if len(body) > 0 {
-			err = b.serve(p, Frame{Type: FrameRequest, ID: id, Payload: body}, &out)
+			req.body = body[1:]
+			err = b.serve(req, body[0])
 		}
+		out := req.out
 		for _, o := range out {
-			if o.f.Type == FrameReply && len(o.f.Payload) == HandleSize && err == nil && op == 1 {
-				if h, err := DecodeHandle(o.f.Payload); err == nil {
+			if o.f.Type == FrameReply && len(o.f.Payload) == handleSize && err == nil && op == 1 {
+				if h, err := decodeHandle(o.f.Payload); err == nil {
 					handles = append(handles, h)
 				}
 			}
@@ -220,7 +221,7 @@ func FuzzClientFrames(f *testing.F) {
 	f.Add(uint8(FrameError), uint64(1), append([]byte{errCodeLimit}, "ipc: limit reached"...))
 	f.Add(uint8(FrameError), uint64(0), []byte{errCodeBadRequest})
 	f.Add(uint8(FrameReply), uint64(1), []byte{})
-	f.Add(uint8(FrameNotice), uint64(0), AppendHandle([]byte{noticeProducerGone}, Handle{ID: 1, Kind: KindHost}))
+	f.Add(uint8(FrameNotice), uint64(0), appendHandle([]byte{noticeProducerGone}, Handle{ID: 1, Kind: KindHost}))
 	f.Fuzz(func(t *testing.T, typ uint8, id uint64, payload []byte) {
 		if typ == 0 {
 			return

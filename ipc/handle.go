@@ -39,8 +39,8 @@ func (k Kind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-// HandleSize is the size of a Handle on the wire.
-const HandleSize = 40
+// handleSize is the size of a Handle on the wire.
+const handleSize = 40
 
 // MaxBlob is the largest producer-owned blob (a cudaIpcMemHandle_t is 64
 // bytes; a few more are allowed for other opaque handles).
@@ -73,9 +73,9 @@ var (
 	ErrBadHandle = errors.New("ipc: bad handle")
 )
 
-// AppendHandle appends h's 40-byte wire form: id (8), size (8), producer
+// appendHandle appends h's 40-byte wire form: id (8), size (8), producer
 // (4, signed), kind (1), 3 zero bytes, token (16); little endian.
-func AppendHandle(b []byte, h Handle) []byte {
+func appendHandle(b []byte, h Handle) []byte {
 	b = binary.LittleEndian.AppendUint64(b, h.ID)
 	b = binary.LittleEndian.AppendUint64(b, uint64(h.Size))
 	b = binary.LittleEndian.AppendUint32(b, uint32(h.Producer))
@@ -83,10 +83,10 @@ func AppendHandle(b []byte, h Handle) []byte {
 	return append(b, h.Token[:]...)
 }
 
-// DecodeHandle reads a handle's wire form from the start of b.
-func DecodeHandle(b []byte) (Handle, error) {
-	if len(b) < HandleSize {
-		return Handle{}, fmt.Errorf("%w: %d bytes, want %d", ErrBadHandle, len(b), HandleSize)
+// decodeHandle reads a handle's wire form from the start of b.
+func decodeHandle(b []byte) (Handle, error) {
+	if len(b) < handleSize {
+		return Handle{}, fmt.Errorf("%w: %d bytes, want %d", ErrBadHandle, len(b), handleSize)
 	}
 	h := Handle{
 		ID:       binary.LittleEndian.Uint64(b),

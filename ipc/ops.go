@@ -143,7 +143,7 @@ func cutQueueRef(b []byte) (queueRef, []byte, error) {
 func appendMessage(b []byte, handles []Handle, value []byte) []byte {
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(handles)))
 	for _, h := range handles {
-		b = AppendHandle(b, h)
+		b = appendHandle(b, h)
 	}
 	return append(b, value...)
 }
@@ -154,18 +154,18 @@ func cutMessage(b []byte) ([]Handle, []byte, error) {
 	}
 	n := int(binary.LittleEndian.Uint16(b))
 	b = b[2:]
-	if len(b) < n*HandleSize {
+	if len(b) < n*handleSize {
 		return nil, nil, fmt.Errorf("%w: message names %d handles in %d bytes", errBadRequest, n, len(b))
 	}
 	hs := make([]Handle, n)
 	for i := range hs {
-		h, err := DecodeHandle(b[i*HandleSize:])
+		h, err := decodeHandle(b[i*handleSize:])
 		if err != nil {
 			return nil, nil, err
 		}
 		hs[i] = h
 	}
-	return hs, b[n*HandleSize:], nil
+	return hs, b[n*handleSize:], nil
 }
 
 // appendBatchItem appends one length-prefixed message to a batch.

@@ -45,13 +45,13 @@ func abuseRank(args []string) int {
 		id++
 		var body []byte
 		if i < waits {
-			body = binary.LittleEndian.AppendUint32(AppendHandle([]byte{opWaitUnheld}, h), ^uint32(0))
+			body = binary.LittleEndian.AppendUint32(appendHandle([]byte{opWaitUnheld}, h), ^uint32(0))
 		} else {
 			body = appendQueueRef([]byte{opGet}, queueRef{ID: id})
 		}
 		err = conn.WriteFrame(Frame{Type: FrameRequest, ID: id, Payload: body})
 		if err == nil && i%1000 == 999 {
-			_, err = c.request(ctx, AppendHandle([]byte{opCheck}, h))
+			_, err = c.request(ctx, appendHandle([]byte{opCheck}, h))
 		}
 	}
 	if err != nil {
