@@ -15,12 +15,12 @@ type chunk struct {
 	nfds int
 }
 
-func header(mod func(*Header)) []byte {
-	h := Header{Version: Version, Type: FrameArgs, ID: 1}
+func header(mod func(*frameHeader)) []byte {
+	h := frameHeader{Version: wireVersion, Type: FrameArgs, ID: 1}
 	if mod != nil {
 		mod(&h)
 	}
-	return h.Encode()
+	return h.encode()
 }
 
 func withReserved(b []byte, v byte) []byte { b[7] = v; return b }
@@ -36,27 +36,27 @@ func TestReadFrameRejects(t *testing.T) {
 		want   error
 	}{
 		{"bad magic", 0, []chunk{{append([]byte("MPX"), good[3:]...), 0}}, ErrBadFrame},
-		{"bad magic with files", 0, []chunk{{append([]byte("XPS"), header(func(h *Header) { h.NFiles = 2 })[3:]...), 2}}, ErrBadFrame},
-		{"unknown version", 0, []chunk{{header(func(h *Header) { h.Version = 2 }), 0}}, ErrBadFrame},
-		{"version zero", 0, []chunk{{header(func(h *Header) { h.Version = 0 }), 0}}, ErrBadFrame},
-		{"type zero", 0, []chunk{{header(func(h *Header) { h.Type = 0 }), 0}}, ErrBadFrame},
-		{"flags", 0, []chunk{{header(func(h *Header) { h.Flags = 0x80 }), 1}}, ErrBadFrame},
+		{"bad magic with files", 0, []chunk{{append([]byte("XPS"), header(func(h *frameHeader) { h.NFiles = 2 })[3:]...), 2}}, ErrBadFrame},
+		{"unknown version", 0, []chunk{{header(func(h *frameHeader) { h.Version = 2 }), 0}}, ErrBadFrame},
+		{"version zero", 0, []chunk{{header(func(h *frameHeader) { h.Version = 0 }), 0}}, ErrBadFrame},
+		{"type zero", 0, []chunk{{header(func(h *frameHeader) { h.Type = 0 }), 0}}, ErrBadFrame},
+		{"flags", 0, []chunk{{header(func(h *frameHeader) { h.Flags = 0x80 }), 1}}, ErrBadFrame},
 		{"reserved", 0, []chunk{{withReserved(header(nil), 1), 0}}, ErrBadFrame},
-		{"nfds over MaxFiles", 0, []chunk{{header(func(h *Header) { h.NFiles = MaxFiles + 1 }), 0}}, ErrBadFrame},
-		{"nfds 255 with 16 files", 0, []chunk{{header(func(h *Header) { h.NFiles = 255 }), MaxFiles}}, ErrBadFrame},
-		{"payload over limit", 10, []chunk{{header(func(h *Header) { h.Length = 11 }), 0}}, ErrBadFrame},
-		{"payload over default limit", 0, []chunk{{header(func(h *Header) { h.Length = DefaultMaxPayload + 1; h.NFiles = 1 }), 1}}, ErrBadFrame},
-		{"fewer files than announced", 0, []chunk{{header(func(h *Header) { h.NFiles = 2 }), 1}}, ErrBadFrame},
-		{"more files than announced", 0, []chunk{{header(func(h *Header) { h.NFiles = 1 }), 2}}, ErrBadFrame},
+		{"nfds over MaxFiles", 0, []chunk{{header(func(h *frameHeader) { h.NFiles = MaxFiles + 1 }), 0}}, ErrBadFrame},
+		{"nfds 255 with 16 files", 0, []chunk{{header(func(h *frameHeader) { h.NFiles = 255 }), MaxFiles}}, ErrBadFrame},
+		{"payload over limit", 10, []chunk{{header(func(h *frameHeader) { h.Length = 11 }), 0}}, ErrBadFrame},
+		{"payload over default limit", 0, []chunk{{header(func(h *frameHeader) { h.Length = DefaultMaxPayload + 1; h.NFiles = 1 }), 1}}, ErrBadFrame},
+		{"fewer files than announced", 0, []chunk{{header(func(h *frameHeader) { h.NFiles = 2 }), 1}}, ErrBadFrame},
+		{"more files than announced", 0, []chunk{{header(func(h *frameHeader) { h.NFiles = 1 }), 2}}, ErrBadFrame},
 		{"unannounced files", 0, []chunk{{header(nil), 3}}, ErrBadFrame},
 		{"files spread over header", 0, []chunk{{good[:1], 1}, {good[1:9], 1}, {good[9:], 1}}, ErrBadFrame},
-		{"control truncated", 0, []chunk{{header(func(h *Header) { h.NFiles = MaxFiles }), MaxFiles + 1}}, ErrBadFrame},
-		{"control truncated badly", 0, []chunk{{header(func(h *Header) { h.NFiles = MaxFiles }), 200}}, ErrBadFrame},
+		{"control truncated", 0, []chunk{{header(func(h *frameHeader) { h.NFiles = MaxFiles }), MaxFiles + 1}}, ErrBadFrame},
+		{"control truncated badly", 0, []chunk{{header(func(h *frameHeader) { h.NFiles = MaxFiles }), 200}}, ErrBadFrame},
 		{"empty stream", 0, nil, io.EOF},
 		{"eof in header", 0, []chunk{{good[:7], 0}}, io.ErrUnexpectedEOF},
 		{"eof in header with files", 0, []chunk{{good[:7], 2}}, io.ErrUnexpectedEOF},
-		{"eof in payload", 0, []chunk{{header(func(h *Header) { h.Length = 100; h.NFiles = 3 }), 3}, {make([]byte, 50), 0}}, io.ErrUnexpectedEOF},
-		{"eof before payload", 0, []chunk{{header(func(h *Header) { h.Length = 1 << 20; h.NFiles = 1 }), 1}}, io.ErrUnexpectedEOF},
+		{"eof in payload", 0, []chunk{{header(func(h *frameHeader) { h.Length = 100; h.NFiles = 3 }), 3}, {make([]byte, 50), 0}}, io.ErrUnexpectedEOF},
+		{"eof before payload", 0, []chunk{{header(func(h *frameHeader) { h.Length = 1 << 20; h.NFiles = 1 }), 1}}, io.ErrUnexpectedEOF},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			parent, w := rawPair(t)
@@ -92,7 +92,7 @@ func TestFilesWithPayloadDropped(t *testing.T) {
 	parent, w := rawPair(t)
 	mf := memfd(t, "stray")
 	base := countFDs(t)
-	sendRaw(t, w, header(func(h *Header) { h.Length = 4 }))
+	sendRaw(t, w, header(func(h *frameHeader) { h.Length = 4 }))
 	sendRaw(t, w, []byte("ab"), int(mf.Fd()), int(mf.Fd()))
 	sendRaw(t, w, []byte("cd"), int(mf.Fd()))
 	f, err := parent.ReadFrame()

@@ -35,8 +35,8 @@ type Client struct {
 	// under way go out together (as multiprocessing.Queue's feeder thread
 	// does). wmu orders batches before any later request.
 	// inbox receives the launcher's own requests (a Pool worker's tasks)
-	// when the client was made with NewWorkerClient.
-	inbox chan Frame
+	// when the client was made WithInbox.
+	inbox chan<- Frame
 
 	wmu     sync.Mutex
 	batches [][]byte         // put-batch request payloads, in order
@@ -48,32 +48,27 @@ type Client struct {
 // NewClient starts reading conn, the control channel of rank, for replies
 // and notices. The launcher makes it for a rank; a rank's function gets it
 // with ClientFrom.
-func NewClient(conn *Conn, rank int) *Client {
-	return newClient(conn, rank, nil)
-}
-
-// WorkerDepth is how many tasks a Pool sends a worker before it waits for
-// a reply: while the worker runs one, the next is already on its way, so
-// that it never waits for the parent between tasks. A worker's inbox
-// holds that many and the close that follows them, so the client's reader
-// never blocks on it.
-const WorkerDepth = 2
-
-// NewWorkerClient is NewClient for a Pool worker: the requests and the
-// close the launcher sends (its tasks) are delivered on the returned
-// channel, which is closed when the channel ends.
-func NewWorkerClient(conn *Conn, rank int) (*Client, <-chan Frame) {
-	c := newClient(conn, rank, make(chan Frame, WorkerDepth+1))
-	return c, c.inbox
-}
-
-// newClient starts a client's reader and flusher; inbox may be nil.
-func newClient(conn *Conn, rank int, inbox chan Frame) *Client {
+func NewClient(conn *Conn, rank int, opts ...ClientOption) *Client {
 	c := &Client{conn: conn, rank: rank, pending: map[uint64]chan Frame{}, gone: map[uint64]bool{}, freed: map[uint64]*freeWait{}, done: make(chan struct{}),
-		open: map[queueRef]int{}, flushSig: make(chan struct{}, 1), inbox: inbox}
+		open: map[queueRef]int{}, flushSig: make(chan struct{}, 1)}
+	for _, o := range opts {
+		o(c)
+	}
 	go c.read()
 	go c.flusher()
 	return c
+}
+
+// ClientOption configures a Client made by NewClient.
+type ClientOption func(*Client)
+
+// WithInbox makes the client deliver the requests and the close that the
+// launcher itself sends on the channel (a Pool worker's tasks, say) to
+// inbox, which it closes when the channel ends. The client's one reader
+// blocks while inbox is full, so its owner makes room for as many frames
+// as the launcher may send ahead of the ones it handled.
+func WithInbox(inbox chan<- Frame) ClientOption {
+	return func(c *Client) { c.inbox = inbox }
 }
 
 // Rank is the rank the client belongs to.
@@ -117,7 +112,7 @@ func (c *Client) read() {
 			return
 		}
 		if c.inbox != nil && (f.Type == FrameRequest || f.Type == FrameClose) {
-			c.inbox <- f // never blocks: see WorkerDepth
+			c.inbox <- f // sized by its owner: see WithInbox
 			continue
 		}
 		var freed func()

@@ -33,7 +33,7 @@ type Conn struct {
 
 	rmu  sync.Mutex // serialises readers
 	rerr error      // sticky read error, guarded by rmu
-	hdr  [HeaderSize]byte
+	hdr  [headerSize]byte
 	oob  []byte
 
 	frameTimeout atomic.Int64 // see SetFrameTimeout; 0: none

@@ -163,7 +163,7 @@ func TestFilePassing(t *testing.T) {
 func TestFilesSplitOverHeader(t *testing.T) {
 	parent, w := rawPair(t)
 	mf := memfd(t, "split")
-	hdr := Header{Version: Version, Type: FrameArgs, NFiles: 2, Length: 2}.Encode()
+	hdr := frameHeader{Version: wireVersion, Type: FrameArgs, NFiles: 2, Length: 2}.encode()
 	sendRaw(t, w, hdr[:5], int(mf.Fd()))
 	sendRaw(t, w, hdr[5:], int(mf.Fd()))
 	sendRaw(t, w, []byte("ok"))

@@ -12,7 +12,7 @@
 //
 // The Conn is implemented on Linux only; elsewhere every operation fails
 // with an error wrapping [errors.ErrUnsupported]. The frame header codec
-// ([Header], [DecodeHeader], [AppendHeader]) is pure and builds everywhere.
+// ([frameHeader], [parseHeader], [appendHeader]) is pure and builds everywhere.
 //
 // # Wire format (version 1)
 //

@@ -8,11 +8,11 @@ import (
 	"strconv"
 )
 
-// Version is the wire format version this package writes and accepts.
-const Version = 1
+// wireVersion is the wire format version this package writes and accepts.
+const wireVersion = 1
 
-// HeaderSize is the size in bytes of an encoded frame header.
-const HeaderSize = 20
+// headerSize is the size in bytes of an encoded frame header.
+const headerSize = 20
 
 // MaxFiles is the most descriptors one frame may carry.
 const MaxFiles = 16
@@ -96,10 +96,10 @@ type Frame struct {
 	Files []*os.File
 }
 
-// Header is the fixed-size header that starts every frame on the wire; see
-// the package documentation for its byte layout.
-type Header struct {
-	// Version is the wire format version, Version for every valid header.
+// frameHeader is the fixed-size header that starts every frame on the wire; see
+// docs/ipc-protocol.md for its byte layout.
+type frameHeader struct {
+	// Version is the wire format version, wireVersion for every valid header.
 	Version uint8
 	// Type is the frame's type.
 	Type FrameType
@@ -113,40 +113,40 @@ type Header struct {
 	Length uint32
 }
 
-// AppendHeader appends the HeaderSize-byte encoding of h to b. It encodes
+// appendHeader appends the headerSize-byte encoding of h to b. It encodes
 // every field as given, valid or not.
-func AppendHeader(b []byte, h Header) []byte {
+func appendHeader(b []byte, h frameHeader) []byte {
 	b = append(b, magic...)
 	b = append(b, h.Version, byte(h.Type), h.Flags, h.NFiles, 0)
 	b = binary.BigEndian.AppendUint64(b, h.ID)
 	return binary.BigEndian.AppendUint32(b, h.Length)
 }
 
-// Encode returns the HeaderSize-byte encoding of h.
-func (h Header) Encode() []byte {
-	return AppendHeader(make([]byte, 0, HeaderSize), h)
+// encode returns the headerSize-byte encoding of h.
+func (h frameHeader) encode() []byte {
+	return appendHeader(make([]byte, 0, headerSize), h)
 }
 
-// DecodeHeader decodes and validates the header at the start of b. Every
+// parseHeader decodes and validates the header at the start of b. Every
 // error wraps ErrBadFrame. It does not check Length against a payload limit;
 // that limit belongs to the reading Conn.
-func DecodeHeader(b []byte) (Header, error) {
+func parseHeader(b []byte) (frameHeader, error) {
 	h, err := decodeHeader(b)
 	if err != nil {
-		return Header{}, fmt.Errorf("ipc: decode header: %w", err)
+		return frameHeader{}, fmt.Errorf("ipc: decode header: %w", err)
 	}
 	return h, nil
 }
 
-// decodeHeader is DecodeHeader without the operation in its errors.
-func decodeHeader(b []byte) (Header, error) {
-	if len(b) < HeaderSize {
-		return Header{}, fmt.Errorf("%w: short header: %d bytes, want %d", ErrBadFrame, len(b), HeaderSize)
+// decodeHeader is parseHeader without the operation in its errors.
+func decodeHeader(b []byte) (frameHeader, error) {
+	if len(b) < headerSize {
+		return frameHeader{}, fmt.Errorf("%w: short header: %d bytes, want %d", ErrBadFrame, len(b), headerSize)
 	}
 	if string(b[:3]) != magic {
-		return Header{}, fmt.Errorf("%w: bad magic %q", ErrBadFrame, b[:3])
+		return frameHeader{}, fmt.Errorf("%w: bad magic %q", ErrBadFrame, b[:3])
 	}
-	h := Header{
+	h := frameHeader{
 		Version: b[3],
 		Type:    FrameType(b[4]),
 		Flags:   b[5],
@@ -155,20 +155,20 @@ func decodeHeader(b []byte) (Header, error) {
 		Length:  binary.BigEndian.Uint32(b[16:20]),
 	}
 	if err := h.validate(); err != nil {
-		return Header{}, err
+		return frameHeader{}, err
 	}
 	if b[7] != 0 {
-		return Header{}, fmt.Errorf("%w: reserved byte is %#x, want 0", ErrBadFrame, b[7])
+		return frameHeader{}, fmt.Errorf("%w: reserved byte is %#x, want 0", ErrBadFrame, b[7])
 	}
 	return h, nil
 }
 
 // validate checks the fields a writer controls; every error wraps
 // ErrBadFrame.
-func (h Header) validate() error {
+func (h frameHeader) validate() error {
 	switch {
-	case h.Version != Version:
-		return fmt.Errorf("%w: unknown version %d, want %d", ErrBadFrame, h.Version, Version)
+	case h.Version != wireVersion:
+		return fmt.Errorf("%w: unknown version %d, want %d", ErrBadFrame, h.Version, wireVersion)
 	case h.Type == 0:
 		return fmt.Errorf("%w: frame type 0 is reserved", ErrBadFrame)
 	case h.Flags != 0:

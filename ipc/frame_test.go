@@ -9,7 +9,7 @@ import (
 )
 
 func TestHeaderEncoding(t *testing.T) {
-	h := Header{Version: Version, Type: FrameReply, NFiles: 3, ID: 0x0102030405060708, Length: 0x0a0b0c0d}
+	h := frameHeader{Version: wireVersion, Type: FrameReply, NFiles: 3, ID: 0x0102030405060708, Length: 0x0a0b0c0d}
 	want := []byte{
 		'M', 'P', 'S', // magic
 		1,                      // version
@@ -20,20 +20,20 @@ func TestHeaderEncoding(t *testing.T) {
 		1, 2, 3, 4, 5, 6, 7, 8, // id
 		0x0a, 0x0b, 0x0c, 0x0d, // length
 	}
-	if got := h.Encode(); !bytes.Equal(got, want) {
-		t.Errorf("Encode() = % x; want % x", got, want)
+	if got := h.encode(); !bytes.Equal(got, want) {
+		t.Errorf("encode() = % x; want % x", got, want)
 	}
-	if got := AppendHeader([]byte("x"), h); !bytes.Equal(got, append([]byte("x"), want...)) {
-		t.Errorf("AppendHeader(x) = % x; want x + % x", got, want)
+	if got := appendHeader([]byte("x"), h); !bytes.Equal(got, append([]byte("x"), want...)) {
+		t.Errorf("appendHeader(x) = % x; want x + % x", got, want)
 	}
-	got, err := DecodeHeader(append(want, "payload"...))
+	got, err := parseHeader(append(want, "payload"...))
 	if err != nil || got != h {
-		t.Errorf("DecodeHeader(% x) = %+v, %v; want %+v", want, got, err, h)
+		t.Errorf("parseHeader(% x) = %+v, %v; want %+v", want, got, err, h)
 	}
 }
 
 func TestDecodeHeaderRejects(t *testing.T) {
-	valid := Header{Version: Version, Type: FrameHello}.Encode()
+	valid := frameHeader{Version: wireVersion, Type: FrameHello}.encode()
 	mod := func(i int, v byte) []byte {
 		b := bytes.Clone(valid)
 		b[i] = v
@@ -44,7 +44,7 @@ func TestDecodeHeaderRejects(t *testing.T) {
 		b    []byte
 	}{
 		{"empty", nil},
-		{"short", valid[:HeaderSize-1]},
+		{"short", valid[:headerSize-1]},
 		{"magic", mod(0, 'm')},
 		{"version", mod(3, 2)},
 		{"type zero", mod(4, 0)},
@@ -53,8 +53,8 @@ func TestDecodeHeaderRejects(t *testing.T) {
 		{"reserved", mod(7, 0xff)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if h, err := DecodeHeader(tc.b); !errors.Is(err, ErrBadFrame) {
-				t.Errorf("DecodeHeader(% x) = %+v, %v; want ErrBadFrame", tc.b, h, err)
+			if h, err := parseHeader(tc.b); !errors.Is(err, ErrBadFrame) {
+				t.Errorf("parseHeader(% x) = %+v, %v; want ErrBadFrame", tc.b, h, err)
 			}
 		})
 	}
@@ -71,20 +71,20 @@ func TestFrameTypeString(t *testing.T) {
 // FuzzDecodeHeader: never panics, every error wraps ErrBadFrame, and any
 // accepted header encodes back to the bytes it came from.
 func FuzzDecodeHeader(f *testing.F) {
-	f.Add(Header{Version: Version, Type: FrameRequest, NFiles: 2, ID: 7, Length: 5}.Encode())
+	f.Add(frameHeader{Version: wireVersion, Type: FrameRequest, NFiles: 2, ID: 7, Length: 5}.encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := DecodeHeader(b)
+		h, err := parseHeader(b)
 		if err != nil {
 			if !errors.Is(err, ErrBadFrame) {
-				t.Fatalf("DecodeHeader(% x) = %v; want an error wrapping ErrBadFrame", b, err)
+				t.Fatalf("parseHeader(% x) = %v; want an error wrapping ErrBadFrame", b, err)
 			}
 			return
 		}
-		if enc := h.Encode(); !bytes.Equal(enc, b[:HeaderSize]) {
-			t.Fatalf("DecodeHeader(% x) = %+v, which encodes as % x", b, h, enc)
+		if enc := h.encode(); !bytes.Equal(enc, b[:headerSize]) {
+			t.Fatalf("parseHeader(% x) = %+v, which encodes as % x", b, h, enc)
 		}
-		if h2, err := DecodeHeader(h.Encode()); err != nil || h2 != h {
-			t.Fatalf("DecodeHeader(Encode(%+v)) = %+v, %v", h, h2, err)
+		if h2, err := parseHeader(h.encode()); err != nil || h2 != h {
+			t.Fatalf("parseHeader(encode(%+v)) = %+v, %v", h, h2, err)
 		}
 	})
 }

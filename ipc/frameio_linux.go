@@ -65,8 +65,8 @@ func encodeFrame(f Frame) ([]byte, error) {
 			return nil, fmt.Errorf("%w: file %d is nil", ErrBadFrame, i)
 		}
 	}
-	h := Header{
-		Version: Version,
+	h := frameHeader{
+		Version: wireVersion,
 		Type:    f.Type,
 		ID:      f.ID,
 		NFiles:  uint8(len(f.Files)),
@@ -75,7 +75,7 @@ func encodeFrame(f Frame) ([]byte, error) {
 	if err := h.validate(); err != nil {
 		return nil, err
 	}
-	return h.Encode(), nil
+	return h.encode(), nil
 }
 
 // withFDs calls fn with the descriptors of files, holding each file's
@@ -177,7 +177,7 @@ func (c *Conn) ReadFrame() (Frame, error) {
 
 // readFrame reads one frame and reports how many header bytes it consumed.
 func (c *Conn) readFrame() (Frame, int, error) {
-	var h Header
+	var h frameHeader
 	fds, cred, n, err := c.readHeader()
 	if err == nil {
 		h, err = c.checkHeader(len(fds))
@@ -188,7 +188,7 @@ func (c *Conn) readFrame() (Frame, int, error) {
 	}
 	if c.endFrame() && errors.Is(err, os.ErrDeadlineExceeded) {
 		err = fmt.Errorf("%w: frame left unfinished for %v (%d of %d header bytes, payload of %d bytes announced)",
-			ErrBadFrame, time.Duration(c.frameTimeout.Load()), n, HeaderSize, h.Length)
+			ErrBadFrame, time.Duration(c.frameTimeout.Load()), n, headerSize, h.Length)
 	}
 	if err != nil {
 		closeFDs(fds)
@@ -211,7 +211,7 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	for n < HeaderSize {
+	for n < headerSize {
 		m, oobn, flags, err := recvmsg(rc, c.hdr[n:], c.oob)
 		if errors.Is(err, unix.ECONNRESET) {
 			// The peer closed its end with frames of ours unread (it
@@ -238,7 +238,7 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 			return fds, cred, n, io.ErrUnexpectedEOF
 		}
 		n += m
-		if n < HeaderSize {
+		if n < headerSize {
 			c.beginFrame() // the rest of the header must follow in time
 		}
 	}
@@ -247,16 +247,16 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 
 // checkHeader validates c.hdr against the payload limit and the number of
 // descriptors received with it.
-func (c *Conn) checkHeader(nfds int) (Header, error) {
+func (c *Conn) checkHeader(nfds int) (frameHeader, error) {
 	h, err := decodeHeader(c.hdr[:])
 	limit := c.maxPayload.Load()
 	switch {
 	case err != nil:
-		return Header{}, err
+		return frameHeader{}, err
 	case int64(h.Length) > limit:
-		return Header{}, fmt.Errorf("%w: payload length %d exceeds limit %d", ErrBadFrame, h.Length, limit)
+		return frameHeader{}, fmt.Errorf("%w: payload length %d exceeds limit %d", ErrBadFrame, h.Length, limit)
 	case int(h.NFiles) != nfds:
-		return Header{}, fmt.Errorf("%w: header announces %d files, %d received", ErrBadFrame, h.NFiles, nfds)
+		return frameHeader{}, fmt.Errorf("%w: header announces %d files, %d received", ErrBadFrame, h.NFiles, nfds)
 	}
 	return h, nil
 }

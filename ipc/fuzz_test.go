@@ -15,9 +15,9 @@ import (
 // the first byte, into a Pair and reads one frame: no panic, no hang, only
 // the documented errors, and no descriptor left open.
 func FuzzReadFrame(f *testing.F) {
-	f.Add(Header{Version: Version, Type: FrameHello, Length: 3}.Encode(), uint8(0))
-	f.Add(append(Header{Version: Version, Type: FrameArgs, NFiles: 2, ID: 9, Length: 4}.Encode(), "data"...), uint8(2))
-	f.Add(append(Header{Version: Version, Type: FrameArgs, NFiles: 1}.Encode(), "trailing"...), uint8(3))
+	f.Add(frameHeader{Version: wireVersion, Type: FrameHello, Length: 3}.encode(), uint8(0))
+	f.Add(append(frameHeader{Version: wireVersion, Type: FrameArgs, NFiles: 2, ID: 9, Length: 4}.encode(), "data"...), uint8(2))
+	f.Add(append(frameHeader{Version: wireVersion, Type: FrameArgs, NFiles: 1}.encode(), "trailing"...), uint8(3))
 	f.Add([]byte("MPS"), uint8(1))
 	f.Add([]byte{}, uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, nfiles uint8) {

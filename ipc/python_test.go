@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// pythonClient is the Python client's source, relative to this package.
+// pythonClient is the Python client's source (mpspawn.ipc), relative to this package.
 const pythonClient = "../examples/python/mpspawn_ipc.py"
 
 // TestPythonConstants: every protocol constant of the Python client has
@@ -25,7 +25,7 @@ func TestPythonConstants(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]int{
-		"VERSION": Version, "MAX_FILES": MaxFiles,
+		"VERSION": wireVersion, "MAX_FILES": MaxFiles,
 		"FRAME_HELLO": int(FrameHello), "FRAME_ARGS": int(FrameArgs), "FRAME_RESULT": int(FrameResult), "FRAME_ERROR": int(FrameError),
 		"FRAME_REQUEST": int(FrameRequest), "FRAME_REPLY": int(FrameReply), "FRAME_CLOSE": int(FrameClose), "FRAME_NOTICE": int(FrameNotice),
 		"OP_PUBLISH": opPublish, "OP_OPEN": opOpen, "OP_RELEASE": opRelease, "OP_PUT": opPut, "OP_GET": opGet,
@@ -58,7 +58,7 @@ func TestPythonConstants(t *testing.T) {
 		}
 	}
 	if m := regexp.MustCompile(`(?m)^HEADER = struct\.Struct\("([^"]+)"\)`).FindStringSubmatch(string(src)); m == nil || m[1] != ">3sBBBBBQI" {
-		t.Errorf("%s: HEADER = %q; want the %d-byte layout >3sBBBBBQI", pythonClient, m, HeaderSize)
+		t.Errorf("%s: HEADER = %q; want the %d-byte layout >3sBBBBBQI", pythonClient, m, headerSize)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+
+	"github.com/mpspawn/mpspawn/internal/codec"
 )
 
 // Queue is a queue of T values between ranks, held by the broker: many
@@ -54,7 +56,7 @@ func (q Queue[T]) Put(ctx context.Context, v T) error {
 	if c == nil {
 		return errNoClient
 	}
-	value, err := AppendSlice([]byte{valueInline}, []T{v})
+	value, err := codec.AppendSlice([]byte{valueInline}, []T{v})
 	if err != nil {
 		return fmt.Errorf("ipc: queue put: encode: %w", err)
 	}
@@ -156,7 +158,7 @@ func decodeMessage[T any](ctx context.Context, c *Client, raw []byte) (v T, err 
 		defer m.Close(ctx)
 		data = m.Bytes()
 	}
-	vs, err := DecodeSlice[T](data)
+	vs, err := codec.DecodeSlice[T](data)
 	if err != nil || len(vs) != 1 {
 		return v, fmt.Errorf("ipc: queue get: decode: %v", err)
 	}

@@ -6,6 +6,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/mpspawn/mpspawn/internal/codec"
 )
 
 // TestNonReadingRankStallsNobody: a rank that asks for many values and
@@ -34,7 +36,7 @@ func TestNonReadingRankStallsNobody(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mark, err := AppendSlice([]byte{valueInline}, []int{1})
+	mark, err := codec.AppendSlice([]byte{valueInline}, []int{1})
 	if err != nil {
 		t.Fatal(err)
 	}

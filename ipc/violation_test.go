@@ -19,24 +19,24 @@ import (
 // commits them: each forges its frame on the rank's control channel.
 var violations = map[string]func(fd int) error{
 	"flags": func(fd int) error {
-		return writeAll(fd, Header{Version: Version, Type: FrameRequest, Flags: 0x80, ID: 1}.Encode(), nil)
+		return writeAll(fd, frameHeader{Version: wireVersion, Type: FrameRequest, Flags: 0x80, ID: 1}.encode(), nil)
 	},
 	"too-many-fds": func(fd int) error {
-		return writeAll(fd, Header{Version: Version, Type: FrameRequest, NFiles: MaxFiles, ID: 1}.Encode(), repeat(fd, MaxFiles+1))
+		return writeAll(fd, frameHeader{Version: wireVersion, Type: FrameRequest, NFiles: MaxFiles, ID: 1}.encode(), repeat(fd, MaxFiles+1))
 	},
 	"nfds-mismatch": func(fd int) error {
-		return writeAll(fd, Header{Version: Version, Type: FrameRequest, NFiles: 2, ID: 1, Length: 1}.Encode(), []int{fd})
+		return writeAll(fd, frameHeader{Version: wireVersion, Type: FrameRequest, NFiles: 2, ID: 1, Length: 1}.encode(), []int{fd})
 	},
 	"too-long": func(fd int) error {
-		return writeAll(fd, Header{Version: Version, Type: FrameRequest, ID: 1, Length: DefaultMaxPayload + 1}.Encode(), nil)
+		return writeAll(fd, frameHeader{Version: wireVersion, Type: FrameRequest, ID: 1, Length: DefaultMaxPayload + 1}.encode(), nil)
 	},
 	"unfinished": func(fd int) error {
 		// A megabyte announced, ten bytes sent: the request that follows
 		// is read as more of its payload, and the rest never comes.
-		return writeAll(fd, append(Header{Version: Version, Type: FrameRequest, ID: 1, Length: 1 << 20}.Encode(), make([]byte, 10)...), nil)
+		return writeAll(fd, append(frameHeader{Version: wireVersion, Type: FrameRequest, ID: 1, Length: 1 << 20}.encode(), make([]byte, 10)...), nil)
 	},
 	"unexpected": func(fd int) error {
-		return writeAll(fd, Header{Version: Version, Type: FrameResult, ID: 1}.Encode(), nil)
+		return writeAll(fd, frameHeader{Version: wireVersion, Type: FrameResult, ID: 1}.encode(), nil)
 	},
 	"child": func(int) error {
 		// A child the rank passed its descriptor to writes a request.
@@ -147,7 +147,7 @@ func TestViolationAnswered(t *testing.T) {
 func TestFrameTimeoutSpares(t *testing.T) {
 	parent, w := rawPair(t)
 	parent.SetFrameTimeout(time.Minute)
-	frame := append(Header{Version: Version, Type: FrameArgs, ID: 3, Length: 4}.Encode(), "abcd"...)
+	frame := append(frameHeader{Version: wireVersion, Type: FrameArgs, ID: 3, Length: 4}.encode(), "abcd"...)
 	sendRaw(t, w, frame[:5])
 	got := make(chan error, 1)
 	go func() {

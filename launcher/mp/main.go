@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/mpspawn/mpspawn/internal/codec"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
 )
@@ -33,8 +34,8 @@ func insideRank() bool {
 
 // callMsg is the FrameArgs payload of a spawned rank (Args: one encoded
 // argument). A Pool task's FrameRequest payload is instead the function's
-// name as a field (ipc.AppendField) followed by the chunk of items as
-// ipc.AppendSlice encodes them; its FrameReply carries a batch reply (see
+// name as a field (codec.AppendField) followed by the chunk of items as
+// codec.AppendSlice encodes them; its FrameReply carries a batch reply (see
 // encodeBatchReply), or its FrameError a remoteError when the chunk could
 // not be run at all.
 type callMsg struct {
@@ -91,7 +92,7 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		return 2
 	}
 	var msg callMsg
-	if f.Type != ipc.FrameArgs || ipc.Decode(f.Payload, &msg) != nil {
+	if f.Type != ipc.FrameArgs || codec.Decode(f.Payload, &msg) != nil {
 		fmt.Fprintf(os.Stderr, "mpspawn: rank %d: unexpected %v frame from the launcher\n", r.Index, f.Type)
 		return 2
 	}
@@ -107,7 +108,7 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		fmt.Fprintf(os.Stderr, "mpspawn: warning: %s\n", w)
 	}
 	if rerr != nil {
-		b, _ := ipc.Encode(rerr)
+		b, _ := codec.Encode(rerr)
 		if err := conn.WriteFrame(ipc.Frame{Type: ipc.FrameError, Payload: b}); err != nil {
 			fmt.Fprintf(os.Stderr, "mpspawn: rank %d: %s\n", r.Index, rerr.Message)
 		}
@@ -122,7 +123,9 @@ func serveRank(ctx context.Context, conn *ipc.Conn, r Rank) int {
 
 // serveWorker runs Pool tasks until the Pool closes the channel.
 func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
-	client, tasks := ipc.NewWorkerClient(conn, r.Index) // reads the channel from now on
+	// The pool sends up to workerDepth tasks ahead, then a close.
+	tasks := make(chan ipc.Frame, workerDepth+1)
+	client := ipc.NewClient(conn, r.Index, ipc.WithInbox(tasks)) // reads the channel from now on
 	ctx = ipc.WithClient(ctx, client)
 	for {
 		f, ok := <-tasks
@@ -134,7 +137,7 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 			}
 			return 0
 		}
-		name, items, ok := ipc.CutField(f.Payload)
+		name, items, ok := codec.CutField(f.Payload)
 		if !ok {
 			fmt.Fprintf(os.Stderr, "mpspawn: pool worker %d: bad task frame\n", r.Index)
 			return 2
@@ -147,7 +150,7 @@ func serveWorker(ctx context.Context, conn *ipc.Conn, r Rank) int {
 		}
 		if rerr != nil {
 			reply.Type = ipc.FrameError
-			out, _ = ipc.Encode(rerr) // strings only: cannot fail
+			out, _ = codec.Encode(rerr) // strings only: cannot fail
 		}
 		reply.Payload = out
 		// Puts the task made go out before its reply: the pool stops

@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"sync"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/codec"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
 )
@@ -46,6 +46,7 @@ type Pool struct {
 
 	mu          sync.Mutex
 	closed      bool
+	failed      error                   // why the pool terminated itself (see fail)
 	live        map[int]*launcher.Group // worker slot → its running process
 	closeOnce   sync.Once
 	termOnce    sync.Once
@@ -123,7 +124,7 @@ func (p *Pool) startWorker(i int) (*poolWorker, error) {
 		ranks.close()
 		return nil, err
 	}
-	w := &poolWorker{slot: i, group: g, ranks: ranks, pid: g.Pids()[0], replies: make(chan ipc.Frame, ipc.WorkerDepth)}
+	w := &poolWorker{slot: i, group: g, ranks: ranks, pid: g.Pids()[0], replies: make(chan ipc.Frame, workerDepth)}
 	ranks.chans.Serve(g, w.deliver)
 	p.mu.Lock()
 	p.live[i] = g
@@ -131,7 +132,7 @@ func (p *Pool) startWorker(i int) (*poolWorker, error) {
 	return w, nil
 }
 
-// deliver takes a reply the worker sent; at most ipc.WorkerDepth can be
+// deliver takes a reply the worker sent; at most workerDepth can be
 // due, so it blocks only a worker that replies to tasks it was not given,
 // until the pool reads the extra reply and loses the worker for it.
 func (w *poolWorker) deliver(_ int, f ipc.Frame) error {
@@ -154,112 +155,138 @@ func (w *poolWorker) kill() {
 	w.ranks.close()
 }
 
+// workerDepth is how many tasks the Pool sends a worker before it waits
+// for a reply: while the worker runs one, the next is already on its way,
+// so that it never waits for the parent between tasks. The worker's inbox
+// holds that many and the close that follows them (see serveWorker).
+const workerDepth = 2
+
 // flight is a task sent to a worker whose reply has not been read.
 type flight struct {
 	t  *poolTask
 	id uint64
 }
 
+// slot is what run keeps for one worker slot: its worker, the tasks in
+// flight to it, those to give again, and whether the queue is closed.
+type slot struct {
+	w      *poolWorker
+	id     uint64 // the last task id sent
+	flying []flight
+	retry  []*poolTask // given to a worker that died before starting them
+	closed bool        // the queue is closed: no more tasks
+}
+
 // run feeds tasks to the worker in slot w.slot until the queue closes,
-// replacing the worker process whenever it dies. Up to ipc.WorkerDepth
+// replacing the worker process whenever it dies. Up to workerDepth
 // tasks are in flight; the worker runs them in order, so replies come back
 // in order and the first task in flight is the one it is running.
 func (p *Pool) run(w *poolWorker) {
-	var (
-		id     uint64
-		flying []flight
-		retry  []*poolTask // given to a worker that died before starting them
-		closed bool        // the queue is closed: no more tasks
-		lost   bool        // a send failed: the worker is gone
-	)
+	s := &slot{w: w}
 	for {
-		for len(flying) < ipc.WorkerDepth {
-			var t *poolTask
-			switch {
-			case len(retry) > 0:
-				t, retry = retry[0], retry[1:]
-			case closed:
-			case len(flying) == 0: // idle: wait for work, the end, or the worker's death
-				select {
-				case next, ok := <-p.tasks:
-					t, closed = next, !ok
-				case <-p.quit:
-					p.retire(w)
-					return
-				case <-w.ended():
-					if w = p.lose(w, nil, nil); w == nil {
-						failAll(retry)
-						return
-					}
-					continue
-				}
-			default: // one in flight: take another only if it is there
-				select {
-				case next, ok := <-p.tasks:
-					t, closed = next, !ok
-				default:
-				}
-			}
-			if t == nil {
-				break
-			}
-			if err := t.ctx.Err(); err != nil {
-				t.done(nil, w.slot, w.pid, context.Cause(t.ctx))
-				continue
-			}
-			id++
-			if err := w.send(t, id); err != nil {
-				lost = true // the worker died: t never reached it
-				retry = append([]*poolTask{t}, retry...)
-				break
-			}
-			flying = append(flying, flight{t, id})
-		}
-		if lost {
-			lost = false
-			if w = p.lose(w, flying, ErrWorkerDied); w == nil {
-				failAll(retry)
+		lost, end := p.fill(s)
+		switch {
+		case end:
+			return
+		case lost:
+			if !p.relieve(s, ErrWorkerDied) {
 				return
 			}
-			retry = requeue(flying, retry)
-			flying = nil
 			continue
-		}
-		if len(flying) == 0 {
-			if closed {
-				p.retire(w)
+		case len(s.flying) == 0:
+			if s.closed {
+				p.retire(s.w)
 				return
 			}
 			continue
 		}
-		var (
-			f   ipc.Frame
-			err error
-		)
-		select {
-		case f = <-w.replies:
-		case <-w.ended():
-			select { // a reply sent before the end comes first
-			case f = <-w.replies:
-			default:
-				err = w.lostErr()
-			}
-		}
-		if err == nil {
-			err = flying[0].reply(f, w)
-		}
+		err := s.await()
 		var re *RankError
-		if err == nil || errors.As(err, &re) && re.Pid == w.pid && re.Err == nil {
-			flying = flying[1:] // the worker ran the chunk and lives on
+		if err == nil || errors.As(err, &re) && re.Pid == s.w.pid && re.Err == nil {
+			s.flying = s.flying[1:] // the worker ran the chunk and lives on
 			continue
 		}
-		if w = p.lose(w, flying, err); w == nil {
-			failAll(retry)
+		if !p.relieve(s, err) {
 			return
 		}
-		retry = requeue(flying, retry)
-		flying = nil
 	}
+}
+
+// fill sends s's worker tasks until workerDepth are in flight, or none is
+// there to send. lost: a send failed (the worker is gone); end: run is
+// done (the worker retired, or the pool is terminating).
+func (p *Pool) fill(s *slot) (lost, end bool) {
+	for len(s.flying) < workerDepth {
+		var t *poolTask
+		switch {
+		case len(s.retry) > 0:
+			t, s.retry = s.retry[0], s.retry[1:]
+		case s.closed:
+		case len(s.flying) == 0: // idle: wait for work, the end, or the worker's death
+			select {
+			case next, ok := <-p.tasks:
+				t, s.closed = next, !ok
+			case <-p.quit:
+				p.retire(s.w)
+				return false, true
+			case <-s.w.ended():
+				if s.w = p.lose(s.w, nil, nil); s.w == nil {
+					failAll(s.retry, p.closedErr())
+					return false, true
+				}
+				continue
+			}
+		default: // one in flight: take another only if it is there
+			select {
+			case next, ok := <-p.tasks:
+				t, s.closed = next, !ok
+			default:
+			}
+		}
+		if t == nil {
+			return false, false
+		}
+		if err := t.ctx.Err(); err != nil {
+			t.done(nil, s.w.slot, s.w.pid, context.Cause(t.ctx))
+			continue
+		}
+		s.id++
+		if err := s.w.send(t, s.id); err != nil {
+			s.retry = append([]*poolTask{t}, s.retry...) // the worker died: t never reached it
+			return true, false
+		}
+		s.flying = append(s.flying, flight{t, s.id})
+	}
+	return false, false
+}
+
+// await reads the reply to the first task in flight, or why the worker's
+// channel ended first.
+func (s *slot) await() error {
+	var f ipc.Frame
+	select {
+	case f = <-s.w.replies:
+	case <-s.w.ended():
+		select { // a reply sent before the end comes first
+		case f = <-s.w.replies:
+		default:
+			return s.w.lostErr()
+		}
+	}
+	return s.flying[0].reply(f, s.w)
+}
+
+// relieve replaces s's worker, lost with err, giving the tasks it had
+// behind the failed one to its replacement. It reports false, with every
+// task left failed, when the pool is terminating.
+func (p *Pool) relieve(s *slot, err error) bool {
+	if s.w = p.lose(s.w, s.flying, err); s.w == nil {
+		failAll(s.retry, p.closedErr())
+		return false
+	}
+	s.retry = requeue(s.flying, s.retry)
+	s.flying = nil
+	return true
 }
 
 // requeue puts the tasks a lost worker had been given behind the one it
@@ -272,10 +299,11 @@ func requeue(flying []flight, retry []*poolTask) []*poolTask {
 	return append(out, retry...)
 }
 
-// failAll fails tasks that no worker will run: the pool is terminating.
-func failAll(tasks []*poolTask) {
+// failAll fails tasks that no worker will run, with err: the pool is
+// terminating.
+func failAll(tasks []*poolTask, err error) {
 	for _, t := range tasks {
-		t.done(nil, -1, 0, ErrPoolClosed)
+		t.done(nil, -1, 0, err)
 	}
 }
 
@@ -300,7 +328,7 @@ func (f flight) reply(fr ipc.Frame, w *poolWorker) error {
 		return nil
 	}
 	var re remoteError
-	if err := ipc.Decode(fr.Payload, &re); err != nil {
+	if err := codec.Decode(fr.Payload, &re); err != nil {
 		return fmt.Errorf("mp: pool worker %d: bad error reply: %w", w.slot, err)
 	}
 	err := &RankError{Rank: w.slot, Pid: w.pid, Message: re.Message}
@@ -331,7 +359,7 @@ func (p *Pool) lose(w *poolWorker, flying []flight, err error) *poolWorker {
 	}
 	nw := p.replace(w)
 	if nw == nil {
-		failAll(requeue(flying, nil))
+		failAll(requeue(flying, nil), p.closedErr())
 	}
 	return nw
 }
@@ -381,10 +409,32 @@ func (p *Pool) retire(w *poolWorker) {
 }
 
 // fail terminates the pool after an error it cannot recover from (a worker
-// that cannot be replaced).
+// that cannot be replaced): the work it drops fails with an error that
+// wraps ErrPoolClosed and err (see closedErr), and Err reports err.
 func (p *Pool) fail(err error) {
-	fmt.Fprintf(os.Stderr, "mpspawn: %v; terminating the pool\n", err)
-	go p.Terminate()
+	p.mu.Lock()
+	if p.failed == nil {
+		p.failed = err
+	}
+	p.mu.Unlock()
+	p.Terminate()
+}
+
+// Err returns why the pool terminated itself (a worker that died could not
+// be replaced), or nil. The work it dropped failed with that error too.
+func (p *Pool) Err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failed
+}
+
+// closedErr is the error of work the pool drops: ErrPoolClosed, and why
+// the pool terminated itself, if it did.
+func (p *Pool) closedErr() error {
+	if err := p.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrPoolClosed, err)
+	}
+	return ErrPoolClosed
 }
 
 // submit queues a task, or fails it at once when the pool is closed.
@@ -404,7 +454,7 @@ func (p *Pool) submit(t *poolTask) {
 		select {
 		case p.tasks <- t:
 		case <-p.quit:
-			t.done(nil, -1, 0, ErrPoolClosed)
+			t.done(nil, -1, 0, p.closedErr())
 		case <-t.ctx.Done():
 			t.done(nil, -1, 0, context.Cause(t.ctx))
 		}

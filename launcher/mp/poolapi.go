@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/internal/codec"
 )
 
 // DefaultChunksize is the chunk size Map uses when given chunksize < 1,
@@ -45,7 +45,7 @@ func submitItems[A, R any](ctx context.Context, p *Pool, fn Func[A, R], items []
 	var chunks []chunk
 	for start := 0; start < len(items); start += chunksize {
 		end := min(start+chunksize, len(items))
-		enc, err := ipc.AppendSlice(ipc.AppendField(getBuf(), []byte(fn.name)), items[start:end])
+		enc, err := codec.AppendSlice(codec.AppendField(getBuf(), []byte(fn.name)), items[start:end])
 		if err != nil {
 			for _, c := range chunks {
 				putBuf(c.enc)

@@ -9,7 +9,7 @@ import (
 	"runtime/debug"
 	"sync"
 
-	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/internal/codec"
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/place"
 )
@@ -76,24 +76,24 @@ func encodeBatchReply[R any](errs map[int]*remoteError, values []R) ([]byte, err
 	var errGob []byte
 	if len(errs) > 0 {
 		var err error
-		if errGob, err = ipc.Encode(errs); err != nil {
+		if errGob, err = codec.Encode(errs); err != nil {
 			return nil, err
 		}
 	}
-	return ipc.AppendSlice(ipc.AppendField(nil, errGob), values)
+	return codec.AppendSlice(codec.AppendField(nil, errGob), values)
 }
 
 func decodeBatchReply[R any](b []byte) (errs map[int]*remoteError, values []R, err error) {
-	errGob, enc, ok := ipc.CutField(b)
+	errGob, enc, ok := codec.CutField(b)
 	if !ok {
 		return nil, nil, errors.New("mp: bad batch reply")
 	}
 	if len(errGob) > 0 {
-		if err := ipc.Decode(errGob, &errs); err != nil {
+		if err := codec.Decode(errGob, &errs); err != nil {
 			return nil, nil, err
 		}
 	}
-	values, err = ipc.DecodeSlice[R](enc)
+	values, err = codec.DecodeSlice[R](enc)
 	return errs, values, err
 }
 
@@ -124,7 +124,7 @@ func register[A, R any](name string, fn func(ctx context.Context, r Rank, args A
 	}
 	one := func(ctx context.Context, r Rank, in []byte) (out []byte, rerr *remoteError) {
 		var args A
-		if err := ipc.Decode(in, &args); err != nil {
+		if err := codec.Decode(in, &args); err != nil {
 			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: decode args: %v", name, err)}
 		}
 		defer recoverInto(&rerr)
@@ -132,13 +132,13 @@ func register[A, R any](name string, fn func(ctx context.Context, r Rank, args A
 		if err != nil {
 			return nil, errorOf(err, where)
 		}
-		if out, err = ipc.Encode(res); err != nil {
+		if out, err = codec.Encode(res); err != nil {
 			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: encode result: %v", name, err)}
 		}
 		return out, nil
 	}
 	batch := func(ctx context.Context, r Rank, in []byte) ([]byte, *remoteError) {
-		items, err := ipc.DecodeSlice[A](in)
+		items, err := codec.DecodeSlice[A](in)
 		if err != nil {
 			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: decode items: %v", name, err)}
 		}

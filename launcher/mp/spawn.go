@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/codec"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/place"
@@ -189,11 +190,11 @@ func spawnPayload[A, R any](fn Func[A, R], nprocs int, args A) ([]byte, error) {
 	if _, ok := lookup(fn.name); !ok {
 		return nil, fmt.Errorf("mp: spawn: function %q is not registered", fn.name)
 	}
-	in, err := ipc.Encode(args)
+	in, err := codec.Encode(args)
 	if err != nil {
 		return nil, fmt.Errorf("mp: spawn %s: encode args: %w", fn.name, err)
 	}
-	return ipc.Encode(callMsg{Func: fn.name, Args: in})
+	return codec.Encode(callMsg{Func: fn.name, Args: in})
 }
 
 // deliver takes what rank i reports: its result, or its error.
@@ -201,13 +202,13 @@ func (s *Spawned[R]) deliver(i int, f ipc.Frame) error {
 	closeAll(f.Files)
 	switch f.Type {
 	case ipc.FrameResult:
-		if err := ipc.Decode(f.Payload, &s.results[i]); err != nil {
+		if err := codec.Decode(f.Payload, &s.results[i]); err != nil {
 			return fmt.Errorf("mp: rank %d: decode result: %w", i, err)
 		}
 		s.gotRes[i] = true
 	case ipc.FrameError:
 		var re remoteError
-		if err := ipc.Decode(f.Payload, &re); err != nil {
+		if err := codec.Decode(f.Payload, &re); err != nil {
 			return fmt.Errorf("mp: rank %d: decode error: %w", i, err)
 		}
 		s.remote[i] = &re

@@ -1,4 +1,8 @@
-package ipc
+// Package codec is how values travel between the launcher and its ranks,
+// shared by package ipc (Queue and Pipe values) and launcher/mp (a rank's
+// arguments and results, a Pool's chunks of items). It is internal: the
+// encoding is the module's own, and both ends always run the same binary.
+package codec
 
 import (
 	"bytes"
@@ -38,7 +42,7 @@ const (
 	sliceRaw = 1 // a uvarint count, a pad length byte, pad bytes, then count*sizeof(T) raw bytes
 )
 
-var errBadSlice = errors.New("ipc: bad encoded slice")
+var errBadSlice = errors.New("codec: bad encoded slice")
 
 // AppendSlice appends the encoding of s to dst: raw bytes when T is plain
 // data, else gob. The raw bytes are padded to T's alignment relative to the
