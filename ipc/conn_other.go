@@ -61,3 +61,24 @@ func (*Conn) Close() error { return nil }
 
 // SetFrameTimeout does nothing off Linux.
 func (*Conn) SetFrameTimeout(time.Duration) {}
+
+// PacketConn is one end of a SOCK_SEQPACKET socket pair; off Linux it only
+// reports errors.ErrUnsupported.
+type PacketConn struct{}
+
+// PacketPair is not supported off Linux.
+func PacketPair(string) (parent *PacketConn, child *os.File, err error) {
+	return nil, nil, errUnsupported
+}
+
+// ReadPacket is not supported off Linux.
+func (*PacketConn) ReadPacket([]byte) (int, error) { return 0, errUnsupported }
+
+// WritePacket is not supported off Linux.
+func (*PacketConn) WritePacket([]byte, ...*os.File) error { return errUnsupported }
+
+// CloseWrite is not supported off Linux.
+func (*PacketConn) CloseWrite() error { return errUnsupported }
+
+// Close is not supported off Linux.
+func (*PacketConn) Close() error { return errUnsupported }

@@ -1,76 +1,51 @@
-// Package ipc owns the control channel between the launcher and its ranks:
-// the framing of messages on it and the passing of file descriptors
-// (SCM_RIGHTS) with them. Later layers (shared buffers, Pipe, Queue, the
-// broker) build on the frames defined here; stdout is never used.
+// Package ipc lets the ranks of a job share memory and pass values through
+// the launcher, without copies and without stdout. A Go rank's function
+// gets its Client from its context and shares a buffer like this:
 //
-// The launcher makes one connected unix stream socket pair per rank with
-// [Pair]; the rank inherits its end as an extra file descriptor and turns it
-// into a [Conn] with [FileConn]. Both sides then exchange [Frame]s with
-// [Conn.WriteFrame] and [Conn.ReadFrame]. A Conn is safe for one reader and
-// any number of concurrent writers: every frame is written whole, never
-// interleaved with another.
+//	c := ipc.ClientFrom(ctx)                // the rank's side of the broker
+//	buf, err := c.NewBuffer(len(data))      // a zeroed memfd, writable
+//	copy(buf.Bytes(), data)
+//	h, err := buf.Publish(ctx)              // sealed: nobody can write it now
+//	q := ipc.NewQueue[ipc.Handle](0)        // made once, sent to the ranks in their args
+//	err = q.Put(ctx, h)                     // the queue holds the buffer for the getter
 //
-// The Conn is implemented on Linux only; elsewhere every operation fails
-// with an error wrapping [errors.ErrUnsupported]. The frame header codec
-// ([frameHeader], [parseHeader], [appendHeader]) is pure and builds everywhere.
+// and another rank opens it, read-only, in place:
 //
-// # Wire format (version 1)
+//	h, err := q.Get(ctx)
+//	m, err := c.Open(ctx, h)                // m.Bytes() is the same memory
+//	defer m.Close(ctx)                      // releases the handle
 //
-// The stream is a sequence of frames. A frame is a fixed 20-byte header
-// followed by exactly Length payload bytes. All integers are big endian.
+// Queue and Pipe carry any value gob can encode, and the Handles inside it
+// (a buffer travels with its message); BufferPool recycles buffers of one
+// size; PublishFD and PublishBlob share CUDA memory. Scripts use the same
+// protocol from Python (module mpspawn.ipc, see package
+// github.com/mpspawn/mpspawn/ipc/python).
 //
-//	offset  size  field     value
-//	     0     3  magic     "MPS" (0x4d 0x50 0x53)
-//	     3     1  version   1 (Version); any other value is rejected
-//	     4     1  type      FrameType; 0 is reserved and rejected
-//	     5     1  flags     must be 0
-//	     6     1  nfds      number of descriptors sent with the frame, 0..16 (MaxFiles)
-//	     7     1  reserved  must be 0
-//	     8     8  id        request/reply correlation id; 0 when unused
-//	    16     4  length    payload length in bytes, at most the reader's limit
-//	                        (DefaultMaxPayload, 64 MiB, unless changed with SetMaxPayload)
-//	    20     …  payload   length bytes, opaque to this package
+// # How it works
 //
-// Descriptors travel as one SCM_RIGHTS control message attached to the
-// first byte of the header: the writer sends header, payload and
-// descriptors with a single sendmsg(2), continuing with further writes only
-// for the bytes a short write left over. The reader receives the header with
-// recvmsg(2) (MSG_CMSG_CLOEXEC), collecting the descriptors of every
-// SCM_RIGHTS message that arrives with header bytes, and the payload with
-// plain reads. Descriptors that arrive with payload bytes are not part of
-// the protocol; the kernel closes them.
-//
-// A frame is rejected with an error wrapping [ErrBadFrame] when its magic,
-// version, type, flags or reserved byte are wrong, when nfds exceeds
-// MaxFiles, when length exceeds the reader's limit, when the number of
-// descriptors received differs from nfds, or when the kernel truncated the
-// control data (MSG_CTRUNC). Every descriptor received with a rejected frame
-// is closed. After such an error the stream is out of step and the Conn's
-// read side stays broken; the caller closes the Conn.
-//
-// A clean end of stream before the first header byte reads as [io.EOF]
-// (so does a peer that closed with frames of ours unread: the kernel's
-// connection reset comes after every byte it wrote); an end of stream
-// inside a frame as [io.ErrUnexpectedEOF]. With [Conn.SetFrameTimeout], a
-// frame whose first bytes came but whose rest did not within the timeout is
-// rejected too.
-//
-// # The broker
-//
-// [Broker.Serve] is the launcher's one read loop on a rank's channel. No
-// channel ends in silence: a rank that breaks the protocol is sent an
-// error frame naming the violation ([ErrProtocol]) before its channel is
-// closed, and its [Client] fails the pending call and every later one with
-// it. What one rank may make the broker keep is bounded by [Limits]; a
-// request past one fails with [ErrLimit], and the rank carries on. The
-// request protocol is described in docs/ipc-protocol.md.
-//
-// # Peer credentials
+// Each rank has a control channel to the launcher: a connected unix stream
+// socket pair ([Pair]), the rank's end inherited as a file descriptor
+// (ControlFDEnv) and opened with [ConnFromEnv]. [Conn.WriteFrame] and
+// [Conn.ReadFrame] exchange [Frame]s, with file descriptors (SCM_RIGHTS)
+// attached; a Conn is safe for one reader and any number of concurrent
+// writers. The launcher runs one [Broker] for the job, and
+// [Broker.Serve] is its one read loop on each rank's channel: it answers
+// the ranks' requests (publish, open, release, put, get, ...), keeps the
+// buffers' descriptors, and tracks who holds every handle, so that a
+// buffer lives while anyone holds it and dies after. What one rank may make
+// the broker keep is bounded by [Limits]; a request past one fails with
+// [ErrLimit], and the rank carries on. No channel ends in silence: a rank
+// that breaks the protocol is sent an error frame naming the violation
+// ([ErrProtocol]) before its channel is closed.
 //
 // [Pair] and [FileConn] turn on SO_PASSCRED, so the kernel stamps every
-// frame with the pid, uid and gid of the process that wrote it
-// (SCM_CREDENTIALS). This matters because SO_PEERCRED on a socket pair names
-// the process that called socketpair(2) — the launcher — on both ends, not
-// the rank that inherited one of them. [Conn.PeerCred] reports the writer of
-// the last frame read and falls back to SO_PEERCRED before the first one.
+// frame with the pid of the process that wrote it; the broker accepts
+// frames from the rank's own process only ([PeerError]). [PacketConn] is
+// this package's other transport, one JSON message per packet with
+// descriptors attached, for the launcher's forkserver.
+//
+// The wire format (frames, requests, errors, limits, lifetimes) is
+// described in docs/ipc-protocol.md; this package keeps its codec to
+// itself. Conn and PacketConn are implemented on Linux only; elsewhere
+// every operation fails with an error wrapping [errors.ErrUnsupported].
 package ipc

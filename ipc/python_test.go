@@ -14,7 +14,7 @@ import (
 )
 
 // pythonClient is the Python client's source (mpspawn.ipc), relative to this package.
-const pythonClient = "../examples/python/mpspawn_ipc.py"
+const pythonClient = "python/mpspawn/ipc.py"
 
 // TestPythonConstants: every protocol constant of the Python client has
 // the Go side's value, and the Python client names every one of them. The

@@ -2,9 +2,11 @@
 #
 #     PYTHON -u -c <this file> CONFIG_JSON
 #
-# with a SOCK_SEQPACKET socket on fd 3. CONFIG_JSON is {"preload": [...],
-# "main": [...], "max_fds": F, "max_packet": B, "stack_hook": SOURCE} (the
-# stack hook each forked rank runs before its script): the launcher owns the bounds
+# with a SOCK_SEQPACKET socket on fd 3 (ipc.PacketPair). CONFIG_JSON is
+# {"preload": [...], "main": [...], "max_fds": F, "max_packet": B,
+# "stack_hook": SOURCE, "ipc_module": SOURCE} (the stack hook each forked rank
+# runs before its script, and mpspawn/ipc.py, whose send_fds and recv_fds are
+# how the server passes descriptors): the launcher owns the bounds
 # on a request (at most F fds and B bytes) and keeps its own requests within
 # them. The server imports the preload modules once, reports {"ready": pid},
 # then serves one JSON message per packet:
@@ -41,6 +43,18 @@ import socket
 import sys
 
 CONFIG = json.loads(sys.argv[1])
+
+
+def load_ipc():
+    """mpspawn.ipc (ipc/python/mpspawn/ipc.py), from the source the launcher
+    sent: the one Python module that passes descriptors."""
+    import types
+    mod = types.ModuleType("mpspawn.ipc")
+    exec(compile(CONFIG["ipc_module"], "mpspawn/ipc.py", "exec"), mod.__dict__)
+    return mod
+
+
+IPC = load_ipc()
 SOCK = socket.socket(fileno=3)
 SERVER_PID = os.getpid()
 MAX_PACKET = CONFIG["max_packet"]  # bytes in a request
@@ -53,7 +67,7 @@ INTERRUPTED = object()  # run_main's code for an uncaught KeyboardInterrupt
 
 
 def send(msg):
-    SOCK.send(json.dumps(msg).encode())
+    IPC.send_fds(SOCK, json.dumps(msg).encode())
 
 
 def clip(text):
@@ -462,7 +476,7 @@ def serve():
                 pass
             reap()
         if SOCK in r:
-            msg, fds, flags, _ = socket.recv_fds(SOCK, MAX_PACKET, MAX_FDS)
+            msg, fds, flags = IPC.recv_fds(SOCK, MAX_PACKET, MAX_FDS)
             if not msg and not fds and peer_closed():
                 return  # the launcher is gone or done
             try:

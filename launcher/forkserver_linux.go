@@ -13,7 +13,8 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/ipc/python"
 )
 
 //go:embed forkserver.py
@@ -44,7 +45,7 @@ const (
 // together), and Close it once they have ended.
 type Forkserver struct {
 	cfg     ForkserverConfig
-	conn    *packetConn // SOCK_SEQPACKET: one JSON message per packet
+	conn    *ipc.PacketConn // SOCK_SEQPACKET: one JSON message per packet
 	guard   *guard
 	pid     int
 	started time.Time
@@ -126,9 +127,12 @@ type serverConfig struct {
 	MaxFDs    int      `json:"max_fds"`
 	MaxPacket int      `json:"max_packet"`
 	StackHook string   `json:"stack_hook"` // stacks_hook.py, run in each rank
+	IPC       string   `json:"ipc_module"` // mpspawn/ipc.py, whose send_fds and recv_fds the server uses
 }
 
+// forkRequest asks the server to fork a rank (Op "fork").
 type forkRequest struct {
+	ID   int      `json:"id"`
 	Op   string   `json:"op"`
 	Argv []string `json:"argv"`
 	Env  []string `json:"env"`
@@ -140,6 +144,13 @@ type forkRequest struct {
 	// server's process group, killed with the server; it never moves
 	// itself, so nothing enters a rank cgroup once the server is gone.
 	Cgroup string `json:"cgroup,omitempty"`
+}
+
+// releaseRequest asks the server to reap rank Pid (see Forkserver.release).
+type releaseRequest struct {
+	ID  int    `json:"id"`
+	Op  string `json:"op"` // "release"
+	Pid int    `json:"pid"`
 }
 
 // StartForkserver starts a forkserver and returns at once; the preload
@@ -155,10 +166,11 @@ func StartForkserver(cfg ForkserverConfig) (*Forkserver, error) {
 		ready: make(chan struct{}), pending: map[int]chan forkReply{}, exits: map[int]chan syscall.WaitStatus{},
 		reaped: make(chan struct{}), dead: make(chan struct{}), readerD: make(chan struct{}),
 	}
-	child, err := fs.socket()
+	conn, child, err := ipc.PacketPair("forkserver")
 	if err != nil {
 		return nil, fmt.Errorf("launcher: forkserver socket: %w", err)
 	}
+	fs.conn = conn
 	defer child.Close()
 	out, err := fs.startProcess(child)
 	if err != nil {
@@ -174,19 +186,6 @@ func StartForkserver(cfg ForkserverConfig) (*Forkserver, error) {
 	fs.relay.Go(func() { relayLines(out, &prefixWriter{prefix: "[forkserver]: ", w: w}) })
 	go fs.read()
 	return fs, nil
-}
-
-// socket makes the launcher's end (fs.conn) and returns the server's.
-func (fs *Forkserver) socket() (*os.File, error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	if fs.conn, err = newPacketConn(fds[0], "forkserver"); err != nil {
-		unix.Close(fds[1])
-		return nil, err
-	}
-	return os.NewFile(uintptr(fds[1]), "forkserver-child"), nil
 }
 
 // startProcess starts the server from a locked thread that then waits for
@@ -207,6 +206,7 @@ func (fs *Forkserver) startProcess(sock *os.File) (output *os.File, err error) {
 	conf, _ := json.Marshal(serverConfig{
 		Preload: fs.cfg.Preload, Main: fs.cfg.Main,
 		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket, StackHook: stackHookSource,
+		IPC: python.IPCSource(),
 	})
 	env := fs.cfg.Env
 	if env == nil {
@@ -271,7 +271,7 @@ func (fs *Forkserver) read() {
 	defer close(fs.readerD)
 	buf := make([]byte, 64<<10)
 	for {
-		n, err := fs.conn.ReadMsg(buf)
+		n, err := fs.conn.ReadPacket(buf)
 		if err != nil || n == 0 {
 			break
 		}

@@ -23,10 +23,6 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 	if n := len(s.ExtraFiles); 3+n > forkserverMaxFDs {
 		return nil, fmt.Errorf("forkserver: the rank has %d extra files; a forked rank can have at most %d (fds 3 to %d)", n, forkserverMaxFDs-3, forkserverMaxFDs-1)
 	}
-	req, err := json.Marshal(forkRequest{Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs, Cgroup: s.cgroupPath})
-	if err != nil {
-		return nil, err
-	}
 	rp := &rankProc{spec: s}
 	files, release, err := rp.openFiles()
 	if err != nil {
@@ -38,16 +34,14 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 		rp.closePipes()
 		return nil, err
 	}
-	// The id goes in front of the request's other fields.
-	req = append(fmt.Appendf(nil, `{"id":%d,`, id), req[1:]...)
-	fds := make([]int, len(files))
-	for i, f := range files {
-		fds[i] = int(f.Fd())
-	}
+	req, err := json.Marshal(forkRequest{ID: id, Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs, Cgroup: s.cgroupPath})
 	rp.started = time.Now()
-	err = syscall.EMSGSIZE // beyond the server's bound, as beyond the socket's
-	if len(req) <= forkserverMaxPacket {
-		err = fs.conn.WriteMsg(req, unix.UnixRights(fds...))
+	switch {
+	case err != nil:
+	case len(req) > forkserverMaxPacket:
+		err = syscall.EMSGSIZE // beyond the server's bound, as beyond the socket's
+	default:
+		err = fs.conn.WritePacket(req, files...)
 	}
 	if err != nil {
 		fs.forget(id)
@@ -88,8 +82,11 @@ func (fs *Forkserver) release(pid int) *syscall.Rusage {
 	if err != nil {
 		return nil // the server is gone, and its ranks were reaped with it
 	}
-	req := fmt.Appendf(nil, `{"id":%d,"op":"release","pid":%d}`, id, pid)
-	if err := fs.conn.WriteMsg(req, nil); err != nil {
+	req, err := json.Marshal(releaseRequest{ID: id, Op: "release", Pid: pid})
+	if err == nil {
+		err = fs.conn.WritePacket(req)
+	}
+	if err != nil {
 		fs.forget(id)
 		return nil
 	}

@@ -21,7 +21,6 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/internal/proctest"
-	"golang.org/x/sys/unix"
 )
 
 // forkRank is the Python rank of the forkserver tests:
@@ -238,14 +237,14 @@ func TestForkserverBadRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer devnull.Close()
-	stdio := slices.Repeat([]int{int(devnull.Fd())}, 3)
-	tooMany := slices.Repeat([]int{int(devnull.Fd())}, forkserverMaxFDs+1)
+	stdio := slices.Repeat([]*os.File{devnull}, 3)
+	tooMany := slices.Repeat([]*os.File{devnull}, forkserverMaxFDs+1)
 	argv, _ := json.Marshal([]string{"-u", script, "exit", "0"})
 	fork := `"op":"fork","env":[],"argv":` + string(argv)
 	tests := []struct {
 		name   string
 		packet string // %d, if any, is the request's id; none: the server can read no id
-		fds    []int
+		fds    []*os.File
 		want   string // in the error reply
 	}{
 		{"unknown op", `{"id":%d,"op":"exec"}`, stdio, "bad request: unknown op 'exec'"},
@@ -362,20 +361,18 @@ func TestForkserverMaxFDs(t *testing.T) {
 // but with fds[0] replaced by a pipe's write end. The returned func fails
 // the test unless the server has closed that end: call it once the server
 // has answered.
-func sendRaw(t *testing.T, fs *Forkserver, packet string, fds []int) (closed func()) {
+func sendRaw(t *testing.T, fs *Forkserver, packet string, fds []*os.File) (closed func()) {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	var oob []byte
 	if len(fds) > 0 {
 		fds = slices.Clone(fds)
-		fds[0] = int(w.Fd())
-		oob = unix.UnixRights(fds...)
+		fds[0] = w
 	}
-	if err := fs.conn.WriteMsg([]byte(packet), oob); err != nil {
+	if err := fs.conn.WritePacket([]byte(packet), fds...); err != nil {
 		r.Close()
 		t.Fatalf("send %q: %v", packet, err)
 	}
