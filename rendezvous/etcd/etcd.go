@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -156,8 +157,11 @@ type Rendezvous struct {
 	kaCancel context.CancelFunc
 	kaDone   chan struct{}
 
-	round int         // the current round's number; -1 before the first
-	cur   *roundWatch // the current round's watcher, nil between rounds
+	round int              // the current round's number; -1 before the first
+	last  rendezvous.Round // the round this node last started
+	cur   *roundWatch      // the current round's watcher, nil between rounds
+
+	warned sync.Map // keys ignored with a warning already
 
 	closeOnce sync.Once
 	closeErr  error
@@ -198,8 +202,12 @@ func New(ctx context.Context, cfg Config) (*Rendezvous, error) {
 	}
 	e.hold = hold
 	e.self = rendezvous.Node{
-		ID:   cfg.LocalAddr + "-" + strconv.Itoa(os.Getpid()),
+		ID:   nodeID(cfg.LocalAddr, os.Getpid(), int64(e.lease)),
 		Addr: cfg.LocalAddr, Host: cfg.Host, NProc: cfg.NProc, Port: port,
+	}
+	if err := checkNode(e.self); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("rendezvous: this node: %w", err)
 	}
 	return e, nil
 }
@@ -265,12 +273,6 @@ func (e *Rendezvous) parseRoundKey(key string) (n int, rest string, ok bool) {
 	return n, rest, err == nil
 }
 
-// members is the value of r/<round>/members.
-type members struct {
-	Nodes   []rendezvous.Node `json:"nodes"`
-	Restart int               `json:"restart"`
-}
-
 // Close stops the round's watcher, revokes the lease (the node's keys go
 // at once) and closes the connection and the port reservation.
 func (e *Rendezvous) Close() error {
@@ -294,12 +296,65 @@ func (e *Rendezvous) Close() error {
 	return nil
 }
 
-// End closes the run with status unless it is closed already.
+// End closes the run with status unless it is closed already. The run's
+// keys go with it: "closed" (with the round's failure, which it vouches
+// for) lives on a lease of its own for tombTTL, so that a node arriving
+// late is told the run ended; the keys on no lease (members, done marks)
+// are deleted; the rest are on the nodes' leases and go with them.
 func (e *Rendezvous) End(ctx context.Context, status string) error {
 	k := e.key("closed")
-	_, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, status)).Commit()
+	tomb, err := e.cli.Grant(ctx, int64(e.tombTTL()/time.Second))
 	if err != nil {
 		return fmt.Errorf("rendezvous: close run %s: %w", e.cfg.RunID, err)
+	}
+	ops := []clientv3.Op{clientv3.OpPut(k, status, clientv3.WithLease(tomb.ID))}
+	if e.round >= 0 {
+		fk := e.roundKey(e.round, "fail")
+		if resp, err := e.cli.Get(ctx, fk); err == nil && len(resp.Kvs) > 0 {
+			if _, err := parseFailure(resp.Kvs[0], e.last, 0); err == nil {
+				ops = append(ops, clientv3.OpPut(fk, string(resp.Kvs[0].Value), clientv3.WithLease(tomb.ID)))
+			}
+		}
+	}
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("rendezvous: close run %s: %w", e.cfg.RunID, err)
+	}
+	if !resp.Succeeded {
+		_, _ = e.cli.Revoke(ctx, tomb.ID)
+	}
+	return e.deleteLeaseless(ctx)
+}
+
+// tombTTL is how long the record of a closed run stays: long enough for
+// every node of the run to see it (close_timeout and a lease TTL, or a
+// minute).
+func (e *Rendezvous) tombTTL() time.Duration {
+	return max(e.cfg.CloseTimeout+2*e.cfg.LeaseTTL, time.Minute).Round(time.Second)
+}
+
+// deleteLeaseless deletes the run's keys that are on no lease, a batch
+// at a time.
+func (e *Rendezvous) deleteLeaseless(ctx context.Context) error {
+	keys, _, _, err := e.readRun(ctx, 0, func(*mvccpb.KeyValue) bool { return false })
+	if err != nil {
+		return fmt.Errorf("rendezvous: clean up run %s: %w", e.cfg.RunID, err)
+	}
+	var ops []clientv3.Op
+	for _, kv := range keys {
+		if kv.Lease == 0 {
+			// Only if it is still on no lease: a key written again since
+			// the read is someone else's to remove.
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)},
+				[]clientv3.Op{clientv3.OpDelete(string(kv.Key))}, nil))
+		}
+	}
+	for len(ops) > 0 {
+		batch := ops[:min(64, len(ops))]
+		ops = ops[len(batch):]
+		if _, err := e.cli.Txn(ctx).Then(batch...).Commit(); err != nil {
+			return fmt.Errorf("rendezvous: clean up run %s: %w", e.cfg.RunID, err)
+		}
 	}
 	return nil
 }
@@ -307,36 +362,49 @@ func (e *Rendezvous) End(ctx context.Context, status string) error {
 // Fail publishes f as the current round's failure unless one is there
 // already, and returns the one that is.
 func (e *Rendezvous) Fail(ctx context.Context, f rendezvous.Failure) (rendezvous.Failure, error) {
+	if e.round < 0 {
+		return f, nil
+	}
 	if e.cur != nil {
 		f.NodeRank = e.cur.nodeRank
 	}
 	f.Host, f.Addr = e.self.Host, e.self.Addr
-	return e.publishFailure(ctx, e.round, f)
+	return e.publishFailure(ctx, e.last, f)
 }
 
-func (e *Rendezvous) publishFailure(ctx context.Context, round int, f rendezvous.Failure) (rendezvous.Failure, error) {
-	k := e.roundKey(round, "fail")
+// publishFailure writes f as round r's failure, on this node's lease, unless
+// the round has one: it then returns that one. A failure record that fails
+// verification does not count: f is written over it.
+func (e *Rendezvous) publishFailure(ctx context.Context, r rendezvous.Round, f rendezvous.Failure) (rendezvous.Failure, error) {
+	k := e.roundKey(r.Number, "fail")
+	f.Message = truncateMessage(f.Message)
 	b, err := json.Marshal(f)
 	if err != nil {
 		return rendezvous.Failure{}, err
 	}
-	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, string(b))).Else(clientv3.OpGet(k)).Commit()
-	if err != nil {
-		return f, fmt.Errorf("rendezvous: publish failure: %w", err)
+	var bad int64 // the revision of a record that failed verification
+	for range 3 {
+		resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", bad)).
+			Then(clientv3.OpPut(k, string(b), clientv3.WithLease(e.lease))).Else(clientv3.OpGet(k)).Commit()
+		if err != nil {
+			return f, fmt.Errorf("rendezvous: publish failure: %w", err)
+		}
+		if resp.Succeeded {
+			return f, nil
+		}
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			bad = 0
+			continue
+		}
+		first, err := parseFailure(kvs[0], r, 0)
+		if err == nil {
+			return first, nil
+		}
+		e.warnIgnored(k, err)
+		bad = kvs[0].ModRevision
 	}
-	if resp.Succeeded {
-		return f, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return f, nil
-	}
-	var first rendezvous.Failure
-	if err := json.Unmarshal(kvs[0].Value, &first); err != nil {
-		return f, fmt.Errorf("rendezvous: read failure: %w", err)
-	}
-	return first, nil
+	return f, fmt.Errorf("rendezvous: publish failure: round %d's failure record keeps changing", r.Number)
 }
 
 // Stopped returns the current round's stop channel; nil between rounds.

@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -69,10 +71,29 @@ func (e *Rendezvous) firstRound(ctx context.Context) (int, error) {
 			started = true
 		}
 	}
-	if started {
-		return newest + 1, nil
+	if !started {
+		return newest, nil
 	}
-	return newest, nil
+	// The newest round started if its members are what the round's own
+	// protocol wrote; a forged value does not move this node on.
+	k := e.roundKey(newest, "members")
+	mresp, err := e.cli.Get(ctx, k)
+	if err != nil {
+		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read run %s: %w", e.cfg.RunID, err))
+	}
+	if len(mresp.Kvs) == 0 {
+		return newest, nil
+	}
+	_, err = e.verifyMembers(ctx, newest, mresp.Kvs[0], nil)
+	var ne *NNodesError
+	switch {
+	case errors.As(err, &ne):
+		return 0, err
+	case err != nil:
+		e.warnIgnored(k, err)
+		return newest, nil
+	}
+	return newest + 1, nil
 }
 
 func (e *Rendezvous) closedError(ctx context.Context) error {
@@ -97,35 +118,61 @@ func (e *Rendezvous) ctxErr(ctx context.Context, err error) error {
 
 // joinState is a round's nodes as this node waits for it to start.
 type joinState struct {
-	joined  map[string]rendezvous.Node // by id
+	joined  map[string]joinRecord // by id, verified
 	members *members
-	closed  bool
+	// badMembers is the revision of a members value that failed
+	// verification: the round's own protocol may write over it.
+	badMembers int64
+	closed     bool
 }
 
 // join puts this node into round n and waits for the round's members.
 func (e *Rendezvous) join(ctx context.Context, n int, deadline time.Time) (rendezvous.Round, error) {
-	b, _ := json.Marshal(e.self)
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	events, err := e.syncedWatch(wctx)
 	if err != nil {
 		return rendezvous.Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: watch run %s: %w", e.cfg.RunID, err))
 	}
-	resp, err := e.cli.Txn(ctx).Then(
-		clientv3.OpPut(e.roundKey(n, "join", e.self.ID), string(b), clientv3.WithLease(e.lease)),
-		clientv3.OpGet(e.roundKey(n)+"/", clientv3.WithPrefix()),
-		clientv3.OpGet(e.key("closed")),
-	).Commit()
+	rev, err := e.putJoin(ctx, n)
+	if err != nil {
+		return rendezvous.Round{}, err
+	}
+	_, kvs, floor, err := e.readRun(ctx, rev, e.wantJoin(n)) // events up to floor are in the read
 	if err != nil {
 		return rendezvous.Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
 	}
-	st := &joinState{joined: map[string]rendezvous.Node{}}
-	for _, r := range resp.Responses[1:] {
-		for _, kv := range r.GetResponseRange().Kvs {
-			e.applyJoin(st, n, string(kv.Key), kv.Value, false)
+	st := &joinState{joined: map[string]joinRecord{}}
+	slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.ModRevision, b.ModRevision) })
+	for _, kv := range kvs {
+		if err := e.applyJoin(ctx, st, n, kv, false); err != nil {
+			return rendezvous.Round{}, err
 		}
 	}
-	floor := resp.Header.Revision // events up to here are in the read
+	return e.waitRound(ctx, n, deadline, st, events, floor)
+}
+
+// putJoin writes this node's join record of round n, on its lease, and
+// returns the revision it is at. A record of this node's identity that
+// another launcher wrote is an *IdentityError.
+func (e *Rendezvous) putJoin(ctx context.Context, n int) (int64, error) {
+	b, _ := json.Marshal(joinRecord{Node: e.self, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes})
+	k := e.roundKey(n, "join", e.self.ID)
+	put := clientv3.OpPut(k, string(b), clientv3.WithLease(e.lease))
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(put).
+		Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(k), "=", e.lease)}, []clientv3.Op{put}, nil)).Commit()
+	if err != nil {
+		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
+	}
+	if !resp.Succeeded && !resp.Responses[0].GetResponseTxn().Succeeded {
+		return 0, &IdentityError{RunID: e.cfg.RunID, ID: e.self.ID}
+	}
+	return resp.Header.Revision, nil
+}
+
+// waitRound waits for round n to start, following the run's events from
+// revision floor on.
+func (e *Rendezvous) waitRound(ctx context.Context, n int, deadline time.Time, st *joinState, events clientv3.WatchChan, floor int64) (rendezvous.Round, error) {
 	var lastCall *time.Timer
 	var lastCallC <-chan time.Time
 	defer func() {
@@ -170,7 +217,9 @@ func (e *Rendezvous) join(ctx context.Context, n int, deadline time.Time) (rende
 			}
 			for _, ev := range wr.Events {
 				if ev.Kv.ModRevision > floor {
-					e.applyJoin(st, n, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+					if err := e.applyJoin(ctx, st, n, ev.Kv, ev.Type == clientv3.EventTypeDelete); err != nil {
+						return rendezvous.Round{}, err
+					}
 				}
 			}
 		case <-lastCallC:
@@ -191,49 +240,70 @@ func (e *Rendezvous) joinTimeout(ctx context.Context, st *joinState) error {
 	return &JoinTimeoutError{RunID: e.cfg.RunID, Joined: addrs(sortedNodes(st.joined)), MinNodes: e.cfg.MinNodes, Timeout: e.cfg.JoinTimeout}
 }
 
-// applyJoin applies one key of the run to the state of round n.
-func (e *Rendezvous) applyJoin(st *joinState, n int, key string, value []byte, deleted bool) {
+// applyJoin applies one key of the run to the state of round n. A key
+// that fails verification is ignored with a warning; a node started for
+// another number of nodes is an *NNodesError.
+func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, n int, kv *mvccpb.KeyValue, deleted bool) error {
+	key := string(kv.Key)
 	if key == e.key("closed") && !deleted {
 		st.closed = true
-		return
+		return nil
 	}
 	rn, rest, ok := e.parseRoundKey(key)
 	if !ok || rn != n {
-		return
+		return nil
 	}
-	switch {
-	case strings.HasPrefix(rest, "join/"):
-		id := strings.TrimPrefix(rest, "join/")
-		if deleted {
-			delete(st.joined, id)
-			return
+	switch id, isJoin := strings.CutPrefix(rest, "join/"); {
+	case isJoin && deleted:
+		delete(st.joined, id)
+	case isJoin:
+		j, err := parseJoin(id, kv)
+		if err != nil {
+			e.warnIgnored(key, err)
+			return nil
 		}
-		var node rendezvous.Node
-		if json.Unmarshal(value, &node) == nil {
-			st.joined[id] = node
+		if j.MinNodes != e.cfg.MinNodes || j.MaxNodes != e.cfg.MaxNodes {
+			return &NNodesError{RunID: e.cfg.RunID, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes,
+				Addr: j.Addr, OtherMin: j.MinNodes, OtherMax: j.MaxNodes}
 		}
+		j.rev = kv.ModRevision
+		st.joined[id] = j
 	case rest == "members" && !deleted:
-		var m members
-		if json.Unmarshal(value, &m) == nil {
-			st.members = &m
+		m, err := e.verifyMembers(ctx, n, kv, st.joined)
+		var ne *NNodesError
+		switch {
+		case errors.As(err, &ne):
+			return err
+		case err != nil:
+			e.warnIgnored(key, err)
+			st.badMembers = kv.ModRevision
+		default:
+			st.members = m
 		}
 	}
+	return nil
 }
 
 // createMembers starts round n with the nodes joined, unless another node
-// started it first (the transaction creates the key once).
+// started it first (the transaction creates the key once, or writes over
+// a members value that failed verification) or a node's join record
+// changed since this node read it.
 func (e *Rendezvous) createMembers(ctx context.Context, n int, st *joinState) error {
 	restart, err := e.restartCount(ctx, n)
 	if err != nil {
 		return err
 	}
-	m := members{Nodes: sortedNodes(st.joined), Restart: restart}
+	m := members{Nodes: sortedNodes(st.joined), Restart: restart, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes}
 	if len(m.Nodes) > e.cfg.MaxNodes {
 		m.Nodes = m.Nodes[:e.cfg.MaxNodes]
 	}
 	b, _ := json.Marshal(m)
 	k := e.roundKey(n, "members")
-	_, err = e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(b))).Commit()
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", st.badMembers)}
+	for _, node := range m.Nodes {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(e.roundKey(n, "join", node.ID)), "=", st.joined[node.ID].rev))
+	}
+	_, err = e.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(k, string(b))).Commit()
 	if err != nil {
 		return e.ctxErr(ctx, fmt.Errorf("rendezvous: start round %d: %w", n, err))
 	}
@@ -242,7 +312,8 @@ func (e *Rendezvous) createMembers(ctx context.Context, n int, st *joinState) er
 
 // restartCount is round n's TORCHELASTIC_RESTART_COUNT: the previous
 // round's, plus one if that round failed (a change of membership spends
-// no restart).
+// no restart). The previous round is the one this node ran, or else its
+// members verified; a failure counts once verified against them.
 func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
 	if n == 0 {
 		return 0, nil
@@ -251,14 +322,41 @@ func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
 	if err != nil {
 		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", n-1, err))
 	}
-	var prev members
-	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-		_ = json.Unmarshal(kvs[0].Value, &prev)
+	prev := e.last
+	if prev.Number != n-1 || prev.Hosts == nil {
+		kvs := resp.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return 0, nil
+		}
+		m, err := e.verifyMembers(ctx, n-1, kvs[0], nil)
+		if err != nil {
+			e.warnIgnored(string(kvs[0].Key), err)
+			return 0, nil
+		}
+		prev = roundOf(n-1, m, 0)
 	}
-	if len(resp.Responses[1].GetResponseRange().Kvs) > 0 {
+	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		if _, err := parseFailure(kvs[0], prev, 0); err != nil {
+			e.warnIgnored(string(kvs[0].Key), err)
+			return prev.Restart, nil
+		}
 		return prev.Restart + 1, nil
 	}
 	return prev.Restart, nil
+}
+
+// roundOf is round n with members m, as node i of them sees it.
+func roundOf(n int, m *members, i int) rendezvous.Round {
+	r := rendezvous.Round{Number: n, Restart: m.Restart, Hosts: m.Nodes}
+	r.NNodes, r.NodeRank, r.NProcPerNode = len(m.Nodes), i, m.Nodes[i].NProc
+	for j, node := range m.Nodes {
+		if j < i {
+			r.FirstRank += node.NProc
+		}
+		r.WorldSize += node.NProc
+	}
+	r.MasterAddr, r.MasterPort = m.Nodes[0].Addr, m.Nodes[0].Port
+	return r
 }
 
 // startRound turns round n's members into this node's Round and starts
@@ -268,16 +366,8 @@ func (e *Rendezvous) startRound(n int, m *members) (rendezvous.Round, error) {
 	if i < 0 {
 		return rendezvous.Round{}, errTooLate
 	}
-	r := rendezvous.Round{Number: n, Restart: m.Restart, Hosts: m.Nodes}
-	r.NNodes, r.NodeRank, r.NProcPerNode = len(m.Nodes), i, e.self.NProc
-	for j, node := range m.Nodes {
-		if j < i {
-			r.FirstRank += node.NProc
-		}
-		r.WorldSize += node.NProc
-	}
-	r.MasterAddr, r.MasterPort = m.Nodes[0].Addr, m.Nodes[0].Port
-	e.round = n
+	r := roundOf(n, m, i)
+	e.round, e.last = n, r
 	e.cur = e.watchRound(r)
 	return r, nil
 }
@@ -295,10 +385,10 @@ func (e *Rendezvous) status(st *joinState, deadline time.Time) string {
 
 // sortedNodes orders nodes by id: node ranks are the same on every node,
 // and stay the same across rounds while the nodes do.
-func sortedNodes(nodes map[string]rendezvous.Node) []rendezvous.Node {
+func sortedNodes(nodes map[string]joinRecord) []rendezvous.Node {
 	out := make([]rendezvous.Node, 0, len(nodes))
 	for _, n := range nodes {
-		out = append(out, n)
+		out = append(out, n.Node)
 	}
 	slices.SortFunc(out, func(a, b rendezvous.Node) int { return strings.Compare(a.ID, b.ID) })
 	return out

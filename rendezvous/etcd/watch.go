@@ -2,13 +2,15 @@ package etcd
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -109,7 +111,7 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 				if ev.Kv.ModRevision <= floor {
 					continue
 				}
-				e.applyRound(ctx, w, string(ev.Kv.Key), ev.Kv.Value, ev.Type == clientv3.EventTypeDelete)
+				e.applyRound(ctx, w, ev.Kv, ev.Type == clientv3.EventTypeDelete)
 				rev = max(rev, ev.Kv.ModRevision+1)
 			}
 		}
@@ -125,100 +127,140 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 	}
 }
 
-// readRound starts a watch, then reads the run's keys and applies them to
-// round w; it returns the watch (nil if etcd refused it: the caller makes
-// one) and the revision of the read, which the watch's events up to are
-// already applied.
+// readRound starts a watch, then reads the run's keys (bounded: see
+// readRun) and applies them to round w; it returns the watch (nil if etcd
+// refused it: the caller makes one) and the revision of the read, which
+// the watch's events up to are already applied.
 func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (clientv3.WatchChan, int64) {
+	isMember := func(id string) bool { _, ok := w.members[id]; return ok }
+	want := e.wantRound(w.round, isMember)
 	events, err := e.syncedWatch(ctx)
-	var resp *clientv3.GetResponse
+	var keys, kvs []*mvccpb.KeyValue
+	var rev int64
 	if err == nil {
-		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+		keys, kvs, rev, err = e.readRun(ctx, 0, want)
 	}
 	for err != nil { // etcd away: read again
 		if ctx.Err() != nil {
 			return nil, 0
 		}
 		events = nil
-		resp, err = e.cli.Get(ctx, e.prefix, clientv3.WithPrefix())
+		keys, kvs, rev, err = e.readRun(ctx, 0, want)
 	}
 	present := map[string]bool{}
-	for _, kv := range resp.Kvs {
-		e.applyRound(ctx, w, string(kv.Key), kv.Value, false)
+	for _, kv := range keys {
 		present[string(kv.Key)] = true
+	}
+	for _, kv := range kvs {
+		e.applyRound(ctx, w, kv, false)
 	}
 	for id := range w.members {
 		// A member lost between the round's start and this read.
 		if k := e.roundKey(w.round.Number, "join", id); !present[k] {
-			e.applyRound(ctx, w, k, nil, true)
+			e.applyRound(ctx, w, &mvccpb.KeyValue{Key: []byte(k)}, true)
 		}
 	}
-	return events, resp.Header.Revision
+	return events, rev
 }
 
-// applyRound applies one key of the run to the watched round.
-func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, key string, value []byte, deleted bool) {
-	n := w.round.Number
-	if key == e.key("closed") && !deleted {
-		// The run failed and closed in one go: the round's failure is
-		// the reason, when it has one.
-		if resp, err := e.cli.Get(ctx, e.roundKey(n, "fail")); err == nil && len(resp.Kvs) > 0 {
-			var f rendezvous.Failure
-			if json.Unmarshal(resp.Kvs[0].Value, &f) == nil {
-				w.failed = true
-				w.stop(rendezvous.Stop{Failure: &f})
-				return
-			}
+// applyRound applies one key of the run to the watched round. A key that
+// fails verification is ignored with a warning.
+func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue, deleted bool) {
+	key := string(kv.Key)
+	if key == e.key("closed") {
+		if !deleted {
+			e.applyClosed(ctx, w, kv)
 		}
-		w.stop(rendezvous.Stop{Reason: rendezvous.ReasonClosed})
 		return
 	}
 	rn, rest, ok := e.parseRoundKey(key)
-	if !ok {
+	if !ok || deleted && rn != w.round.Number {
 		return
 	}
+	n := w.round.Number
 	switch {
 	case rn == n && rest == "fail" && !deleted:
-		var f rendezvous.Failure
-		if json.Unmarshal(value, &f) == nil {
-			w.failed = true
-			w.stop(rendezvous.Stop{Failure: &f})
+		if w.failed {
+			return // the round's failure is known (the run's closer writes it again)
 		}
+		f, err := parseFailure(kv, w.round, 0)
+		if err != nil {
+			e.warnIgnored(key, err)
+			return
+		}
+		w.failed = true
+		w.stop(rendezvous.Stop{Failure: &f})
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
-		w.isDone[strings.TrimPrefix(rest, "done/")] = true
+		id := strings.TrimPrefix(rest, "done/")
+		if _, member := w.members[id]; !member || len(kv.Value) != 0 {
+			e.warnIgnored(key, errors.New("not a member's done mark"))
+			return
+		}
+		w.isDone[id] = true
 		if !w.allDoneClosed && len(w.isDone) >= len(w.members) && w.allMembersDone() {
 			w.allDoneClosed = true // keys read again (compacted history) apply again
 			close(w.allDone)
 		}
 	case rn == n && strings.HasPrefix(rest, "join/") && deleted:
-		id := strings.TrimPrefix(rest, "join/")
-		node, member := w.members[id]
-		if !member || w.isDone[id] || w.failed || e.leaseLost.Load() {
-			return
-		}
-		rank := 0
-		for i, h := range w.round.Hosts {
-			if h.ID == id {
-				rank = i
-			}
-		}
-		f := rendezvous.Failure{NodeRank: rank, Host: node.Host, Addr: node.Addr, Rank: -1, LocalRank: -1,
-			ExitCode: rendezvous.LostExitCode, Lost: true, Time: time.Now(),
-			Message: fmt.Sprintf("its etcd lease expired (its launcher died, or lost etcd for longer than the lease TTL %v)", e.cfg.LeaseTTL)}
-		if first, err := e.publishFailure(ctx, n, f); err == nil {
-			f = first
-		}
-		w.failed = true
-		w.stop(rendezvous.Stop{Failure: &f})
+		e.memberGone(ctx, w, strings.TrimPrefix(rest, "join/"))
 	case rn == n+1 && strings.HasPrefix(rest, "join/") && !deleted:
 		id := strings.TrimPrefix(rest, "join/")
 		if _, member := w.members[id]; member || w.failed || len(w.members) >= e.cfg.MaxNodes {
 			return
 		}
-		var node rendezvous.Node
-		_ = json.Unmarshal(value, &node)
-		w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", node.Addr)})
+		j, err := parseJoin(id, kv)
+		if err == nil && (j.MinNodes != e.cfg.MinNodes || j.MaxNodes != e.cfg.MaxNodes) {
+			err = fmt.Errorf("node %s wants %s nodes, this job %s", j.Addr, nodesSpec(j.MinNodes, j.MaxNodes), nodesSpec(e.cfg.MinNodes, e.cfg.MaxNodes))
+		}
+		if err != nil {
+			e.warnIgnored(key, err)
+			return
+		}
+		w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", j.Addr)})
 	}
+}
+
+// applyClosed ends the watched round for the run's end: the run failed
+// and closed in one go when the round has a failure, which is then the
+// reason (the node that closed the run vouches for it).
+func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue) {
+	if len(kv.Value) > maxClosedValue {
+		e.warnIgnored(string(kv.Key), fmt.Errorf("value of %d bytes, over the %d allowed", len(kv.Value), maxClosedValue))
+	}
+	k := e.roundKey(w.round.Number, "fail")
+	if resp, err := e.cli.Get(ctx, k); err == nil && len(resp.Kvs) > 0 {
+		f, err := parseFailure(resp.Kvs[0], w.round, kv.Lease)
+		if err == nil {
+			w.failed = true
+			w.stop(rendezvous.Stop{Failure: &f})
+			return
+		}
+		e.warnIgnored(k, err)
+	}
+	w.stop(rendezvous.Stop{Reason: rendezvous.ReasonClosed})
+}
+
+// memberGone handles the join key of node id going: a member that goes
+// before it is done, while the round has no failure, is lost.
+func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string) {
+	node, member := w.members[id]
+	if !member || w.isDone[id] || w.failed || e.leaseLost.Load() {
+		return
+	}
+	select {
+	case <-w.stopped:
+		return // the round has ended (the run was closed, say): nodes leave
+	default:
+	}
+	rank := slices.IndexFunc(w.round.Hosts, func(h rendezvous.Node) bool { return h.ID == id })
+	f := rendezvous.Failure{NodeRank: rank, Host: node.Host, Addr: node.Addr, Rank: -1, LocalRank: -1,
+		ExitCode: rendezvous.LostExitCode, Lost: true, Time: time.Now(),
+		Message: fmt.Sprintf("its etcd lease expired (its launcher died, or lost etcd for longer than the lease TTL %v)", e.cfg.LeaseTTL)}
+	if first, err := e.publishFailure(ctx, w.round, f); err == nil {
+		f = first
+	}
+	w.failed = true
+	w.stop(rendezvous.Stop{Failure: &f})
 }
 
 func (w *roundWatch) allMembersDone() bool {

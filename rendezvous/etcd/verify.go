@@ -1,0 +1,261 @@
+package etcd
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/mpspawn/mpspawn/rendezvous"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+)
+
+// Bounds on what is read from etcd. Anyone who can write to the run's
+// prefix can put anything there: every value read is parsed strictly and
+// checked against these before it can change the job; anything else is
+// ignored with one warning naming its key.
+const (
+	maxJoinValue    = 4 << 10  // a node's join record
+	maxFailValue    = 64 << 10 // a failure record
+	maxMembersValue = 1 << 20  // a round's members
+	maxClosedValue  = 64       // "succeeded" or "failed"
+	maxMessage      = 8 << 10  // a failure's message, as this node publishes it
+	maxKeysRead     = 10000    // keys listed in one read of the run
+	maxNProc        = 1 << 16  // a node's ranks
+	maxRestart      = 1 << 20  // a round's restart count
+	maxNameLen      = 253      // a host name or address
+)
+
+// joinRecord is the value of r/<round>/join/<id>: the node, and the
+// number of nodes it was started for (nodes that disagree are refused).
+type joinRecord struct {
+	rendezvous.Node
+	MinNodes int `json:"min_nodes"`
+	MaxNodes int `json:"max_nodes"`
+
+	rev int64 // the revision of the key it was read from
+}
+
+// members is the value of r/<round>/members.
+type members struct {
+	Nodes    []rendezvous.Node `json:"nodes"`
+	Restart  int               `json:"restart"`
+	MinNodes int               `json:"min_nodes"`
+	MaxNodes int               `json:"max_nodes"`
+}
+
+// strictJSON decodes b into v: a value over max bytes, unknown fields and
+// trailing data are errors.
+func strictJSON(b []byte, max int, v any) error {
+	if len(b) > max {
+		return fmt.Errorf("value of %d bytes, over the %d allowed", len(b), max)
+	}
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return fmt.Errorf("not a valid record: %w", err)
+	}
+	if d.More() {
+		return errors.New("not a valid record: data after it")
+	}
+	return nil
+}
+
+// nodeID is the identity of the node holding lease: unique per launcher
+// (two launchers never hold one lease), and bound to the lease its keys
+// must be attached to.
+func nodeID(addr string, pid int, lease int64) string {
+	return fmt.Sprintf("%s-%d-%x", addr, pid, lease)
+}
+
+// leaseOf is the lease a node id names; 0 if it names none.
+func leaseOf(id string) int64 {
+	i := strings.LastIndexByte(id, '-')
+	if i < 0 {
+		return 0
+	}
+	l, err := strconv.ParseUint(id[i+1:], 16, 63)
+	if err != nil {
+		return 0
+	}
+	return int64(l)
+}
+
+// checkName checks a host name or an IP address.
+func checkName(what, s string) error {
+	if net.ParseIP(s) != nil {
+		return nil
+	}
+	ok := s != "" && len(s) <= maxNameLen && s[0] != '-' && s[0] != '.'
+	for _, r := range s {
+		ok = ok && (r == '-' || r == '.' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z')
+	}
+	if !ok {
+		return fmt.Errorf("%s %.40q is not a host name or IP address", what, s)
+	}
+	return nil
+}
+
+// checkNode checks a node as a join record or a member states it.
+func checkNode(n rendezvous.Node) error {
+	switch {
+	case n.NProc < 1 || n.NProc > maxNProc:
+		return fmt.Errorf("nproc %d out of range [1, %d]", n.NProc, maxNProc)
+	case n.Port < 1 || n.Port > 65535:
+		return fmt.Errorf("port %d out of range [1, 65535]", n.Port)
+	case leaseOf(n.ID) == 0 || !strings.HasPrefix(n.ID, n.Addr+"-"):
+		return fmt.Errorf("id %.80q is not ADDR-PID-LEASE of its address", n.ID)
+	}
+	if err := checkName("addr", n.Addr); err != nil {
+		return err
+	}
+	return checkName("host", n.Host)
+}
+
+// parseJoin verifies the join record kv of node id: the record is the
+// node's own (its id is the key's), and the key is attached to the lease
+// that the id names, so that it lives only as long as that node's lease.
+func parseJoin(id string, kv *mvccpb.KeyValue) (joinRecord, error) {
+	var j joinRecord
+	switch {
+	case kv.Lease == 0:
+		return j, errors.New("not attached to a lease")
+	case kv.Lease != leaseOf(id):
+		return j, fmt.Errorf("attached to lease %x, not to its node's lease", kv.Lease)
+	}
+	if err := strictJSON(kv.Value, maxJoinValue, &j); err != nil {
+		return j, err
+	}
+	if j.ID != id {
+		return j, fmt.Errorf("id %.80q differs from its key's", j.ID)
+	}
+	if j.MinNodes < 1 || j.MaxNodes < j.MinNodes || j.MaxNodes > 1<<20 {
+		return j, fmt.Errorf("nodes %d:%d out of range", j.MinNodes, j.MaxNodes)
+	}
+	return j, checkNode(j.Node)
+}
+
+// parseMembers verifies a round's members against the nodes that had
+// joined it when the members were written (joined): every member is a
+// node that joined, as it joined, once, in id order, and their number is
+// the job's.
+func parseMembers(value []byte, joined map[string]joinRecord, minN, maxN int) (*members, error) {
+	var m members
+	if err := strictJSON(value, maxMembersValue, &m); err != nil {
+		return nil, err
+	}
+	switch {
+	case len(m.Nodes) < minN || len(m.Nodes) > maxN:
+		return nil, fmt.Errorf("%d nodes, not between %d and %d", len(m.Nodes), minN, maxN)
+	case m.Restart < 0 || m.Restart > maxRestart:
+		return nil, fmt.Errorf("restart %d out of range", m.Restart)
+	}
+	for i, n := range m.Nodes {
+		if i > 0 && m.Nodes[i-1].ID >= n.ID {
+			return nil, fmt.Errorf("node %.80q out of order", n.ID)
+		}
+		if j, ok := joined[n.ID]; !ok || j.Node != n {
+			return nil, fmt.Errorf("node %.80q is not a node that joined the round", n.ID)
+		}
+	}
+	return &m, nil
+}
+
+// parseFailure verifies a round's failure record: it is from a member of
+// the round (written on a member's lease, or vouched for by the node that
+// closed the run, whose lease is vouch), names that member, and carries a
+// failure's exit code.
+func parseFailure(kv *mvccpb.KeyValue, r rendezvous.Round, vouch int64) (rendezvous.Failure, error) {
+	var f rendezvous.Failure
+	if !slicesContainsLease(r.Hosts, kv.Lease) && (vouch == 0 || kv.Lease != vouch) {
+		return f, errors.New("not written by a member of the round (not on a member's lease)")
+	}
+	if err := strictJSON(kv.Value, maxFailValue, &f); err != nil {
+		return f, err
+	}
+	switch {
+	case f.NodeRank < 0 || f.NodeRank >= len(r.Hosts):
+		return f, fmt.Errorf("node rank %d out of range [0, %d)", f.NodeRank, len(r.Hosts))
+	case f.Addr != r.Hosts[f.NodeRank].Addr:
+		return f, fmt.Errorf("addr %.80q is not node %d's", f.Addr, f.NodeRank)
+	case f.ExitCode < 1 || f.ExitCode > 255:
+		return f, fmt.Errorf("exit code %d is not a failure's (1 to 255)", f.ExitCode)
+	case f.Signal < 0 || f.Signal > 128:
+		return f, fmt.Errorf("signal %d out of range", f.Signal)
+	case f.Rank < -1 || f.Rank >= r.WorldSize:
+		return f, fmt.Errorf("rank %d out of range [-1, %d)", f.Rank, r.WorldSize)
+	case f.LocalRank < -1 || f.LocalRank >= r.Hosts[f.NodeRank].NProc:
+		return f, fmt.Errorf("local rank %d out of range", f.LocalRank)
+	case len(f.Message) > maxMessage || len(f.Cause) > maxMessage || len(f.Host) > maxNameLen:
+		return f, errors.New("message, cause or host too long")
+	case !utf8.ValidString(f.Message) || !utf8.ValidString(f.Cause) || !utf8.ValidString(f.Host):
+		return f, errors.New("message, cause or host not UTF-8")
+	}
+	return f, nil
+}
+
+func slicesContainsLease(nodes []rendezvous.Node, lease int64) bool {
+	for _, n := range nodes {
+		if lease != 0 && leaseOf(n.ID) == lease {
+			return true
+		}
+	}
+	return false
+}
+
+// truncateMessage bounds a failure's message as this node publishes it,
+// so that the other nodes take it.
+func truncateMessage(s string) string {
+	if len(s) <= maxMessage {
+		return strings.ToValidUTF8(s, "?")
+	}
+	s = s[:maxMessage-len(" [...]")]
+	for !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + " [...]"
+}
+
+// NNodesError is another node that was started for a different number
+// of nodes than this one: a job's nodes must agree.
+type NNodesError struct {
+	RunID              string
+	MinNodes, MaxNodes int    // this node's
+	Addr               string // the other node's address
+	OtherMin, OtherMax int    // the other node's
+}
+
+func (e *NNodesError) Error() string {
+	return fmt.Sprintf("rendezvous: %s: node %s wants %s nodes, this node %s", e.RunID, e.Addr, nodesSpec(e.OtherMin, e.OtherMax), nodesSpec(e.MinNodes, e.MaxNodes))
+}
+
+// nodesSpec writes a number of nodes as --nnodes takes it.
+func nodesSpec(minN, maxN int) string {
+	if minN == maxN {
+		return strconv.Itoa(maxN)
+	}
+	return fmt.Sprintf("%d:%d", minN, maxN)
+}
+
+// IdentityError is a join record for this node's identity that another
+// launcher wrote.
+type IdentityError struct {
+	RunID, ID string
+}
+
+func (e *IdentityError) Error() string {
+	return fmt.Sprintf("rendezvous: %s: another launcher claims this node's identity %s", e.RunID, e.ID)
+}
+
+// warnIgnored says, once per key, that a key read from etcd was ignored
+// and why.
+func (e *Rendezvous) warnIgnored(key string, err error) {
+	if _, seen := e.warned.LoadOrStore(key, true); seen {
+		return
+	}
+	fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: ignored etcd key %.200q: %v\n", e.cfg.RunID, key, err)
+}
