@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd"
 	"github.com/urfave/cli/v2"
 )
 
@@ -54,26 +57,62 @@ func (h *hostedEtcd) stop() {
 	_ = os.RemoveAll(h.dir)
 }
 
-// hostC10d starts the etcd server of a c10d rendezvous when this node is
-// the endpoint's host (its --local-addr, or its host name, is the
-// endpoint's host) and nothing serves the endpoint yet; it returns nil
-// when this node joins as a client.
-func (cfg *config) hostC10d(c *cli.Context) (*hostedEtcd, error) {
+// envRdzvToken holds the c10d token itself, for schedulers that pass
+// secrets in the environment (--rdzv-conf token=FILE wins).
+const envRdzvToken = "MPSPAWN_RDZV_TOKEN"
+
+// token is the c10d store's token, or "" for none.
+func (m *multinode) token() string {
+	if m.conf.token != "" {
+		return m.conf.token
+	}
+	return strings.TrimSpace(os.Getenv(envRdzvToken))
+}
+
+// hostC10d starts the etcd server of a c10d rendezvous when this node may
+// host it (the endpoint names this machine: see mayHost) and nothing
+// serves the endpoint yet; it returns nil when this node joins as a
+// client. Of several launchers racing to host, the one whose server binds
+// the port hosts; the others join it.
+func (cfg *config) hostC10d(c *cli.Context, tc *tls.Config) (*hostedEtcd, error) {
 	m := &cfg.multi
 	ep := m.endpoints[0]
 	host, port, _ := net.SplitHostPort(ep)
-	self := m.localAddr
-	if self == "" {
-		self, _ = os.Hostname()
-	}
-	if host != self {
+	if !mayHost(host, m.localAddr) {
 		return nil, nil
 	}
-	if conn, err := net.DialTimeout("tcp", ep, 500*time.Millisecond); err == nil {
-		conn.Close()
-		fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: %s is served already; joining it as a client\n", cfg.runID, ep)
+	if served(ep) {
+		fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: %s is served already; joining it as a client once it shows it is this run's server\n", cfg.runID, ep)
 		return nil, nil
 	}
+	ip, err := listenIP(host)
+	if err != nil {
+		return nil, usagef("--rdzv-endpoint %s: %v", ep, err)
+	}
+	h, err := cfg.startEtcd(ep, ip, port, tc)
+	if err != nil && served(ep) {
+		fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: another launcher hosts %s; joining it as a client\n", cfg.runID, ep)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	go h.watch(c.App.ErrWriter, ep)
+	ctx, cancel := context.WithTimeout(c.Context, m.conf.connect)
+	defer cancel()
+	if err := etcd.PrepareServer(ctx, net.JoinHostPort(ip, port), tc, "", cfg.runID, m.token()); err != nil {
+		h.stop()
+		return nil, usagef("--rdzv-backend c10d: could not set up the etcd server at %s: %s", ep, describeEtcd(err))
+	}
+	fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: hosting an etcd server at %s (pid %d) for the job\n", cfg.runID, ep, h.svc.Pid())
+	return h, nil
+}
+
+// startEtcd starts the etcd server of endpoint ep on ip:port, over TLS
+// when tc has a certificate (and requiring client certificates when it
+// has a CA).
+func (cfg *config) startEtcd(ep, ip, port string, tc *tls.Config) (*hostedEtcd, error) {
+	m := &cfg.multi
 	bin := m.conf.etcdBinary
 	if bin == "" {
 		bin = "etcd"
@@ -81,10 +120,6 @@ func (cfg *config) hostC10d(c *cli.Context) (*hostedEtcd, error) {
 	path, err := exec.LookPath(bin)
 	if err != nil {
 		return nil, usagef("--rdzv-backend c10d: this node hosts the rendezvous at %s but has no etcd server (%s: %v): install it (Debian: apt-get install etcd-server), name it with --rdzv-conf etcd_binary=PATH, or use --rdzv-backend etcd with an existing etcd cluster", ep, bin, unwrapExec(err))
-	}
-	ip, err := listenIP(host)
-	if err != nil {
-		return nil, usagef("--rdzv-endpoint %s: %v", ep, err)
 	}
 	peer, err := freePort(ip)
 	if err != nil {
@@ -95,11 +130,19 @@ func (cfg *config) hostC10d(c *cli.Context) (*hostedEtcd, error) {
 		return nil, usagef("no directory for the etcd server's data: %s (set TMPDIR)", describe(err))
 	}
 	_ = launcher.RemoveOnDeath(dir) // by the guard, if mpspawn is SIGKILLed
-	client := "http://" + net.JoinHostPort(ip, port)
+	scheme := "http://"
+	var tlsArgs []string
+	if tc != nil && m.conf.cert != "" {
+		scheme, tlsArgs = "https://", []string{"--cert-file", m.conf.cert, "--key-file", m.conf.key}
+		if m.conf.cacert != "" {
+			tlsArgs = append(tlsArgs, "--trusted-ca-file", m.conf.cacert, "--client-cert-auth")
+		}
+	}
+	client := scheme + net.JoinHostPort(ip, port)
 	peerURL := "http://" + net.JoinHostPort(ip, strconv.Itoa(peer))
 	svc, err := launcher.StartService(launcher.ServiceSpec{
 		Name: "etcd", Path: path, Ready: etcdReadyLine, ReadyTimeout: m.conf.connect,
-		Args: []string{
+		Args: append([]string{
 			"--name", "mpspawn", "--data-dir", filepath.Join(dir, "data"),
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
@@ -107,17 +150,87 @@ func (cfg *config) hostC10d(c *cli.Context) (*hostedEtcd, error) {
 			// One member: it elects itself at once, and a short election
 			// timeout costs nothing.
 			"--heartbeat-interval=10", "--election-timeout=100",
+			// The passwords are HMACs of the token: bcrypt's cost adds
+			// nothing to them.
+			"--bcrypt-cost", "4",
 			"--logger", "zap", "--log-outputs", "stderr",
-		},
+		}, tlsArgs...),
 	})
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, usagef("--rdzv-backend c10d: could not start the etcd server at %s: %s", ep, describe(err))
 	}
-	fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: hosting an etcd server at %s (pid %d) for the job\n", cfg.runID, ep, svc.Pid())
-	h := &hostedEtcd{svc: svc, dir: dir, quit: make(chan struct{}), watched: make(chan struct{})}
-	go h.watch(c.App.ErrWriter, ep)
-	return h, nil
+	return &hostedEtcd{svc: svc, dir: dir, quit: make(chan struct{}), watched: make(chan struct{})}, nil
+}
+
+// served reports whether something accepts connections at ep.
+func served(ep string) bool {
+	conn, err := net.DialTimeout("tcp", ep, 500*time.Millisecond)
+	if err == nil {
+		conn.Close()
+	}
+	return err == nil
+}
+
+// mayHost reports whether the c10d endpoint's host names this node, as
+// torchrun decides it: its --local-addr, localhost, a loopback address,
+// its host name or FQDN, or an address of one of its interfaces. A node
+// whose --local-addr is itself a loopback address stands for a machine of
+// its own (several nodes tried on one machine): it hosts only an endpoint
+// that names that address.
+func mayHost(host, localAddr string) bool {
+	if host == localAddr {
+		return true
+	}
+	if ip := net.ParseIP(localAddr); ip != nil && ip.IsLoopback() {
+		return false
+	}
+	if name, _ := os.Hostname(); strings.EqualFold(host, "localhost") || strings.EqualFold(host, name) {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return false
+	}
+	local, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if a.IP.IsLoopback() {
+			return true
+		}
+		for _, l := range local {
+			if n, ok := l.(*net.IPNet); ok && n.IP.Equal(a.IP) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// c10dClient fills in what a c10d node checks and logs in with: the
+// host's record of the run, and the job user when there is a token.
+func (cfg *config) c10dClient(ec *etcd.Config) {
+	m := &cfg.multi
+	if m.backend != "c10d" {
+		return
+	}
+	token := m.token()
+	rec := etcd.HostRecord("", cfg.runID, token)
+	ec.Server = &rec
+	if token != "" {
+		ec.Username, ec.Password = etcd.JobUser, etcd.Password(token, cfg.runID, etcd.JobUser)
+	}
+}
+
+// c10dUnreachable words a c10d endpoint that nothing answers at: what to
+// check on the node that should host it.
+func c10dUnreachable(ep, self string, ce *etcd.ConnectError) error {
+	host, _, _ := net.SplitHostPort(ep)
+	if self == "" {
+		self, _ = os.Hostname()
+	}
+	return usagef("--rdzv-endpoint %s: no etcd server answers within %v (connect_timeout): %s; with --rdzv-backend c10d the node whose address is %s hosts it (its --local-addr, host name or an interface address is %s; this node's is %s): check that it runs and that %s is reachable from here", ep, ce.Timeout, describeEtcd(ce.Err), host, host, self, ep)
 }
 
 // listenIP is an IP address etcd can listen on for host (etcd wants an IP
@@ -129,6 +242,11 @@ func listenIP(host string) (string, error) {
 	ips, err := net.LookupHost(host)
 	if err != nil || len(ips) == 0 {
 		return "", fmt.Errorf("cannot resolve %s: %v", host, err)
+	}
+	for _, ip := range ips {
+		if net.ParseIP(ip).To4() != nil {
+			return ip, nil // as torchrun's clients reach "localhost": 127.0.0.1 first
+		}
 	}
 	return ips[0], nil
 }
@@ -142,4 +260,20 @@ func freePort(ip string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// nodesFlag writes a number of nodes as --nnodes takes it.
+func nodesFlag(minN, maxN int) string {
+	if minN == maxN {
+		return strconv.Itoa(maxN)
+	}
+	return fmt.Sprintf("%d:%d", minN, maxN)
+}
+
+// describeToken words why a token file could not be read.
+func describeToken(err error) string {
+	if err == nil {
+		return "it is empty or too long"
+	}
+	return describe(err)
 }

@@ -33,7 +33,7 @@ func multinodeFlags() []cli.Flag {
 		&cli.StringFlag{Category: catRendezvous, Name: fRdzvBackend, Value: "static", Usage: "`BACKEND` that finds the nodes: static (--nnodes, --node-rank, --master-addr), etcd (an etcd v3 cluster at --rdzv-endpoint) or c10d (as etcd, with the etcd server run by the node at --rdzv-endpoint)"},
 		&cli.StringFlag{Category: catRendezvous, Name: fRdzvEndpoint, Usage: "`HOST:PORT[,HOST:PORT...]` of the rendezvous (the etcd servers)"},
 		&cli.StringFlag{Category: catRendezvous, Name: fRdzvID, Usage: "the run's `ID`, the same on every node (TORCHELASTIC_RUN_ID); required with etcd and c10d on more than one node"},
-		&cli.StringFlag{Category: catRendezvous, Name: fRdzvConf, Usage: "rendezvous settings `K=V,...`: join_timeout (600s), last_call_timeout (30s), close_timeout (30s), lease_ttl (5s), connect_timeout (5s), cacert, cert, key (TLS files), etcd_binary (c10d)"},
+		&cli.StringFlag{Category: catRendezvous, Name: fRdzvConf, Usage: "rendezvous settings `K=V,...`: join_timeout (600s), last_call_timeout (30s), close_timeout (30s), lease_ttl (5s), connect_timeout (5s), cacert, cert, key (TLS files), etcd_binary, token (c10d: a FILE holding the store's secret; or $MPSPAWN_RDZV_TOKEN)"},
 		&cli.StringFlag{Category: catRendezvous, Name: fLocalAddr, Usage: "`ADDR` the other nodes reach this node by (MASTER_ADDR when it is node 0); default: this host's name"},
 		&cli.IntFlag{Category: catFailure, Name: fMaxRestarts, Value: 0, Usage: "restart every node's ranks up to `N` times after a failure (the job's budget, not each node's)"},
 	}
@@ -54,6 +54,7 @@ type rdzvConf struct {
 	join, lastCall, close, lease, connect time.Duration
 	cacert, cert, key                     string
 	etcdBinary                            string
+	token                                 string // c10d: the store's token (the file's content)
 }
 
 // dynamic reports whether the nodes meet through etcd.
@@ -195,13 +196,18 @@ func parseRdzvConf(v string) (rdzvConf, error) {
 				return conf, usagef("--rdzv-conf %s=%s: want a positive duration (seconds, or such as 30s, 500ms)", k, val)
 			}
 			*durations[k] = d
+		case k == "token":
+			b, err := os.ReadFile(val)
+			if conf.token = strings.TrimSpace(string(b)); err != nil || conf.token == "" || len(b) > 4096 {
+				return conf, usagef("--rdzv-conf token=%s: want a file holding the token (1 to 4096 bytes): %s", val, describeToken(err))
+			}
 		case files[k] != nil:
 			if _, err := os.Stat(val); err != nil && k != "etcd_binary" {
 				return conf, usagef("--rdzv-conf %s=%s: %s", k, val, describe(err))
 			}
 			*files[k] = val
 		default:
-			return conf, usagef("--rdzv-conf %q: unknown key %q; known: join_timeout, last_call_timeout, close_timeout, lease_ttl, connect_timeout, cacert, cert, key, etcd_binary", v, k)
+			return conf, usagef("--rdzv-conf %q: unknown key %q; known: join_timeout, last_call_timeout, close_timeout, lease_ttl, connect_timeout, cacert, cert, key, etcd_binary, token", v, k)
 		}
 	}
 	if conf.lease < time.Second {
@@ -265,7 +271,7 @@ func (cfg *config) openRendezvous(c *cli.Context) (rendezvous.Rendezvous, error)
 	}
 	var hosted *hostedEtcd
 	if m.backend == "c10d" {
-		if hosted, err = cfg.hostC10d(c); err != nil {
+		if hosted, err = cfg.hostC10d(c, tc); err != nil {
 			return nil, err
 		}
 	}
@@ -305,13 +311,22 @@ func (h *hostingRendezvous) Close() error {
 // openEtcd joins the etcd rendezvous at the endpoints.
 func (cfg *config) openEtcd(c *cli.Context, tc *tls.Config) (rendezvous.Rendezvous, error) {
 	m := &cfg.multi
-	e, err := etcd.New(c.Context, etcd.Config{ // bounded by connect_timeout
+	ec := etcd.Config{
 		Endpoints: m.endpoints, RunID: cfg.runID, MinNodes: m.minNodes, MaxNodes: m.maxNodes,
 		NProc: cfg.nproc, LocalAddr: m.localAddr,
 		JoinTimeout: m.conf.join, LastCallTimeout: m.conf.lastCall, CloseTimeout: m.conf.close,
 		ConnectTimeout: m.conf.connect, LeaseTTL: m.conf.lease, TLS: tc, Notes: c.App.ErrWriter,
-	})
+	}
+	cfg.c10dClient(&ec)
+	e, err := etcd.New(c.Context, ec) // bounded by connect_timeout
 	var ce *etcd.ConnectError
+	var se *etcd.ServerError
+	switch {
+	case errors.As(err, &se):
+		return nil, usagef("--rdzv-endpoint %s is not this run's etcd server: %s; not joining it", strings.Join(se.Endpoints, ","), se.Reason)
+	case errors.As(err, &ce) && m.backend == "c10d":
+		return nil, c10dUnreachable(m.endpoints[0], m.localAddr, ce)
+	}
 	if errors.As(err, &ce) {
 		return nil, usagef("--rdzv-endpoint %s: etcd not reachable within %v (connect_timeout): %s", strings.Join(ce.Endpoints, ","), ce.Timeout, describeEtcd(ce.Err))
 	}
@@ -330,7 +345,10 @@ func describeEtcd(err error) string {
 func rendezvousError(err error) string {
 	var je *etcd.JoinTimeoutError
 	var ce *etcd.ClosedError
+	var ne *etcd.NNodesError
 	switch {
+	case errors.As(err, &ne):
+		return fmt.Sprintf("rendezvous %s: node %s was started with --nnodes %s and this node with --nnodes %s: every node of a job passes the same --nnodes", ne.RunID, ne.Addr, nodesFlag(ne.OtherMin, ne.OtherMax), nodesFlag(ne.MinNodes, ne.MaxNodes))
 	case errors.As(err, &je):
 		return fmt.Sprintf("rendezvous %s: %d of %d nodes joined within join_timeout %v (%s)", je.RunID, len(je.Joined), je.MinNodes, je.Timeout, strings.Join(je.Joined, ", "))
 	case errors.As(err, &ce):

@@ -27,7 +27,7 @@ type TLSFiles struct {
 // requires client certificates signed by its CA (see Start).
 func StartTLS(t testing.TB) (*Server, TLSFiles) {
 	t.Helper()
-	files := writeCerts(t, t.TempDir())
+	files := WriteCerts(t, t.TempDir())
 	s := &Server{t: t, bin: Binary(t), dir: t.TempDir(), tls: &files}
 	cport, err := FreePort()
 	if err != nil {
@@ -44,8 +44,8 @@ func StartTLS(t testing.TB) (*Server, TLSFiles) {
 	return s, files
 }
 
-// writeCerts makes a CA and a certificate for 127.0.0.1 signed by it.
-func writeCerts(t testing.TB, dir string) TLSFiles {
+// WriteCerts writes into dir a CA and a certificate for 127.0.0.1 signed by it.
+func WriteCerts(t testing.TB, dir string) TLSFiles {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -24,7 +24,6 @@ import (
 	"github.com/mpspawn/mpspawn/rendezvous"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // Defaults of Config's bounds, torchrun's where it has them.
@@ -57,6 +56,12 @@ type Config struct {
 	LeaseTTL        time.Duration // a lost node is noticed within it (whole seconds, at least 1)
 
 	TLS *tls.Config // nil: plain connections
+	// Username and Password log in to an etcd with authentication on
+	// (see JobUser and Password); empty: none.
+	Username, Password string
+	// Server, when set, is checked before joining: the server must hold
+	// its record (see HostRecord), else New fails with a *ServerError.
+	Server *ServerCheck
 
 	// Notes receives status lines ("rendezvous <id>: 2/4 nodes ...") and
 	// warnings; nil discards them.
@@ -177,16 +182,12 @@ type Rendezvous struct {
 // that this node becomes node 0. It does not join a round: Next does.
 func New(ctx context.Context, cfg Config) (*Rendezvous, error) {
 	cfg.defaults()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: cfg.ConnectTimeout,
-		TLS:         cfg.TLS,
-		Logger:      zap.NewNop(),
-		// Find a dead connection within about a second: an etcd restart
-		// must not stall the watches for long.
-		DialKeepAliveTime:    time.Second,
-		DialKeepAliveTimeout: time.Second,
-	})
+	if cfg.Server != nil {
+		if err := waitServer(ctx, &cfg); err != nil {
+			return nil, err
+		}
+	}
+	cli, err := clientv3.New(clientConfig(&cfg))
 	if err != nil {
 		return nil, &ConnectError{Endpoints: cfg.Endpoints, Timeout: cfg.ConnectTimeout, Err: err}
 	}
