@@ -3,7 +3,6 @@
 package ipc
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -23,8 +22,7 @@ import (
 // good: later calls return the same error. A deadline that expires before
 // any byte of a frame moved leaves the Conn usable.
 type Conn struct {
-	f          *os.File // non-blocking, so the runtime's poller waits for it
-	closed     atomic.Bool
+	sock       // the transport: a non-blocking stream socket
 	maxPayload atomic.Int64
 	cred       atomic.Pointer[unix.Ucred] // writer of the last frame read
 
@@ -64,7 +62,7 @@ func newConn(fd int, name string) (*Conn, error) {
 	}
 	// Best effort: without it PeerCred falls back to SO_PEERCRED.
 	_ = setPassCred(fd)
-	conn := &Conn{f: os.NewFile(uintptr(fd), name), oob: make([]byte, oobSize)}
+	conn := &Conn{sock: sock{f: os.NewFile(uintptr(fd), name)}, oob: make([]byte, oobSize)}
 	conn.maxPayload.Store(DefaultMaxPayload)
 	return conn, nil
 }
@@ -274,18 +272,8 @@ func (c *Conn) SetWriteDeadline(t time.Time) error {
 // an error wrapping os.ErrClosed, as do later calls. Files of frames
 // already read are not affected.
 func (c *Conn) Close() error {
-	c.closed.Store(true) // before the wake-up, for closedErr
-	if err := c.f.Close(); err != nil {
+	if err := c.close(); err != nil {
 		return fmt.Errorf("ipc: close: %w", err)
 	}
 	return nil
-}
-
-// closedErr returns os.ErrClosed for an error of an operation that Close
-// ended (the poller reports it in words of its own), and err otherwise.
-func (c *Conn) closedErr(err error) error {
-	if err != nil && c.closed.Load() && !errors.Is(err, os.ErrClosed) {
-		return os.ErrClosed
-	}
-	return err
 }

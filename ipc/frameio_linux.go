@@ -10,7 +10,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,12 +36,7 @@ func (c *Conn) WriteFrame(f Frame) error {
 	if c.werr != nil {
 		return c.werr
 	}
-	sent := 0
-	err = withFDs(f.Files, make([]int, 0, len(f.Files)), func(fds []int) error {
-		var err error
-		sent, err = c.send(hdr, f.Payload, fds)
-		return err
-	})
+	sent, err := c.sendmsg([][]byte{hdr, f.Payload}, f.Files)
 	if err != nil {
 		err = fmt.Errorf("ipc: write %v frame: %w", f.Type, err)
 		if sent > 0 {
@@ -76,81 +70,6 @@ func encodeFrame(f Frame) ([]byte, error) {
 		return nil, err
 	}
 	return h.encode(), nil
-}
-
-// withFDs calls fn with the descriptors of files, holding each file's
-// descriptor (syscall.RawConn.Control) so that a concurrent Close cannot
-// release it while fn runs.
-func withFDs(files []*os.File, fds []int, fn func(fds []int) error) error {
-	if len(files) == 0 {
-		return fn(fds)
-	}
-	rc, err := files[0].SyscallConn()
-	if err != nil {
-		return fmt.Errorf("file %s: %w", files[0].Name(), err)
-	}
-	var fnErr error
-	if err := rc.Control(func(fd uintptr) {
-		fnErr = withFDs(files[1:], append(fds, int(fd)), fn)
-	}); err != nil {
-		return fmt.Errorf("file %s: %w", files[0].Name(), err)
-	}
-	return fnErr
-}
-
-// send writes hdr and payload, with fds attached to the first write, and
-// returns how many bytes went out. It waits for the socket through the
-// netpoller, so write deadlines apply.
-func (c *Conn) send(hdr, payload []byte, fds []int) (int, error) {
-	rc, err := c.f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	bufs := [][]byte{hdr, payload}
-	total := len(hdr) + len(payload)
-	var oob []byte
-	if len(fds) > 0 {
-		oob = unix.UnixRights(fds...)
-	}
-	sent := 0
-	var opErr error
-	err = rc.Write(func(fd uintptr) bool {
-		for sent < total {
-			n, err := unix.SendmsgBuffers(int(fd), bufs, oob, nil, unix.MSG_NOSIGNAL)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				return false
-			case err != nil:
-				opErr = os.NewSyscallError("sendmsg", err)
-				return true
-			case n <= 0:
-				opErr = io.ErrShortWrite
-				return true
-			}
-			sent += n
-			bufs = advance(bufs, n)
-			oob = nil // the descriptors went with the first byte
-		}
-		return true
-	})
-	if err == nil {
-		err = opErr
-	}
-	return sent, c.closedErr(err)
-}
-
-// advance drops the first n bytes of bufs.
-func advance(bufs [][]byte, n int) [][]byte {
-	for len(bufs) > 0 && n >= len(bufs[0]) {
-		n -= len(bufs[0])
-		bufs = bufs[1:]
-	}
-	if len(bufs) > 0 {
-		bufs[0] = bufs[0][n:]
-	}
-	return bufs
 }
 
 // ReadFrame reads the next frame. It returns io.EOF when the stream ends
@@ -207,12 +126,12 @@ func (c *Conn) readFrame() (Frame, int, error) {
 // the sender's credentials that arrive with it. It returns the descriptors
 // even with an error, for the caller to close.
 func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
-	rc, err := c.f.SyscallConn()
-	if err != nil {
-		return nil, nil, 0, err
-	}
 	for n < headerSize {
-		m, oobn, flags, err := recvmsg(rc, c.hdr[n:], c.oob)
+		m, ctl, err := c.recvmsg(c.hdr[n:], c.oob)
+		fds = append(fds, ctl.fds...)
+		if cred == nil {
+			cred = ctl.cred
+		}
 		if errors.Is(err, unix.ECONNRESET) {
 			// The peer closed its end with frames of ours unread (it
 			// exited before reading a last notice, say): after every
@@ -221,15 +140,10 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 			err, m = nil, 0
 		}
 		if err != nil {
-			return fds, cred, n, c.closedErr(err)
+			return fds, cred, n, err
 		}
-		got, cr := parseControl(c.oob[:oobn])
-		fds = append(fds, got...)
-		if cred == nil {
-			cred = cr
-		}
-		if flags&unix.MSG_CTRUNC != 0 {
-			return fds, cred, n + m, fmt.Errorf("%w: control data truncated (more than %d files?)", ErrBadFrame, MaxFiles)
+		if ctl.truncated {
+			return fds, cred, n + m, truncatedErr(len(ctl.fds))
 		}
 		if m == 0 {
 			if n == 0 && len(fds) == 0 {
@@ -243,6 +157,12 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 		}
 	}
 	return fds, cred, n, nil
+}
+
+// truncatedErr is the error of control data the kernel cut (MSG_CTRUNC)
+// after got descriptors had been received.
+func truncatedErr(got int) error {
+	return fmt.Errorf("%w: control data truncated (more than %d files?)", ErrBadFrame, MaxFiles)
 }
 
 // checkHeader validates c.hdr against the payload limit and the number of
@@ -283,53 +203,6 @@ func (c *Conn) readPayload(n int) ([]byte, error) {
 		}
 	}
 	return buf, nil
-}
-
-// recvmsg receives into p and oob with MSG_CMSG_CLOEXEC, waiting for the
-// socket through the netpoller so that read deadlines apply.
-func recvmsg(rc syscall.RawConn, p, oob []byte) (n, oobn, flags int, err error) {
-	var opErr error
-	err = rc.Read(func(fd uintptr) bool {
-		for {
-			n, oobn, flags, _, opErr = unix.Recvmsg(int(fd), p, oob, unix.MSG_CMSG_CLOEXEC)
-			if opErr != unix.EINTR {
-				return opErr != unix.EAGAIN
-			}
-		}
-	})
-	if err == nil && opErr != nil {
-		err = os.NewSyscallError("recvmsg", opErr)
-	}
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	return n, oobn, flags, nil
-}
-
-// parseControl returns the descriptors of every SCM_RIGHTS message in b and
-// the credentials of its SCM_CREDENTIALS message, if any. It keeps what it
-// parsed before a malformed message, so that no descriptor goes unclosed.
-func parseControl(b []byte) (fds []int, cred *unix.Ucred) {
-	for len(b) > 0 {
-		h, data, rest, err := unix.ParseOneSocketControlMessage(b)
-		if err != nil {
-			break
-		}
-		b = rest
-		m := &unix.SocketControlMessage{Header: h, Data: data}
-		switch {
-		case h.Level != unix.SOL_SOCKET:
-		case h.Type == unix.SCM_RIGHTS:
-			if got, err := unix.ParseUnixRights(m); err == nil {
-				fds = append(fds, got...)
-			}
-		case h.Type == unix.SCM_CREDENTIALS:
-			if cr, err := unix.ParseUnixCredentials(m); err == nil && cred == nil {
-				cred = cr
-			}
-		}
-	}
-	return fds, cred
 }
 
 // newFiles wraps received descriptors.

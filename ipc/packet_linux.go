@@ -1,9 +1,10 @@
+//go:build linux
+
 package ipc
 
 import (
 	"errors"
 	"os"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,7 +18,7 @@ import (
 // package net. A PacketConn is safe for one reader and one writer at a
 // time.
 type PacketConn struct {
-	f *os.File
+	sock // the transport: a non-blocking SOCK_SEQPACKET socket
 }
 
 // PacketPair creates a connected SOCK_SEQPACKET socket pair
@@ -34,69 +35,24 @@ func PacketPair(name string) (parent *PacketConn, child *os.File, err error) {
 		unix.Close(fds[1])
 		return nil, nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
 	}
-	return &PacketConn{f: os.NewFile(uintptr(fds[0]), name)}, os.NewFile(uintptr(fds[1]), name+"-child"), nil
+	return &PacketConn{sock{f: os.NewFile(uintptr(fds[0]), name)}}, os.NewFile(uintptr(fds[1]), name+"-child"), nil
 }
 
 // ReadPacket reads one packet into buf; a packet longer than buf is cut to
 // it. Descriptors sent with it are not received (the kernel closes them):
-// the peer of a PacketConn sends none. It returns 0 and no error when the peer has closed its end.
+// the peer of a PacketConn sends none. It returns 0 and no error when the
+// peer has closed its end.
 func (c *PacketConn) ReadPacket(buf []byte) (int, error) {
-	rc, err := c.f.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var n int
-	var opErr error
-	err = rc.Read(func(fd uintptr) bool {
-		for {
-			n, _, _, _, opErr = unix.Recvmsg(int(fd), buf, nil, unix.MSG_CMSG_CLOEXEC)
-			if opErr != unix.EINTR {
-				return opErr != unix.EAGAIN
-			}
-		}
-	})
-	if err != nil {
-		return 0, err
-	}
-	if opErr != nil {
-		return 0, os.NewSyscallError("recvmsg", opErr)
-	}
-	return n, nil
+	n, _, err := c.recvmsg(buf, nil)
+	return n, err
 }
 
 // WritePacket sends b as one packet with files attached. A packet over the
 // socket's limit fails with an error wrapping unix.EMSGSIZE. The caller
 // keeps files.
 func (c *PacketConn) WritePacket(b []byte, files ...*os.File) error {
-	rc, err := c.f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var oob []byte
-	if len(files) > 0 {
-		fds := make([]int, len(files))
-		for i, f := range files {
-			fds[i] = int(f.Fd())
-		}
-		oob = unix.UnixRights(fds...)
-	}
-	var opErr error
-	err = rc.Write(func(fd uintptr) bool {
-		for {
-			opErr = unix.Sendmsg(int(fd), b, oob, nil, unix.MSG_NOSIGNAL)
-			if opErr != unix.EINTR {
-				return opErr != unix.EAGAIN
-			}
-		}
-	})
-	runtime.KeepAlive(files) // their descriptors are in oob until sent
-	if err != nil {
-		return err
-	}
-	if opErr != nil {
-		return os.NewSyscallError("sendmsg", opErr)
-	}
-	return nil
+	_, err := c.sendmsg([][]byte{b}, files)
+	return err
 }
 
 // CloseWrite shuts down the sending side: the peer reads end of stream.
@@ -114,7 +70,7 @@ func (c *PacketConn) CloseWrite() error {
 
 // Close closes the socket; a blocked ReadPacket returns an error.
 func (c *PacketConn) Close() error {
-	if err := c.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+	if err := c.close(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return err
 	}
 	return nil
