@@ -3,6 +3,7 @@ package ipc
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -39,9 +40,42 @@ type Broker struct {
 	peers     map[int]*peer
 	parent    *peer // the launcher itself, as a publisher
 	limits    Limits
-	limitsErr error // a malformed limit in the environment: Attach fails with it
+	all       totals // what all ranks together make it keep
+	limitsErr error  // a malformed limit in the environment: Attach fails with it
 	closed    bool
 	writers   sync.WaitGroup // every attached peer's writer
+}
+
+// totals is what all ranks together (the launcher's own publishes
+// included) make the broker keep, bounded by Limits.TotalFDs and
+// Limits.TotalQueuedBytes.
+type totals struct {
+	fds    int // descriptors of live host and fd handles
+	queued int // bytes of put requests that queued messages keep
+	peak   int // the most queued has been since the memory was last returned
+}
+
+// reclaimAfter is how many bytes must have waited in queues for the
+// broker to return the memory to the system once they have all been got:
+// the runtime would keep it for a while, as if it would be needed again.
+const reclaimAfter = 1 << 20
+
+// drained reports, b.mu held, whether every queued byte has been got
+// after at least reclaimAfter waited, and if so starts counting anew.
+func (b *Broker) drained() bool {
+	if b.all.queued != 0 || b.all.peak < reclaimAfter {
+		return false
+	}
+	b.all.peak = 0
+	return true
+}
+
+// reclaim returns freed memory to the system when drained said so; b.mu
+// is not held.
+func reclaim(drained bool) {
+	if drained {
+		debug.FreeOSMemory()
+	}
 }
 
 // peer is an attached rank. Frames to it go through its own writer (see
@@ -148,9 +182,11 @@ func (b *Broker) Handle(rank int, f Frame) {
 	if err != nil && r.p != nil {
 		r.out = append(r.out, outFrame{p: r.p, f: Frame{Type: FrameError, ID: f.ID, Payload: errPayload(err)}})
 	}
+	drained := b.drained()
 	b.mu.Unlock()
 	closeFiles(f.Files) // the broker dup'ed what it keeps
 	b.send(r.out)
+	reclaim(drained)
 }
 
 // serve dispatches one request to the method of its op; b.mu is held.
@@ -209,8 +245,10 @@ func (b *Broker) Detach(rank int, conn *Conn) {
 		out = b.forget(p, e, out)
 	}
 	clear(p.entries)
+	drained := b.drained()
 	b.mu.Unlock()
 	b.send(out)
+	reclaim(drained)
 }
 
 // Close ends the broker: later requests fail, every kept descriptor is

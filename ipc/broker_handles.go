@@ -127,6 +127,7 @@ func (b *Broker) publish(p *peer, body []byte, files []*os.File) (Handle, error)
 	if err := randomBytes(e.h.Token[:]); err != nil {
 		if e.owner != nil {
 			p.fds-- // not kept after all: the frame's files close it
+			b.all.fds--
 			files[0], e.file = e.file, nil
 		}
 		return Handle{}, err
@@ -146,6 +147,9 @@ func (b *Broker) publishFile(p *peer, e *entry, kind Kind, body []byte, files []
 	if p.rank != ParentRank && p.fds >= b.limits.FDs {
 		return limitErr(p.rank, fmt.Sprintf("the launcher keeps %d descriptors for its buffers", p.fds), b.limits.FDs, EnvMaxFDs)
 	}
+	if p.rank != ParentRank && b.all.fds >= b.limits.TotalFDs {
+		return fdBudgetErr(p.rank, b.all.fds, b.limits.TotalFDs)
+	}
 	size := int64(binary.LittleEndian.Uint64(body[1:]))
 	if len(body) > 9 {
 		if len(body) > 10 || body[9]&^publishNotifyFree != 0 {
@@ -164,6 +168,7 @@ func (b *Broker) publishFile(p *peer, e *entry, kind Kind, body []byte, files []
 	e.h.Size = size
 	e.owner = p
 	p.fds++
+	b.all.fds++
 	return nil
 }
 
@@ -299,6 +304,7 @@ func (b *Broker) free(e *entry, out []outFrame) []outFrame {
 		e.file.Close()
 		if e.owner != nil {
 			e.owner.fds--
+			b.all.fds--
 		}
 	}
 	delete(b.handles, e.h.ID)

@@ -35,6 +35,7 @@ type message struct {
 // dropped.
 type pinned struct {
 	from *peer
+	all  *totals // the broker's, charged too
 	size int
 	refs int
 }
@@ -46,6 +47,7 @@ func (m message) unpin() {
 	}
 	if m.pin.refs--; m.pin.refs == 0 {
 		m.pin.from.queued -= m.pin.size
+		m.pin.all.queued -= m.pin.size
 	}
 }
 
@@ -56,8 +58,13 @@ func (b *Broker) pin(p *peer, size int) (*pinned, error) {
 	if p.rank != ParentRank && p.queued+size > b.limits.QueuedBytes {
 		return nil, limitErr(p.rank, fmt.Sprintf("%d bytes it put wait in queues", p.queued), b.limits.QueuedBytes, EnvMaxQueuedBytes)
 	}
+	if p.rank != ParentRank && b.all.queued+size > b.limits.TotalQueuedBytes {
+		return nil, totalErr(p.rank, fmt.Sprintf("%d bytes all ranks put wait in queues", b.all.queued), b.limits.TotalQueuedBytes, EnvMaxTotalQueuedBytes)
+	}
 	p.queued += size
-	return &pinned{from: p, size: size, refs: 1}, nil
+	b.all.queued += size
+	b.all.peak = max(b.all.peak, b.all.queued)
+	return &pinned{from: p, all: &b.all, size: size, refs: 1}, nil
 }
 
 // done drops the request's own hold on the pin: the messages made from it
@@ -310,7 +317,7 @@ func (b *Broker) pump(q *queue, out []outFrame) []outFrame {
 		moved := false
 		for len(q.putters) > 0 && (q.ref.Cap == 0 || len(q.items) < int(q.ref.Cap)) {
 			pp := q.putters[0]
-			q.putters = q.putters[1:]
+			q.putters = shrink(q.putters[1:])
 			q.items = append(q.items, pp.msg)
 			q.unfinished++
 			b.unpark(pp.p, pp.id)
@@ -344,7 +351,7 @@ func (b *Broker) give(q *queue, out []outFrame) []outFrame {
 	g := q.getters[0]
 	// Share what is there among the ranks waiting.
 	n := min(g.max, (len(q.items)+len(q.getters)-1)/len(q.getters))
-	q.getters = q.getters[1:]
+	q.getters = shrink(q.getters[1:])
 	b.unpark(g.p, g.id)
 	size := 0
 	for _, m := range q.items[:n] {
@@ -366,8 +373,17 @@ func (b *Broker) give(q *queue, out []outFrame) []outFrame {
 		m.unpin()
 	}
 	clear(q.items[:n]) // let the collector have what was sent
-	q.items = q.items[n:]
+	q.items = shrink(q.items[n:])
 	return append(out, outFrame{p: g.p, f: Frame{Type: FrameReply, ID: g.id, Payload: payload}})
+}
+
+// shrink returns s, or nil once s is empty, so that a drained queue does
+// not keep the backing array it grew to.
+func shrink[S ~[]E, E any](s S) S {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
 }
 
 // dropPending takes p's request id (a Get, a Join or a Put waiting for

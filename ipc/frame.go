@@ -28,6 +28,12 @@ const magic = "MPS"
 // found while decoding a received frame or while validating one to send.
 var ErrBadFrame = errors.New("bad frame")
 
+// ErrOutOfFDs is the error of a frame whose descriptors this process could
+// not take, being out of descriptors (RLIMIT_NOFILE): the reader's
+// shortage, not a fault of the writer's. The stream is out of step after
+// it, as after ErrBadFrame.
+var ErrOutOfFDs = errors.New("ipc: out of descriptors")
+
 // FrameType says what a frame is for. The payload encoding of each type
 // belongs to the caller; this package only carries it. The zero value is
 // reserved and never valid on the wire.

@@ -160,9 +160,15 @@ func (c *Conn) readHeader() (fds []int, cred *unix.Ucred, n int, err error) {
 }
 
 // truncatedErr is the error of control data the kernel cut (MSG_CTRUNC)
-// after got descriptors had been received.
+// after got descriptors had been received: the sender attached more than
+// the buffer holds (MaxFiles), or this process could not take them, being
+// out of descriptors, which is no fault of the sender's.
 func truncatedErr(got int) error {
-	return fmt.Errorf("%w: control data truncated (more than %d files?)", ErrBadFrame, MaxFiles)
+	if got >= MaxFiles {
+		return fmt.Errorf("%w: control data truncated: the sender attached more than %d descriptors", ErrBadFrame, MaxFiles)
+	}
+	return fmt.Errorf("%w: control data truncated: this process took %d of the descriptors sent with a frame and could take no more (RLIMIT_NOFILE %d); the sender is not at fault",
+		ErrOutOfFDs, got, nofile())
 }
 
 // checkHeader validates c.hdr against the payload limit and the number of

@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"time"
@@ -38,6 +39,17 @@ type Limits struct {
 	// waits: a batch counts whole until its last message is got);
 	// MPSPAWN_IPC_MAX_QUEUED_BYTES.
 	QueuedBytes int
+	// TotalFDs is how many descriptors the broker keeps for all ranks
+	// together (the launcher's own publishes count, but are never refused):
+	// the launcher's budget. By default it is the launcher's RLIMIT_NOFILE
+	// less a reserve for its own work (pipes, logs, sockets, descriptors in
+	// flight), so that ranks each within FDs cannot together run the
+	// launcher out of descriptors; it is never more than that.
+	// MPSPAWN_IPC_MAX_TOTAL_FDS.
+	TotalFDs int
+	// TotalQueuedBytes is how many bytes of all ranks' puts may wait in
+	// queues together; MPSPAWN_IPC_MAX_TOTAL_QUEUED_BYTES.
+	TotalQueuedBytes int
 	// FrameTimeout bounds how long a frame may take to arrive once its
 	// first byte has: a rank that announces a frame and leaves it
 	// unfinished is cut off with ErrProtocol; MPSPAWN_IPC_FRAME_TIMEOUT (a
@@ -47,7 +59,25 @@ type Limits struct {
 
 // DefaultLimits returns the limits a broker has unless told otherwise.
 func DefaultLimits() Limits {
-	return Limits{Handles: 1 << 16, FDs: 4096, Pending: peerQueue, Queues: 1 << 14, QueuedBytes: 1 << 30, FrameTimeout: 30 * time.Second}
+	return Limits{Handles: 1 << 16, FDs: 4096, Pending: peerQueue, Queues: 1 << 14, QueuedBytes: 1 << 30,
+		TotalFDs: fdBudget(nofile()), TotalQueuedBytes: min(4<<30, math.MaxInt), FrameTimeout: 30 * time.Second}
+}
+
+// fdReserveMin is the least fdBudget keeps back for the launcher's own
+// work; it keeps an eighth of the limit when that is more.
+const fdReserveMin = 256
+
+// fdBudget is the default TotalFDs under an RLIMIT_NOFILE of n (0: not
+// known): n less the launcher's reserve, and at least half of n.
+func fdBudget(n uint64) int {
+	if n == 0 {
+		n = 1 << 20
+	}
+	reserve := max(fdReserveMin, n/8)
+	if n < 2*reserve {
+		return int(n / 2)
+	}
+	return int(min(n-reserve, math.MaxInt32))
 }
 
 // The environment variables LimitsFromEnv reads.
@@ -58,6 +88,9 @@ const (
 	EnvMaxQueues      = "MPSPAWN_IPC_MAX_QUEUES"
 	EnvMaxQueuedBytes = "MPSPAWN_IPC_MAX_QUEUED_BYTES"
 	EnvFrameTimeout   = "MPSPAWN_IPC_FRAME_TIMEOUT"
+
+	EnvMaxTotalFDs         = "MPSPAWN_IPC_MAX_TOTAL_FDS"
+	EnvMaxTotalQueuedBytes = "MPSPAWN_IPC_MAX_TOTAL_QUEUED_BYTES"
 )
 
 // LimitsFromEnv returns DefaultLimits with each limit that getenv names
@@ -69,7 +102,8 @@ func LimitsFromEnv(getenv func(string) string) (Limits, error) {
 	for _, v := range []struct {
 		name string
 		dst  *int
-	}{{EnvMaxHandles, &l.Handles}, {EnvMaxFDs, &l.FDs}, {EnvMaxPending, &l.Pending}, {EnvMaxQueues, &l.Queues}, {EnvMaxQueuedBytes, &l.QueuedBytes}} {
+	}{{EnvMaxHandles, &l.Handles}, {EnvMaxFDs, &l.FDs}, {EnvMaxPending, &l.Pending}, {EnvMaxQueues, &l.Queues}, {EnvMaxQueuedBytes, &l.QueuedBytes},
+		{EnvMaxTotalFDs, &l.TotalFDs}, {EnvMaxTotalQueuedBytes, &l.TotalQueuedBytes}} {
 		s := getenv(v.name)
 		if s == "" {
 			continue
@@ -80,6 +114,7 @@ func LimitsFromEnv(getenv func(string) string) (Limits, error) {
 		}
 		*v.dst = n
 	}
+	l.TotalFDs = min(l.TotalFDs, fdBudget(nofile()))
 	if s := getenv(EnvFrameTimeout); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil || d <= 0 {
@@ -94,15 +129,18 @@ func LimitsFromEnv(getenv func(string) string) (Limits, error) {
 type BrokerOption func(*Broker)
 
 // WithLimits gives the broker limits l in place of those of the
-// environment (LimitsFromEnv). A limit of 0 or less takes its default.
+// environment (LimitsFromEnv). A limit of 0 or less takes its default;
+// TotalFDs is never more than its default.
 func WithLimits(l Limits) BrokerOption {
 	return func(b *Broker) {
 		d := DefaultLimits()
-		for _, v := range []struct{ dst, def *int }{{&l.Handles, &d.Handles}, {&l.FDs, &d.FDs}, {&l.Pending, &d.Pending}, {&l.Queues, &d.Queues}, {&l.QueuedBytes, &d.QueuedBytes}} {
+		for _, v := range []struct{ dst, def *int }{{&l.Handles, &d.Handles}, {&l.FDs, &d.FDs}, {&l.Pending, &d.Pending}, {&l.Queues, &d.Queues}, {&l.QueuedBytes, &d.QueuedBytes},
+			{&l.TotalFDs, &d.TotalFDs}, {&l.TotalQueuedBytes, &d.TotalQueuedBytes}} {
 			if *v.dst <= 0 {
 				*v.dst = *v.def
 			}
 		}
+		l.TotalFDs = min(l.TotalFDs, d.TotalFDs)
 		if l.FrameTimeout <= 0 {
 			l.FrameTimeout = d.FrameTimeout
 		}
@@ -113,6 +151,22 @@ func WithLimits(l Limits) BrokerOption {
 // limitErr is the error of a request past one of rank's limits.
 func limitErr(rank int, what string, limit int, env string) error {
 	return fmt.Errorf("%w: rank %d: %s (limit %d; raise it with ipc.WithLimits or %s)", ErrLimit, rank, what, limit, env)
+}
+
+// totalErr is the error of a request of rank past a launcher-wide limit.
+func totalErr(rank int, what string, limit int, env string) error {
+	return fmt.Errorf("%w: rank %d: %s (launcher-wide limit %d, for all ranks together; raise it with ipc.WithLimits or %s)", ErrLimit, rank, what, limit, env)
+}
+
+// fdBudgetErr is the error of a publish by rank past the launcher's
+// descriptor budget (Limits.TotalFDs), of which all ranks keep kept.
+func fdBudgetErr(rank, kept, limit int) error {
+	from := ""
+	if n := nofile(); n != 0 && limit == fdBudget(n) {
+		from = fmt.Sprintf(": RLIMIT_NOFILE %d less a reserve for the launcher's own work", n)
+	}
+	return fmt.Errorf("%w: rank %d: the launcher's descriptor budget is spent: all ranks' buffers keep %d of its descriptors "+
+		"(launcher-wide limit %d%s; raise RLIMIT_NOFILE, or lower %s so that the ranks share the budget)", ErrLimit, rank, kept, limit, from, EnvMaxFDs)
 }
 
 // newBrokerLimits is the limits of a new broker: the environment's.

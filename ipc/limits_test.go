@@ -245,7 +245,8 @@ func TestLimitsFromEnv(t *testing.T) {
 		wantErr string
 	}{
 		{nil, def, ""},
-		{map[string]string{EnvMaxPending: "10000", EnvFrameTimeout: "2m"}, Limits{Handles: def.Handles, FDs: def.FDs, Pending: 10000, Queues: def.Queues, QueuedBytes: def.QueuedBytes, FrameTimeout: 2 * time.Minute}, ""},
+		{map[string]string{EnvMaxPending: "10000", EnvFrameTimeout: "2m"}, Limits{Handles: def.Handles, FDs: def.FDs, Pending: 10000, Queues: def.Queues, QueuedBytes: def.QueuedBytes,
+			TotalFDs: def.TotalFDs, TotalQueuedBytes: def.TotalQueuedBytes, FrameTimeout: 2 * time.Minute}, ""},
 		{map[string]string{EnvMaxHandles: "0"}, Limits{}, `ipc: MPSPAWN_IPC_MAX_HANDLES="0": want a positive integer`},
 		{map[string]string{EnvMaxQueues: "1e3"}, Limits{}, `ipc: MPSPAWN_IPC_MAX_QUEUES="1e3": want a positive integer`},
 		{map[string]string{EnvFrameTimeout: "30"}, Limits{}, `ipc: MPSPAWN_IPC_FRAME_TIMEOUT="30": want a positive duration, such as 1m`},

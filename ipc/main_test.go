@@ -30,6 +30,8 @@ func TestMain(m *testing.M) {
 //	rank violate-child   see violateChild
 //	rank limits LIMIT    see limitRank
 //	rank abuse W G       see abuseRank
+//	rank hold N          see holdRank
+//	rank flood N         see floodRank
 func rankMain(args []string) int {
 	if len(args) == 0 {
 		return testrank.Main(args)
@@ -45,6 +47,10 @@ func rankMain(args []string) int {
 		return limitRank(args[1:])
 	case "abuse":
 		return abuseRank(args[1:])
+	case "hold":
+		return holdRank(args[1:])
+	case "flood":
+		return floodRank(args[1:])
 	case "echo":
 		if err := echo(); err != nil {
 			fmt.Fprintln(os.Stderr, "echo helper:", err)
