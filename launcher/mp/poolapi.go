@@ -115,7 +115,17 @@ type ItemError struct {
 	Err   error
 }
 
-func (e *ItemError) Error() string { return fmt.Sprintf("mp: item %d: %v", e.Index, e.Err) }
+func (e *ItemError) Error() string { return "mp: " + e.detail() }
+
+// detail is Error without the package's prefix, for a MapError to quote:
+// "item 12 on worker 0 (pid 4242): unlucky 13" for a failure in the
+// function, whose RankError names the worker.
+func (e *ItemError) detail() string {
+	if re, ok := e.Err.(*RankError); ok {
+		return fmt.Sprintf("item %d on worker %d (pid %d): %s", e.Index, re.Rank, re.Pid, re.Message)
+	}
+	return fmt.Sprintf("item %d: %v", e.Index, e.Err)
+}
 
 // Unwrap returns Err.
 func (e *ItemError) Unwrap() error { return e.Err }
@@ -138,7 +148,7 @@ func (e *MapError) Error() string {
 	if len(e.Items) > shown {
 		more = ", ..."
 	}
-	return fmt.Sprintf("mp: %d items failed (%s%s); first: %v", len(e.Items), strings.Join(idx, ", "), more, e.Items[0])
+	return fmt.Sprintf("mp: %d items failed (%s%s); first: %s", len(e.Items), strings.Join(idx, ", "), more, e.Items[0].detail())
 }
 
 // Unwrap returns the items' errors.

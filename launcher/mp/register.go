@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 
 	"github.com/mpspawn/mpspawn/internal/codec"
@@ -69,6 +70,15 @@ func frameOf(fn any) frame {
 	return frame(fmt.Sprintf("%s\n\t%s:%d", f.Name(), file, line))
 }
 
+// funcName is fn's name as the runtime knows it: main.train, or
+// main.init.func1 for a function literal.
+func funcName(fn any) string {
+	if f := runtime.FuncForPC(reflect.ValueOf(fn).Pointer()); f != nil {
+		return f.Name()
+	}
+	return "?"
+}
+
 // A Pool chunk's reply is a field (see appendField) holding the gob-encoded
 // map of failed items (offset → remoteError; empty when none failed), then
 // the results as appendSlice encodes a []R.
@@ -122,12 +132,13 @@ func register[A, R any](name string, fn func(ctx context.Context, r Rank, args A
 	if _, dup := registry.funcs[name]; dup {
 		panic(fmt.Sprintf("mp: Register: %q is already registered", name))
 	}
+	label := fmt.Sprintf("%q (%s)", name, funcName(fn)) // names fn in a panic's stack
 	one := func(ctx context.Context, r Rank, in []byte) (out []byte, rerr *remoteError) {
 		var args A
 		if err := codec.Decode(in, &args); err != nil {
 			return nil, &remoteError{Message: fmt.Sprintf("mp: %s: decode args: %v", name, err)}
 		}
-		defer recoverInto(&rerr)
+		defer recoverInto(&rerr, label)
 		res, err := fn(ctx, r, args)
 		if err != nil {
 			return nil, errorOf(err, where)
@@ -145,7 +156,7 @@ func register[A, R any](name string, fn func(ctx context.Context, r Rank, args A
 		values := make([]R, len(items))
 		errs := map[int]*remoteError{}
 		for next := 0; next < len(items); {
-			next = callFrom(ctx, fn, where, r, items, values, next, errs)
+			next = callFrom(ctx, fn, where, label, r, items, values, next, errs)
 		}
 		out, err := encodeBatchReply(errs, values)
 		if err != nil {
@@ -191,11 +202,11 @@ type remoteError struct {
 // failures in errs, and returns where to go on: len(items), or the item
 // after one that panicked. It recovers once per panic rather than once per
 // item, which would cost more than a tiny function does.
-func callFrom[A, R any](ctx context.Context, fn func(context.Context, Rank, A) (R, error), where frame, r Rank, items []A, values []R, start int, errs map[int]*remoteError) (next int) {
+func callFrom[A, R any](ctx context.Context, fn func(context.Context, Rank, A) (R, error), where frame, label string, r Rank, items []A, values []R, start int, errs map[int]*remoteError) (next int) {
 	i := start
 	defer func() {
 		if v := recover(); v != nil {
-			errs[i], next = panicError(v), i+1
+			errs[i], next = panicError(v, label), i+1
 		}
 	}()
 	for ; i < len(items); i++ {
@@ -209,17 +220,56 @@ func callFrom[A, R any](ctx context.Context, fn func(context.Context, Rank, A) (
 	return len(items)
 }
 
-// recoverInto, deferred, turns a panic into a remoteError.
-func recoverInto(rerr **remoteError) {
+// recoverInto, deferred, turns a panic in the function label names into a
+// remoteError.
+func recoverInto(rerr **remoteError, label string) {
 	if v := recover(); v != nil {
-		*rerr = panicError(v)
+		*rerr = panicError(v, label)
 	}
 }
 
-// panicError is a recovered panic as it travels: its value and the stack of
-// the panicking goroutine, which names the line that panicked.
-func panicError(v any) *remoteError {
-	return &remoteError{Message: fmt.Sprintf("panic: %v", v), Panicked: true, Panic: fmt.Sprint(v), Stack: string(debug.Stack())}
+// panicError is a recovered panic in the function label names, as it
+// travels: its value and the stack of the panicking goroutine. It is
+// called by the deferred function that recovered.
+func panicError(v any, label string) *remoteError {
+	return &remoteError{Message: fmt.Sprintf("panic: %v", v), Panicked: true, Panic: fmt.Sprint(v), Stack: userStack(label)}
+}
+
+// mpCaller is how the package's functions that call a registered function
+// begin, in a stack.
+const mpCaller = "github.com/mpspawn/mpspawn/launcher/mp."
+
+// userStack is the stack of a panic being recovered, from the frame that
+// panicked down to the registered function label names: what the user
+// wrote, without the runtime's panic machinery above it or the package's
+// frames that called the function below it. Called elsewhere than in a
+// deferred recovery, it is the whole stack (runtime/debug.Stack).
+func userStack(label string) string {
+	pcs := make([]uintptr, 128)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(1, pcs)])
+	var lines []string
+	panicking, user := false, false
+	for f, more := frames.Next(); ; f, more = frames.Next() {
+		switch {
+		case f.Function == "runtime.gopanic":
+			panicking, lines = true, nil
+		case !panicking:
+		case !user && strings.HasPrefix(f.Function, "runtime."):
+			// runtime.panicdivide, runtime.sigpanic: how it panicked
+		case user && (strings.HasPrefix(f.Function, mpCaller+"callFrom") || strings.HasPrefix(f.Function, mpCaller+"register")):
+			more = false // the package called the function here
+		default:
+			user = true
+			lines = append(lines, fmt.Sprintf("%s(...)\n\t%s:%d", f.Function, f.File, f.Line))
+		}
+		if !more {
+			break
+		}
+	}
+	if len(lines) == 0 {
+		return string(debug.Stack())
+	}
+	return fmt.Sprintf("panic in %s:\n%s\n", label, strings.Join(lines, "\n"))
 }
 
 // errorOf is a returned error as it travels. An error has no stack of its
