@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/ipc/python"
+	"github.com/mpspawn/mpspawn/launcher/diag"
 )
 
 //go:embed forkserver.py
@@ -205,7 +207,7 @@ func (fs *Forkserver) startProcess(sock *os.File) (output *os.File, err error) {
 	defer devnull.Close()
 	conf, _ := json.Marshal(serverConfig{
 		Preload: fs.cfg.Preload, Main: fs.cfg.Main,
-		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket, StackHook: stackHookSource,
+		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket, StackHook: diag.HookSource,
 		IPC: python.IPCSource(),
 	})
 	env := fs.cfg.Env
@@ -376,7 +378,7 @@ func (fs *Forkserver) Close() error {
 			_ = killGroup(fs.pid, syscall.SIGKILL)
 			if !waitFor(fs.reaped, DefaultKillWait) {
 				// In uninterruptible sleep: report it rather than hang.
-				fs.closeErr = fmt.Errorf("launcher: forkserver (pid %d) did not exit %v after SIGKILL (state %s)", fs.pid, DefaultKillWait, procState(fs.pid))
+				fs.closeErr = fmt.Errorf("launcher: forkserver (pid %d) did not exit %v after SIGKILL (state %s)", fs.pid, DefaultKillWait, procfs.StateName(fs.pid))
 			}
 		}
 		fs.conn.Close() // ends the reader, even if the server could not

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
@@ -156,7 +157,7 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 		a.RootCause = se.Stop.Failure
 	case errors.As(res.Cause, &se):
 		a.Change = se.Stop.Reason
-	case reason(res.Cause) != "": // a hang, a timeout: a failure, as a rank's
+	case diag.Reason(res.Cause) != "": // a hang, a timeout: a failure, as a rank's
 		a.RootCause = pub.settle(res.Cause)
 	case res.Succeeded():
 		s, err := rdzv.Finish(ctx)

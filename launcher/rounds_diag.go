@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
@@ -43,11 +44,11 @@ func remoteCause(cause error) *rendezvous.Failure {
 }
 
 // causeExitCode is the exit code of a job the launcher stopped for cause:
-// TimeoutExitCode for a timeout, 1 otherwise.
+// diag.TimeoutExitCode for a timeout, 1 otherwise.
 func causeExitCode(cause error) int {
-	var te *TimeoutError
+	var te *diag.TimeoutError
 	if errors.As(cause, &te) {
-		return TimeoutExitCode
+		return diag.TimeoutExitCode
 	}
 	return 1
 }
@@ -56,7 +57,7 @@ func causeExitCode(cause error) int {
 // for a cause the launcher found (a hang, a timeout, a GPU's XID error).
 func (j *Job) causeFailure(cause error) rendezvous.Failure {
 	f := j.failure(nil)
-	f.Cause, f.ExitCode = reason(cause), causeExitCode(cause)
+	f.Cause, f.ExitCode = diag.Reason(cause), causeExitCode(cause)
 	return f
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/testrank"
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/mpspawn/mpspawn/rendezvous"
 	"golang.org/x/sys/unix"
 )
@@ -81,7 +82,7 @@ func TestRemoteCauseStacks(t *testing.T) {
 			}
 			r := res.Ranks[0]
 			st := r.Stack
-			if got := st != nil && st.Kind == StackPython && strings.Contains(st.Text, "in stuck_in_allreduce"); got != tc.stacks {
+			if got := st != nil && st.Kind == diag.StackPython && strings.Contains(st.Text, "in stuck_in_allreduce"); got != tc.stacks {
 				t.Errorf("stack = %+v; want a Python stack in stuck_in_allreduce: %v", st, tc.stacks)
 			}
 			if !r.Stopped || r.Signal != syscall.SIGTERM {

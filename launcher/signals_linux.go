@@ -7,7 +7,6 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/mpspawn/mpspawn/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -110,15 +109,6 @@ func (p *forkedProcess) release() (ru *syscall.Rusage) {
 		}
 	})
 	return ru
-}
-
-// procState is the state letter of process pid from /proc ("D" for
-// uninterruptible sleep), or "unknown".
-func procState(pid int) string {
-	if st, _, err := procfs.Stat(pid); err == nil {
-		return string(st)
-	}
-	return "unknown"
 }
 
 // abandon closes the pidfd; the server reaps the rank if it ever can.

@@ -38,8 +38,6 @@ type startReply struct {
 	err error
 }
 
-func procState(int) string { return "unknown" }
-
 var suspendSignals []os.Signal
 
 func suspend(*Group, os.Signal) bool { return false }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mpspawn/mpspawn/launcher/diag"
 )
 
 // Summary is the machine-readable account of a job's end, written by
@@ -58,7 +60,7 @@ type RankSummary struct {
 	Cost CostSummary `json:"cost"`
 	// Stack is RankResult.Stack: where the rank was when mpspawn stopped
 	// the job for a hang or a timeout.
-	Stack *Stack `json:"stack,omitempty"`
+	Stack *diag.Stack `json:"stack,omitempty"`
 }
 
 // CostSummary is a rank's Cost in a Summary, in seconds and bytes.
@@ -123,7 +125,7 @@ func (r *Result) Summarize(host, runID string) *Summary {
 	case !r.Succeeded():
 		s.Status = "failed"
 	}
-	s.Cause = reason(r.Cause)
+	s.Cause = diag.Reason(r.Cause)
 	return s
 }
 
