@@ -17,6 +17,7 @@ import (
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/ipc/python"
 	"github.com/mpspawn/mpspawn/launcher/diag"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 )
 
 //go:embed forkserver.py
@@ -48,7 +49,7 @@ const (
 type Forkserver struct {
 	cfg     ForkserverConfig
 	conn    *ipc.PacketConn // SOCK_SEQPACKET: one JSON message per packet
-	guard   *guard
+	guard   *contain.Guard
 	pid     int
 	started time.Time
 	output  *os.File // read end of the server's stdout and stderr
@@ -159,7 +160,7 @@ type releaseRequest struct {
 // goes on in the background (see Ready).
 func StartForkserver(cfg ForkserverConfig) (*Forkserver, error) {
 	closeInherited()
-	g, err := startGuard()
+	g, err := contain.StartGuard()
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +180,7 @@ func StartForkserver(cfg ForkserverConfig) (*Forkserver, error) {
 		fs.conn.Close()
 		return nil, fmt.Errorf("launcher: start forkserver: %w", err)
 	}
-	g.watch(fs.pid)
+	g.Watch(fs.pid)
 	fs.output = out
 	w := cfg.Stderr
 	if w == nil {
@@ -389,7 +390,7 @@ func (fs *Forkserver) Close() error {
 		fs.output.Close()
 		waitFor(drained, time.Second)          // a console nobody reads may hold the relay
 		_ = killGroup(fs.pid, syscall.SIGKILL) // whatever the server left in its group
-		fs.guard.unwatch(fs.pid)
+		fs.guard.Unwatch(fs.pid)
 	})
 	return fs.closeErr
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/launcher/diag"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 )
 
 // A Group is a set of running ranks under one supervisor. It is created by
@@ -25,7 +26,7 @@ import (
 type Group struct {
 	opts  Options
 	ranks []*rankProc
-	guard *guard
+	guard *contain.Guard
 	thr   rankStarter
 	cont  *containment // the job's cgroups, or the process-group fallback
 
@@ -110,11 +111,11 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	}
 	closeInherited()
 	var err error
-	if g.guard, err = startGuard(); err != nil {
+	if g.guard, err = contain.StartGuard(); err != nil {
 		return nil, err
 	}
 	specs = sortedByRank(specs)
-	if g.cont, err = contain(opts.Containment, specs, g.guard); err != nil {
+	if g.cont, err = newContainment(opts.Containment, specs, g.guard); err != nil {
 		return nil, err
 	}
 	if err := g.watch(specs); err != nil {
@@ -136,7 +137,7 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 			if err == nil {
 				// At once, not after every rank has started: a launcher
 				// SIGKILLed during a long start-up must leave nothing.
-				g.guard.watch(rp.proc.pid())
+				g.guard.Watch(rp.proc.pid())
 			}
 			started[i] = startReply{rp, err}
 		})
@@ -441,7 +442,7 @@ func (g *Group) finish() {
 		for _, f := range rp.pipes {
 			f.Close()
 		}
-		g.guard.unwatch(rp.proc.pid())
+		g.guard.Unwatch(rp.proc.pid())
 		if rp.abandoned {
 			rp.proc.abandon()
 		} else {

@@ -16,12 +16,6 @@ var ForwardedSignals = []os.Signal{os.Interrupt, syscall.SIGTERM}
 
 var platformSignalNames = map[syscall.Signal]string{}
 
-type guard struct{}
-
-func startGuard() (*guard, error) { return nil, ErrUnsupported }
-func (*guard) watch(int)          {}
-func (*guard) unwatch(int)        {}
-
 type starter struct{}
 
 func newStarter(int) *starter                       { return &starter{} }
