@@ -122,7 +122,7 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 		g.cont.close(g.opts.killWait())
 		return nil, err
 	}
-	m := opts.method()
+	m := opts.StartMethod()
 	if err := m.Ready(ctx); err != nil {
 		g.cont.close(g.opts.killWait())
 		g.stacks.Remove()

@@ -80,8 +80,9 @@ type forkStarter struct{ fs *Forkserver }
 func (f forkStarter) start(_ int, s Spec) (*rankProc, error) { return f.fs.start(s) }
 func (forkStarter) close()                                   {}
 
-// method returns the start method the options ask for.
-func (o Options) method() StartMethod {
+// StartMethod returns the start method the options ask for: Method, or
+// spawn when it is nil.
+func (o Options) StartMethod() StartMethod {
 	if o.Method == nil {
 		return spawnMethod{}
 	}

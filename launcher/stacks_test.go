@@ -253,26 +253,3 @@ func (gpuFault) Error() string {
 	return "gpu: GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus"
 }
 func (gpuFault) Reason() string { return "GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus" }
-
-// TestCauseInSummary: a job stopped from outside with a cause that has a
-// Reason (a GPU's XID error) names it as the summary's root cause.
-func TestCauseInSummary(t *testing.T) {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	specs := []Spec{helperSpec(0, "block", os.DevNull)}
-	g, err := Start(ctx, specs, Options{GracePeriod: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cancel(gpuFault{})
-	res := waitResult(t, g)
-	if !errors.Is(res.Cause, gpuFault{}) || res.ExitCode() != 1 {
-		t.Fatalf("cause %v, exit code %d; want the GPU's fault, 1", res.Cause, res.ExitCode())
-	}
-	sum := res.Summarize("h", "r")
-	var b strings.Builder
-	sum.WriteText(&b, "train.py")
-	want := "Root Cause: GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus (mpspawn stopped the ranks)\n"
-	if sum.Cause != (gpuFault{}).Reason() || !strings.Contains(b.String(), want) {
-		t.Errorf("summary cause %q, text %q; want %q", sum.Cause, b.String(), want)
-	}
-}

@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -167,4 +168,32 @@ func (s *supervisor) stacksTaken(stacks []*diag.Stack) {
 	if s.live > 0 {
 		s.stop(s.cause, syscall.SIGTERM)
 	}
+}
+
+// StacksFirst is a cause of a stop, given as the cause of the context
+// Start was given, that asks the Group to take its ranks' stacks before it
+// stops them, as its own watchdog would: the stop for a hang or a timeout
+// that another node's launcher found. Result.Cause is then the
+// StacksFirst, which unwraps to Err.
+type StacksFirst struct{ Err error }
+
+func (e *StacksFirst) Error() string { return e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *StacksFirst) Unwrap() error { return e.Err }
+
+// cancelled stops the ranks when the Group's context is done. When the
+// cause is a StacksFirst, the ranks' stacks are taken first. While stacks
+// are being taken the ranks are left alone: stacksTaken stops them.
+func (s *supervisor) cancelled(cause error) {
+	var sf *StacksFirst
+	switch {
+	case s.dumped != nil:
+		return
+	case s.cause == nil && errors.As(cause, &sf):
+		s.cause = cause
+		s.takeStacks()
+		return
+	}
+	s.stop(cause, syscall.SIGTERM)
 }
