@@ -43,7 +43,7 @@ const (
 // process, the launcher's child, in a process group of its own, with
 // SIGKILL as its parent-death signal and registered with the launcher's
 // guard, so that the launcher's death, even by SIGKILL, takes it and its
-// ranks along. Start it with StartForkserver, give it to Start in
+// ranks along. Start it with NewStartMethod(MethodForkserver, cfg), give it to Start in
 // Options.Forkserver (for as many Groups as needed, one at a time or
 // together), and Close it once they have ended.
 type Forkserver struct {
@@ -156,9 +156,9 @@ type releaseRequest struct {
 	Pid int    `json:"pid"`
 }
 
-// StartForkserver starts a forkserver and returns at once; the preload
+// newForkserver starts a forkserver and returns at once; the preload
 // goes on in the background (see Ready).
-func StartForkserver(cfg ForkserverConfig) (*Forkserver, error) {
+func newForkserver(cfg ForkserverConfig) (*Forkserver, error) {
 	closeInherited()
 	g, err := contain.StartGuard()
 	if err != nil {

@@ -46,7 +46,11 @@ func NewStartMethod(name string, cfg ForkserverConfig) (StartMethod, error) {
 	case MethodSpawn:
 		return spawnMethod{}, nil
 	case MethodForkserver:
-		return StartForkserver(cfg)
+		fs, err := newForkserver(cfg)
+		if err != nil {
+			return nil, err // not a nil *Forkserver in a non-nil interface
+		}
+		return fs, nil
 	}
 	return nil, fmt.Errorf("launcher: start method %q: want %s or %s", name, MethodSpawn, MethodForkserver)
 }

@@ -61,7 +61,7 @@ func helperLauncher(ready string, n int) int {
 		if p := os.Getenv("MPSPAWN_TEST_PRELOAD"); p != "" {
 			preload = strings.Split(p, ",")
 		}
-		fs, err := StartForkserver(ForkserverConfig{Python: python, Preload: preload})
+		fs, err := newForkserver(ForkserverConfig{Python: python, Preload: preload})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -125,7 +125,7 @@ func helperLauncherEarly(n int, pyScript ...string) int {
 		specs = append(specs, s)
 	}
 	if len(pyScript) == 2 {
-		fs, err := StartForkserver(ForkserverConfig{Python: pyScript[0]})
+		fs, err := newForkserver(ForkserverConfig{Python: pyScript[0]})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
