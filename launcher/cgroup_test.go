@@ -23,13 +23,14 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/pidfd"
 	"github.com/mpspawn/mpspawn/internal/testrank"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 	"golang.org/x/sys/unix"
 )
 
 // needCgroups skips the test where this process cannot make cgroups.
 func needCgroups(t *testing.T) string {
 	t.Helper()
-	base, err := cgroupBase()
+	base, err := contain.Base()
 	if err != nil {
 		t.Skipf("no cgroups here (%v)", err)
 	}
@@ -79,7 +80,7 @@ func removeLeft(dirs []string) {
 		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
 	}
 	for i := len(dirs) - 1; i >= 0; i-- { // children after their parent in WalkDir's order
-		(&jobCgroup{dir: dirs[i]}).waitEmpty(5 * time.Second)
+		(&contain.Job{Dir: dirs[i]}).WaitEmpty(5 * time.Second)
 		_ = unix.Rmdir(dirs[i])
 	}
 }
@@ -90,20 +91,20 @@ func removeLeft(dirs []string) {
 // from being removed: remove kills again, waits, and removes them all.
 func TestCgroupRemoveAfterALateEntry(t *testing.T) {
 	base := needCgroups(t)
-	c, err := newJobCgroup(3)
+	c, err := contain.NewJob(3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	prefix := filepath.Base(c.dir)
+	prefix := filepath.Base(c.Dir)
 	t.Cleanup(func() { removeLeft(cgroupsLeft(base, prefix)) })
 	late := startIdle(t)
-	if err := enter(c.ranks[1], late.Process.Pid); err != nil {
+	if err := enter(c.Ranks[1], late.Process.Pid); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(filepath.Join(c.ranks[2], "own"), 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(c.Ranks[2], "own"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.remove(5 * time.Second); err != nil {
+	if err := c.Remove(5 * time.Second); err != nil {
 		t.Errorf("remove: %v; want nil", err)
 	}
 	if left := cgroupsLeft(base, prefix); len(left) > 0 {
@@ -314,9 +315,9 @@ func TestForkserverPlacesItsChildBeforeReplying(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rank, job := g.cont.cg.ranks[0], g.cont.cg.dir
+	rank, job := g.cont.cg.Ranks[0], g.cont.cg.Dir
 	hs := acceptHeld(t, ln, 1) // the reply has come: Start has returned
-	mount, err := cgroup2Mount()
+	mount, err := contain.Mount()
 	if err != nil {
 		t.Fatal(err)
 	}

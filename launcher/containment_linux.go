@@ -2,48 +2,37 @@ package launcher
 
 import (
 	"fmt"
-	"os"
 	"slices"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/mpspawn/mpspawn/internal/pidfd"
-	"github.com/mpspawn/mpspawn/internal/procfs"
-	"golang.org/x/sys/unix"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 )
 
 // containment is how a Group's descendants end with it: the job's cgroups,
 // or, where cgroups cannot be made, process groups and a sweep of the
-// descendants re-parented to the launcher.
+// descendants re-parented to the launcher (see package contain).
 type containment struct {
 	kind  Containment
 	note  string // why cgroups are not used, when they are not
-	guard *guard
-	cg    *jobCgroup // ContainCgroup
-	tag   string     // ContainProcessGroup: the job's mark, "KEY=VALUE", in every rank's environment
+	guard *contain.Guard
+	cg    *contain.Job // ContainCgroup
+	tag   string       // ContainProcessGroup: the job's mark, "KEY=VALUE", in every rank's environment
 }
 
-var (
-	jobSeq        atomic.Int64
-	subreaperOnce sync.Once
-)
-
-// contain sets up the containment want for the ranks of specs, changing
-// specs to match (each rank's cgroup, or the job's mark).
-func contain(want Containment, specs []Spec, g *guard) (*containment, error) {
+// newContainment sets up the containment want for the ranks of specs,
+// changing specs to match (each rank's cgroup, or the job's mark).
+func newContainment(want Containment, specs []Spec, g *contain.Guard) (*containment, error) {
 	c := &containment{guard: g}
 	switch want {
 	case ContainAuto, ContainCgroup:
 		// The guard hears of the job cgroups' prefix before the first is
 		// made: a launcher killed in between leaves none behind.
-		g.watchCgroups()
-		cg, err := newJobCgroup(len(specs))
+		g.WatchCgroups()
+		cg, err := contain.NewJob(len(specs))
 		if err == nil {
 			c.kind, c.cg = ContainCgroup, cg
 			for i := range specs {
-				specs[i].cgroup, specs[i].cgroupPath = cg.fds[i], cg.ranks[i]
+				specs[i].cgroup, specs[i].cgroupPath = cg.FDs[i], cg.Ranks[i]
 			}
 			return c, nil
 		}
@@ -56,8 +45,8 @@ func contain(want Containment, specs []Spec, g *guard) (*containment, error) {
 		return nil, fmt.Errorf("launcher: containment %q: want %q, %q or empty", want, ContainCgroup, ContainProcessGroup)
 	}
 	c.kind = ContainProcessGroup
-	subreaperOnce.Do(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
-	c.tag = fmt.Sprintf("MPSPAWN_JOB=%d-%d", os.Getpid(), jobSeq.Add(1))
+	contain.Subreaper()
+	c.tag = contain.NewTag()
 	for i := range specs {
 		specs[i].Env = append(slices.Clip(specs[i].Env), c.tag)
 	}
@@ -68,7 +57,7 @@ func contain(want Containment, specs []Spec, g *guard) (*containment, error) {
 // signalled by the supervisor.
 func (c *containment) kill() {
 	if c.cg != nil {
-		_ = c.cg.kill()
+		_ = c.cg.Kill()
 	}
 }
 
@@ -76,45 +65,16 @@ func (c *containment) kill() {
 // most wait for it to be gone.
 func (c *containment) end(ranks []*rankProc, wait time.Duration) {
 	if c.cg != nil {
-		if c.cg.kill() == nil {
-			c.cg.waitEmpty(wait)
+		if c.cg.Kill() == nil {
+			c.cg.WaitEmpty(wait)
 		}
 		return
 	}
-	c.sweep(ranks, wait)
-}
-
-// sweep kills the launcher's children that carry the job's mark and are
-// not its ranks (descendants re-parented to it, a subreaper, when their
-// parent died), and reaps them; killing one may orphan more, so it goes
-// round until none is left.
-func (c *containment) sweep(ranks []*rankProc, wait time.Duration) {
 	known := map[int]bool{}
 	for _, rp := range ranks {
 		known[rp.proc.pid()] = true
 	}
-	for range 16 {
-		var found []int
-		for _, pid := range procfs.Children(os.Getpid()) {
-			if !known[pid] && procfs.HasEnv(pid, c.tag) {
-				found = append(found, pid)
-			}
-		}
-		if len(found) == 0 {
-			return
-		}
-		for _, pid := range found {
-			fd, err := unix.PidfdOpen(pid, 0)
-			if err != nil {
-				continue
-			}
-			_ = unix.PidfdSendSignal(fd, syscall.SIGKILL, nil, 0)
-			pidfd.Wait(fd, wait)
-			unix.Close(fd)
-			var ws unix.WaitStatus
-			_, _ = unix.Wait4(pid, &ws, unix.WNOHANG, nil)
-		}
-	}
+	contain.Sweep(known, c.tag, wait)
 }
 
 // close removes the job's cgroups, killing again, and waiting at most
@@ -123,6 +83,16 @@ func (c *containment) sweep(ranks []*rankProc, wait time.Duration) {
 // removes this process's job cgroups when it exits.
 func (c *containment) close(wait time.Duration) {
 	if c.cg != nil {
-		_ = c.cg.remove(wait)
+		_ = c.cg.Remove(wait)
 	}
 }
+
+// RemoveOnDeath asks the launcher's guard to remove dir (recursively, not
+// following a symbolic link) if this process dies before it does: a
+// scratch directory, say. Every directory given is removed; one that is
+// already gone costs nothing.
+func RemoveOnDeath(dir string) error { return contain.RemoveOnDeath(dir) }
+
+// CgroupError says why this process cannot contain its jobs with cgroups
+// (see ContainCgroup), or returns nil when it can.
+func CgroupError() error { return contain.CgroupError() }

@@ -2,7 +2,11 @@
 
 package launcher
 
-import "time"
+import (
+	"time"
+
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
+)
 
 // containment needs Linux (cgroups, pidfds, a subreaper); Start refuses
 // to run ranks before it is used.
@@ -11,11 +15,13 @@ type containment struct {
 	note string
 }
 
-func contain(Containment, []Spec, *guard) (*containment, error) { return nil, ErrUnsupported }
-func (*containment) kill()                                      {}
-func (*containment) end([]*rankProc, time.Duration)             {}
-func (*containment) close(time.Duration)                        {}
-func (*containment) usage(*rankProc)                            {}
+func newContainment(Containment, []Spec, *contain.Guard) (*containment, error) {
+	return nil, ErrUnsupported
+}
+func (*containment) kill()                          {}
+func (*containment) end([]*rankProc, time.Duration) {}
+func (*containment) close(time.Duration)            {}
+func (*containment) usage(*rankProc)                {}
 
 // RemoveOnDeath returns ErrUnsupported: there is no guard off Linux.
 func RemoveOnDeath(string) error { return ErrUnsupported }

@@ -147,20 +147,3 @@ func (r *Result) CostLine() string {
 	}
 	return b.String()
 }
-
-// costText is a rank's cost in the failure summary: "wall 3.2 s, CPU 1.1
-// s (user 1.0 s, sys 0.1 s), peak memory 312.4 MiB (cgroup memory.peak)".
-func costText(c *Cost) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "wall %s", Seconds(c.Wall))
-	if c.CPUSource != "" {
-		fmt.Fprintf(&b, ", CPU %s (user %s, sys %s)", Seconds(c.CPU()), Seconds(c.User), Seconds(c.System))
-	}
-	if c.PeakMemory > 0 {
-		fmt.Fprintf(&b, ", peak memory %s (%s)", Bytes(c.PeakMemory), c.MemorySource)
-	}
-	if c.GPUMemory > 0 {
-		fmt.Fprintf(&b, ", peak GPU memory %s (NVML accounting)", Bytes(c.GPUMemory))
-	}
-	return b.String()
-}

@@ -10,28 +10,6 @@ import (
 	"time"
 )
 
-// enableMemory turns the memory controller on for the rank cgroups under
-// dir, where the launcher's cgroup hands it down, so that each rank's
-// memory.peak exists. Where it cannot (no memory controller in cgroup
-// v2, as on hybrid hosts whose memory controller is on v1), the ranks'
-// peak memory is their maximum RSS instead.
-func enableMemory(dir string) {
-	ctl, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
-	if err != nil || !containsWord(string(ctl), "memory") {
-		return
-	}
-	_ = os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory"), 0)
-}
-
-func containsWord(s, w string) bool {
-	for _, f := range strings.Fields(s) {
-		if f == w {
-			return true
-		}
-	}
-	return false
-}
-
 // readUsage reads rank cgroup dir's CPU time (cpu.stat, always there in
 // cgroup v2) and peak memory (memory.peak, where the memory controller is
 // on), once every process in it has exited.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/internal/testrank"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 )
 
 // TestDaemonsEndWithTheJob: daemons of every kind a rank starts (a new
@@ -22,7 +23,7 @@ import (
 // cgroups, and with the process-group fallback (a subreaper's sweep of the
 // descendants that carry the job's mark).
 func TestDaemonsEndWithTheJob(t *testing.T) {
-	if _, err := cgroupBase(); err != nil {
+	if _, err := contain.Base(); err != nil {
 		t.Logf("cgroups unavailable here (%v): only the fallback is tested", err)
 	}
 	endings := []struct {
@@ -42,7 +43,7 @@ func TestDaemonsEndWithTheJob(t *testing.T) {
 		method, cont := su.method, su.cont
 		for _, e := range endings {
 			t.Run(method+"/"+string(cont)+"/"+e.name, func(t *testing.T) {
-				if _, err := cgroupBase(); err != nil && cont == ContainCgroup {
+				if _, err := contain.Base(); err != nil && cont == ContainCgroup {
 					t.Skip("no cgroups here")
 				}
 				tag := fmt.Sprintf("MPSPAWN_DAEMON_TEST=%d-%s-%s-%s", os.Getpid(), method, cont, strings.ReplaceAll(e.name, " ", "_"))
@@ -98,7 +99,7 @@ func TestDaemonsEndWithTheJob(t *testing.T) {
 // SIGKILLed leaves nothing either: its guard kills the job's cgroups and
 // removes them.
 func TestDaemonsEndWhenTheLauncherIsKilled(t *testing.T) {
-	if _, err := cgroupBase(); err != nil {
+	if _, err := contain.Base(); err != nil {
 		t.Skipf("no cgroups here (%v); without them a daemon outside the ranks' groups outlives a SIGKILLed launcher, as documented", err)
 	}
 	tag := fmt.Sprintf("MPSPAWN_DAEMON_TEST=%d-sigkill", os.Getpid())
@@ -133,7 +134,7 @@ func TestDaemonsEndWhenTheLauncherIsKilled(t *testing.T) {
 	}
 	// The guard removes the cgroups once they are empty; nothing tells
 	// this test when it is done: look for a while.
-	base, _ := cgroupBase()
+	base, _ := contain.Base()
 	dead := filepath.Join(base, fmt.Sprintf("mpspawn-%d-1", cmd.Process.Pid))
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if _, err := os.Stat(dead); os.IsNotExist(err) {

@@ -13,8 +13,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/ipc/python"
+	"github.com/mpspawn/mpspawn/launcher/diag"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 )
 
 //go:embed forkserver.py
@@ -40,13 +43,13 @@ const (
 // process, the launcher's child, in a process group of its own, with
 // SIGKILL as its parent-death signal and registered with the launcher's
 // guard, so that the launcher's death, even by SIGKILL, takes it and its
-// ranks along. Start it with StartForkserver, give it to Start in
+// ranks along. Start it with NewStartMethod(MethodForkserver, cfg), give it to Start in
 // Options.Forkserver (for as many Groups as needed, one at a time or
 // together), and Close it once they have ended.
 type Forkserver struct {
 	cfg     ForkserverConfig
 	conn    *ipc.PacketConn // SOCK_SEQPACKET: one JSON message per packet
-	guard   *guard
+	guard   *contain.Guard
 	pid     int
 	started time.Time
 	output  *os.File // read end of the server's stdout and stderr
@@ -153,11 +156,11 @@ type releaseRequest struct {
 	Pid int    `json:"pid"`
 }
 
-// StartForkserver starts a forkserver and returns at once; the preload
+// newForkserver starts a forkserver and returns at once; the preload
 // goes on in the background (see Ready).
-func StartForkserver(cfg ForkserverConfig) (*Forkserver, error) {
+func newForkserver(cfg ForkserverConfig) (*Forkserver, error) {
 	closeInherited()
-	g, err := startGuard()
+	g, err := contain.StartGuard()
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +180,7 @@ func StartForkserver(cfg ForkserverConfig) (*Forkserver, error) {
 		fs.conn.Close()
 		return nil, fmt.Errorf("launcher: start forkserver: %w", err)
 	}
-	g.watch(fs.pid)
+	g.Watch(fs.pid)
 	fs.output = out
 	w := cfg.Stderr
 	if w == nil {
@@ -205,7 +208,7 @@ func (fs *Forkserver) startProcess(sock *os.File) (output *os.File, err error) {
 	defer devnull.Close()
 	conf, _ := json.Marshal(serverConfig{
 		Preload: fs.cfg.Preload, Main: fs.cfg.Main,
-		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket, StackHook: stackHookSource,
+		MaxFDs: forkserverMaxFDs, MaxPacket: forkserverMaxPacket, StackHook: diag.HookSource,
 		IPC: python.IPCSource(),
 	})
 	env := fs.cfg.Env
@@ -376,7 +379,7 @@ func (fs *Forkserver) Close() error {
 			_ = killGroup(fs.pid, syscall.SIGKILL)
 			if !waitFor(fs.reaped, DefaultKillWait) {
 				// In uninterruptible sleep: report it rather than hang.
-				fs.closeErr = fmt.Errorf("launcher: forkserver (pid %d) did not exit %v after SIGKILL (state %s)", fs.pid, DefaultKillWait, procState(fs.pid))
+				fs.closeErr = fmt.Errorf("launcher: forkserver (pid %d) did not exit %v after SIGKILL (state %s)", fs.pid, DefaultKillWait, procfs.StateName(fs.pid))
 			}
 		}
 		fs.conn.Close() // ends the reader, even if the server could not
@@ -387,7 +390,7 @@ func (fs *Forkserver) Close() error {
 		fs.output.Close()
 		waitFor(drained, time.Second)          // a console nobody reads may hold the relay
 		_ = killGroup(fs.pid, syscall.SIGKILL) // whatever the server left in its group
-		fs.guard.unwatch(fs.pid)
+		fs.guard.Unwatch(fs.pid)
 	})
 	return fs.closeErr
 }

@@ -10,8 +10,8 @@ import (
 // other than Linux none can be started.
 type Forkserver struct{}
 
-// StartForkserver returns ErrUnsupported on platforms other than Linux.
-func StartForkserver(ForkserverConfig) (*Forkserver, error) { return nil, ErrUnsupported }
+// newForkserver returns ErrUnsupported on platforms other than Linux.
+func newForkserver(ForkserverConfig) (*Forkserver, error) { return nil, ErrUnsupported }
 
 // Ready returns ErrUnsupported.
 func (*Forkserver) Ready(context.Context) error { return ErrUnsupported }

@@ -105,7 +105,7 @@ func startForkserverWith(t *testing.T, cfg ForkserverConfig) (*Forkserver, strin
 		t.Fatal(err)
 	}
 	cfg.Python = python
-	fs, err := StartForkserver(cfg)
+	fs, err := newForkserver(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestForkserverRefusals(t *testing.T) {
 	if err != nil {
 		t.Skip("no python3 on PATH")
 	}
-	fs, err := StartForkserver(ForkserverConfig{Python: python, Preload: []string{"json", "no_such_module_x"}})
+	fs, err := newForkserver(ForkserverConfig{Python: python, Preload: []string{"json", "no_such_module_x"}})
 	if err != nil {
 		t.Fatal(err)
 	}

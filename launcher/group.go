@@ -11,6 +11,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mpspawn/mpspawn/internal/procfs"
+	"github.com/mpspawn/mpspawn/launcher/diag"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 )
 
 // A Group is a set of running ranks under one supervisor. It is created by
@@ -22,7 +26,7 @@ import (
 type Group struct {
 	opts  Options
 	ranks []*rankProc
-	guard *guard
+	guard *contain.Guard
 	thr   rankStarter
 	cont  *containment // the job's cgroups, or the process-group fallback
 
@@ -35,7 +39,7 @@ type Group struct {
 
 	outputStalled bool // set by finish
 
-	stacks     *stackDir    // the Python ranks' stack files, when Options asks for stacks
+	stacks     *diag.Dir    // the Python ranks' stack files, when Options asks for stacks
 	lastOutput atomic.Int64 // UnixNano of the ranks' last output (HangTimeout)
 	started    time.Time    // when Start started the ranks (Timeout)
 }
@@ -107,21 +111,21 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	}
 	closeInherited()
 	var err error
-	if g.guard, err = startGuard(); err != nil {
+	if g.guard, err = contain.StartGuard(); err != nil {
 		return nil, err
 	}
 	specs = sortedByRank(specs)
-	if g.cont, err = contain(opts.Containment, specs, g.guard); err != nil {
+	if g.cont, err = newContainment(opts.Containment, specs, g.guard); err != nil {
 		return nil, err
 	}
 	if err := g.watch(specs); err != nil {
 		g.cont.close(g.opts.killWait())
 		return nil, err
 	}
-	m := opts.method()
+	m := opts.StartMethod()
 	if err := m.Ready(ctx); err != nil {
 		g.cont.close(g.opts.killWait())
-		g.stacks.remove()
+		g.stacks.Remove()
 		return nil, err
 	}
 	g.thr = m.starter(len(specs))
@@ -133,7 +137,7 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 			if err == nil {
 				// At once, not after every rank has started: a launcher
 				// SIGKILLed during a long start-up must leave nothing.
-				g.guard.watch(rp.proc.pid())
+				g.guard.Watch(rp.proc.pid())
 			}
 			started[i] = startReply{rp, err}
 		})
@@ -254,11 +258,11 @@ type supervisor struct {
 	sigints     int
 	cause       error
 	killTimer   *time.Timer
-	killC       <-chan time.Time // the grace period is over
-	giveUpC     <-chan time.Time // KillWait after SIGKILL is over
-	sigErrs     []error          // signals that could not be sent
-	dog         *watchdog        // HangTimeout and Timeout, or nil
-	dumped      chan []*Stack    // the stacks taken, by rank index, once taken
+	killC       <-chan time.Time   // the grace period is over
+	giveUpC     <-chan time.Time   // KillWait after SIGKILL is over
+	sigErrs     []error            // signals that could not be sent
+	dog         *watchdog          // HangTimeout and Timeout, or nil
+	dumped      chan []*diag.Stack // the stacks taken, by rank index, once taken
 }
 
 func (g *Group) supervise(ctx context.Context) {
@@ -311,7 +315,7 @@ func (s *supervisor) giveUp() {
 		if rp.exited {
 			continue
 		}
-		msg := fmt.Sprintf("launcher: rank %d (pid %d) did not exit %v after SIGKILL (state %s)", rp.spec.Rank, rp.proc.pid(), s.g.opts.killWait(), procState(rp.proc.pid()))
+		msg := fmt.Sprintf("launcher: rank %d (pid %d) did not exit %v after SIGKILL (state %s)", rp.spec.Rank, rp.proc.pid(), s.g.opts.killWait(), procfs.StateName(rp.proc.pid()))
 		rp.res.Note = msg
 		rp.abandoned = true // never released: reaping it would block
 		s.exited(exitReport{i: i, err: errors.New(msg), ended: time.Now()})
@@ -438,7 +442,7 @@ func (g *Group) finish() {
 		for _, f := range rp.pipes {
 			f.Close()
 		}
-		g.guard.unwatch(rp.proc.pid())
+		g.guard.Unwatch(rp.proc.pid())
 		if rp.abandoned {
 			rp.proc.abandon()
 		} else {
@@ -447,7 +451,7 @@ func (g *Group) finish() {
 		g.cont.usage(rp) // every process in its cgroup is gone
 	}
 	g.cont.close(g.opts.killWait())
-	g.stacks.remove()
+	g.stacks.Remove()
 	g.thr.close()
 }
 
@@ -518,9 +522,9 @@ func (g *Group) collect(s *supervisor) {
 		r := rp.res
 		r.ErrorFile, _ = ReadErrorFile(rp.spec.ErrorFile)
 		r.Cost = rp.usage.cost(r.Started, r.Ended)
-		if r.Stack != nil && r.Stack.Kind == StackGo {
+		if r.Stack != nil && r.Stack.Kind == diag.StackGo {
 			st := *r.Stack
-			st.Text = trimGoStack(rp.spec.capture.text())
+			st.Text = diag.TrimGoStack(rp.spec.capture.Text())
 			r.Stack = &st
 		}
 		res.Ranks = append(res.Ranks, r)

@@ -21,6 +21,7 @@ import (
 	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/internal/proctest"
 	"github.com/mpspawn/mpspawn/internal/testrank"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 )
 
 // withReady gives each spec a pipe on fd 3 (the helper rank's readiness
@@ -296,7 +297,7 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 // that did are killed and reaped before Start returns, and the error names
 // the rank and why.
 func TestStartFailureLeavesNothing(t *testing.T) {
-	if _, err := startGuard(); err != nil { // a child of its own, for good
+	if _, err := contain.StartGuard(); err != nil { // a child of its own, for good
 		t.Fatal(err)
 	}
 	kids := procfs.Children(os.Getpid())

@@ -14,6 +14,7 @@ import (
 	"github.com/mpspawn/mpspawn/internal/proctest"
 	"github.com/mpspawn/mpspawn/internal/testrank"
 	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/launcher/internal/contain"
 	"go.uber.org/goleak"
 )
 
@@ -42,7 +43,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintf(os.Stderr, "the tests leaked file descriptors: %s\n", strings.Join(leaked, ", "))
 			code = 1
 		}
-		if base, err := cgroupBase(); err == nil {
+		if base, err := contain.Base(); err == nil {
 			if left := cgroupsLeft(base, fmt.Sprintf("mpspawn-%d-", os.Getpid())); len(left) > 0 {
 				fmt.Fprintf(os.Stderr, "the tests left job cgroups: %s\n", strings.Join(left, ", "))
 				removeLeft(left)
@@ -63,7 +64,7 @@ func primeRuntimeFDs() error {
 	_ = r.SetReadDeadline(time.Now()) // registers r with the poller
 	r.Close()
 	w.Close()
-	_, err = startGuard()
+	_, err = contain.StartGuard()
 	return err
 }
 
@@ -71,8 +72,8 @@ func primeRuntimeFDs() error {
 // except the shared guard's pipe (restarted by the guard tests).
 func leakedFDs(before, after map[int]string) []string {
 	guardFD := -1
-	if sharedGuard != nil {
-		guardFD = int(sharedGuard.w.Fd())
+	if g, err := contain.StartGuard(); err == nil {
+		guardFD = g.PipeFD()
 	}
 	var leaked []string
 	for fd, target := range after {

@@ -46,7 +46,11 @@ func NewStartMethod(name string, cfg ForkserverConfig) (StartMethod, error) {
 	case MethodSpawn:
 		return spawnMethod{}, nil
 	case MethodForkserver:
-		return StartForkserver(cfg)
+		fs, err := newForkserver(cfg)
+		if err != nil {
+			return nil, err // not a nil *Forkserver in a non-nil interface
+		}
+		return fs, nil
 	}
 	return nil, fmt.Errorf("launcher: start method %q: want %s or %s", name, MethodSpawn, MethodForkserver)
 }
@@ -80,8 +84,9 @@ type forkStarter struct{ fs *Forkserver }
 func (f forkStarter) start(_ int, s Spec) (*rankProc, error) { return f.fs.start(s) }
 func (forkStarter) close()                                   {}
 
-// method returns the start method the options ask for.
-func (o Options) method() StartMethod {
+// StartMethod returns the start method the options ask for: Method, or
+// spawn when it is nil.
+func (o Options) StartMethod() StartMethod {
 	if o.Method == nil {
 		return spawnMethod{}
 	}

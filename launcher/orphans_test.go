@@ -6,10 +6,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/procfs"
 	"github.com/mpspawn/mpspawn/internal/testrank"
+	"golang.org/x/sys/unix"
 )
 
 // helperLauncher is a launcher process for TestLauncherSIGKILLLeavesNothing:
@@ -28,6 +31,12 @@ import (
 // forkserver, which preloads the modules in $MPSPAWN_TEST_PRELOAD
 // (comma-separated).
 func helperLauncher(ready string, n int) int {
+	if empty := os.Getenv("MPSPAWN_TEST_NO_SHELL"); empty != "" {
+		if err := hideShell(empty); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -52,7 +61,7 @@ func helperLauncher(ready string, n int) int {
 		if p := os.Getenv("MPSPAWN_TEST_PRELOAD"); p != "" {
 			preload = strings.Split(p, ",")
 		}
-		fs, err := StartForkserver(ForkserverConfig{Python: python, Preload: preload})
+		fs, err := newForkserver(ForkserverConfig{Python: python, Preload: preload})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -79,6 +88,24 @@ func helperLauncher(ready string, n int) int {
 	return 0
 }
 
+// hideShell makes /bin/sh and /usr/bin/sh unusable in this process's
+// mount namespace (a private one: see TestLauncherSIGKILLLeavesNothingWithoutShell)
+// by binding the empty, non-executable file empty over them, and checks
+// that no shell runs any more.
+func hideShell(empty string) error {
+	for _, sh := range []string{"/bin/sh", "/usr/bin/sh"} {
+		if err := unix.Mount(empty, sh, "", unix.MS_BIND, ""); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("hide %s: %w", sh, err)
+		}
+	}
+	for _, sh := range []string{"/bin/sh", "/usr/bin/sh"} {
+		if err := exec.Command(sh, "-c", "exit 0").Run(); err == nil {
+			return fmt.Errorf("%s still runs after it was hidden", sh)
+		}
+	}
+	return nil
+}
+
 // helperLauncherEarly starts n family ranks that write their readiness
 // straight to this process's fd 3, so that the test sees the first rank and
 // its child up while the others are still starting.
@@ -98,7 +125,7 @@ func helperLauncherEarly(n int, pyScript ...string) int {
 		specs = append(specs, s)
 	}
 	if len(pyScript) == 2 {
-		fs, err := StartForkserver(ForkserverConfig{Python: pyScript[0]})
+		fs, err := newForkserver(ForkserverConfig{Python: pyScript[0]})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -121,6 +148,13 @@ func helperLauncherEarly(n int, pyScript ...string) int {
 // them, or the test fails (and the launcher is killed).
 func startLauncher(t *testing.T, n, want int, env ...string) (*exec.Cmd, []int) {
 	t.Helper()
+	return startLauncherIn(t, nil, n, want, env...)
+}
+
+// startLauncherIn is startLauncher with the launcher process started with
+// attr (nil for none).
+func startLauncherIn(t *testing.T, attr *syscall.SysProcAttr, n, want int, env ...string) (*exec.Cmd, []int) {
+	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +163,7 @@ func startLauncher(t *testing.T, n, want int, env ...string) (*exec.Cmd, []int) 
 	cmd := testrank.Command("launcher", testrank.ReadyFD, strconv.Itoa(n))
 	cmd.Env = append(os.Environ(), env...)
 	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -158,6 +193,38 @@ func TestLauncherSIGKILLLeavesNothing(t *testing.T) {
 			t.Errorf("pid %d still alive 1s after the launcher was SIGKILLed", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
+	}
+}
+
+// TestLauncherSIGKILLLeavesNothingWithoutShell: the guard needs no shell.
+// The launcher runs in a mount namespace of its own (private: nothing it
+// mounts is seen outside it) where /bin/sh and /usr/bin/sh are an empty
+// file that cannot be executed; SIGKILLed, it leaves none of its ranks or
+// their children, with cgroups (where they can be made) and with process
+// groups alone.
+func TestLauncherSIGKILLLeavesNothingWithoutShell(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mount namespaces need root here")
+	}
+	empty := filepath.Join(t.TempDir(), "no-shell")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, cont := range containments(t) {
+		t.Run(string(cont), func(t *testing.T) {
+			cmd, pids := startLauncherIn(t, &syscall.SysProcAttr{Unshareflags: syscall.CLONE_NEWNS}, 3, 6,
+				"MPSPAWN_TEST_NO_SHELL="+empty, "MPSPAWN_TEST_CONTAIN="+string(cont))
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Wait()
+			for _, pid := range pids {
+				if !pidGone(pid, time.Second) {
+					t.Errorf("pid %d still alive 1s after the launcher (without /bin/sh) was SIGKILLed", pid)
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		})
 	}
 }
 

@@ -377,3 +377,10 @@ func (w *rankWriter) Write(line []byte) (int, error) {
 	}
 	return len(line), nil
 }
+
+// Reopen returns a new Output with o's settings, for the next round of a
+// job: an Output cannot be used after Close.
+func (o *Output) Reopen() *Output {
+	return &Output{Stdout: o.Stdout, Stderr: o.Stderr, Prefix: o.Prefix, RoleName: o.RoleName, Timestamps: o.Timestamps,
+		Filter: o.Filter, Redirects: o.Redirects, Tee: o.Tee, Dir: o.Dir, DrainTimeout: o.DrainTimeout}
+}

@@ -6,6 +6,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/mpspawn/mpspawn/launcher/diag"
 )
 
 // RankResult is how one rank ended.
@@ -42,7 +44,7 @@ type RankResult struct {
 	// Stack is where the rank was when the launcher stopped the job for
 	// a hang or a timeout (Options.HangTimeout, Options.Timeout); nil
 	// when no stack was taken.
-	Stack *Stack
+	Stack *diag.Stack
 }
 
 // Failed reports whether the rank exited non-zero or by a signal.
@@ -105,9 +107,9 @@ func (r *Result) ExitCode() int {
 	if s, ok := r.Interrupted.(syscall.Signal); ok {
 		return 128 + int(s)
 	}
-	var te *TimeoutError
+	var te *diag.TimeoutError
 	if errors.As(r.Cause, &te) {
-		return TimeoutExitCode
+		return diag.TimeoutExitCode
 	}
 	if r.RootCause >= 0 {
 		return r.Ranks[r.RootCause].Code()

@@ -7,31 +7,35 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/mpspawn/mpspawn/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
-// ForwardedSignals are the signals a running Job forwards to its ranks.
-// SIGUSR1 and SIGUSR2 are passed on and the job goes on (see
-// PassedSignals); the others stop the job: SIGTERM, then SIGKILL after the
-// grace period.
-var ForwardedSignals = []os.Signal{
+// ForwardedSignals returns the signals a running job forwards to its
+// ranks (see Group.Forward). SIGUSR1 and SIGUSR2 are passed on and the job
+// goes on (see PassedSignals); the others stop the job: SIGTERM, then
+// SIGKILL after the grace period.
+func ForwardedSignals() []os.Signal { return slices.Clone(forwardedSignals) }
+
+var forwardedSignals = []os.Signal{
 	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP,
 	syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2,
 }
 
-// PassedSignals are the forwarded signals that do not stop the job: a
-// running Job sends them to every rank (its process and its process group)
-// and starts no SIGKILL countdown. SLURM's --signal=USR1@60 asks a job to
-// checkpoint before its time limit this way; a rank that does not handle
-// the signal dies of it, and that failure stops the job as any other does.
-var PassedSignals = []os.Signal{syscall.SIGUSR1, syscall.SIGUSR2}
+// PassedSignals returns the forwarded signals that do not stop the job:
+// Group.Forward sends them to every rank (its process and its process
+// group) and starts no SIGKILL countdown. SLURM's --signal=USR1@60 asks a
+// job to checkpoint before its time limit this way; a rank that does not
+// handle the signal dies of it, and that failure stops the job as any
+// other does.
+func PassedSignals() []os.Signal { return slices.Clone(passedSignals) }
+
+var passedSignals = []os.Signal{syscall.SIGUSR1, syscall.SIGUSR2}
 
 // pass delivers sig to the ranks without stopping the job, and reports
 // whether sig is one of PassedSignals.
 func pass(g *Group, sig os.Signal) bool {
 	s, ok := sig.(syscall.Signal)
-	if !ok || !slices.Contains(PassedSignals, sig) {
+	if !ok || !slices.Contains(passedSignals, sig) {
 		return false
 	}
 	g.Deliver(s)
@@ -110,15 +114,6 @@ func (p *forkedProcess) release() (ru *syscall.Rusage) {
 		}
 	})
 	return ru
-}
-
-// procState is the state letter of process pid from /proc ("D" for
-// uninterruptible sleep), or "unknown".
-func procState(pid int) string {
-	if st, _, err := procfs.Stat(pid); err == nil {
-		return string(st)
-	}
-	return "unknown"
 }
 
 // abandon closes the pidfd; the server reaps the rank if it ever can.

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/mpspawn/mpspawn/place"
 )
 
@@ -52,7 +53,7 @@ type Spec struct {
 	// set by Start: when the rank last wrote output, and its stderr's
 	// capture for a Go stack dump
 	activity *atomic.Int64
-	capture  *stackCapture
+	capture  *diag.Capture
 }
 
 // Containment is how the launcher makes sure that nothing a job started
@@ -108,12 +109,12 @@ type Options struct {
 	// HangTimeout, when positive, stops the ranks as a failure when none
 	// of them has written any output (stdout or stderr) for that long,
 	// after taking every live rank's stack (RankResult.Stack);
-	// Result.Cause is then a *HangError. Only output the launcher reads
+	// Result.Cause is then a *diag.HangError. Only output the launcher reads
 	// counts: a rank whose Spec.Stdout and Spec.Stderr are nil shows none.
 	HangTimeout time.Duration
 	// Timeout, when positive, stops the ranks that long after they
 	// started, after taking their stacks; Result.Cause is then a
-	// *TimeoutError and Result.ExitCode is TimeoutExitCode (124).
+	// *diag.TimeoutError and Result.ExitCode is diag.TimeoutExitCode (124).
 	Timeout time.Duration
 	// Stacks installs mpspawn's stack hook in Python ranks (see
 	// docs/diagnosis.md), so that their stacks can be taken while they

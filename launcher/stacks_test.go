@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mpspawn/mpspawn/launcher/diag"
 )
 
 // stuckScript is a Python rank that says it started, then hangs where a
@@ -70,11 +72,11 @@ func hangResult(t *testing.T, specs []Spec, opts Options) *Result {
 		t.Fatal(err)
 	}
 	res := waitResult(t, g)
-	var he *HangError
+	var he *diag.HangError
 	if !errors.As(res.Cause, &he) || he.Quiet != 2*time.Second || res.Succeeded() || res.RootCause != -1 {
 		t.Fatalf("result cause = %v, root cause %d; want a hang of 2s and no rank as root cause", res.Cause, res.RootCause)
 	}
-	if got := reason(res.Cause); got != "hang: no output for 2s" {
+	if got := diag.Reason(res.Cause); got != "hang: no output for 2s" {
 		t.Errorf("reason = %q; want %q", got, "hang: no output for 2s")
 	}
 	return res
@@ -97,7 +99,7 @@ func TestHangPythonStacks(t *testing.T) {
 			res := hangResult(t, specs, Options{Method: method})
 			for _, r := range res.Ranks {
 				st := r.Stack
-				if st == nil || st.Kind != StackPython || !strings.Contains(st.Text, stuckLine) || !strings.Contains(st.Text, "stuck.py") {
+				if st == nil || st.Kind != diag.StackPython || !strings.Contains(st.Text, stuckLine) || !strings.Contains(st.Text, "stuck.py") {
 					t.Errorf("rank %d stack = %+v; want a Python stack with %q", r.Rank, st, stuckLine)
 				}
 				if !r.Stopped || r.Signal != syscall.SIGTERM {
@@ -120,7 +122,7 @@ func TestHangGoStacks(t *testing.T) {
 	res := hangResult(t, specs, Options{})
 	for _, r := range res.Ranks {
 		st := r.Stack
-		if st == nil || st.Kind != StackGo || !strings.Contains(st.Text, "testrank.stuckInAllreduce(") || !strings.Contains(st.Text, "goroutine ") {
+		if st == nil || st.Kind != diag.StackGo || !strings.Contains(st.Text, "testrank.stuckInAllreduce(") || !strings.Contains(st.Text, "goroutine ") {
 			t.Errorf("rank %d stack = %+v; want the goroutines, stuckInAllreduce among them", r.Rank, st)
 		}
 		if !r.Stopped {
@@ -154,9 +156,9 @@ func TestTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := waitResult(t, g)
-	var te *TimeoutError
-	if !errors.As(res.Cause, &te) || res.ExitCode() != TimeoutExitCode {
-		t.Fatalf("cause = %v, exit code %d; want a timeout, %d", res.Cause, res.ExitCode(), TimeoutExitCode)
+	var te *diag.TimeoutError
+	if !errors.As(res.Cause, &te) || res.ExitCode() != diag.TimeoutExitCode {
+		t.Fatalf("cause = %v, exit code %d; want a timeout, %d", res.Cause, res.ExitCode(), diag.TimeoutExitCode)
 	}
 	if st := res.Ranks[0].Stack; st == nil || !strings.Contains(st.Text, stuckLine) {
 		t.Errorf("stack = %+v; want %q", st, stuckLine)
@@ -251,26 +253,3 @@ func (gpuFault) Error() string {
 	return "gpu: GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus"
 }
 func (gpuFault) Reason() string { return "GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus" }
-
-// TestCauseInSummary: a job stopped from outside with a cause that has a
-// Reason (a GPU's XID error) names it as the summary's root cause.
-func TestCauseInSummary(t *testing.T) {
-	ctx, cancel := context.WithCancelCause(context.Background())
-	specs := []Spec{helperSpec(0, "block", os.DevNull)}
-	g, err := Start(ctx, specs, Options{GracePeriod: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cancel(gpuFault{})
-	res := waitResult(t, g)
-	if !errors.Is(res.Cause, gpuFault{}) || res.ExitCode() != 1 {
-		t.Fatalf("cause %v, exit code %d; want the GPU's fault, 1", res.Cause, res.ExitCode())
-	}
-	sum := res.Summarize("h", "r")
-	var b strings.Builder
-	sum.WriteText(&b, "train.py")
-	want := "Root Cause: GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus (mpspawn stopped the ranks)\n"
-	if sum.Cause != (gpuFault{}).Reason() || !strings.Contains(b.String(), want) {
-		t.Errorf("summary cause %q, text %q; want %q", sum.Cause, b.String(), want)
-	}
-}

@@ -11,16 +11,13 @@ import (
 // process-group guard and no CPU affinity: Start refuses to run ranks rather
 // than run them without mpspawn's guarantees.
 
-// ForwardedSignals are the signals a running Job forwards to its ranks.
-var ForwardedSignals = []os.Signal{os.Interrupt, syscall.SIGTERM}
+// ForwardedSignals returns the signals a running job forwards to its
+// ranks (see Group.Forward).
+func ForwardedSignals() []os.Signal { return []os.Signal{os.Interrupt, syscall.SIGTERM} }
+
+var forwardedSignals = ForwardedSignals()
 
 var platformSignalNames = map[syscall.Signal]string{}
-
-type guard struct{}
-
-func startGuard() (*guard, error) { return nil, ErrUnsupported }
-func (*guard) watch(int)          {}
-func (*guard) unwatch(int)        {}
 
 type starter struct{}
 
@@ -38,15 +35,12 @@ type startReply struct {
 	err error
 }
 
-func procState(int) string { return "unknown" }
-
 var suspendSignals []os.Signal
 
 func suspend(*Group, os.Signal) bool { return false }
 
-// PassedSignals are the forwarded signals that do not stop the job: none
-// here.
-var PassedSignals = []os.Signal{}
+// PassedSignals returns none: no signal is passed on off Linux.
+func PassedSignals() []os.Signal { return nil }
 
 func pass(*Group, os.Signal) bool { return false }
 

@@ -1,16 +1,19 @@
 package launcher
 
 import (
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mpspawn/mpspawn/launcher/diag"
 )
 
 // The watchdog stops a job that hangs (Options.HangTimeout: no output
 // from any rank for that long) or runs too long (Options.Timeout), after
-// taking every live rank's stack (see Stack). It runs in the supervisor.
+// taking every live rank's stack (see diag.Stack). It runs in the supervisor.
 
 // watchdog holds the supervisor's timer for HangTimeout and Timeout.
 type watchdog struct {
@@ -60,10 +63,10 @@ func (w *watchdog) next(now time.Time) time.Duration {
 // since it was set).
 func (w *watchdog) fired(now time.Time) error {
 	if w.timeout > 0 && !now.Before(w.start.Add(w.timeout)) {
-		return &TimeoutError{Timeout: w.timeout}
+		return &diag.TimeoutError{Timeout: w.timeout}
 	}
 	if w.hang > 0 && now.Sub(time.Unix(0, w.last.Load())) >= w.hang {
-		return &HangError{Quiet: w.hang}
+		return &diag.HangError{Quiet: w.hang}
 	}
 	w.timer.Reset(w.next(now))
 	return nil
@@ -89,50 +92,6 @@ func (a activityReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// stackCapture passes a rank's stderr lines on to w and, once started,
-// keeps them (up to maxStack bytes): a Go rank's goroutine dump, which
-// its runtime writes to stderr on SIGQUIT.
-type stackCapture struct {
-	w    io.Writer
-	mu   sync.Mutex
-	on   bool
-	kept []byte
-}
-
-var _ abandoner = (*stackCapture)(nil)
-
-func (c *stackCapture) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.on && len(c.kept)+len(p) <= maxStack {
-		c.kept = append(c.kept, p...)
-	}
-	c.mu.Unlock()
-	if c.w == nil {
-		return len(p), nil
-	}
-	return c.w.Write(p)
-}
-
-// start keeps the lines written from now on.
-func (c *stackCapture) start() {
-	c.mu.Lock()
-	c.on = true
-	c.mu.Unlock()
-}
-
-func (c *stackCapture) text() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return string(c.kept)
-}
-
-// Abandon gives up on w, when it can be.
-func (c *stackCapture) Abandon() {
-	if a, ok := c.w.(abandoner); ok {
-		a.Abandon()
-	}
-}
-
 // watch sets up what the watchdog and the stacks need in specs: the stack
 // hook in every rank's environment, the capture of its stderr, and the
 // record of its output's time.
@@ -141,12 +100,12 @@ func (g *Group) watch(specs []Spec) error {
 	g.lastOutput.Store(g.started.UnixNano())
 	if g.opts.stacks() {
 		var err error
-		if g.stacks, err = newStackDir(g.opts.StacksDir); err != nil {
+		if g.stacks, err = diag.NewDir(g.opts.StacksDir); err != nil {
 			return err
 		}
 		for i := range specs {
-			specs[i].Env = g.stacks.env(specs[i].Env)
-			specs[i].capture = &stackCapture{w: specs[i].Stderr}
+			specs[i].Env = g.stacks.Env(specs[i].Env)
+			specs[i].capture = diag.NewCapture(specs[i].Stderr)
 			specs[i].Stderr = specs[i].capture
 		}
 	}
@@ -176,9 +135,9 @@ func (s *supervisor) watchdogFired(now time.Time) {
 func (s *supervisor) takeStacks() {
 	var dir string
 	if s.g.stacks != nil {
-		dir = s.g.stacks.dir
+		dir = s.g.stacks.Path()
 	}
-	s.dumped = make(chan []*Stack, 1)
+	s.dumped = make(chan []*diag.Stack, 1)
 	var live []int
 	for i, rp := range s.g.ranks {
 		if !rp.exited {
@@ -187,11 +146,11 @@ func (s *supervisor) takeStacks() {
 		}
 	}
 	go func() {
-		out := make([]*Stack, len(s.g.ranks))
+		out := make([]*diag.Stack, len(s.g.ranks))
 		var wg sync.WaitGroup
 		for _, i := range live {
 			rp := s.g.ranks[i]
-			wg.Go(func() { out[i] = stackOf(rp.proc.pid(), dir, rp.proc.signal, true, rp.spec.capture) })
+			wg.Go(func() { out[i] = diag.Take(rp.proc.pid(), dir, rp.proc.signal, true, rp.spec.capture) })
 		}
 		wg.Wait()
 		s.dumped <- out
@@ -199,7 +158,7 @@ func (s *supervisor) takeStacks() {
 }
 
 // stacksTaken records the stacks and stops the ranks still running.
-func (s *supervisor) stacksTaken(stacks []*Stack) {
+func (s *supervisor) stacksTaken(stacks []*diag.Stack) {
 	s.dumped = nil
 	for i, st := range stacks {
 		if st != nil {
@@ -209,4 +168,32 @@ func (s *supervisor) stacksTaken(stacks []*Stack) {
 	if s.live > 0 {
 		s.stop(s.cause, syscall.SIGTERM)
 	}
+}
+
+// StacksFirst is a cause of a stop, given as the cause of the context
+// Start was given, that asks the Group to take its ranks' stacks before it
+// stops them, as its own watchdog would: the stop for a hang or a timeout
+// that another node's launcher found. Result.Cause is then the
+// StacksFirst, which unwraps to Err.
+type StacksFirst struct{ Err error }
+
+func (e *StacksFirst) Error() string { return e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *StacksFirst) Unwrap() error { return e.Err }
+
+// cancelled stops the ranks when the Group's context is done. When the
+// cause is a StacksFirst, the ranks' stacks are taken first. While stacks
+// are being taken the ranks are left alone: stacksTaken stops them.
+func (s *supervisor) cancelled(cause error) {
+	var sf *StacksFirst
+	switch {
+	case s.dumped != nil:
+		return
+	case s.cause == nil && errors.As(cause, &sf):
+		s.cause = cause
+		s.takeStacks()
+		return
+	}
+	s.stop(cause, syscall.SIGTERM)
 }

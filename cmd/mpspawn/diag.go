@@ -13,6 +13,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/urfave/cli/v2"
 )
 
@@ -86,8 +87,8 @@ func (d diagConfig) options(o *launcher.Options, scratch string) {
 // timeout or a GPU's XID error: the summary then says so as the root
 // cause (with the stacks, for a hang or a timeout).
 func stoppedByWatchdog(cause error) bool {
-	var he *launcher.HangError
-	var te *launcher.TimeoutError
+	var he *diag.HangError
+	var te *diag.TimeoutError
 	var xe *gpu.XIDError
 	return errors.As(cause, &he) || errors.As(cause, &te) || errors.As(cause, &xe)
 }
@@ -116,8 +117,8 @@ func dumpStacks(c *cli.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(c.Context, time.Minute)
 	defer cancel()
-	stacks, err := launcher.DumpStacks(ctx, pid)
-	var nr *launcher.NoRanksError
+	stacks, err := diag.DumpStacks(ctx, pid)
+	var nr *diag.NoRanksError
 	switch {
 	case errors.As(err, &nr):
 		return usagef("--dump-stacks %d: process %d runs no mpspawn ranks", pid, nr.Launcher)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/job"
 	"github.com/mpspawn/mpspawn/rendezvous"
 	"github.com/urfave/cli/v2"
 )
@@ -126,7 +127,7 @@ func (cfg *config) logDirs(c *cli.Context) (logDir, scratch string, err error) {
 // to --summary-json, and the root cause's error to the launcher's own
 // TORCHELASTIC_ERROR_FILE, as torchrun does. When the ranks' error files
 // are removed at exit (scratch), no summary names them.
-func (cfg *config) report(c *cli.Context, stderr io.Writer, out *launcher.Outcome, scratch bool) {
+func (cfg *config) report(c *cli.Context, stderr io.Writer, out *job.Outcome, scratch bool) {
 	res := out.Last().Result
 	if scratch {
 		for i := range res.Ranks {
@@ -135,7 +136,7 @@ func (cfg *config) report(c *cli.Context, stderr io.Writer, out *launcher.Outcom
 	}
 	if path := os.Getenv("TORCHELASTIC_ERROR_FILE"); path != "" && res.RootCause >= 0 {
 		rc := &res.Ranks[res.RootCause]
-		if err := launcher.WriteRootCause(path, rc); err != nil {
+		if err := job.WriteRootCause(path, rc); err != nil {
 			fmt.Fprintf(stderr, "mpspawn: warning: TORCHELASTIC_ERROR_FILE: %s\n", describe(err))
 		} else if rc.ErrorFilePath == "" && rc.ErrorFile != nil {
 			rc.ErrorFilePath = path // the copy outlives the scratch directory
@@ -160,7 +161,7 @@ func (cfg *config) report(c *cli.Context, stderr io.Writer, out *launcher.Outcom
 // kills them at once. The returned function stops listening.
 func noteStops(w io.Writer, ranks int, grace time.Duration) (stop func()) {
 	sigc := make(chan os.Signal, 2)
-	signal.Notify(sigc, launcher.ForwardedSignals...)
+	signal.Notify(sigc, launcher.ForwardedSignals()...)
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -176,7 +177,7 @@ func noteStops(w io.Writer, ranks int, grace time.Duration) (stop func()) {
 				case s == syscall.SIGINT:
 					sigints++
 					fmt.Fprintf(w, "mpspawn: SIGINT: stopping %d ranks, up to %v (Ctrl-C again to kill now)\n", ranks, grace)
-				case slices.Contains(launcher.PassedSignals, sig):
+				case slices.Contains(launcher.PassedSignals(), sig):
 					fmt.Fprintf(w, "mpspawn: %s: passed to the %d ranks; the job goes on\n", launcher.SignalName(s), ranks)
 				default:
 					fmt.Fprintf(w, "mpspawn: %s: stopping %d ranks, up to %v\n", launcher.SignalName(s), ranks, grace)
@@ -196,8 +197,8 @@ func noteStops(w io.Writer, ranks int, grace time.Duration) (stop func()) {
 
 // job is the launcher job cfg describes, with its placement, before log
 // files are chosen.
-func (cfg *config) job(m rendezvous.Membership) *launcher.Job {
-	return &launcher.Job{
+func (cfg *config) job(m rendezvous.Membership) *job.Job {
+	return &job.Job{
 		Path: cfg.path, Command: cfg.argv, Env: os.Environ(),
 		Membership: m, RunID: cfg.runID, Role: cfg.role, Ranks: cfg.place.setup,
 		Options: launcher.Options{GracePeriod: cfg.grace, Method: cfg.method},
@@ -205,7 +206,7 @@ func (cfg *config) job(m rendezvous.Membership) *launcher.Job {
 	}
 }
 
-func writeSummary(path string, sum *launcher.Summary) error {
+func writeSummary(path string, sum *job.Summary) error {
 	f, err := os.Create(path)
 	if err != nil {
 		return fmt.Errorf("summary %s: %w", path, err)
@@ -226,7 +227,7 @@ func writeSummary(path string, sum *launcher.Summary) error {
 
 // removeScratch removes the error files and the scratch directory; only
 // if a rank left something else there does it walk the tree.
-func removeScratch(job *launcher.Job, dir string) {
+func removeScratch(job *job.Job, dir string) {
 	for lr := range job.NProcPerNode {
 		_ = os.Remove(job.ErrorFile(lr))
 	}

@@ -75,3 +75,12 @@ func Getenv(pid int, key string) (string, bool) {
 	}
 	return "", false
 }
+
+// StateName is the state letter of process pid ("D" for uninterruptible
+// sleep), or "unknown".
+func StateName(pid int) string {
+	if st, _, err := Stat(pid); err == nil {
+		return string(st)
+	}
+	return "unknown"
+}

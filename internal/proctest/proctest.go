@@ -41,5 +41,5 @@ func OpenFDs() map[int]string {
 
 // IgnoreGuard is the goleak option for the launcher's guard watcher: one
 // goroutine per process, waiting on the guard process for as long as the
-// process lives (see launcher's guard).
-var IgnoreGuard = goleak.IgnoreAnyFunction("github.com/mpspawn/mpspawn/launcher.(*guard).watchProcess")
+// process lives (see package launcher/internal/contain).
+var IgnoreGuard = goleak.IgnoreAnyFunction("github.com/mpspawn/mpspawn/launcher/internal/contain.(*Guard).watchProcess")

@@ -8,7 +8,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/codec"
 	"github.com/mpspawn/mpspawn/ipc"
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/contract"
 )
 
 // The environment that makes a process of the binary a Go rank or a Pool
@@ -67,7 +67,7 @@ func runChild(role string) int {
 		return 2
 	}
 	defer conn.Close()
-	env, err := launcher.ReadRankEnv(os.Getenv)
+	env, err := contract.ReadRankEnv(os.Getenv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mpspawn: %v\n", err)
 		return 2

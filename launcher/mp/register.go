@@ -11,12 +11,12 @@ import (
 	"sync"
 
 	"github.com/mpspawn/mpspawn/internal/codec"
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/contract"
 	"github.com/mpspawn/mpspawn/place"
 )
 
 // Rank is what a registered function is told about the process it runs in,
-// read from the rank contract (launcher.ReadRankEnv).
+// read from the rank contract (contract.ReadRankEnv).
 type Rank struct {
 	// Index is the rank, 0 .. WorldSize-1 (in a Pool: the worker's index).
 	Index int
@@ -32,7 +32,7 @@ type Rank struct {
 }
 
 // rankOf is the Rank a launcher's contract describes.
-func rankOf(e launcher.RankEnv) Rank {
+func rankOf(e contract.RankEnv) Rank {
 	return Rank{Index: e.Rank, WorldSize: e.WorldSize, LocalRank: e.LocalRank, GPUs: e.GPUs, CPUs: e.CPUs}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/mpspawn/mpspawn/internal/codec"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/contract"
 	"github.com/mpspawn/mpspawn/place"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
@@ -309,7 +310,7 @@ type goRanks struct {
 // binary in role, with control channels to broker, writing their output to
 // out. opts.Ranks is indexed by rank.
 func newGoRanks(role string, first, n, world int, opts *Options, out *launcher.Output, broker *ipc.Broker) (*goRanks, error) {
-	contract := &launcher.Contract{
+	contract := &contract.Contract{
 		Membership:  rendezvous.Local(world),
 		StartMethod: launcher.MethodSpawn,
 		Base:        append(os.Environ(), opts.Env...),

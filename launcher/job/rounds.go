@@ -1,4 +1,4 @@
-package launcher
+package job
 
 import (
 	"context"
@@ -11,13 +11,15 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
 // Attempt is one round of a job as this node ran it.
 type Attempt struct {
 	Round  rendezvous.Round
-	Result *Result
+	Result *launcher.Result
 	// RootCause is the round's root cause, wherever it was (the first
 	// failure published by any node); nil when the round succeeded or
 	// stopped for a change of membership (then Change says which).
@@ -84,7 +86,7 @@ func (j *Job) RunRounds(ctx context.Context, rdzv rendezvous.Rendezvous, maxRest
 			return out, nil
 		}
 		if len(out.Attempts) > 0 && j.Output != nil {
-			j.Output = j.Output.reopen() // the last round's is closed
+			j.Output = j.Output.Reopen() // the last round's is closed
 		}
 		a, err := j.runRound(ctx, rdzv, round, maxRestarts)
 		if err != nil {
@@ -124,7 +126,7 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 	wg.Go(func() {
 		select {
 		case s := <-rdzv.Stopped():
-			cancel(&rendezvous.StopError{Stop: s})
+			cancel(stopCause(s))
 		case <-stopped:
 		}
 	})
@@ -142,7 +144,7 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 	case res.Interrupted != nil:
 		f := j.failure(nil)
 		if s, ok := res.Interrupted.(syscall.Signal); ok {
-			f.ExitCode, f.Message = 128+int(s), "mpspawn interrupted by "+SignalName(s)
+			f.ExitCode, f.Message = 128+int(s), "mpspawn interrupted by "+launcher.SignalName(s)
 		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
 		if first, err := rdzv.Fail(fctx, f); err == nil {
@@ -156,7 +158,7 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 		a.RootCause = se.Stop.Failure
 	case errors.As(res.Cause, &se):
 		a.Change = se.Stop.Reason
-	case reason(res.Cause) != "": // a hang, a timeout: a failure, as a rank's
+	case diag.Reason(res.Cause) != "": // a hang, a timeout: a failure, as a rank's
 		a.RootCause = pub.settle(res.Cause)
 	case res.Succeeded():
 		s, err := rdzv.Finish(ctx)
@@ -186,7 +188,7 @@ type publisher struct {
 	res  *rendezvous.Failure
 }
 
-func (p *publisher) publish(r RankResult) {
+func (p *publisher) publish(r launcher.RankResult) {
 	p.send(p.job.failure(&r))
 }
 
@@ -201,7 +203,7 @@ func (p *publisher) wait() *rendezvous.Failure {
 
 // failure is the detail of a local rank's failure for the other nodes, or
 // of this node's own end when r is nil.
-func (j *Job) failure(r *RankResult) rendezvous.Failure {
+func (j *Job) failure(r *launcher.RankResult) rendezvous.Failure {
 	f := rendezvous.Failure{NodeRank: j.NodeRank, Rank: -1, LocalRank: -1, Time: time.Now()}
 	f.Host, _ = os.Hostname()
 	if r == nil {
@@ -211,7 +213,7 @@ func (j *Job) failure(r *RankResult) rendezvous.Failure {
 	if !r.Ended.IsZero() {
 		f.Time = r.Ended
 	}
-	if ef, _ := ReadErrorFile(r.ErrorFilePath); ef != nil {
+	if ef, _ := launcher.ReadErrorFile(r.ErrorFilePath); ef != nil {
 		f.Message = ef.Message
 	} else if r.LocalRank >= 0 && r.LocalRank < len(j.tails) {
 		if lines := stderrExcerpt(j.tails[r.LocalRank].String()); len(lines) > 0 {
@@ -222,20 +224,13 @@ func (j *Job) failure(r *RankResult) rendezvous.Failure {
 	return f
 }
 
-// reopen is a new Output with o's settings, for the next round: an Output
-// cannot be used after Close.
-func (o *Output) reopen() *Output {
-	return &Output{Stdout: o.Stdout, Stderr: o.Stderr, Prefix: o.Prefix, RoleName: o.RoleName, Timestamps: o.Timestamps,
-		Filter: o.Filter, Redirects: o.Redirects, Tee: o.Tee, Dir: o.Dir, DrainTimeout: o.DrainTimeout}
-}
-
 // next waits for the next round. A signal that would stop the ranks
 // (ForwardedSignals, not PassedSignals) ends the wait, and is returned.
 func next(ctx context.Context, rdzv rendezvous.Rendezvous) (rendezvous.Round, os.Signal, error) {
 	sigc := make(chan os.Signal, 1)
 	var stops []os.Signal
-	for _, s := range ForwardedSignals {
-		if !slices.Contains(PassedSignals, s) {
+	for _, s := range launcher.ForwardedSignals() {
+		if !slices.Contains(launcher.PassedSignals(), s) {
 			stops = append(stops, s)
 		}
 	}

@@ -1,4 +1,4 @@
-package launcher
+package diag
 
 import (
 	"context"
@@ -18,8 +18,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// HookSource is the stack hook (stacks_hook.py) that a Python rank runs
+// to write its stacks on StackSignal; the forkserver runs it in each rank.
+//
 //go:embed stacks_hook.py
-var stackHookSource string
+var HookSource string
 
 //go:embed stacks_site.py
 var stackSiteSource string
@@ -32,40 +35,40 @@ const (
 	stackPoll   = 10 * time.Millisecond
 )
 
-// stackDir is where a Group's Python ranks write their stacks: its site
+// Dir is where a Group's Python ranks write their stacks: its site
 // directory holds the sitecustomize module that runs the hook in spawned
 // ranks.
-type stackDir struct {
+type Dir struct {
 	dir     string
 	created bool // made by the Group, and removed with it
 }
 
-// newStackDir makes dir (a temporary directory when empty) and the hook's
+// NewDir makes dir (a temporary directory when empty) and the hook's
 // sitecustomize module in it.
-func newStackDir(dir string) (*stackDir, error) {
-	s := &stackDir{dir: dir}
+func NewDir(dir string) (*Dir, error) {
+	s := &Dir{dir: dir}
 	var err error
 	if dir == "" {
 		if s.dir, err = os.MkdirTemp("", "mpspawn-stacks-"); err != nil {
-			return nil, fmt.Errorf("launcher: stacks: %w", err)
+			return nil, fmt.Errorf("diag: stacks: %w", err)
 		}
 		s.created = true
 	}
 	site := filepath.Join(s.dir, "site")
 	if err := os.MkdirAll(site, 0o755); err != nil {
-		s.remove()
-		return nil, fmt.Errorf("launcher: stacks: %w", err)
+		s.Remove()
+		return nil, fmt.Errorf("diag: stacks: %w", err)
 	}
-	src := stackHookSource + "\n\n" + stackSiteSource
+	src := HookSource + "\n\n" + stackSiteSource
 	if err := os.WriteFile(filepath.Join(site, "sitecustomize.py"), []byte(src), 0o644); err != nil {
-		s.remove()
-		return nil, fmt.Errorf("launcher: stacks: %w", err)
+		s.Remove()
+		return nil, fmt.Errorf("diag: stacks: %w", err)
 	}
 	return s, nil
 }
 
-// env adds the hook to a rank's environment env (see stacks_hook.py).
-func (s *stackDir) env(env []string) []string {
+// Env adds the hook to a rank's environment env (see stacks_hook.py).
+func (s *Dir) Env(env []string) []string {
 	site := filepath.Join(s.dir, "site")
 	add := []string{"MPSPAWN_STACKS_DIR=" + s.dir, "MPSPAWN_STACKS_SIGNAL=" + strconv.Itoa(int(StackSignal)), "PYTHONPATH=" + site}
 	if orig, ok := lastEnv(env, "PYTHONPATH"); ok {
@@ -84,9 +87,12 @@ func lastEnv(env []string, key string) (string, bool) {
 	return "", false
 }
 
-// remove removes the stacks' files, and the directory if the Group made
+// Path is the directory the stack files go to.
+func (s *Dir) Path() string { return s.dir }
+
+// Remove removes the stacks' files, and the directory if the Group made
 // it.
-func (s *stackDir) remove() {
+func (s *Dir) Remove() {
 	if s == nil {
 		return
 	}
@@ -102,13 +108,13 @@ func (s *stackDir) remove() {
 	_ = os.Remove(s.dir)
 }
 
-// stackOf takes the stack of the live process pid, whose stack file (if
+// Take takes the stack of the live process pid, whose stack file (if
 // its hook ran) is in dir. signal sends a signal to the process itself.
 // A Python rank with the hook is asked for its stack and goes on running.
 // A Go rank's goroutines are dumped only when stop is set: SIGQUIT, with
 // core dumps turned off for it first, ends it (its dump goes to stderr,
 // and capture, when not nil, is started to keep it).
-func stackOf(pid int, dir string, signal func(syscall.Signal) error, stop bool, capture *stackCapture) *Stack {
+func Take(pid int, dir string, signal func(syscall.Signal) error, stop bool, capture *Capture) *Stack {
 	path := filepath.Join(dir, strconv.Itoa(pid)+".stacks")
 	if dir != "" {
 		if _, err := os.Stat(path); err == nil {
@@ -125,14 +131,14 @@ func stackOf(pid int, dir string, signal func(syscall.Signal) error, stop bool, 
 		}
 		// No core file, whatever GOTRACEBACK says.
 		_ = unix.Prlimit(pid, unix.RLIMIT_CORE, &unix.Rlimit{}, nil)
-		capture.start()
+		capture.Start()
 		if err := signal(syscall.SIGQUIT); err != nil {
 			return &Stack{Note: fmt.Sprintf("a Go program: SIGQUIT not sent: %v", err)}
 		}
 		// The runtime writes the dump, then exits: stopping it before
 		// then would cut the dump short.
 		if !pidfd.WaitPid(pid, stackWait) {
-			return &Stack{Kind: StackGo, Note: fmt.Sprintf("a Go program still running %v after SIGQUIT (state %s): its dump may be cut short", stackWait, procState(pid))}
+			return &Stack{Kind: StackGo, Note: fmt.Sprintf("a Go program still running %v after SIGQUIT (state %s): its dump may be cut short", stackWait, procfs.StateName(pid))}
 		}
 		return &Stack{Kind: StackGo, Note: "goroutines dumped by the Go runtime on SIGQUIT"}
 	}
@@ -209,7 +215,7 @@ func pidfdSignal(fd int) func(syscall.Signal) error {
 func pythonStack(path string, signal func(syscall.Signal) error) *Stack {
 	before := fileSize(path)
 	if err := signal(StackSignal); err != nil {
-		return &Stack{Note: fmt.Sprintf("a Python rank: %s not sent: %v", SignalName(StackSignal), err)}
+		return &Stack{Note: fmt.Sprintf("a Python rank: %s not sent: %v", stackSignalName, err)}
 	}
 	deadline := time.Now().Add(stackWait)
 	size, settled := before, time.Time{}
@@ -225,7 +231,7 @@ func pythonStack(path string, signal func(syscall.Signal) error) *Stack {
 	if size > before {
 		return &Stack{Kind: StackPython, Text: trimServerFrames(readFrom(path, before, size)), Note: "the dump was still growing after " + stackWait.String()}
 	}
-	return &Stack{Note: fmt.Sprintf("a Python rank that wrote no stack within %v of %s (state %s)", stackWait, SignalName(StackSignal), procState(pidOfStackFile(path)))}
+	return &Stack{Note: fmt.Sprintf("a Python rank that wrote no stack within %v of %s (state %s)", stackWait, stackSignalName, procfs.StateName(pidOfStackFile(path)))}
 }
 
 // trimServerFrames drops the outermost frames of each thread that are
@@ -287,7 +293,7 @@ func readFrom(path string, from, to int64) string {
 // returned ordered by rank.
 func DumpStacks(ctx context.Context, launcher int) ([]RankStack, error) {
 	if st, _, err := procfs.Stat(launcher); err != nil || st == 'Z' {
-		return nil, fmt.Errorf("launcher: stacks: no process %d", launcher)
+		return nil, fmt.Errorf("diag: stacks: no process %d", launcher)
 	}
 	ranks := launcherRanks(launcher)
 	if len(ranks) == 0 {
@@ -305,7 +311,7 @@ func DumpStacks(ctx context.Context, launcher int) ([]RankStack, error) {
 	case <-done:
 	case <-ctx.Done():
 		<-done // each stack is bounded by stackWait
-		return nil, fmt.Errorf("launcher: stacks: %w", context.Cause(ctx))
+		return nil, fmt.Errorf("diag: stacks: %w", context.Cause(ctx))
 	}
 	slices.SortFunc(out, func(a, b RankStack) int { return a.Rank - b.Rank })
 	return out, nil
@@ -325,7 +331,7 @@ func stackOfPid(pid int, file string) *Stack {
 	} else {
 		dir, _ = procfs.Getenv(pid, "MPSPAWN_STACKS_DIR") // a spawned rank's, for the Python processes it started
 	}
-	return stackOf(pid, dir, pidfdSignal(fd), false, nil)
+	return Take(pid, dir, pidfdSignal(fd), false, nil)
 }
 
 // foundRank is a rank of another launcher: its pid, its rank (-1 when

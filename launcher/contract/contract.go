@@ -1,4 +1,4 @@
-package launcher
+package contract
 
 import (
 	"fmt"
@@ -53,7 +53,7 @@ func (c *Contract) Vars(localRank int, p place.Rank) map[string]string {
 		"RANK":                       strconv.Itoa(rank),
 		"GROUP_RANK":                 strconv.Itoa(c.NodeRank),
 		"ROLE_RANK":                  strconv.Itoa(rank),
-		"ROLE_NAME":                  c.role(),
+		"ROLE_NAME":                  c.RoleName(),
 		"LOCAL_WORLD_SIZE":           strconv.Itoa(c.NProcPerNode),
 		"WORLD_SIZE":                 strconv.Itoa(c.WorldSize),
 		"GROUP_WORLD_SIZE":           strconv.Itoa(c.NNodes),
@@ -67,7 +67,7 @@ func (c *Contract) Vars(localRank int, p place.Rank) map[string]string {
 		// the job's store, as with torchrun's etcd and c10d backends.
 		"TORCHELASTIC_USE_AGENT_STORE": "False",
 	}
-	if !c.userSet("TORCH_NCCL_ASYNC_ERROR_HANDLING") && !c.userSet("NCCL_ASYNC_ERROR_HANDLING") {
+	if !c.UserSet("TORCH_NCCL_ASYNC_ERROR_HANDLING") && !c.UserSet("NCCL_ASYNC_ERROR_HANDLING") {
 		// As torchrun: on GPUs an NCCL hang becomes an error the rank
 		// fails with, which the launcher then sees.
 		set["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
@@ -85,8 +85,8 @@ func (c *Contract) Vars(localRank int, p place.Rank) map[string]string {
 	if c.LogDir != nil {
 		set["MPSPAWN_LOG_DIR"] = c.LogDir(localRank)
 	}
-	userOMP := c.userSet("OMP_NUM_THREADS")
-	if c.ompDefault() {
+	userOMP := c.UserSet("OMP_NUM_THREADS")
+	if c.OMPDefault() {
 		set["OMP_NUM_THREADS"] = "1"
 	}
 	for k, v := range p.Env {
@@ -118,14 +118,14 @@ func (c *Contract) Env(localRank int, p place.Rank) []string {
 	return env
 }
 
-// ompDefault reports whether OMP_NUM_THREADS is set to 1 for the ranks:
+// OMPDefault reports whether OMP_NUM_THREADS is set to 1 for the ranks:
 // when it is unset and more than one rank shares the node, as torchrun does.
-func (c *Contract) ompDefault() bool {
-	return c.NProcPerNode > 1 && !c.userSet("OMP_NUM_THREADS")
+func (c *Contract) OMPDefault() bool {
+	return c.NProcPerNode > 1 && !c.UserSet("OMP_NUM_THREADS")
 }
 
-// userSet reports whether Base sets key.
-func (c *Contract) userSet(key string) bool {
+// UserSet reports whether Base sets key.
+func (c *Contract) UserSet(key string) bool {
 	for _, kv := range c.Base {
 		if strings.HasPrefix(kv, key+"=") {
 			return true
@@ -172,7 +172,7 @@ func ReadRankEnv(getenv func(string) string) (RankEnv, error) {
 		}
 		n, err := strconv.Atoi(s)
 		if err != nil {
-			return RankEnv{}, fmt.Errorf("launcher: rank contract: %s=%q: not a number", v.key, s)
+			return RankEnv{}, fmt.Errorf("contract: %s=%q: not a number", v.key, s)
 		}
 		*v.dst = n
 	}
@@ -183,7 +183,7 @@ func ReadRankEnv(getenv func(string) string) (RankEnv, error) {
 	if s := getenv("MPSPAWN_CPUS"); s != "" {
 		cpus, err := place.ParseCPUList(s)
 		if err != nil {
-			return RankEnv{}, fmt.Errorf("launcher: rank contract: MPSPAWN_CPUS: %w", err)
+			return RankEnv{}, fmt.Errorf("contract: MPSPAWN_CPUS: %w", err)
 		}
 		r.CPUs = cpus
 	}
@@ -193,7 +193,8 @@ func ReadRankEnv(getenv func(string) string) (RankEnv, error) {
 // DefaultRole is the ranks' ROLE_NAME unless a Contract or Job says.
 const DefaultRole = "default"
 
-func (c *Contract) role() string {
+// RoleName is the ranks' ROLE_NAME: Role, or DefaultRole.
+func (c *Contract) RoleName() string {
 	if c.Role == "" {
 		return DefaultRole
 	}

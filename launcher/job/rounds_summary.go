@@ -1,10 +1,11 @@
-package launcher
+package job
 
 import (
 	"fmt"
 	"strings"
 	"syscall"
 
+	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
@@ -26,7 +27,7 @@ func (o *Outcome) Summarize(host, runID string) *Summary {
 	if a == nil {
 		return &Summary{Status: "failed", ExitCode: o.ExitCode(), Host: host, RunID: runID, Failures: []RankSummary{}}
 	}
-	s := a.Result.Summarize(host, runID)
+	s := Summarize(a.Result, host, runID)
 	switch rc := a.RootCause; {
 	case rc != nil && rc.Cause != "" && a.Round.NNodes > 1:
 		s.causeFrom(*rc)
@@ -53,7 +54,7 @@ func (o *Outcome) Summarize(host, runID string) *Summary {
 func FailureSummary(f rendezvous.Failure) RankSummary {
 	r := RankSummary{Rank: f.Rank, LocalRank: f.LocalRank, Host: f.Host, Pid: f.Pid, ExitCode: f.ExitCode, Time: f.Time}
 	if f.Signal != 0 {
-		r.ExitCode, r.Signal, r.SignalNum = -1, SignalName(syscall.Signal(f.Signal)), f.Signal
+		r.ExitCode, r.Signal, r.SignalNum = -1, launcher.SignalName(syscall.Signal(f.Signal)), f.Signal
 	}
 	switch {
 	case f.Lost:
@@ -69,7 +70,7 @@ func FailureSummary(f rendezvous.Failure) RankSummary {
 	default:
 		r.Note = fmt.Sprintf("on node %d (%s)", f.NodeRank, f.Addr)
 		if f.Message != "" {
-			r.Error = &ErrorFile{Message: f.Message}
+			r.Error = &launcher.ErrorFile{Message: f.Message}
 			r.ErrorFile = "<on " + f.Host + ">"
 		}
 	}

@@ -1,4 +1,4 @@
-package launcher
+package job
 
 import (
 	"bytes"
@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mpspawn/mpspawn/launcher"
 )
 
 func TestStderrExcerpt(t *testing.T) {
@@ -41,15 +43,15 @@ func TestStderrExcerpt(t *testing.T) {
 // codes are torchrun's numbers with the signal's name; an interrupted job
 // says by what, and no section is empty.
 func TestSummaryText(t *testing.T) {
-	res := &Result{
-		Ranks: []RankResult{
+	res := &launcher.Result{
+		Ranks: []launcher.RankResult{
 			{Rank: 0, ExitCode: -1, Signal: syscall.SIGTERM, Stopped: true, Note: "slow"},
 			{Rank: 1, LocalRank: 1, ExitCode: 1, Stderr: "Traceback (most recent call last):\nModuleNotFoundError: No module named 'torch'"},
 		},
 		RootCause: 1, Failures: []int{1, 0},
 	}
 	var b bytes.Buffer
-	s := res.Summarize("h", "r")
+	s := Summarize(res, "h", "r")
 	s.Interpreter = "/usr/bin/python3 (python3 on PATH)"
 	s.WriteText(&b, "train.py")
 	for _, want := range []string{
@@ -62,9 +64,9 @@ func TestSummaryText(t *testing.T) {
 		}
 	}
 
-	res = &Result{Ranks: []RankResult{{Rank: 0}}, RootCause: -1, Failures: []int{}, Interrupted: syscall.SIGINT}
+	res = &launcher.Result{Ranks: []launcher.RankResult{{Rank: 0}}, RootCause: -1, Failures: []int{}, Interrupted: syscall.SIGINT}
 	b.Reset()
-	res.Summarize("h", "r").WriteText(&b, "train.py")
+	Summarize(res, "h", "r").WriteText(&b, "train.py")
 	want := "============================================================\ntrain.py FAILED\n  mpspawn got SIGINT and stopped the ranks\n============================================================\n"
 	if b.String() != want {
 		t.Errorf("WriteText (interrupted) = %q; want %q", b.String(), want)
@@ -75,16 +77,16 @@ func TestWriteRootCause(t *testing.T) {
 	ended := time.Unix(1700000000, 0)
 	tests := []struct {
 		name     string
-		r        RankResult
+		r        launcher.RankResult
 		msg, tb  string
 		code     int
 		unixTime string
 	}{
-		{"error file", RankResult{ExitCode: 1, Ended: ended, ErrorFile: &ErrorFile{Message: "RuntimeError: x", Traceback: "Traceback ...", Time: time.Unix(1600000000, 0)}},
+		{"error file", launcher.RankResult{ExitCode: 1, Ended: ended, ErrorFile: &launcher.ErrorFile{Message: "RuntimeError: x", Traceback: "Traceback ...", Time: time.Unix(1600000000, 0)}},
 			"RuntimeError: x", "Traceback ...", 1, "1600000000"},
-		{"stderr", RankResult{ExitCode: 1, Ended: ended, Stderr: "Traceback (most recent call last):\nValueError: y"},
+		{"stderr", launcher.RankResult{ExitCode: 1, Ended: ended, Stderr: "Traceback (most recent call last):\nValueError: y"},
 			"ValueError: y", "Traceback (most recent call last):\nValueError: y\n", 1, "1700000000"},
-		{"signal", RankResult{Rank: 3, LocalRank: 1, ExitCode: -1, Signal: syscall.SIGKILL, Ended: ended},
+		{"signal", launcher.RankResult{Rank: 3, LocalRank: 1, ExitCode: -1, Signal: syscall.SIGKILL, Ended: ended},
 			"rank 3 (local_rank 1) failed: signal 9 (SIGKILL)", "", -9, "1700000000"},
 	}
 	for _, tt := range tests {
@@ -115,9 +117,9 @@ func TestWriteRootCause(t *testing.T) {
 				t.Errorf("WriteRootCause(%s) wrote %s; want message %q, py_callstack %q, errorCode %d, timestamp %s", tt.name, data, tt.msg, tt.tb, tt.code, tt.unixTime)
 			}
 			// What torchrun's and mpspawn's readers make of it.
-			ef, err := ParseErrorFile(data)
+			ef, err := launcher.ParseErrorFile(data)
 			if err != nil || ef.Message != tt.msg {
-				t.Errorf("ParseErrorFile(%s) = %+v, %v; want message %q", data, ef, err, tt.msg)
+				t.Errorf("launcher.ParseErrorFile(%s) = %+v, %v; want message %q", data, ef, err, tt.msg)
 			}
 		})
 	}

@@ -1,10 +1,11 @@
-package launcher
+package contract
 
 import (
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/place"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
@@ -12,7 +13,7 @@ import (
 func TestContractEnv(t *testing.T) {
 	base := Contract{
 		Membership: rendezvous.Membership{NProcPerNode: 4, NNodes: 2, NodeRank: 1, WorldSize: 8, MasterAddr: "10.0.0.1", MasterPort: 29500},
-		RunID:      "r", StartMethod: MethodSpawn,
+		RunID:      "r", StartMethod: launcher.MethodSpawn,
 		ErrorFile: func(lr int) string { return "/logs/r/attempt_0/" + string(rune('0'+lr)) + "/error.json" },
 		Base:      []string{"PATH=/bin", "RANK=stale"},
 	}

@@ -1,4 +1,4 @@
-package launcher
+package job
 
 import (
 	"encoding/json"
@@ -7,6 +7,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/diag"
 )
 
 // Summary is the machine-readable account of a job's end, written by
@@ -48,8 +51,8 @@ type RankSummary struct {
 	Time      time.Time `json:"time"`
 	// ErrorFile is where the rank's error file is, when it wrote one that
 	// is kept after the launcher exits.
-	ErrorFile string     `json:"error_file,omitempty"`
-	Error     *ErrorFile `json:"error,omitempty"`
+	ErrorFile string              `json:"error_file,omitempty"`
+	Error     *launcher.ErrorFile `json:"error,omitempty"`
 	// Stderr is the rank's last stderr lines (RankResult.Stderr).
 	Stderr string `json:"stderr_tail,omitempty"`
 	// Note is RankResult.Note.
@@ -58,7 +61,7 @@ type RankSummary struct {
 	Cost CostSummary `json:"cost"`
 	// Stack is RankResult.Stack: where the rank was when mpspawn stopped
 	// the job for a hang or a timeout.
-	Stack *Stack `json:"stack,omitempty"`
+	Stack *diag.Stack `json:"stack,omitempty"`
 }
 
 // CostSummary is a rank's Cost in a Summary, in seconds and bytes.
@@ -75,21 +78,21 @@ type CostSummary struct {
 	GPUMemory int64 `json:"peak_gpu_memory_bytes,omitempty"`
 }
 
-func costSummary(c Cost) CostSummary {
+func costSummary(c launcher.Cost) CostSummary {
 	return CostSummary{
 		WallSeconds: c.Wall.Seconds(), UserSeconds: c.User.Seconds(), SystemSeconds: c.System.Seconds(),
 		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource, GPUMemory: c.GPUMemory,
 	}
 }
 
-func (c CostSummary) cost() Cost {
+func (c CostSummary) cost() launcher.Cost {
 	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
-	return Cost{Wall: sec(c.WallSeconds), User: sec(c.UserSeconds), System: sec(c.SystemSeconds),
+	return launcher.Cost{Wall: sec(c.WallSeconds), User: sec(c.UserSeconds), System: sec(c.SystemSeconds),
 		CPUSource: c.CPUSource, PeakMemory: c.PeakMemory, MemorySource: c.MemorySource, GPUMemory: c.GPUMemory}
 }
 
-// Summarize builds the Summary of a result.
-func (r *Result) Summarize(host, runID string) *Summary {
+// Summarize builds the Summary of a Group's result.
+func Summarize(r *launcher.Result, host, runID string) *Summary {
 	s := &Summary{Status: "succeeded", ExitCode: r.ExitCode(), Host: host, RunID: runID, Failures: []RankSummary{}}
 	rank := func(i int) RankSummary {
 		x := &r.Ranks[i]
@@ -97,7 +100,7 @@ func (r *Result) Summarize(host, runID string) *Summary {
 			ExitCode: x.ExitCode, Stopped: x.Stopped, Time: x.Ended, Error: x.ErrorFile,
 			Stderr: x.Stderr, Note: x.Note, Cost: costSummary(x.Cost), Stack: x.Stack}
 		if x.Signal != 0 {
-			rs.Signal, rs.SignalNum = SignalName(x.Signal), int(x.Signal)
+			rs.Signal, rs.SignalNum = launcher.SignalName(x.Signal), int(x.Signal)
 		}
 		if x.ErrorFile != nil {
 			rs.ErrorFile = x.ErrorFilePath
@@ -118,12 +121,12 @@ func (r *Result) Summarize(host, runID string) *Summary {
 	case r.Interrupted != nil:
 		s.Status, s.Interrupted = "interrupted", r.Interrupted.String()
 		if sig, ok := r.Interrupted.(syscall.Signal); ok {
-			s.Interrupted = SignalName(sig)
+			s.Interrupted = launcher.SignalName(sig)
 		}
 	case !r.Succeeded():
 		s.Status = "failed"
 	}
-	s.Cause = reason(r.Cause)
+	s.Cause = diag.Reason(r.Cause)
 	return s
 }
 
@@ -289,4 +292,21 @@ func writeStacks(b *strings.Builder, sep string, ranks []RankSummary) {
 			}
 		}
 	}
+}
+
+// costText is a rank's cost in the failure summary: "wall 3.2 s, CPU 1.1
+// s (user 1.0 s, sys 0.1 s), peak memory 312.4 MiB (cgroup memory.peak)".
+func costText(c *launcher.Cost) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "wall %s", launcher.Seconds(c.Wall))
+	if c.CPUSource != "" {
+		fmt.Fprintf(&b, ", CPU %s (user %s, sys %s)", launcher.Seconds(c.CPU()), launcher.Seconds(c.User), launcher.Seconds(c.System))
+	}
+	if c.PeakMemory > 0 {
+		fmt.Fprintf(&b, ", peak memory %s (%s)", launcher.Bytes(c.PeakMemory), c.MemorySource)
+	}
+	if c.GPUMemory > 0 {
+		fmt.Fprintf(&b, ", peak GPU memory %s (NVML accounting)", launcher.Bytes(c.GPUMemory))
+	}
+	return b.String()
 }

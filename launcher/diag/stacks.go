@@ -1,4 +1,4 @@
-package launcher
+package diag
 
 import (
 	"errors"
@@ -14,6 +14,9 @@ import (
 // forwards SIGUSR1 and SIGUSR2 to the ranks for their own use, and sends
 // StackSignal only to a process whose hook said it is registered.
 const StackSignal = syscall.Signal(61)
+
+// ErrUnsupported is returned by NewDir and DumpStacks off Linux.
+var ErrUnsupported = errors.New("diag: only Linux is supported")
 
 // Stack kinds.
 const (
@@ -40,7 +43,7 @@ type RankStack struct {
 }
 
 // HangError is Result.Cause when the launcher stopped the ranks because
-// none of them wrote any output for Quiet (Options.HangTimeout).
+// none of them wrote any output for Quiet (launcher.Options.Watchdog.HangTimeout).
 type HangError struct{ Quiet time.Duration }
 
 func (e *HangError) Error() string { return "launcher: " + e.Reason() }
@@ -49,7 +52,7 @@ func (e *HangError) Error() string { return "launcher: " + e.Reason() }
 func (e *HangError) Reason() string { return fmt.Sprintf("hang: no output for %v", e.Quiet) }
 
 // TimeoutError is Result.Cause when the job ran for longer than
-// Options.Timeout and the launcher stopped it; the job's exit code is
+// launcher.Options.Watchdog.Timeout and the launcher stopped it; the job's exit code is
 // then 124, as timeout(1)'s.
 type TimeoutError struct{ Timeout time.Duration }
 
@@ -58,12 +61,12 @@ func (e *TimeoutError) Error() string { return "launcher: " + e.Reason() }
 // Reason is the root cause in words: "timeout: the job ran for 10m0s".
 func (e *TimeoutError) Reason() string { return fmt.Sprintf("timeout: the job ran for %v", e.Timeout) }
 
-// TimeoutExitCode is the exit code of a job stopped by Options.Timeout.
+// TimeoutExitCode is the exit code of a job stopped by launcher.Options.Watchdog.Timeout.
 const TimeoutExitCode = 124
 
-// reason is the words of a cause the launcher itself found (a hang, a
-// timeout), or "".
-func reason(err error) string {
+// Reason is the words of a cause the launcher itself found (a hang, a
+// timeout, or any error with a Reason method), or "".
+func Reason(err error) string {
 	var r interface{ Reason() string }
 	if errors.As(err, &r) {
 		return r.Reason()
@@ -74,9 +77,13 @@ func reason(err error) string {
 // maxStack bounds the text kept of one rank's stack.
 const maxStack = 1 << 20
 
-// trimGoStack keeps a Go rank's stderr from the runtime's "SIGQUIT: quit"
+// stackSignalName names StackSignal in notes: a real-time signal has no
+// conventional name.
+var stackSignalName = fmt.Sprintf("SIG%d", int(StackSignal))
+
+// TrimGoStack keeps a Go rank's stderr from the runtime's "SIGQUIT: quit"
 // line on: its goroutine dump.
-func trimGoStack(text string) string {
+func TrimGoStack(text string) string {
 	if i := strings.Index(text, "SIGQUIT: quit"); i >= 0 {
 		text = text[i:]
 	}

@@ -1,11 +1,12 @@
-package launcher
+package job
 
 import (
 	"context"
 	"errors"
-	"syscall"
 	"time"
 
+	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
@@ -16,38 +17,24 @@ import (
 // before it stops them. The hang is judged per node: the watchdog sees
 // the output of this node's ranks only.
 
-// cancelled stops the ranks when the Group's context is done. When the
-// cause is a hang or a timeout found on another node, the ranks' stacks
-// are taken first, as for this node's own watchdog. While stacks are
-// being taken the ranks are left alone: stacksTaken stops them.
-func (s *supervisor) cancelled(cause error) {
-	switch {
-	case s.dumped != nil:
-		return
-	case s.cause == nil && remoteCause(cause) != nil:
-		s.cause = cause
-		s.takeStacks()
-		return
+// stopCause is the cause the Group's context is cancelled with when the
+// rendezvous stops the round: a launcher.StacksFirst when another node's
+// launcher stopped it for a hang or a timeout it found itself, so that
+// this node's ranks' stacks are taken too.
+func stopCause(s rendezvous.Stop) error {
+	var err error = &rendezvous.StopError{Stop: s}
+	if s.Failure != nil && s.Failure.Cause != "" {
+		return &launcher.StacksFirst{Err: err}
 	}
-	s.stop(cause, syscall.SIGTERM)
-}
-
-// remoteCause is the failure of another node that its launcher found
-// itself (a hang, a timeout), when cause is the stop it sent; else nil.
-func remoteCause(cause error) *rendezvous.Failure {
-	var se *rendezvous.StopError
-	if errors.As(cause, &se) && se.Stop.Failure != nil && se.Stop.Failure.Cause != "" {
-		return se.Stop.Failure
-	}
-	return nil
+	return err
 }
 
 // causeExitCode is the exit code of a job the launcher stopped for cause:
-// TimeoutExitCode for a timeout, 1 otherwise.
+// diag.TimeoutExitCode for a timeout, 1 otherwise.
 func causeExitCode(cause error) int {
-	var te *TimeoutError
+	var te *diag.TimeoutError
 	if errors.As(cause, &te) {
-		return TimeoutExitCode
+		return diag.TimeoutExitCode
 	}
 	return 1
 }
@@ -56,7 +43,7 @@ func causeExitCode(cause error) int {
 // for a cause the launcher found (a hang, a timeout, a GPU's XID error).
 func (j *Job) causeFailure(cause error) rendezvous.Failure {
 	f := j.failure(nil)
-	f.Cause, f.ExitCode = reason(cause), causeExitCode(cause)
+	f.Cause, f.ExitCode = diag.Reason(cause), causeExitCode(cause)
 	return f
 }
 

@@ -1,4 +1,4 @@
-package launcher
+package diag
 
 import (
 	"debug/buildinfo"

@@ -1,4 +1,4 @@
-package launcher
+package job
 
 import (
 	"context"
@@ -10,9 +10,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/mpspawn/mpspawn/ipc"
+	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/contract"
 	"github.com/mpspawn/mpspawn/place"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
@@ -49,11 +50,11 @@ type Job struct {
 	// (error-<local_rank>.json), which costs less to create and remove.
 	LogDir     string
 	ScratchDir string
-	Output     *Output
+	Output     *launcher.Output
 
 	// Options tune the ranks' Group; Options.Method is the start method
 	// (nil: spawn), which the caller starts and closes.
-	Options Options
+	Options launcher.Options
 
 	// IPC gives every rank a control channel to a broker (fd 3, named by
 	// MPSPAWN_CONTROL_FD), so that ranks can share buffers zero-copy and
@@ -64,8 +65,8 @@ type Job struct {
 	// discards them.
 	Notes io.Writer
 
-	tails    []*Tail // each local rank's stderr, kept by Specs
-	ompNoted bool    // noteOMP has spoken
+	tails    []*launcher.Tail // each local rank's stderr, kept by Specs
+	ompNoted bool             // noteOMP has spoken
 }
 
 // AttemptDir is the directory of this attempt's per-rank files.
@@ -74,9 +75,9 @@ func (j *Job) AttemptDir() string {
 }
 
 // Contract is the rank contract of the job's ranks.
-func (j *Job) Contract() *Contract {
-	c := &Contract{
-		Membership: j.Membership, RunID: j.RunID, Role: j.Role, StartMethod: j.Options.method().Name(),
+func (j *Job) Contract() *contract.Contract {
+	c := &contract.Contract{
+		Membership: j.Membership, RunID: j.RunID, Role: j.Role, StartMethod: j.Options.StartMethod().Name(),
 		RestartCount: j.Attempt, MaxRestarts: j.MaxRestarts, ErrorFile: j.ErrorFile, Base: j.Env,
 	}
 	if j.LogDir != "" {
@@ -97,7 +98,7 @@ func (j *Job) Placement(lr int) place.Rank {
 // ("4,4,4,4"), or returns "" when the user set the variable or no rank is
 // bound.
 func (j *Job) boundOMP() string {
-	if j.Contract().userSet("OMP_NUM_THREADS") {
+	if j.Contract().UserSet("OMP_NUM_THREADS") {
 		return ""
 	}
 	vals := make([]string, j.NProcPerNode)
@@ -125,14 +126,14 @@ func (j *Job) ErrorFile(localRank int) string {
 
 // Specs builds the rank specs, creating each rank's directory under the
 // attempt directory and removing error files left by an earlier run.
-func (j *Job) Specs() ([]Spec, error) {
+func (j *Job) Specs() ([]launcher.Spec, error) {
 	if j.Output == nil {
-		j.Output = &Output{}
+		j.Output = &launcher.Output{}
 	}
 	j.Output.Dir = j.AttemptDir()
-	j.Output.RoleName = j.Contract().role()
+	j.Output.RoleName = j.Contract().RoleName()
 	contract := j.Contract()
-	specs := make([]Spec, j.NProcPerNode)
+	specs := make([]launcher.Spec, j.NProcPerNode)
 	j.tails = nil
 	for lr := range specs {
 		ef := j.ErrorFile(lr)
@@ -149,10 +150,10 @@ func (j *Job) Specs() ([]Spec, error) {
 		if err != nil {
 			return nil, err
 		}
-		tail := NewTail(stderr)
+		tail := launcher.NewTail(stderr)
 		j.tails = append(j.tails, tail)
 		stderr = tail
-		specs[lr] = Spec{
+		specs[lr] = launcher.Spec{
 			Rank: rank, LocalRank: lr,
 			Path: j.Path, Args: j.Command, Env: contract.Env(lr, j.Placement(lr)), Dir: j.Dir,
 			Stdout: stdout, Stderr: stderr, ErrorFile: ef, CPUs: j.Placement(lr).CPUs,
@@ -164,7 +165,7 @@ func (j *Job) Specs() ([]Spec, error) {
 // AddStderr fills each rank's RankResult.Stderr with the last lines the
 // rank wrote to its stderr (whether or not they were shown or kept in a
 // file). Call it after Run.
-func (j *Job) AddStderr(res *Result) {
+func (j *Job) AddStderr(res *launcher.Result) {
 	for i := range res.Ranks {
 		if lr := res.Ranks[i].LocalRank; lr >= 0 && lr < len(j.tails) {
 			res.Ranks[i].Stderr = j.tails[lr].String()
@@ -175,11 +176,11 @@ func (j *Job) AddStderr(res *Result) {
 // Run starts the job, forwards the launcher's signals to the ranks (see
 // ForwardedSignals) and waits for every rank. The error is about starting
 // the job; how the ranks ended is in the Result.
-func (j *Job) Run(ctx context.Context) (*Result, error) {
+func (j *Job) Run(ctx context.Context) (*launcher.Result, error) {
 	// Before signals are caught: a signal during a forkserver's preload
 	// ends the launcher with its default action, and the server with it
 	// (its parent-death signal and the guard), as it would before a spawn.
-	if err := j.Options.method().Ready(ctx); err != nil {
+	if err := j.Options.StartMethod().Ready(ctx); err != nil {
 		return nil, err
 	}
 	j.noteOMP()
@@ -187,7 +188,7 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 	// caught (not ignored, which ranks would inherit) so that a closed
 	// console does not kill the launcher.
 	sigc := make(chan os.Signal, 8)
-	signal.Notify(sigc, append(append(ForwardedSignals, syscall.SIGPIPE), suspendSignals...)...)
+	signal.Notify(sigc, launcher.HandledSignals()...)
 	defer signal.Stop(sigc)
 
 	specs, err := j.Specs()
@@ -195,15 +196,15 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	defer j.Output.Close()
-	var chans *Channels
+	var chans *launcher.Channels
 	var broker *ipc.Broker
 	if j.IPC {
 		broker = ipc.NewBroker()
-		if chans, err = AddChannels(broker, specs); err != nil {
+		if chans, err = launcher.AddChannels(broker, specs); err != nil {
 			return nil, err
 		}
 	}
-	g, err := Start(ctx, specs, j.Options)
+	g, err := launcher.Start(ctx, specs, j.Options)
 	if err != nil {
 		if chans != nil {
 			chans.Close()
@@ -225,13 +226,7 @@ func (j *Job) Run(ctx context.Context) (*Result, error) {
 		for {
 			select {
 			case sig := <-sigc:
-				switch {
-				case sig == syscall.SIGPIPE:
-				case suspend(g, sig):
-				case pass(g, sig):
-				default:
-					g.Signal(sig)
-				}
+				g.Forward(sig)
 			case <-g.Done():
 				return
 			}
@@ -252,7 +247,7 @@ func (j *Job) noteOMP() {
 	switch bound := j.boundOMP(); {
 	case bound != "":
 		j.note("note: OMP_NUM_THREADS is not set; setting it for each rank to its share of the CPUs it is bound to (%s) (set it yourself to tune)", bound)
-	case j.Contract().ompDefault():
+	case j.Contract().OMPDefault():
 		j.note("note: OMP_NUM_THREADS is not set; setting it to 1 for each of the %d ranks (set it yourself to tune)", j.NProcPerNode)
 	}
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package launcher
+package contain
 
 import (
 	"errors"
@@ -10,15 +10,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mpspawn/mpspawn/internal/proctest"
 )
 
-// TestGuardScript feeds the guard script a set of groups, removes one, and
+// TestGuardLines feeds the guard a set of groups, removes one, and
 // closes its pipe: only the groups still registered are killed.
-func TestGuardScript(t *testing.T) {
+func TestGuardLines(t *testing.T) {
 	start := func() *os.Process {
 		p, err := os.StartProcess("/bin/sleep", []string{"sleep", "1000"}, &os.ProcAttr{
 			Files: []*os.File{nil, nil, nil}, Sys: &syscall.SysProcAttr{Setpgid: true},
@@ -35,7 +36,8 @@ func TestGuardScript(t *testing.T) {
 			_, _ = p.Wait()
 		}
 	}()
-	// As the launcher runs it: the script on stdin, the lines on fd 3.
+	// As the launcher runs it: this binary in the guard role, the lines on
+	// fd 3.
 	tmp := t.TempDir()
 	// Directories to remove: two (one with a space in its name), and a
 	// link to a third, which is kept with everything in it.
@@ -58,12 +60,12 @@ func TestGuardScript(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	cmd := exec.Command("/bin/sh")
-	cmd.Args = []string{"mpspawn-guard"}
-	cmd.Stdin = strings.NewReader(guardScript)
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{guardName}
+	cmd.Env = []string{guardEnv + "=1"}
 	cmd.ExtraFiles = []*os.File{f}
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("guard script: %v: %s", err, out)
+		t.Fatalf("guard: %v: %s", err, out)
 	}
 	for _, p := range []*os.Process{killed1, killed2} {
 		if !pidGone(p.Pid, 10*time.Second) {
@@ -88,10 +90,10 @@ func TestGuardScript(t *testing.T) {
 	}
 }
 
-// TestGuardPlainName: ps shows the guard as "mpspawn-guard", without its
-// script.
+// TestGuardPlainName: ps shows the guard as "mpspawn-guard", without the
+// test binary's name or arguments.
 func TestGuardPlainName(t *testing.T) {
-	g, err := startGuard()
+	g, err := StartGuard()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,3 +105,5 @@ func TestGuardPlainName(t *testing.T) {
 		t.Errorf("guard's command line = %q, %v; want \"mpspawn-guard\"", cmdline, err)
 	}
 }
+
+func pidGone(pid int, d time.Duration) bool { return proctest.WaitExit(pid, d) }

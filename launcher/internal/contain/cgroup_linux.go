@@ -1,4 +1,4 @@
-package launcher
+package contain
 
 import (
 	"bufio"
@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,16 +16,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// jobCgroup is one Group's cgroup v2 subtree: a cgroup for the job under
+// Job is one launcher.Group's cgroup v2 subtree: a cgroup for the job under
 // the launcher's own, and one child per rank, which the rank is born into
 // (clone3 CLONE_INTO_CGROUP for spawn; the forkserver moves its child in
 // before the child runs anything). Whatever a rank starts stays in its cgroup —
 // setsid, double forks and new process groups included — so cgroup.kill
 // ends every descendant at once, and nothing outlives the job.
-type jobCgroup struct {
-	dir   string     // the job's cgroup
-	ranks []string   // each rank's cgroup, by index
-	fds   []*os.File // each rank's cgroup directory, for CLONE_INTO_CGROUP
+type Job struct {
+	Dir   string     // the job's cgroup
+	Ranks []string   // each rank's cgroup, by index
+	FDs   []*os.File // each rank's cgroup directory, for CLONE_INTO_CGROUP
 }
 
 // cgroupSeq numbers the job cgroups of this process.
@@ -34,12 +35,16 @@ var cgroupSeq atomic.Int64
 // the cgroup v2 hierarchy, found once.
 var cgroupBase = sync.OnceValues(findCgroupBase)
 
+// Base is where this process makes its job cgroups: its own cgroup in the
+// cgroup v2 hierarchy, or an error saying why it cannot make them there.
+func Base() (string, error) { return cgroupBase() }
+
 // findCgroupBase finds the cgroup2 mount (from /proc/self/mountinfo; in the
 // hybrid layout it sits beside the v1 controllers) and this process's
 // cgroup in it (the "0::" line of /proc/self/cgroup), and checks that a
 // cgroup can be made there with cgroup.kill (Linux 5.14).
 func findCgroupBase() (string, error) {
-	mount, err := cgroup2Mount()
+	mount, err := Mount()
 	if err != nil {
 		return "", err
 	}
@@ -50,27 +55,27 @@ func findCgroupBase() (string, error) {
 	base := filepath.Join(mount, own)
 	probe := filepath.Join(base, fmt.Sprintf("mpspawn-probe-%d", os.Getpid()))
 	if err := os.Mkdir(probe, 0o755); err != nil {
-		return "", fmt.Errorf("launcher: cgroups: cannot make a cgroup under %s: %w", base, err)
+		return "", fmt.Errorf("contain: cgroups: cannot make a cgroup under %s: %w", base, err)
 	}
 	defer os.Remove(probe)
 	if _, err := os.Stat(filepath.Join(probe, "cgroup.kill")); err != nil {
-		return "", fmt.Errorf("launcher: cgroups: no cgroup.kill (Linux 5.14 or later): %w", err)
+		return "", fmt.Errorf("contain: cgroups: no cgroup.kill (Linux 5.14 or later): %w", err)
 	}
 	return base, nil
 }
 
 // CgroupError says why this process cannot contain its jobs with cgroups
-// (see ContainCgroup), or returns nil when it can.
+// (see launcher.ContainCgroup), or returns nil when it can.
 func CgroupError() error {
 	_, err := cgroupBase()
 	return err
 }
 
-// cgroup2Mount is the mount point of the cgroup v2 hierarchy.
-func cgroup2Mount() (string, error) {
+// Mount is the mount point of the cgroup v2 hierarchy.
+func Mount() (string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return "", fmt.Errorf("launcher: cgroups: %w", err)
+		return "", fmt.Errorf("contain: cgroups: %w", err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -82,7 +87,7 @@ func cgroup2Mount() (string, error) {
 			return unescapeMount(fields[4]), nil
 		}
 	}
-	return "", errors.New("launcher: cgroups: no cgroup2 hierarchy is mounted")
+	return "", errors.New("contain: cgroups: no cgroup2 hierarchy is mounted")
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).
@@ -108,63 +113,63 @@ func unescapeMount(s string) string {
 func ownCgroup() (string, error) {
 	data, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
-		return "", fmt.Errorf("launcher: cgroups: %w", err)
+		return "", fmt.Errorf("contain: cgroups: %w", err)
 	}
 	for _, l := range strings.Split(string(data), "\n") {
 		if p, ok := strings.CutPrefix(l, "0::"); ok {
 			return p, nil
 		}
 	}
-	return "", errors.New("launcher: cgroups: this process has no cgroup v2 path")
+	return "", errors.New("contain: cgroups: this process has no cgroup v2 path")
 }
 
-// cgroupPrefix is what the paths of this process's job cgroups start
+// Prefix is what the paths of this process's job cgroups start
 // with; the guard kills every cgroup named so when the process dies.
-func cgroupPrefix(base string) string {
+func Prefix(base string) string {
 	return filepath.Join(base, fmt.Sprintf("mpspawn-%d-", os.Getpid()))
 }
 
-// newJobCgroup makes the job's cgroup with n rank cgroups in it.
-func newJobCgroup(n int) (*jobCgroup, error) {
+// NewJob makes the job's cgroup with n rank cgroups in it.
+func NewJob(n int) (*Job, error) {
 	base, err := cgroupBase()
 	if err != nil {
 		return nil, err
 	}
-	c := &jobCgroup{dir: cgroupPrefix(base) + strconv.FormatInt(cgroupSeq.Add(1), 10)}
-	if err := os.Mkdir(c.dir, 0o755); err != nil {
-		return nil, fmt.Errorf("launcher: cgroups: %w", err)
+	c := &Job{Dir: Prefix(base) + strconv.FormatInt(cgroupSeq.Add(1), 10)}
+	if err := os.Mkdir(c.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("contain: cgroups: %w", err)
 	}
-	enableMemory(c.dir)
+	enableMemory(c.Dir)
 	for i := range n {
-		dir := filepath.Join(c.dir, "rank-"+strconv.Itoa(i))
+		dir := filepath.Join(c.Dir, "rank-"+strconv.Itoa(i))
 		if err := os.Mkdir(dir, 0o755); err != nil {
-			_ = c.remove(0) // nothing ran in them
-			return nil, fmt.Errorf("launcher: cgroups: %w", err)
+			_ = c.Remove(0) // nothing ran in them
+			return nil, fmt.Errorf("contain: cgroups: %w", err)
 		}
 		f, err := os.Open(dir)
 		if err != nil {
-			_ = c.remove(0)
-			return nil, fmt.Errorf("launcher: cgroups: %w", err)
+			_ = c.Remove(0)
+			return nil, fmt.Errorf("contain: cgroups: %w", err)
 		}
-		c.ranks, c.fds = append(c.ranks, dir), append(c.fds, f)
+		c.Ranks, c.FDs = append(c.Ranks, dir), append(c.FDs, f)
 	}
 	return c, nil
 }
 
-// kill ends every process in the job's cgroups at once (SIGKILL from the
+// Kill ends every process in the job's cgroups at once (SIGKILL from the
 // kernel, to each process however it got there).
-func (c *jobCgroup) kill() error {
-	if err := os.WriteFile(filepath.Join(c.dir, "cgroup.kill"), []byte("1"), 0); err != nil {
-		return fmt.Errorf("launcher: cgroups: kill %s: %w", c.dir, err)
+func (c *Job) Kill() error {
+	if err := os.WriteFile(filepath.Join(c.Dir, "cgroup.kill"), []byte("1"), 0); err != nil {
+		return fmt.Errorf("contain: cgroups: kill %s: %w", c.Dir, err)
 	}
 	return nil
 }
 
-// waitEmpty waits at most d for the last process in the job's cgroups to
+// WaitEmpty waits at most d for the last process in the job's cgroups to
 // exit, watching cgroup.events (the kernel wakes pollers of it with
 // POLLPRI when "populated" changes), and reports whether it did.
-func (c *jobCgroup) waitEmpty(d time.Duration) bool {
-	f, err := os.Open(filepath.Join(c.dir, "cgroup.events"))
+func (c *Job) WaitEmpty(d time.Duration) bool {
+	f, err := os.Open(filepath.Join(c.Dir, "cgroup.events"))
 	if err != nil {
 		return false
 	}
@@ -190,27 +195,29 @@ func (c *jobCgroup) waitEmpty(d time.Duration) bool {
 // removePasses bounds remove's passes over the job's cgroups.
 const removePasses = 3
 
-// remove closes the rank cgroups' descriptors and removes the job's
+// Remove closes the rank cgroups' descriptors and removes the job's
 // cgroups, deepest first (a rank may have made cgroups of its own). A
 // cgroup that a process entered after the job's last kill stays
 // populated, and rmdir fails with EBUSY: remove then kills the job's
 // cgroups again, waits at most wait for them to empty and, if they did,
 // tries again, up to removePasses in all. It returns what it could not
 // remove; the guard tries again when this process exits.
-func (c *jobCgroup) remove(wait time.Duration) error {
-	closeAll(c.fds)
-	c.fds = nil
+func (c *Job) Remove(wait time.Duration) error {
+	for _, f := range c.FDs {
+		f.Close()
+	}
+	c.FDs = nil
 	var err error
 	for pass := range removePasses {
-		if pass > 0 && (c.kill() != nil || !c.waitEmpty(wait)) {
+		if pass > 0 && (c.Kill() != nil || !c.WaitEmpty(wait)) {
 			break // a process that outlives SIGKILL for wait outlives another pass too
 		}
-		if err = removeTree(c.dir); err == nil || !errors.Is(err, unix.EBUSY) {
+		if err = removeTree(c.Dir); err == nil || !errors.Is(err, unix.EBUSY) {
 			break
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("launcher: cgroups: remove %s: %w", c.dir, err)
+		return fmt.Errorf("contain: cgroups: remove %s: %w", c.Dir, err)
 	}
 	return nil
 }
@@ -235,4 +242,17 @@ func removeTree(dir string) error {
 		first = err
 	}
 	return first
+}
+
+// enableMemory turns the memory controller on for the rank cgroups under
+// dir, where the launcher's cgroup hands it down, so that each rank's
+// memory.peak exists. Where it cannot (no memory controller in cgroup
+// v2, as on hybrid hosts whose memory controller is on v1), the ranks'
+// peak memory is their maximum RSS instead.
+func enableMemory(dir string) {
+	ctl, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	if err != nil || !slices.Contains(strings.Fields(string(ctl)), "memory") {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+memory"), 0)
 }
