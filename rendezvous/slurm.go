@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -156,14 +155,18 @@ func expandTasksPerNode(v string) ([]int, error) {
 // and says how it found it. In order: the node's entry in
 // SLURM_NODE_ALIASES; the node's name itself when it resolves here (DNS or
 // /etc/hosts), as on most clusters; else the NodeAddr that Slurm has for
-// it (scontrol show node NAME), which is how slurmctld reaches the node.
-// Asking Slurm comes last because every node of every step would ask
-// slurmctld at once. Each lookup is bounded by ctx and a few seconds.
+// it, which is how slurmctld reaches the node. Asking Slurm comes last
+// because every node of every step would ask slurmctld at once. Each
+// lookup is bounded by ctx and a few seconds.
 //
-// lookupHost resolves a name, normally net.DefaultResolver.LookupHost: the
-// package does not link package net itself, so that a Go API program (which
-// links it through the launcher) stays statically linked.
-func (s *Slurm) MasterAddr(ctx context.Context, lookupHost func(context.Context, string) ([]string, error)) (addr, how string, err error) {
+// The package runs no program and links no resolver: lookupHost resolves a
+// name, normally net.DefaultResolver.LookupHost (so that a Go API program,
+// which links this package through the launcher, stays statically linked),
+// and nodeAddr asks Slurm for a node's NodeAddr, normally by running
+// `scontrol --oneliner show node NODE` and reading its output with
+// ParseNodeAddr.
+func (s *Slurm) MasterAddr(ctx context.Context, lookupHost func(context.Context, string) ([]string, error),
+	nodeAddr func(context.Context, string) (string, error)) (addr, how string, err error) {
 	name := s.Master()
 	for _, alias := range strings.Split(s.NodeAliases, ",") {
 		// name:addr:host, where addr may be a bracketed IPv6 address.
@@ -179,7 +182,9 @@ func (s *Slurm) MasterAddr(ctx context.Context, lookupHost func(context.Context,
 	if dnsErr == nil {
 		return name, "the node's name", nil
 	}
-	addr, err = slurmNodeAddr(ctx, name)
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	addr, err = nodeAddr(sctx, name)
 	if err != nil {
 		return "", "", &MasterAddrError{Node: name, DNS: dnsErr, Slurm: err}
 	}
@@ -197,21 +202,16 @@ func (e *MasterAddrError) Error() string {
 	return fmt.Sprintf("rendezvous: slurm: master node %s: %v; scontrol show node: %v", e.Node, e.DNS, e.Slurm)
 }
 
-// slurmNodeAddr asks Slurm for node's NodeAddr.
-func slurmNodeAddr(ctx context.Context, node string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "scontrol", "--oneliner", "show", "node", node)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	cmd.WaitDelay = time.Second
-	out, err := cmd.Output()
-	if err != nil {
-		if msg := strings.TrimSpace(stderr.String()); msg != "" {
-			return "", fmt.Errorf("%w: %s", err, msg)
-		}
-		return "", err
-	}
+// Unwrap returns both reasons.
+func (e *MasterAddrError) Unwrap() []error { return []error{e.DNS, e.Slurm} }
+
+// ErrNoNodeAddr is ParseNodeAddr's error when Slurm's description of a
+// node has no NodeAddr.
+var ErrNoNodeAddr = errors.New("rendezvous: slurm: no NodeAddr in the node's description")
+
+// ParseNodeAddr reads a node's NodeAddr from Slurm's description of it, the
+// output of `scontrol --oneliner show node NODE`.
+func ParseNodeAddr(out []byte) (string, error) {
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		for _, field := range strings.Fields(sc.Text()) {
@@ -220,5 +220,5 @@ func slurmNodeAddr(ctx context.Context, node string) (string, error) {
 			}
 		}
 	}
-	return "", errors.New("no NodeAddr in its output")
+	return "", ErrNoNodeAddr
 }

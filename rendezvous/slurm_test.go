@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os/exec"
 	"slices"
 	"testing"
 )
@@ -110,26 +111,56 @@ func TestExpandTasksPerNode(t *testing.T) {
 
 func TestSlurmMasterAddr(t *testing.T) {
 	ctx := context.Background()
+	// No Slurm to ask: what running scontrol gives where it is not installed.
+	noSlurm := func(context.Context, string) (string, error) {
+		return "", &exec.Error{Name: "scontrol", Err: exec.ErrNotFound}
+	}
 	s, err := DetectSlurm(slurmEnv(map[string]string{
 		"SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_NODE_ALIASES": "gpu08:10.0.0.8:gpu08,gpu07:[fd00::7]:gpu07",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if addr, how, err := s.MasterAddr(ctx, net.DefaultResolver.LookupHost); addr != "fd00::7" || how != "SLURM_NODE_ALIASES" || err != nil {
+	if addr, how, err := s.MasterAddr(ctx, net.DefaultResolver.LookupHost, noSlurm); addr != "fd00::7" || how != "SLURM_NODE_ALIASES" || err != nil {
 		t.Errorf("MasterAddr with aliases = %q, %q, %v; want fd00::7 from SLURM_NODE_ALIASES", addr, how, err)
 	}
 	s.Nodes[0] = "localhost" // resolves everywhere (/etc/hosts)
-	if addr, how, err := s.MasterAddr(ctx, net.DefaultResolver.LookupHost); addr != "localhost" || err != nil {
+	if addr, how, err := s.MasterAddr(ctx, net.DefaultResolver.LookupHost, noSlurm); addr != "localhost" || err != nil {
 		t.Errorf("MasterAddr(localhost) = %q, %q, %v; want localhost, its own name", addr, how, err)
 	}
-	// A name that resolves nowhere, and no Slurm to ask (an empty PATH):
-	// both reasons come back.
-	t.Setenv("PATH", "")
+	// A name that resolves nowhere, and no Slurm to ask: both reasons come
+	// back.
 	s.Nodes[0] = "no-such-node.invalid"
-	_, _, err = s.MasterAddr(ctx, net.DefaultResolver.LookupHost)
+	_, _, err = s.MasterAddr(ctx, net.DefaultResolver.LookupHost, noSlurm)
 	var me *MasterAddrError
 	if !errors.As(err, &me) || me.Node != "no-such-node.invalid" || me.DNS == nil || me.Slurm == nil {
 		t.Errorf("MasterAddr(unresolvable, no scontrol) = %v; want a *MasterAddrError with both reasons", err)
+	}
+}
+
+// TestSlurmMasterAddrAsksSlurm: a name that does not resolve is looked up
+// in Slurm, whose answer comes back with how it was found.
+func TestSlurmMasterAddrAsksSlurm(t *testing.T) {
+	s, err := DetectSlurm(slurmEnv(map[string]string{"SLURM_STEP_NODELIST": "no-such-node.invalid,n2"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked string
+	nodeAddr := func(_ context.Context, node string) (string, error) { asked = node; return "10.1.1.1", nil }
+	addr, how, err := s.MasterAddr(context.Background(), net.DefaultResolver.LookupHost, nodeAddr)
+	if addr != "10.1.1.1" || how != "scontrol show node no-such-node.invalid" || err != nil || asked != "no-such-node.invalid" {
+		t.Errorf("MasterAddr = %q, %q, %v (asked %q); want 10.1.1.1 from scontrol show node no-such-node.invalid", addr, how, err, asked)
+	}
+}
+
+func TestParseNodeAddr(t *testing.T) {
+	out := "NodeName=n1 Arch=x86_64 CoresPerSocket=1\n   NodeAddr=10.0.0.1 NodeHostName=n1 Version=23.02\n"
+	if addr, err := ParseNodeAddr([]byte(out)); addr != "10.0.0.1" || err != nil {
+		t.Errorf("ParseNodeAddr(%q) = %q, %v; want 10.0.0.1", out, addr, err)
+	}
+	for _, bad := range []string{"", "NodeName=n1 NodeAddr= State=IDLE"} {
+		if addr, err := ParseNodeAddr([]byte(bad)); !errors.Is(err, ErrNoNodeAddr) {
+			t.Errorf("ParseNodeAddr(%q) = %q, %v; want ErrNoNodeAddr", bad, addr, err)
+		}
 	}
 }

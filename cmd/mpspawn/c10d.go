@@ -2,7 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +15,6 @@ import (
 
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/rendezvous/etcd"
-	"github.com/urfave/cli/v2"
 )
 
 // etcdReadyLine is what etcd (3.4 and later, zap logger) logs once it
@@ -58,23 +57,16 @@ func (h *hostedEtcd) stop() {
 }
 
 // envRdzvToken holds the c10d token itself, for schedulers that pass
-// secrets in the environment (--rdzv-conf token=FILE wins).
+// secrets in the environment (--rdzv-conf token=FILE wins); parseMultinode
+// reads it into the config.
 const envRdzvToken = "MPSPAWN_RDZV_TOKEN"
-
-// token is the c10d store's token, or "" for none.
-func (m *multinode) token() string {
-	if m.conf.token != "" {
-		return m.conf.token
-	}
-	return strings.TrimSpace(os.Getenv(envRdzvToken))
-}
 
 // hostC10d starts the etcd server of a c10d rendezvous when this node may
 // host it (the endpoint names this machine: see mayHost) and nothing
 // serves the endpoint yet; it returns nil when this node joins as a
 // client. Of several launchers racing to host, the one whose server binds
-// the port hosts; the others join it.
-func (cfg *config) hostC10d(c *cli.Context, tc *tls.Config) (*hostedEtcd, error) {
+// the port hosts; the others join it. Its notes go to notes.
+func (cfg *config) hostC10d(ctx context.Context, notes io.Writer) (*hostedEtcd, error) {
 	m := &cfg.multi
 	ep := m.endpoints[0]
 	host, port, _ := net.SplitHostPort(ep)
@@ -82,36 +74,36 @@ func (cfg *config) hostC10d(c *cli.Context, tc *tls.Config) (*hostedEtcd, error)
 		return nil, nil
 	}
 	if served(ep) {
-		fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: %s is served already; joining it as a client once it shows it is this run's server\n", cfg.runID, ep)
+		fmt.Fprintf(notes, "mpspawn: rendezvous %s: %s is served already; joining it as a client once it shows it is this run's server\n", cfg.runID, ep)
 		return nil, nil
 	}
 	ip, err := listenIP(host)
 	if err != nil {
-		return nil, usagef("--rdzv-endpoint %s: %v", ep, err)
+		return nil, &setupError{Step: "--rdzv-endpoint " + ep, Err: err}
 	}
-	h, err := cfg.startEtcd(ep, ip, port, tc)
+	h, err := cfg.startEtcd(ep, ip, port)
 	if err != nil && served(ep) {
-		fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: another launcher hosts %s; joining it as a client\n", cfg.runID, ep)
+		fmt.Fprintf(notes, "mpspawn: rendezvous %s: another launcher hosts %s; joining it as a client\n", cfg.runID, ep)
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	go h.watch(c.App.ErrWriter, ep)
-	ctx, cancel := context.WithTimeout(c.Context, m.conf.connect)
+	go h.watch(notes, ep)
+	ctx, cancel := context.WithTimeout(ctx, m.conf.connect)
 	defer cancel()
-	if err := etcd.PrepareServer(ctx, net.JoinHostPort(ip, port), tc, "", cfg.runID, m.token()); err != nil {
+	if err := etcd.PrepareServer(ctx, net.JoinHostPort(ip, port), m.tls, "", cfg.runID, m.conf.token); err != nil {
 		h.stop()
-		return nil, usagef("--rdzv-backend c10d: could not set up the etcd server at %s: %s", ep, describeEtcd(err))
+		return nil, &setupError{Step: "--rdzv-backend c10d: could not set up the etcd server at " + ep, Err: err}
 	}
-	fmt.Fprintf(c.App.ErrWriter, "mpspawn: rendezvous %s: hosting an etcd server at %s (pid %d) for the job\n", cfg.runID, ep, h.svc.Pid())
+	fmt.Fprintf(notes, "mpspawn: rendezvous %s: hosting an etcd server at %s (pid %d) for the job\n", cfg.runID, ep, h.svc.Pid())
 	return h, nil
 }
 
 // startEtcd starts the etcd server of endpoint ep on ip:port, over TLS
-// when tc has a certificate (and requiring client certificates when it
-// has a CA).
-func (cfg *config) startEtcd(ep, ip, port string, tc *tls.Config) (*hostedEtcd, error) {
+// when the config's TLS has a certificate (and requiring client
+// certificates when it has a CA).
+func (cfg *config) startEtcd(ep, ip, port string) (*hostedEtcd, error) {
 	m := &cfg.multi
 	bin := m.conf.etcdBinary
 	if bin == "" {
@@ -119,7 +111,8 @@ func (cfg *config) startEtcd(ep, ip, port string, tc *tls.Config) (*hostedEtcd, 
 	}
 	path, err := exec.LookPath(bin)
 	if err != nil {
-		return nil, usagef("--rdzv-backend c10d: this node hosts the rendezvous at %s but has no etcd server (%s: %v): install it (Debian: apt-get install etcd-server), name it with --rdzv-conf etcd_binary=PATH, or use --rdzv-backend etcd with an existing etcd cluster", ep, bin, unwrapExec(err))
+		return nil, &setupError{Step: "--rdzv-backend c10d: this node hosts the rendezvous at " + ep + " but has no etcd server", Err: err, Paren: true,
+			Hint: ": install it (Debian: apt-get install etcd-server), name it with --rdzv-conf etcd_binary=PATH, or use --rdzv-backend etcd with an existing etcd cluster"}
 	}
 	peer, err := freePort(ip)
 	if err != nil {
@@ -127,12 +120,12 @@ func (cfg *config) startEtcd(ep, ip, port string, tc *tls.Config) (*hostedEtcd, 
 	}
 	dir, err := os.MkdirTemp("", "mpspawn_etcd_")
 	if err != nil {
-		return nil, usagef("no directory for the etcd server's data: %s (set TMPDIR)", describe(err))
+		return nil, &setupError{Step: "no directory for the etcd server's data", Err: err, Hint: " (set TMPDIR)"}
 	}
 	_ = launcher.RemoveOnDeath(dir) // by the guard, if mpspawn is SIGKILLed
 	scheme := "http://"
 	var tlsArgs []string
-	if tc != nil && m.conf.cert != "" {
+	if m.tls != nil && m.conf.cert != "" {
 		scheme, tlsArgs = "https://", []string{"--cert-file", m.conf.cert, "--key-file", m.conf.key}
 		if m.conf.cacert != "" {
 			tlsArgs = append(tlsArgs, "--trusted-ca-file", m.conf.cacert, "--client-cert-auth")
@@ -158,7 +151,7 @@ func (cfg *config) startEtcd(ep, ip, port string, tc *tls.Config) (*hostedEtcd, 
 	})
 	if err != nil {
 		_ = os.RemoveAll(dir)
-		return nil, usagef("--rdzv-backend c10d: could not start the etcd server at %s: %s", ep, describe(err))
+		return nil, &setupError{Step: "--rdzv-backend c10d: could not start the etcd server at " + ep, Err: err}
 	}
 	return &hostedEtcd{svc: svc, dir: dir, quit: make(chan struct{}), watched: make(chan struct{})}, nil
 }
@@ -215,7 +208,7 @@ func (cfg *config) c10dClient(ec *etcd.Config) {
 	if m.backend != "c10d" {
 		return
 	}
-	token := m.token()
+	token := m.conf.token
 	rec := etcd.HostRecord("", cfg.runID, token)
 	ec.Server = &rec
 	if token != "" {
@@ -223,14 +216,35 @@ func (cfg *config) c10dClient(ec *etcd.Config) {
 	}
 }
 
-// c10dUnreachable words a c10d endpoint that nothing answers at: what to
-// check on the node that should host it.
-func c10dUnreachable(ep, self string, ce *etcd.ConnectError) error {
-	host, _, _ := net.SplitHostPort(ep)
+// c10dUnreachableError is a c10d endpoint that nothing answers at. Self
+// is this node's address: its --local-addr, or its host name.
+type c10dUnreachableError struct {
+	Endpoint, Self string
+	Err            *etcd.ConnectError
+}
+
+func (e *c10dUnreachableError) Error() string { return "mpspawn: " + e.Err.Error() }
+func (e *c10dUnreachableError) Unwrap() error { return e.Err }
+
+// c10dUnreachable is err as a c10dUnreachableError when it is a c10d
+// node's *etcd.ConnectError, and err otherwise.
+func (cfg *config) c10dUnreachable(err error) error {
+	var ce *etcd.ConnectError
+	if cfg.multi.backend != "c10d" || !errors.As(err, &ce) {
+		return err
+	}
+	self := cfg.multi.localAddr
 	if self == "" {
 		self, _ = os.Hostname()
 	}
-	return usagef("--rdzv-endpoint %s: no etcd server answers within %v (connect_timeout): %s; with --rdzv-backend c10d the node whose address is %s hosts it (its --local-addr, host name or an interface address is %s; this node's is %s): check that it runs and that %s is reachable from here", ep, ce.Timeout, describeEtcd(ce.Err), host, host, self, ep)
+	return &c10dUnreachableError{Endpoint: cfg.multi.endpoints[0], Self: self, Err: ce}
+}
+
+// c10dUnreachableReason words a c10d endpoint that nothing answers at:
+// what to check on the node that should host it.
+func c10dUnreachableReason(e *c10dUnreachableError) string {
+	host, _, _ := net.SplitHostPort(e.Endpoint)
+	return fmt.Sprintf("--rdzv-endpoint %s: no etcd server answers within %v (connect_timeout): %s; with --rdzv-backend c10d the node whose address is %s hosts it (its --local-addr, host name or an interface address is %s; this node's is %s): check that it runs and that %s is reachable from here", e.Endpoint, e.Err.Timeout, describeEtcd(e.Err.Err), host, host, e.Self, e.Endpoint)
 }
 
 // listenIP is an IP address etcd can listen on for host (etcd wants an IP
@@ -256,7 +270,7 @@ func listenIP(host string) (string, error) {
 func freePort(ip string) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
-		return 0, usagef("no free port on %s for the etcd server: %s", ip, describe(err))
+		return 0, &setupError{Step: "no free port on " + ip + " for the etcd server", Err: err}
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil

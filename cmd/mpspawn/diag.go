@@ -104,29 +104,31 @@ func (d diagConfig) reportSuccess(w io.Writer, res *launcher.Result) {
 	}
 }
 
-// dumpStacks is mpspawn --dump-stacks PID [--json]: the stacks of a
-// running job's ranks, which go on running.
-func dumpStacks(c *cli.Context) error {
+// parseDumpStacks reads mpspawn --dump-stacks PID [--json], which does
+// nothing else.
+func parseDumpStacks(c *cli.Context) (*config, error) {
 	arg := c.String(fDumpStacks)
 	pid, err := strconv.Atoi(arg)
 	if err != nil || pid < 2 {
-		return usagef("--dump-stacks %q: want the process id of a running mpspawn", arg)
+		return nil, usagef("--dump-stacks %q: want the process id of a running mpspawn", arg)
 	}
 	if c.NArg() > 0 {
-		return usagef("--dump-stacks %d takes no script (it looks at a job that runs already): drop %s", pid, c.Args().First())
+		return nil, usagef("--dump-stacks %d takes no script (it looks at a job that runs already): drop %s", pid, c.Args().First())
 	}
-	ctx, cancel := context.WithTimeout(c.Context, time.Minute)
+	return &config{dumpStacks: pid, json: c.Bool(fJSON)}, nil
+}
+
+// dumpStacks writes the stacks of the ranks of the running mpspawn pid to
+// w, as JSON or as text; the ranks go on running.
+func dumpStacks(ctx context.Context, pid int, asJSON bool, w io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	stacks, err := diag.DumpStacks(ctx, pid)
-	var nr *diag.NoRanksError
-	switch {
-	case errors.As(err, &nr):
-		return usagef("--dump-stacks %d: process %d runs no mpspawn ranks", pid, nr.Launcher)
-	case err != nil:
-		return usagef("--dump-stacks %d: %s", pid, describe(err))
+	if err != nil {
+		return &setupError{Step: fmt.Sprintf("--dump-stacks %d", pid), Err: err}
 	}
-	if c.Bool(fJSON) {
-		enc := json.NewEncoder(c.App.Writer)
+	if asJSON {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(stacks)
 	}
@@ -142,7 +144,7 @@ func dumpStacks(c *cli.Context) error {
 			}
 		}
 	}
-	_, err = io.WriteString(c.App.Writer, b.String())
+	_, err = io.WriteString(w, b.String())
 	return err
 }
 
@@ -150,8 +152,8 @@ func dumpStacks(c *cli.Context) error {
 // cancels the returned context with the *gpu.XIDError as its cause, which
 // stops the ranks and becomes the job's root cause. Without GPUs it does
 // nothing. Call unwatch once the job is over.
-func (cfg *config) watchGPUs(ctx context.Context, notes io.Writer) (_ context.Context, unwatch func()) {
-	uuids := cfg.place.gpuUUIDs()
+func (p *plan) watchGPUs(ctx context.Context, notes io.Writer) (_ context.Context, unwatch func()) {
+	uuids := p.place.gpuUUIDs()
 	if len(uuids) == 0 {
 		return ctx, func() {}
 	}
@@ -191,8 +193,8 @@ func (p *placement) gpuUUIDs() []string {
 
 // addGPUMemory fills in each rank's peak GPU memory from NVML's accounting
 // statistics, when the ranks ran on GPUs; notes say where it could not.
-func (cfg *config) addGPUMemory(res *launcher.Result, notes io.Writer) {
-	uuids := cfg.place.gpuUUIDs()
+func (p *plan) addGPUMemory(res *launcher.Result, notes io.Writer) {
+	uuids := p.place.gpuUUIDs()
 	if len(uuids) == 0 || res == nil {
 		return
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/place"
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"github.com/urfave/cli/v2"
 )
 
 // planJSON is the --dry-run --json form of a plan.
@@ -34,22 +33,22 @@ type rankPlanJSON struct {
 
 // dryRun prints where each rank would run and what it would be given, and
 // starts nothing.
-func dryRun(c *cli.Context, cfg *config) error {
-	addr, port := cfg.rdzv.MasterAddr, cfg.rdzv.MasterPort
-	if cfg.rdzv.Standalone {
+func (p *plan) dryRun(w io.Writer) error {
+	addr, port := p.rdzv.MasterAddr, p.rdzv.MasterPort
+	if p.rdzv.Standalone {
 		addr = "127.0.0.1"
 	}
-	job := cfg.job(rendezvous.Membership{
-		NNodes: cfg.rdzv.NNodes, NodeRank: cfg.rdzv.NodeRank, NProcPerNode: cfg.nproc,
-		WorldSize: cfg.rdzv.NNodes * cfg.nproc, MasterAddr: addr, MasterPort: port,
+	job := p.job(rendezvous.Membership{
+		NNodes: p.rdzv.NNodes, NodeRank: p.rdzv.NodeRank, NProcPerNode: p.nproc,
+		WorldSize: p.rdzv.NNodes * p.nproc, MasterAddr: addr, MasterPort: port,
 	})
 	contract := job.Contract()
-	contract.StartMethod = cfg.startMethod // no method is started for a dry run
-	out := planJSON{Rendezvous: cfg.schedPlan(addr, port), Host: cfg.place.topo.Host, Source: cfg.place.source, Warnings: cfg.place.plan.Warnings}
+	contract.StartMethod = p.startMethod // no method is started for a dry run
+	out := planJSON{Rendezvous: p.schedPlan(addr, port), Host: p.place.topo.Host, Source: p.place.source, Warnings: p.place.plan.Warnings}
 	if out.Warnings == nil {
 		out.Warnings = []string{}
 	}
-	for lr, rp := range cfg.place.plan.Ranks {
+	for lr, rp := range p.place.plan.Ranks {
 		env := contract.Vars(lr, job.Placement(lr))
 		// What only a real launch knows: the launcher's pid, files, a
 		// port --standalone picks.
@@ -61,18 +60,18 @@ func dryRun(c *cli.Context, cfg *config) error {
 		}
 		out.Ranks = append(out.Ranks, rankPlanJSON{
 			Rank: job.Rank(lr), LocalRank: lr,
-			GPUs: rp.Devices.UUIDs(), CPUs: cfg.place.setup[lr].CPUs, Env: env,
+			GPUs: rp.Devices.UUIDs(), CPUs: p.place.setup[lr].CPUs, Env: env,
 		})
 		if out.Ranks[lr].CPUs == nil {
 			out.Ranks[lr].CPUs = place.CPUSet{}
 		}
 	}
-	if cfg.json {
-		enc := json.NewEncoder(c.App.Writer)
+	if p.json {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(out)
 	}
-	return writePlanText(c.App.Writer, cfg.place, out)
+	return writePlanText(w, p.place, out)
 }
 
 // writePlanText prints a plan as a table, then each rank's placement

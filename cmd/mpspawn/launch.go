@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,37 +16,35 @@ import (
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/launcher/job"
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"github.com/urfave/cli/v2"
 )
 
-// launch runs a validated job and turns its result into an exit code,
-// after every rank has been reaped.
-func launch(c *cli.Context, cfg *config) error {
-	stderr := c.App.ErrWriter
+// launch runs the job and turns its result into an exit code, after every
+// rank has been reaped.
+func (p *plan) launch(ctx context.Context, con console) error {
+	stderr := con.stderr
 	// A forkserver's preload first, with signals' default actions (see
 	// Job.Run): Ctrl-C during it ends mpspawn, and the server with it.
-	if err := cfg.method.Ready(c.Context); err != nil {
-		return preloadUsage(err)
+	if err := p.method.Ready(ctx); err != nil {
+		return err
 	}
-	rdzv, err := cfg.openRendezvous(c)
+	rdzv, err := p.openRendezvous(ctx, stderr)
 	if err != nil {
 		return err
 	}
 	defer rdzv.Close()
-	logDir, scratch, err := cfg.logDirs(c)
+	logDir, scratch, err := p.logDirs(stderr)
 	if err != nil {
 		return err
 	}
 	if err := launcher.CgroupError(); err != nil {
 		fmt.Fprintf(stderr, "mpspawn: note: no cgroups (%v): the ranks' process groups are stopped and what the ranks leave behind is swept at the end, but a daemon that leaves its process group outlives a SIGKILLed mpspawn\n", err)
 	}
-	cfg.output.Stdout, cfg.output.Stderr = c.App.Writer, stderr
-	job := cfg.job(rendezvous.Membership{NProcPerNode: cfg.nproc})
-	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, cfg.output, stderr
-	cfg.diag.options(&job.Options, scratch)
-	stopNotes := noteStops(stderr, job.NProcPerNode, cfg.grace)
-	ctx, unwatch := cfg.watchGPUs(c.Context, stderr)
-	out, err := job.RunRounds(ctx, rdzv, cfg.multi.maxRestarts)
+	job := p.job(rendezvous.Membership{NProcPerNode: p.nproc})
+	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, p.newOutput(con), stderr
+	p.diag.options(&job.Options, scratch)
+	stopNotes := noteStops(stderr, job.NProcPerNode, p.grace)
+	ctx, unwatch := p.watchGPUs(ctx, stderr)
+	out, err := job.RunRounds(ctx, rdzv, p.multi.maxRestarts)
 	unwatch()
 	stopNotes()
 	if scratch != "" {
@@ -57,8 +56,13 @@ func launch(c *cli.Context, cfg *config) error {
 		fmt.Fprintf(stderr, "mpspawn: warning: nobody is reading stdout; gave up on it after waiting, so the ranks' last lines there are lost\n")
 	}
 	if err != nil {
-		return preloadUsage(err)
+		return err
 	}
+	return p.finish(stderr, out, scratch != "")
+}
+
+// finish reports how the job ended and returns its exit code.
+func (p *plan) finish(stderr io.Writer, out *job.Outcome, scratch bool) error {
 	if out.Last() == nil && out.Interrupted != nil {
 		name := out.Interrupted.String()
 		if s, ok := out.Interrupted.(syscall.Signal); ok {
@@ -68,56 +72,52 @@ func launch(c *cli.Context, cfg *config) error {
 		return exitCode(out.ExitCode())
 	}
 	if out.Last() == nil { // no round started: nothing ran
-		return usageError{errors.New(rendezvousError(out.Err))}
+		if out.Err == nil {
+			return errors.New("mpspawn: no round of the job started")
+		}
+		return out.Err
 	}
 	res := out.Last().Result
-	cfg.addGPUMemory(res, stderr)
+	p.addGPUMemory(res, stderr)
 	if out.Err != nil {
-		fmt.Fprintf(stderr, "mpspawn: error: %s\n", rendezvousError(out.Err))
+		fmt.Fprintf(stderr, "mpspawn: error: %s\n", explain(out.Err))
 	} else if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", stopCause(res.Cause)) // not a rank's failure: the summary would not say why
 	}
-	cfg.report(c, stderr, out, scratch != "")
+	p.report(stderr, out, scratch)
 	if code := out.ExitCode(); code != 0 {
 		return exitCode(code)
 	}
 	return nil
 }
 
-// preloadUsage words a forkserver's failed --preload; other errors are
-// returned as they are.
-func preloadUsage(err error) error {
-	var pe *launcher.PreloadError
-	var se *launcher.StartError
-	switch {
-	case errors.As(err, &pe):
-		return usagef("--preload %s: %s", pe.Module, pe.Err)
-	case errors.As(err, &se):
-		return usagef("rank %d could not start: %s", se.Rank, describe(se.Err))
-	}
-	return err
+// newOutput is the launcher's output for the job, on the console con.
+func (p *plan) newOutput(con console) *launcher.Output {
+	o := p.output
+	return &launcher.Output{Stdout: con.stdout, Stderr: con.stderr, Prefix: o.prefix, Timestamps: o.timestamps,
+		Filter: o.filter, Redirects: o.redirects, Tee: o.tee}
 }
 
 // logDirs makes the directories of the ranks' files: --log-dir's, a
 // temporary one kept when files are asked for without it, or else a scratch
 // directory for the error files alone, removed at the end.
-func (cfg *config) logDirs(c *cli.Context) (logDir, scratch string, err error) {
+func (p *plan) logDirs(notes io.Writer) (logDir, scratch string, err error) {
 	switch {
-	case cfg.logDir != "":
+	case p.logDir != "":
 		// Here, not in the launcher, so that the message names the flag.
-		if err := os.MkdirAll(filepath.Join(cfg.logDir, cfg.runID, "attempt_0"), 0o755); err != nil {
-			return "", "", usagef("--log-dir %s: %s", c.String(fLogDir), describe(err))
+		if err := os.MkdirAll(filepath.Join(p.logDir, p.runID, "attempt_0"), 0o755); err != nil {
+			return "", "", &setupError{Step: "--log-dir " + p.logDirArg, Err: err}
 		}
-		return cfg.logDir, "", nil
-	case cfg.keepLogDir: // files asked for, no --log-dir
+		return p.logDir, "", nil
+	case p.keepLogDir: // files asked for, no --log-dir
 		if logDir, err = os.MkdirTemp("", "mpspawn_"); err != nil {
-			return "", "", usagef("no directory for the log files: %s (set TMPDIR, or give --log-dir)", describe(err))
+			return "", "", &setupError{Step: "no directory for the log files", Err: err, Hint: " (set TMPDIR, or give --log-dir)"}
 		}
-		fmt.Fprintf(c.App.ErrWriter, "mpspawn: log files go to %s\n", logDir)
+		fmt.Fprintf(notes, "mpspawn: log files go to %s\n", logDir)
 		return logDir, "", nil
 	}
 	if scratch, err = os.MkdirTemp("", "mpspawn_"); err != nil {
-		return "", "", usagef("no directory for the ranks' error files: %s (set TMPDIR, or give --log-dir)", describe(err))
+		return "", "", &setupError{Step: "no directory for the ranks' error files", Err: err, Hint: " (set TMPDIR, or give --log-dir)"}
 	}
 	_ = launcher.RemoveOnDeath(scratch) // by the guard, if mpspawn is SIGKILLed
 	return "", scratch, nil
@@ -127,7 +127,7 @@ func (cfg *config) logDirs(c *cli.Context) (logDir, scratch string, err error) {
 // to --summary-json, and the root cause's error to the launcher's own
 // TORCHELASTIC_ERROR_FILE, as torchrun does. When the ranks' error files
 // are removed at exit (scratch), no summary names them.
-func (cfg *config) report(c *cli.Context, stderr io.Writer, out *job.Outcome, scratch bool) {
+func (p *plan) report(stderr io.Writer, out *job.Outcome, scratch bool) {
 	res := out.Last().Result
 	if scratch {
 		for i := range res.Ranks {
@@ -143,14 +143,14 @@ func (cfg *config) report(c *cli.Context, stderr io.Writer, out *job.Outcome, sc
 		}
 	}
 	host, _ := os.Hostname()
-	sum := out.Summarize(host, cfg.runID)
-	sum.Interpreter = cfg.interpreter
+	sum := out.Summarize(host, p.runID)
+	sum.Interpreter = p.interpreter
 	if sum.Status != "succeeded" {
-		sum.WriteText(stderr, filepath.Base(cfg.argv[len(cfg.argv)-len(c.Args().Tail())-1]))
+		sum.WriteText(stderr, p.script)
 	}
-	cfg.diag.reportSuccess(stderr, res)
-	if cfg.summaryJSON != "" {
-		if err := writeSummary(cfg.summaryJSON, sum); err != nil {
+	p.diag.reportSuccess(stderr, res)
+	if p.summaryJSON != "" {
+		if err := writeSummary(p.summaryJSON, sum); err != nil {
 			fmt.Fprintf(stderr, "mpspawn: warning: %v\n", err)
 		}
 	}
@@ -195,14 +195,14 @@ func noteStops(w io.Writer, ranks int, grace time.Duration) (stop func()) {
 	}
 }
 
-// job is the launcher job cfg describes, with its placement, before log
+// job is the launcher job p describes, with its placement, before log
 // files are chosen.
-func (cfg *config) job(m rendezvous.Membership) *job.Job {
+func (p *plan) job(m rendezvous.Membership) *job.Job {
 	return &job.Job{
-		Path: cfg.path, Command: cfg.argv, Env: os.Environ(),
-		Membership: m, RunID: cfg.runID, Role: cfg.role, Ranks: cfg.place.setup,
-		Options: launcher.Options{GracePeriod: cfg.grace, Method: cfg.method},
-		IPC:     cfg.ipc,
+		Path: p.path, Command: p.argv, Env: os.Environ(),
+		Membership: m, RunID: p.runID, Role: p.role, Ranks: p.place.setup,
+		Options: launcher.Options{GracePeriod: p.grace, Method: p.method},
+		IPC:     p.ipc,
 	}
 }
 

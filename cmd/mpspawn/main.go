@@ -21,9 +21,10 @@ func main() {
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
 }
 
-// usageError is bad input, or anything else that stops mpspawn before a
-// rank starts: one line, exit code 2 (a rank's own exit code is never 2 by
-// mpspawn's doing), nothing started.
+// usageError is bad input, found while the command line is parsed and
+// validated (parseConfig), or while the ranks are placed on this machine,
+// before any rank starts: one line, exit code 2 (a rank's own exit code is
+// never 2 by mpspawn's doing), nothing started.
 type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }
@@ -61,20 +62,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = app.RunContext(context.Background(), args)
 	}
 	var code exitCode
-	var ue usageError
 	switch {
 	case err == nil:
 		return 0
 	case errors.As(err, &code):
 		return int(code)
-	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "mpspawn: error: %v\n", ue.err)
-		return 2
-	default:
-		// Not a rank's exit: nothing ran, so it is not a rank's exit code.
-		fmt.Fprintf(stderr, "mpspawn: error: %s\n", describe(err))
-		return 2
 	}
+	// A usage error, or another error before a rank started (or between
+	// rounds): nothing ran, so it is not a rank's exit code.
+	fmt.Fprintf(stderr, "mpspawn: error: %s\n", explain(err))
+	return 2
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {

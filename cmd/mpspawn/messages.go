@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/diag"
 	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
@@ -127,6 +129,45 @@ func streamsUsage(flag string, err error) error {
 	return usagef("%s %q: %q: want %s", flag, se.Value, se.Entry, se.Want)
 }
 
+// setupError is a step of acting on the config that failed before any
+// rank started (nothing ran: exit 2), such as making the log directory.
+// Step names the step as people read it ("--log-dir logs", "no directory
+// for the log files"); Err is the cause; Hint, when set, follows the
+// cause's words (" (set TMPDIR, or give --log-dir)"). With Paren, the
+// cause's words stand in parentheses after Step instead of after a colon.
+type setupError struct {
+	Step  string
+	Err   error
+	Hint  string
+	Paren bool
+}
+
+func (e *setupError) Error() string { return "mpspawn: " + e.Step + ": " + e.Err.Error() }
+func (e *setupError) Unwrap() error { return e.Err }
+
+// explain words an error that ended mpspawn before a rank started, or
+// ended a job between rounds, in one line for people: a usage error as it
+// is, the others from the fields of their types.
+func explain(err error) string {
+	var ue usageError
+	var se *setupError
+	var pe *launcher.PreloadError
+	var ste *launcher.StartError
+	switch {
+	case errors.As(err, &ue):
+		return ue.err.Error()
+	case errors.As(err, &se) && se.Paren:
+		return se.Step + " (" + describe(se.Err) + ")" + se.Hint
+	case errors.As(err, &se):
+		return se.Step + ": " + describe(se.Err) + se.Hint
+	case errors.As(err, &pe):
+		return fmt.Sprintf("--preload %s: %s", pe.Module, pe.Err)
+	case errors.As(err, &ste):
+		return fmt.Sprintf("rank %d could not start: %s", ste.Rank, describe(ste.Err))
+	}
+	return rendezvousError(err)
+}
+
 // describe words an error from outside this package for one line of a
 // message, from the fields of the standard library's typed errors where it
 // can (so "mkdir /x/logs: permission denied", without a package prefix).
@@ -135,15 +176,20 @@ func describe(err error) string {
 	var se *os.SyscallError
 	var ee *exec.Error
 	var ne *gpu.NVMLError
+	var nr *diag.NoRanksError
 	switch {
+	case errors.As(err, &nr):
+		return fmt.Sprintf("process %d runs no mpspawn ranks", nr.Launcher)
+	case errors.As(err, &ee): // before the *fs.PathError it may wrap: it names the program
+		return fmt.Sprintf("%s: %v", ee.Name, ee.Err)
 	case errors.As(err, &pe):
 		return fmt.Sprintf("%s %s: %v", pe.Op, pe.Path, pe.Err)
 	case errors.As(err, &se):
 		return fmt.Sprintf("%s: %v", se.Syscall, se.Err)
-	case errors.As(err, &ee):
-		return fmt.Sprintf("%s: %v", ee.Name, ee.Err)
 	case errors.As(err, &ne):
 		return gpuReason(err)
+	case errors.Is(err, context.DeadlineExceeded): // a step bounded in time, such as setting up the c10d etcd server
+		return "no answer"
 	}
 	return err.Error()
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"slices"
@@ -47,6 +48,7 @@ type multinode struct {
 	maxRestarts        int
 	localAddr          string
 	conf               rdzvConf
+	tls                *tls.Config // from conf's files; nil without TLS
 }
 
 // rdzvConf is --rdzv-conf.
@@ -144,6 +146,12 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	}
 	if m.backend == "c10d" && len(m.endpoints) != 1 {
 		return usagef("--rdzv-backend c10d takes one --rdzv-endpoint HOST:PORT (the node that runs the etcd server); for an etcd cluster use --rdzv-backend etcd")
+	}
+	if m.backend == "c10d" && m.conf.token == "" {
+		m.conf.token = strings.TrimSpace(os.Getenv(envRdzvToken))
+	}
+	if m.tls, err = m.conf.tlsConfig(); err != nil {
+		return err
 	}
 	cfg.rdzv.NNodes = m.maxNodes
 	cfg.rdzv.NodeRank = 0 // given by the rendezvous
@@ -260,22 +268,21 @@ func (conf rdzvConf) tlsConfig() (*tls.Config, error) {
 // openRendezvous is the job's rendezvous: the static Job, or this node's
 // membership of the etcd rendezvous (with c10d, after starting the etcd
 // server when this node hosts it). Close closes it, and stops the server.
-func (cfg *config) openRendezvous(c *cli.Context) (rendezvous.Rendezvous, error) {
-	m := &cfg.multi
+func (p *plan) openRendezvous(ctx context.Context, notes io.Writer) (rendezvous.Rendezvous, error) {
+	m := &p.multi
 	if !m.dynamic() {
-		return rendezvous.Static(cfg.rdzv) // validated by parseConfig
-	}
-	tc, err := m.conf.tlsConfig()
-	if err != nil {
-		return nil, err
+		rc := p.rdzv // validated by parseConfig
+		rc.NProcPerNode = p.nproc
+		return rendezvous.Static(rc)
 	}
 	var hosted *hostedEtcd
+	var err error
 	if m.backend == "c10d" {
-		if hosted, err = cfg.hostC10d(c, tc); err != nil {
+		if hosted, err = p.hostC10d(ctx, notes); err != nil {
 			return nil, err
 		}
 	}
-	r, err := cfg.openEtcd(c, tc)
+	r, err := p.openEtcd(ctx, notes)
 	if err != nil {
 		hosted.stop()
 		return nil, err
@@ -290,47 +297,47 @@ func (cfg *config) openRendezvous(c *cli.Context) (rendezvous.Rendezvous, error)
 // before it stops the etcd server.
 const hostWaitLeft = 5 * time.Second
 
+// leaver is a rendezvous whose node can wait, bounded by ctx, until every
+// other node has left the run: the node that serves the run waits so
+// before it stops serving.
+type leaver interface {
+	rendezvous.Rendezvous
+	WaitLeft(ctx context.Context)
+}
+
+var _ leaver = (*etcd.Rendezvous)(nil)
+
 // hostingRendezvous is the rendezvous of the node that hosts the c10d
 // etcd server: closing it stops the server too, after the node left.
 type hostingRendezvous struct {
-	rendezvous.Rendezvous
+	leaver
 	hosted *hostedEtcd
 }
 
 func (h *hostingRendezvous) Close() error {
-	if e, ok := h.Rendezvous.(*etcd.Rendezvous); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), hostWaitLeft)
-		e.WaitLeft(ctx)
-		cancel()
-	}
-	err := h.Rendezvous.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), hostWaitLeft)
+	h.WaitLeft(ctx)
+	cancel()
+	err := h.leaver.Close()
 	h.hosted.stop()
 	return err
 }
 
 // openEtcd joins the etcd rendezvous at the endpoints.
-func (cfg *config) openEtcd(c *cli.Context, tc *tls.Config) (rendezvous.Rendezvous, error) {
-	m := &cfg.multi
+func (p *plan) openEtcd(ctx context.Context, notes io.Writer) (*etcd.Rendezvous, error) {
+	m := &p.multi
 	ec := etcd.Config{
-		Endpoints: m.endpoints, RunID: cfg.runID, MinNodes: m.minNodes, MaxNodes: m.maxNodes,
-		NProc: cfg.nproc, LocalAddr: m.localAddr,
+		Endpoints: m.endpoints, RunID: p.runID, MinNodes: m.minNodes, MaxNodes: m.maxNodes,
+		NProc: p.nproc, LocalAddr: m.localAddr,
 		JoinTimeout: m.conf.join, LastCallTimeout: m.conf.lastCall, CloseTimeout: m.conf.close,
-		ConnectTimeout: m.conf.connect, LeaseTTL: m.conf.lease, TLS: tc, Notes: c.App.ErrWriter,
+		ConnectTimeout: m.conf.connect, LeaseTTL: m.conf.lease, TLS: m.tls, Notes: notes,
 	}
-	cfg.c10dClient(&ec)
-	e, err := etcd.New(c.Context, ec) // bounded by connect_timeout
-	var ce *etcd.ConnectError
-	var se *etcd.ServerError
-	switch {
-	case errors.As(err, &se):
-		return nil, usagef("--rdzv-endpoint %s is not this run's etcd server: %s; not joining it", strings.Join(se.Endpoints, ","), se.Reason)
-	case errors.As(err, &ce) && m.backend == "c10d":
-		return nil, c10dUnreachable(m.endpoints[0], m.localAddr, ce)
+	p.c10dClient(&ec)
+	r, err := etcd.New(ctx, ec) // bounded by connect_timeout
+	if err != nil {
+		return nil, p.c10dUnreachable(err)
 	}
-	if errors.As(err, &ce) {
-		return nil, usagef("--rdzv-endpoint %s: etcd not reachable within %v (connect_timeout): %s", strings.Join(ce.Endpoints, ","), ce.Timeout, describeEtcd(ce.Err))
-	}
-	return e, err
+	return r, nil
 }
 
 // describeEtcd words an etcd client error for one line.
@@ -341,14 +348,24 @@ func describeEtcd(err error) string {
 	return describe(err)
 }
 
-// rendezvousError words the error that ended a job between rounds.
+// rendezvousError words an error of the rendezvous: one that kept this
+// node out of the job, or that ended the job between rounds.
 func rendezvousError(err error) string {
 	var je *etcd.JoinTimeoutError
 	var ce *etcd.ClosedError
 	var ne *etcd.NNodesError
+	var se *etcd.ServerError
+	var cu *c10dUnreachableError
+	var cne *etcd.ConnectError
 	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("--rdzv-endpoint %s is not this run's etcd server: %s; not joining it", strings.Join(se.Endpoints, ","), se.Reason)
 	case errors.As(err, &ne):
 		return fmt.Sprintf("rendezvous %s: node %s was started with --nnodes %s and this node with --nnodes %s: every node of a job passes the same --nnodes", ne.RunID, ne.Addr, nodesFlag(ne.OtherMin, ne.OtherMax), nodesFlag(ne.MinNodes, ne.MaxNodes))
+	case errors.As(err, &cu): // before the *etcd.ConnectError it wraps
+		return c10dUnreachableReason(cu)
+	case errors.As(err, &cne):
+		return fmt.Sprintf("--rdzv-endpoint %s: etcd not reachable within %v (connect_timeout): %s", strings.Join(cne.Endpoints, ","), cne.Timeout, describeEtcd(cne.Err))
 	case errors.As(err, &je):
 		return fmt.Sprintf("rendezvous %s: %d of %d nodes joined within join_timeout %v (%s)", je.RunID, len(je.Joined), je.MinNodes, je.Timeout, strings.Join(je.Joined, ", "))
 	case errors.As(err, &ce):

@@ -8,7 +8,6 @@ import (
 
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/mpspawn/mpspawn/place"
-	"github.com/urfave/cli/v2"
 )
 
 // nprocSpec is a parsed --nproc-per-node: gpu, auto, cpu or a number.
@@ -42,23 +41,13 @@ type placement struct {
 
 // placeRanks reads the topology (--topology FILE, or this machine's), applies
 // CUDA_VISIBLE_DEVICES to it and plans the ranks. Notes go to notes, one
-// line each; every refusal is a usage error.
-func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, error) {
-	gpr := c.Int(fGPUsPerRank)
-	if gpr < 1 {
-		return nil, usagef("--gpus-per-rank %d: want at least 1", gpr)
-	}
-	bind, err := gpu.ParseCPUBind(c.String(fCPUBind))
-	if err != nil {
-		return nil, usagef("--cpu-bind %q: want none, numa or exclusive", c.String(fCPUBind))
-	}
-	vis, err := gpu.ParseVisibility(c.String(fGPUVisibility))
-	if err != nil {
-		return nil, usagef("--gpu-visibility %q: want local-rank or isolate", c.String(fGPUVisibility))
-	}
+// line each; every refusal is a usage error: the machine cannot run what
+// the command line asks (nprocArg is --nproc-per-node as given).
+func placeRanks(spec nprocSpec, nprocArg string, opt placeConfig, notes io.Writer) (*placement, error) {
 	pl := &placement{}
 	var gpuErr error
-	if path := c.String(fTopology); path != "" {
+	var err error
+	if path := opt.topology; path != "" {
 		if pl.topo, err = gpu.LoadTopology(path); err != nil {
 			return nil, topologyUsage(path, err)
 		}
@@ -86,7 +75,8 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 		}
 		visible = v
 	}
-	opts := gpu.PlanOptions{NProc: spec.n, GPUsPerRank: gpr, CPUBind: bind}
+	gpr := opt.gpusPerRank
+	opts := gpu.PlanOptions{NProc: spec.n, GPUsPerRank: gpr, CPUBind: opt.bind}
 	switch spec.mode {
 	case "gpu":
 		if len(visible) == 0 {
@@ -97,7 +87,7 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 		if len(visible) == 0 && gpuErr != nil && !errors.Is(gpuErr, gpu.ErrNoNVML) && spec.mode == "n" {
 			return nil, usagef("--nproc-per-node %d: cannot tell which GPUs to use: %s; use --nproc-per-node auto to run on CPUs anyway", spec.n, gpuReason(gpuErr))
 		}
-		if len(visible) == 0 && (spec.mode == "auto" || c.IsSet(fGPUsPerRank) || c.IsSet(fGPUVisibility)) {
+		if len(visible) == 0 && (spec.mode == "auto" || opt.sayCPUs) {
 			fmt.Fprintf(notes, "mpspawn: note: no usable GPU on %s (%s); running on CPUs\n", pl.source, noGPUReason(pl.topo, gpuErr))
 		}
 		if len(visible) > 0 && spec.mode == "auto" {
@@ -109,7 +99,7 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 	if pl.plan, err = gpu.Plan(pl.topo, visible, opts); err != nil {
 		var few *gpu.TooFewGPUsError
 		if errors.As(err, &few) {
-			return nil, tooFewUsage(c.String(fNproc), pl.source, few)
+			return nil, tooFewUsage(nprocArg, pl.source, few)
 		}
 		return nil, usageError{err}
 	}
@@ -117,7 +107,7 @@ func placeRanks(c *cli.Context, spec nprocSpec, notes io.Writer) (*placement, er
 		fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)
 	}
 	var setupNotes []string
-	pl.setup, setupNotes = pl.plan.Setup(pl.topo, vis)
+	pl.setup, setupNotes = pl.plan.Setup(pl.topo, opt.visibility)
 	for _, n := range setupNotes {
 		fmt.Fprintf(notes, "mpspawn: note: %s\n", n)
 	}

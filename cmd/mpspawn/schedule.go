@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 
@@ -91,7 +93,7 @@ func (cfg *config) applyScheduler(c *cli.Context) error {
 // how it was found, for the detection line ("" when it is the node's name).
 // A dry run goes on without one, with a warning.
 func (cfg *config) slurmMasterAddr(c *cli.Context, s *rendezvous.Slurm) (string, error) {
-	addr, how, err := s.MasterAddr(c.Context, net.DefaultResolver.LookupHost)
+	addr, how, err := s.MasterAddr(c.Context, net.DefaultResolver.LookupHost, scontrolNodeAddr)
 	switch {
 	case err != nil && !cfg.dryRun:
 		return "", usagef("SLURM's master node %s has no address here: %s; give it with --master-addr", s.Master(), masterAddrReason(err))
@@ -184,19 +186,40 @@ func slurmUsage(err error) error {
 func masterAddrReason(err error) string {
 	var me *rendezvous.MasterAddrError
 	if !errors.As(err, &me) {
-		return err.Error()
+		return describe(err)
 	}
 	return fmt.Sprintf("its name does not resolve (%s) and scontrol show node %s gave no NodeAddr (%s)",
-		lastWords(me.DNS), me.Node, lastWords(me.Slurm))
+		lookupReason(me.DNS), me.Node, nodeAddrReason(me.Slurm))
 }
 
-// lastWords is an error's message after its last ": ", for a short line.
-func lastWords(err error) string {
-	msg := err.Error()
-	if i := strings.LastIndex(msg, ": "); i >= 0 && i+2 < len(msg) {
-		return msg[i+2:]
+// lookupReason words why a host name did not resolve: "no such host".
+func lookupReason(err error) string {
+	var de *net.DNSError
+	if errors.As(err, &de) {
+		return de.Err
 	}
-	return msg
+	return describe(err)
+}
+
+// nodeAddrReason words why Slurm gave no NodeAddr for a node: what
+// scontrol said, or why it did not run.
+func nodeAddrReason(err error) string {
+	var se *scontrolError
+	var ee *exec.Error
+	switch {
+	case errors.As(err, &ee):
+		return ee.Err.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "no answer"
+	case errors.As(err, &se) && se.Stderr != "":
+		lines := strings.Split(se.Stderr, "\n")
+		return strings.TrimSpace(lines[len(lines)-1]) // one line: scontrol's last word
+	case errors.As(err, &se):
+		return describe(se.Err)
+	case errors.Is(err, rendezvous.ErrNoNodeAddr):
+		return "no NodeAddr in its output"
+	}
+	return describe(err)
 }
 
 // schedJSON is the scheduler's part of a --dry-run --json plan.
