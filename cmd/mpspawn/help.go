@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"strings"
 
+	"github.com/mpspawn/mpspawn"
 	"github.com/mpspawn/mpspawn/gpu"
 	"github.com/urfave/cli/v2"
 )
@@ -171,17 +172,15 @@ func wrap(s string, width int, first, rest string) string {
 // for builds without Go's VCS stamp (-buildvcs=false, go install).
 var buildCommit string
 
-// writeVersion writes mpspawn's version, the commit it was built from, the
-// Go version and whether GPU support is built in.
+// writeVersion writes mpspawn's version (the repository's VERSION file),
+// the commit it was built from, the Go version and whether GPU support is
+// built in.
 func writeVersion(w io.Writer) {
-	version, commit, dirty := "(devel)", buildCommit, false
+	version, commit, dirty := mpspawn.Version(), buildCommit, false
 	if commit == "" {
 		commit = "unknown"
 	}
 	if bi, ok := debug.ReadBuildInfo(); ok {
-		if bi.Main.Version != "" {
-			version = bi.Main.Version
-		}
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
