@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"io"
 
@@ -15,13 +16,49 @@ func action(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	return act(c.Context, cfg, console{stdout: c.App.Writer, stderr: c.App.ErrWriter})
+	return act(c.Context, cfg, newConsole(c.App.Writer, c.App.ErrWriter, cfg.diag.quiet))
 }
 
 // console is where mpspawn writes: the plan and the ranks' output to
-// stdout, notes, warnings and the summary to stderr.
+// stdout; warnings, errors and the summary to stderr; notes ("mpspawn:
+// note: ...", status lines) to notes, which --quiet silences.
 type console struct {
 	stdout, stderr io.Writer
+	notes          io.Writer
+	// mixed takes the launcher's and the rendezvous' notices, notes and
+	// warnings both, one line per Write: under --quiet only the warnings
+	// and errors get through.
+	mixed io.Writer
+}
+
+// newConsole is the console on stdout and stderr, quiet or not.
+func newConsole(stdout, stderr io.Writer, quiet bool) console {
+	if quiet {
+		return console{stdout: stdout, stderr: stderr, notes: io.Discard, mixed: warningsOnly{stderr}}
+	}
+	return console{stdout: stdout, stderr: stderr, notes: stderr, mixed: stderr}
+}
+
+// notesWriter is where the parse phase writes its notes: stderr, or
+// nowhere under --quiet.
+func notesWriter(c *cli.Context) io.Writer {
+	if c.Bool(fQuiet) {
+		return io.Discard
+	}
+	return c.App.ErrWriter
+}
+
+// warningsOnly passes on the lines written to it that are warnings or
+// errors ("mpspawn: warning: ...") and drops the others: --quiet for
+// writers that take both, a line per Write, as job.Job.Notes and
+// etcd.Config.Notes do.
+type warningsOnly struct{ w io.Writer }
+
+func (q warningsOnly) Write(b []byte) (int, error) {
+	if bytes.HasPrefix(b, []byte("mpspawn: warning:")) || bytes.HasPrefix(b, []byte("mpspawn: error:")) {
+		return q.w.Write(b)
+	}
+	return len(b), nil
 }
 
 // plan is a config settled on this machine: how the ranks start and where
@@ -54,7 +91,7 @@ func act(ctx context.Context, cfg *config, con console) error {
 		defer m.Close()
 		p.method = m
 	}
-	if err := p.placeRanks(con.stderr); err != nil {
+	if err := p.placeRanks(con); err != nil {
 		return err
 	}
 	if cfg.dryRun {
@@ -66,9 +103,9 @@ func act(ctx context.Context, cfg *config, con console) error {
 // placeRanks places the ranks on this machine (or the --topology
 // snapshot): the one check of the command line that needs the machine's
 // GPUs, made after the forkserver started (see act) and before any rank.
-func (p *plan) placeRanks(notes io.Writer) error {
+func (p *plan) placeRanks(con console) error {
 	var err error
-	if p.place, err = placeRanks(p.nprocSpec, p.nprocArg, p.placeOpts, notes); err != nil {
+	if p.place, err = placeRanks(p.nprocSpec, p.nprocArg, p.placeOpts, con); err != nil {
 		return err
 	}
 	p.nproc = len(p.place.plan.Ranks)

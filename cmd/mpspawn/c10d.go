@@ -65,8 +65,8 @@ const envRdzvToken = "MPSPAWN_RDZV_TOKEN"
 // host it (the endpoint names this machine: see mayHost) and nothing
 // serves the endpoint yet; it returns nil when this node joins as a
 // client. Of several launchers racing to host, the one whose server binds
-// the port hosts; the others join it. Its notes go to notes.
-func (cfg *config) hostC10d(ctx context.Context, notes io.Writer) (*hostedEtcd, error) {
+// the port hosts; the others join it.
+func (cfg *config) hostC10d(ctx context.Context, con console) (*hostedEtcd, error) {
 	m := &cfg.multi
 	ep := m.endpoints[0]
 	host, port, _ := net.SplitHostPort(ep)
@@ -74,7 +74,7 @@ func (cfg *config) hostC10d(ctx context.Context, notes io.Writer) (*hostedEtcd, 
 		return nil, nil
 	}
 	if served(ep) {
-		fmt.Fprintf(notes, "mpspawn: rendezvous %s: %s is served already; joining it as a client once it shows it is this run's server\n", cfg.runID, ep)
+		fmt.Fprintf(con.notes, "mpspawn: rendezvous %s: %s is served already; joining it as a client once it shows it is this run's server\n", cfg.runID, ep)
 		return nil, nil
 	}
 	ip, err := listenIP(host)
@@ -83,20 +83,20 @@ func (cfg *config) hostC10d(ctx context.Context, notes io.Writer) (*hostedEtcd, 
 	}
 	h, err := cfg.startEtcd(ep, ip, port)
 	if err != nil && served(ep) {
-		fmt.Fprintf(notes, "mpspawn: rendezvous %s: another launcher hosts %s; joining it as a client\n", cfg.runID, ep)
+		fmt.Fprintf(con.notes, "mpspawn: rendezvous %s: another launcher hosts %s; joining it as a client\n", cfg.runID, ep)
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	go h.watch(notes, ep)
+	go h.watch(con.stderr, ep)
 	ctx, cancel := context.WithTimeout(ctx, m.conf.connect)
 	defer cancel()
 	if err := etcd.PrepareServer(ctx, net.JoinHostPort(ip, port), m.tls, "", cfg.runID, m.conf.token); err != nil {
 		h.stop()
 		return nil, &setupError{Step: "--rdzv-backend c10d: could not set up the etcd server at " + ep, Err: err}
 	}
-	fmt.Fprintf(notes, "mpspawn: rendezvous %s: hosting an etcd server at %s (pid %d) for the job\n", cfg.runID, ep, h.svc.Pid())
+	fmt.Fprintf(con.notes, "mpspawn: rendezvous %s: hosting an etcd server at %s (pid %d) for the job\n", cfg.runID, ep, h.svc.Pid())
 	return h, nil
 }
 

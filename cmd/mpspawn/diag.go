@@ -30,7 +30,7 @@ func diagFlags() []cli.Flag {
 		&cli.StringFlag{Category: catFailure, Name: fHangTimeout, Usage: "when no rank has written any output for `DURATION` (e.g. 5m), show every rank's stack (Python: every thread; Go: every goroutine) and stop the job as failed"},
 		&cli.StringFlag{Category: catFailure, Name: fTimeout, Usage: "stop the job after `DURATION` (e.g. 2h), showing every rank's stack; exit code 124, as timeout(1)"},
 		&cli.StringFlag{Category: catFailure, Name: fDumpStacks, Usage: "print the stacks of the Python ranks of the running mpspawn `PID`, without stopping them, and exit"},
-		&cli.BoolFlag{Category: catFailure, Name: fQuiet, Aliases: []string{"q"}, Usage: "on success, do not print the line with the ranks' time, CPU and peak memory"},
+		&cli.BoolFlag{Category: catFailure, Name: fQuiet, Aliases: []string{"q"}, Usage: "print no notes (mpspawn: note: ..., status lines), and on success not the line with the ranks' time, CPU and peak memory; warnings and errors still print"},
 	}
 }
 

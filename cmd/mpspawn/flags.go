@@ -86,7 +86,7 @@ func flags() []cli.Flag {
 
 		&cli.StringFlag{Category: catFailure, Name: fGrace, Value: "30s", Usage: "wait `DURATION` between SIGTERM and SIGKILL when ranks are stopped (e.g. 5s, 500ms, or seconds)"},
 		&cli.StringFlag{Category: catFailure, Name: fMonitor, Usage: "accepted for torchrun compatibility and ignored: torchrun polls the ranks every `SECONDS`; mpspawn learns of each exit the moment it happens"},
-		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE`"},
+		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE` (- for stdout, after the ranks' output)"},
 
 		&cli.BoolFlag{Name: fVersion, Usage: "print the version, the commit, the Go version and whether GPU support is built in"},
 	}, diagFlags()...), multinodeFlags()...))

@@ -21,48 +21,52 @@ import (
 // launch runs the job and turns its result into an exit code, after every
 // rank has been reaped.
 func (p *plan) launch(ctx context.Context, con console) error {
-	stderr := con.stderr
 	// A forkserver's preload first, with signals' default actions (see
 	// Job.Run): Ctrl-C during it ends mpspawn, and the server with it.
 	if err := p.method.Ready(ctx); err != nil {
 		return err
 	}
-	rdzv, err := p.openRendezvous(ctx, stderr)
+	rdzv, err := p.openRendezvous(ctx, con)
 	if err != nil {
 		return err
 	}
 	defer rdzv.Close()
-	logDir, scratch, err := p.logDirs(stderr)
+	logDir, scratch, err := p.logDirs(con.notes)
 	if err != nil {
 		return err
 	}
 	if err := launcher.CgroupError(); err != nil {
-		fmt.Fprintf(stderr, "mpspawn: note: no cgroups (%v): the ranks' process groups are stopped and what the ranks leave behind is swept at the end, but a daemon that leaves its process group outlives a SIGKILLed mpspawn\n", err)
+		fmt.Fprintf(con.notes, "mpspawn: note: no cgroups (%v): the ranks' process groups are stopped and what the ranks leave behind is swept at the end, but a daemon that leaves its process group outlives a SIGKILLed mpspawn\n", err)
 	}
 	job := p.job(rendezvous.Membership{NProcPerNode: p.nproc})
-	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, p.newOutput(con), stderr
+	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, p.newOutput(con), con.mixed
 	p.diag.options(&job.Options, scratch)
-	stopNotes := noteStops(stderr, job.NProcPerNode, p.grace)
-	ctx, unwatch := p.watchGPUs(ctx, stderr)
+	stopNotes := noteStops(con.stderr, job.NProcPerNode, p.grace)
+	ctx, unwatch := p.watchGPUs(ctx, con.notes)
 	out, err := job.RunRounds(ctx, rdzv, p.multi.maxRestarts)
 	unwatch()
 	stopNotes()
 	if scratch != "" {
 		defer removeScratch(job, scratch)
 	}
-	if stalled := job.Output.Stalled(); slices.Contains(stalled, "stderr") {
-		stderr = io.Discard // nobody reads it: writing the summary there would hang
-	} else if len(stalled) > 0 {
-		fmt.Fprintf(stderr, "mpspawn: warning: nobody is reading stdout; gave up on it after waiting, so the ranks' last lines there are lost\n")
+	stalled := job.Output.Stalled()
+	if slices.Contains(stalled, "stderr") {
+		// Nobody reads it: writing the summary there would hang.
+		con.stderr, con.notes, con.mixed = io.Discard, io.Discard, io.Discard
+	}
+	if slices.Contains(stalled, "stdout") {
+		con.stdout = io.Discard // nor --summary-json -
+		fmt.Fprintf(con.stderr, "mpspawn: warning: nobody is reading stdout; gave up on it after waiting, so the ranks' last lines there are lost\n")
 	}
 	if err != nil {
 		return err
 	}
-	return p.finish(stderr, out, scratch != "")
+	return p.finish(con, out, scratch != "")
 }
 
 // finish reports how the job ended and returns its exit code.
-func (p *plan) finish(stderr io.Writer, out *job.Outcome, scratch bool) error {
+func (p *plan) finish(con console, out *job.Outcome, scratch bool) error {
+	stderr := con.stderr
 	if out.Last() == nil && out.Interrupted != nil {
 		name := out.Interrupted.String()
 		if s, ok := out.Interrupted.(syscall.Signal); ok {
@@ -78,13 +82,13 @@ func (p *plan) finish(stderr io.Writer, out *job.Outcome, scratch bool) error {
 		return out.Err
 	}
 	res := out.Last().Result
-	p.addGPUMemory(res, stderr)
+	p.addGPUMemory(res, con.notes)
 	if out.Err != nil {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", explain(out.Err))
 	} else if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", stopCause(res.Cause)) // not a rank's failure: the summary would not say why
 	}
-	p.report(stderr, out, scratch)
+	p.report(con, out, scratch)
 	if code := out.ExitCode(); code != 0 {
 		return exitCode(code)
 	}
@@ -127,7 +131,8 @@ func (p *plan) logDirs(notes io.Writer) (logDir, scratch string, err error) {
 // to --summary-json, and the root cause's error to the launcher's own
 // TORCHELASTIC_ERROR_FILE, as torchrun does. When the ranks' error files
 // are removed at exit (scratch), no summary names them.
-func (p *plan) report(stderr io.Writer, out *job.Outcome, scratch bool) {
+func (p *plan) report(con console, out *job.Outcome, scratch bool) {
+	stderr := con.stderr
 	res := out.Last().Result
 	if scratch {
 		for i := range res.Ranks {
@@ -149,7 +154,11 @@ func (p *plan) report(stderr io.Writer, out *job.Outcome, scratch bool) {
 		sum.WriteText(stderr, p.script)
 	}
 	p.diag.reportSuccess(stderr, res)
-	if p.summaryJSON != "" {
+	if p.summaryJSON == "-" {
+		if err := sum.WriteJSON(con.stdout); err != nil {
+			fmt.Fprintf(stderr, "mpspawn: warning: summary to stdout: %v\n", err)
+		}
+	} else if p.summaryJSON != "" {
 		if err := writeSummary(p.summaryJSON, sum); err != nil {
 			fmt.Fprintf(stderr, "mpspawn: warning: %v\n", err)
 		}

@@ -268,7 +268,7 @@ func (conf rdzvConf) tlsConfig() (*tls.Config, error) {
 // openRendezvous is the job's rendezvous: the static Job, or this node's
 // membership of the etcd rendezvous (with c10d, after starting the etcd
 // server when this node hosts it). Close closes it, and stops the server.
-func (p *plan) openRendezvous(ctx context.Context, notes io.Writer) (rendezvous.Rendezvous, error) {
+func (p *plan) openRendezvous(ctx context.Context, con console) (rendezvous.Rendezvous, error) {
 	m := &p.multi
 	if !m.dynamic() {
 		rc := p.rdzv // validated by parseConfig
@@ -278,11 +278,11 @@ func (p *plan) openRendezvous(ctx context.Context, notes io.Writer) (rendezvous.
 	var hosted *hostedEtcd
 	var err error
 	if m.backend == "c10d" {
-		if hosted, err = p.hostC10d(ctx, notes); err != nil {
+		if hosted, err = p.hostC10d(ctx, con); err != nil {
 			return nil, err
 		}
 	}
-	r, err := p.openEtcd(ctx, notes)
+	r, err := p.openEtcd(ctx, con.mixed)
 	if err != nil {
 		hosted.stop()
 		return nil, err

@@ -204,7 +204,7 @@ func (cfg *config) parseFiles(c *cli.Context) error {
 		}
 	}
 	cfg.keepLogDir = cfg.logDir != "" || c.String(fRedirects) != "0" || c.String(fTee) != "0"
-	if cfg.summaryJSON != "" {
+	if cfg.summaryJSON != "" && cfg.summaryJSON != "-" {
 		if st, err := os.Stat(filepath.Dir(cfg.summaryJSON)); err != nil || !st.IsDir() {
 			return usagef("--summary-json %s: its directory does not exist", cfg.summaryJSON)
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 
 	"github.com/mpspawn/mpspawn/gpu"
@@ -40,10 +39,10 @@ type placement struct {
 }
 
 // placeRanks reads the topology (--topology FILE, or this machine's), applies
-// CUDA_VISIBLE_DEVICES to it and plans the ranks. Notes go to notes, one
-// line each; every refusal is a usage error: the machine cannot run what
+// CUDA_VISIBLE_DEVICES to it and plans the ranks. Warnings and notes go
+// to con, one line each; every refusal is a usage error: the machine cannot run what
 // the command line asks (nprocArg is --nproc-per-node as given).
-func placeRanks(spec nprocSpec, nprocArg string, opt placeConfig, notes io.Writer) (*placement, error) {
+func placeRanks(spec nprocSpec, nprocArg string, opt placeConfig, con console) (*placement, error) {
 	pl := &placement{}
 	var gpuErr error
 	var err error
@@ -58,7 +57,7 @@ func placeRanks(spec nprocSpec, nprocArg string, opt placeConfig, notes io.Write
 			return nil, err
 		}
 		for _, w := range d.Warnings {
-			fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)
+			fmt.Fprintf(con.stderr, "mpspawn: warning: %s\n", w)
 		}
 		pl.topo, gpuErr = d.Topology, d.GPUErr
 		pl.source = "this machine"
@@ -68,7 +67,7 @@ func placeRanks(spec nprocSpec, nprocArg string, opt placeConfig, notes io.Write
 		value, set := visibleDevicesEnv()
 		v, warnings, err := gpu.Visible(pl.topo, value, set)
 		for _, w := range warnings {
-			fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)
+			fmt.Fprintf(con.stderr, "mpspawn: warning: %s\n", w)
 		}
 		if err != nil {
 			return nil, visibleUsage(value, err)
@@ -88,7 +87,7 @@ func placeRanks(spec nprocSpec, nprocArg string, opt placeConfig, notes io.Write
 			return nil, usagef("--nproc-per-node %d: cannot tell which GPUs to use: %s; use --nproc-per-node auto to run on CPUs anyway", spec.n, gpuReason(gpuErr))
 		}
 		if len(visible) == 0 && (spec.mode == "auto" || opt.sayCPUs) {
-			fmt.Fprintf(notes, "mpspawn: note: no usable GPU on %s (%s); running on CPUs\n", pl.source, noGPUReason(pl.topo, gpuErr))
+			fmt.Fprintf(con.notes, "mpspawn: note: no usable GPU on %s (%s); running on CPUs\n", pl.source, noGPUReason(pl.topo, gpuErr))
 		}
 		if len(visible) > 0 && spec.mode == "auto" {
 			opts.NProc = len(visible) / gpr
@@ -104,12 +103,12 @@ func placeRanks(spec nprocSpec, nprocArg string, opt placeConfig, notes io.Write
 		return nil, usageError{err}
 	}
 	for _, w := range pl.plan.Warnings {
-		fmt.Fprintf(notes, "mpspawn: warning: %s\n", w)
+		fmt.Fprintf(con.stderr, "mpspawn: warning: %s\n", w)
 	}
 	var setupNotes []string
 	pl.setup, setupNotes = pl.plan.Setup(pl.topo, opt.visibility)
 	for _, n := range setupNotes {
-		fmt.Fprintf(notes, "mpspawn: note: %s\n", n)
+		fmt.Fprintf(con.notes, "mpspawn: note: %s\n", n)
 	}
 	return pl, nil
 }

@@ -28,7 +28,7 @@ type sched struct {
 // wins over SLURM's value. Several tasks on this node are refused: mpspawn
 // starts the ranks itself.
 func (cfg *config) applyScheduler(c *cli.Context) error {
-	notes := c.App.ErrWriter
+	notes := notesWriter(c)
 	s, err := rendezvous.DetectSlurm(os.Getenv)
 	if err != nil {
 		return slurmUsage(err)
