@@ -32,11 +32,14 @@ type Rendezvous interface {
 	Stopped() <-chan Stop
 	// Finish says that this node's ranks all succeeded in the current
 	// round, and waits, bounded, for the other nodes to finish too. It
-	// returns nil when they did (or the wait is over), or the Stop that
-	// ended the round otherwise.
+	// returns nil when they did, the Stop that ended the round otherwise,
+	// or an *UnconfirmedError when it could not learn how the round ended
+	// (the wait's bound spent, the rendezvous lost).
 	Finish(ctx context.Context) (*Stop, error)
 	// End closes the run for good (status is "succeeded" or "failed"): a
-	// node that arrives later gets ErrClosed from Next.
+	// node that arrives later gets ErrClosed from Next. Ending a run as
+	// "succeeded" that could not be closed so, or that another node
+	// closed as failed, is an *UnconfirmedError.
 	End(ctx context.Context, status string) error
 	// Close releases what the rendezvous holds (a port reservation, an
 	// etcd lease and connection). It is safe to call more than once.
@@ -51,6 +54,24 @@ const ReasonClosed = "the run was closed"
 
 // ErrClosed is wrapped by Next's error when the run has ended.
 var ErrClosed = errors.New("rendezvous: run closed")
+
+// UnconfirmedError is a job whose result this node could not confirm:
+// its ranks succeeded, but it could not learn that every other node's
+// did too and that the run closed as succeeded. A node exits 0 only
+// with that confirmation, so this is a failure of the job on this node.
+type UnconfirmedError struct {
+	What string // what could not be confirmed, and why: "the other nodes' result: etcd lost"
+	Err  error  // the rendezvous error behind it, or nil
+}
+
+func (e *UnconfirmedError) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("rendezvous: could not confirm %s: %v", e.What, e.Err)
+	}
+	return "rendezvous: could not confirm " + e.What
+}
+
+func (e *UnconfirmedError) Unwrap() error { return e.Err }
 
 // Round is one round of a job: the membership of its ranks and how many
 // restarts the job has spent before it (TORCHELASTIC_RESTART_COUNT, the
@@ -90,7 +111,9 @@ type Failure struct {
 	// nodes take their own ranks' stacks before they stop them.
 	Cause string `json:"cause,omitempty"`
 	// Lost is set when the node itself was lost (its lease expired: its
-	// launcher died or was cut off from etcd).
+	// launcher died or was cut off from etcd). With NodeRank -1 it is the
+	// etcd server that was lost, hosted by a node of the job (c10d); such
+	// a Failure is never published (there is nowhere to).
 	Lost bool `json:"lost,omitempty"`
 }
 
@@ -99,6 +122,9 @@ type Failure struct {
 const LostExitCode = 1
 
 func (f Failure) String() string {
+	if f.Lost && f.NodeRank < 0 {
+		return "lost etcd: " + f.Message
+	}
 	if f.Lost {
 		return fmt.Sprintf("node %d (%s) lost: %s", f.NodeRank, f.Addr, f.Message)
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpspawn/mpspawn/launcher"
@@ -23,9 +24,12 @@ const etcdReadyLine = "serving client traffic"
 
 // hostedEtcd is the etcd server a c10d node runs for the job.
 type hostedEtcd struct {
-	svc     *launcher.Service
-	dir     string
-	quit    chan struct{} // closed by stop
+	svc  *launcher.Service
+	dir  string
+	quit chan struct{} // closed by stop
+	// gone, once set, is called when the server exits during the job:
+	// the rendezvous then acts on etcd's loss at once.
+	gone    atomic.Pointer[func()]
 	watched chan struct{} // closed when the watcher has returned
 }
 
@@ -40,7 +44,10 @@ func (h *hostedEtcd) watch(w io.Writer, ep string) {
 		if i := strings.LastIndexByte(last, '\n'); i >= 0 {
 			last = last[i+1:]
 		}
-		fmt.Fprintf(w, "mpspawn: warning: the etcd server this node hosts at %s exited during the job (last log line: %.300s); failures still stop this node's ranks, but no longer reach the other nodes\n", ep, last)
+		fmt.Fprintf(w, "mpspawn: warning: the etcd server this node hosts at %s exited during the job (last log line: %.300s); the job cannot go on without it\n", ep, last)
+		if gone := h.gone.Load(); gone != nil {
+			(*gone)()
+		}
 	case <-h.quit:
 	}
 }
@@ -208,6 +215,7 @@ func (cfg *config) c10dClient(ec *etcd.Config) {
 	if m.backend != "c10d" {
 		return
 	}
+	ec.LossStopsRound = true // the server dies with its node
 	token := m.conf.token
 	rec := etcd.HostRecord("", cfg.runID, token)
 	ec.Server = &rec

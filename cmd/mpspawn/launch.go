@@ -85,6 +85,8 @@ func (p *plan) finish(con console, out *job.Outcome, scratch bool) error {
 	p.addGPUMemory(res, con.notes)
 	if out.Err != nil {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", explain(out.Err))
+	} else if line := verdictLine(out.Last()); line != "" {
+		fmt.Fprintf(stderr, "mpspawn: error: %s\n", line)
 	} else if res.RootCause < 0 && res.Interrupted == nil && res.Cause != nil && !stoppedByWatchdog(res.Cause) {
 		fmt.Fprintf(stderr, "mpspawn: error: %s\n", stopCause(res.Cause)) // not a rank's failure: the summary would not say why
 	}
@@ -150,7 +152,7 @@ func (p *plan) report(con console, out *job.Outcome, scratch bool) {
 	host, _ := os.Hostname()
 	sum := out.Summarize(host, p.runID)
 	sum.Interpreter = p.interpreter
-	if sum.Status != "succeeded" {
+	if sum.Status != "succeeded" && sum.Status != "unconfirmed" {
 		sum.WriteText(stderr, p.script)
 	}
 	p.diag.reportSuccess(stderr, res)

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mpspawn/mpspawn/launcher/job"
 	"github.com/mpspawn/mpspawn/rendezvous"
 	"github.com/mpspawn/mpspawn/rendezvous/etcd"
 	"github.com/urfave/cli/v2"
@@ -117,6 +118,9 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	m.localAddr = c.String(fLocalAddr)
 	if strings.ContainsFunc(m.localAddr, func(r rune) bool { return r == '/' || r == ',' || r <= ' ' }) {
 		return usagef("--local-addr %q: want a host name or IP address", m.localAddr)
+	}
+	if m.conf.token != "" && m.backend != "c10d" {
+		return usagef("--rdzv-conf token: only --rdzv-backend c10d takes a token (it protects the etcd server a node hosts); with --rdzv-backend %s use the etcd's own authentication and TLS (cacert, cert, key)", m.backend)
 	}
 	ep := c.String(fRdzvEndpoint)
 	if !m.dynamic() {
@@ -288,6 +292,8 @@ func (p *plan) openRendezvous(ctx context.Context, con console) (rendezvous.Rend
 		return nil, err
 	}
 	if hosted != nil {
+		gone := r.ServerGone
+		hosted.gone.Store(&gone)
 		return &hostingRendezvous{r, hosted}, nil
 	}
 	return r, nil
@@ -357,7 +363,10 @@ func rendezvousError(err error) string {
 	var se *etcd.ServerError
 	var cu *c10dUnreachableError
 	var cne *etcd.ConnectError
+	var le *etcd.LostError
 	switch {
+	case errors.As(err, &le):
+		return fmt.Sprintf("rendezvous %s: lost etcd at %s: no answer for longer than the lease TTL %v", le.RunID, strings.Join(le.Endpoints, ","), le.TTL)
 	case errors.As(err, &se):
 		return fmt.Sprintf("--rdzv-endpoint %s is not this run's etcd server: %s; not joining it", strings.Join(se.Endpoints, ","), se.Reason)
 	case errors.As(err, &ne):
@@ -372,6 +381,26 @@ func rendezvousError(err error) string {
 		return fmt.Sprintf("rendezvous %s: the run has already ended (%s); this node arrived too late: start a new job with another --rdzv-id", ce.RunID, ce.Status)
 	}
 	return describe(err)
+}
+
+// verdictLine is the line that says why a node whose ranks all succeeded
+// does not exit 0: it could not confirm the job's success, or another node
+// closed the run under it; "" otherwise.
+func verdictLine(a *job.Attempt) string {
+	ranks := fmt.Sprintf("this node's %d ranks succeeded", len(a.Result.Ranks))
+	switch {
+	case !a.Result.Succeeded():
+		return ""
+	case a.Unconfirmed != nil:
+		why := ""
+		if a.Unconfirmed.Err != nil {
+			why = " (" + rendezvousError(a.Unconfirmed.Err) + ")"
+		}
+		return fmt.Sprintf("%s, but this node could not confirm %s%s: the job's result is unknown here, exit code 1", ranks, a.Unconfirmed.What, why)
+	case a.RootCause == nil && a.Change != "":
+		return fmt.Sprintf("%s, but %s by another node before every node was done: exit code 1", ranks, a.Change)
+	}
+	return ""
 }
 
 // stopCause words why the launcher stopped the ranks when no rank of this

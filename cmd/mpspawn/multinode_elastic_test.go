@@ -119,7 +119,8 @@ func TestMultinodeEtcdRestart(t *testing.T) {
 
 // TestMultinodeFinishedNodeWaits: node 0's ranks succeed first; it waits
 // for node 1, and when node 1's rank then fails, node 0 exits with its code
-// too. With node 1 still running after close_timeout, node 0 stops waiting.
+// too. With node 1 still running after close_timeout, node 0 stops waiting
+// and exits 1: it could not confirm the job's success.
 func TestMultinodeFinishedNodeWaits(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
@@ -154,8 +155,9 @@ func TestMultinodeFinishedNodeWaits(t *testing.T) {
 			n0 = n
 		}
 	}
-	if code := n0.wait(t); code != 0 || !strings.Contains(n0.stderr.String(), "other nodes still running after 1s (close_timeout), not waiting longer") {
-		t.Errorf("node 0 exited %d; want 0 and a close_timeout warning; stderr:\n%s", code, n0.stderr.String())
+	// It cannot confirm the job succeeded: exit 1, saying so.
+	if code := n0.wait(t); code != 1 || !strings.Contains(n0.stderr.String(), "could not confirm that the other nodes succeeded: some were still running after 1s (close_timeout)") {
+		t.Errorf("node 0 exited %d; want 1 and a close_timeout line; stderr:\n%s", code, n0.stderr.String())
 	}
 }
 
@@ -186,8 +188,10 @@ func TestMultinodeInterrupted(t *testing.T) {
 }
 
 // TestMultinodeEtcdLongOutage: etcd away for longer than the lease TTL is
-// a warning on each node; the ranks carry on, nobody counts the other as
-// lost when etcd is back (every lease expired), and the job succeeds.
+// a warning on each node; the ranks carry on, and nobody counts the other
+// as lost when etcd is back (every lease expired). The ranks succeed, but
+// no node can confirm the job did (its lease, and with it its say, is
+// gone): each exits 1 at once, saying so.
 func TestMultinodeEtcdLongOutage(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
@@ -212,8 +216,8 @@ func TestMultinodeEtcdLongOutage(t *testing.T) {
 	writeFIFO(t, filepath.Join(dir, "go0"))
 	writeFIFO(t, filepath.Join(dir, "go1"))
 	for i, n := range nodes {
-		if code := n.wait(t); code != 0 || !strings.Contains(n.stdout.String(), "done") {
-			t.Errorf("node %d exited %d, stdout %q; want 0 and done; stderr:\n%s", i, code, n.stdout.String(), n.stderr.String())
+		if code := n.wait(t); code != 1 || !strings.Contains(n.stdout.String(), "done") || !strings.Contains(n.stderr.String(), "could not confirm that the other nodes succeeded") {
+			t.Errorf("node %d exited %d, stdout %q; want 1 (unconfirmed) and done; stderr:\n%s", i, code, n.stdout.String(), n.stderr.String())
 		}
 	}
 }

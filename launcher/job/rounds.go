@@ -25,6 +25,10 @@ type Attempt struct {
 	// stopped for a change of membership (then Change says which).
 	RootCause *rendezvous.Failure
 	Change    string
+	// Unconfirmed is set when this node's ranks succeeded but it could
+	// not confirm that the job did (every node done, the run closed as
+	// succeeded): the job then fails on this node.
+	Unconfirmed *rendezvous.UnconfirmedError
 }
 
 // Outcome is how a job run round after round (RunRounds) ended on this
@@ -48,7 +52,10 @@ func (o *Outcome) Last() *Attempt {
 
 // ExitCode is the job's exit code on this node: the last attempt's root
 // cause's code wherever it failed (so every node exits with it), 128+signal
-// when this launcher was interrupted, 0 when it succeeded.
+// when this launcher was interrupted, 1 when the round was stopped by
+// another node for no failure of its own (the run closed) or the job's
+// success could not be confirmed, 0 when it succeeded and this node
+// confirmed so.
 func (o *Outcome) ExitCode() int {
 	a := o.Last()
 	if s, ok := o.Interrupted.(syscall.Signal); ok {
@@ -61,8 +68,8 @@ func (o *Outcome) ExitCode() int {
 		return a.Result.ExitCode()
 	case a.RootCause != nil:
 		return a.RootCause.ExitCode
-	case o.Err != nil:
-		return 1
+	case o.Err != nil || a.Unconfirmed != nil || a.Change != "":
+		return max(a.Result.ExitCode(), 1)
 	}
 	return a.Result.ExitCode()
 }
@@ -99,11 +106,15 @@ func (j *Job) RunRounds(ctx context.Context, rdzv rendezvous.Rendezvous, maxRest
 			return out, nil
 		case a.Change == rendezvous.ReasonClosed:
 			return out, nil // closed by another node: nothing to start
+		case a.Unconfirmed != nil:
+			return out, nil // the others may yet confirm theirs: the run stays open
 		case a.RootCause == nil && a.Change != "":
 			j.note("rendezvous: %s: starting a new round (no restart spent)", a.Change)
 			continue
-		case a.RootCause == nil:
-			j.end(ctx, rdzv, "succeeded")
+		case a.RootCause == nil && a.Unconfirmed == nil:
+			if err := j.end(ctx, rdzv, "succeeded"); err != nil {
+				out.Attempts[len(out.Attempts)-1].Unconfirmed = err
+			}
 			return out, nil
 		case round.Restart < maxRestarts:
 			j.note("%s; restarting the ranks (restart %d of %d)", a.RootCause, round.Restart+1, maxRestarts)
@@ -161,20 +172,46 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 	case diag.Reason(res.Cause) != "": // a hang, a timeout: a failure, as a rank's
 		a.RootCause = pub.settle(res.Cause)
 	case res.Succeeded():
-		s, err := rdzv.Finish(ctx)
-		if err == nil && s != nil && s.Failure != nil {
-			a.RootCause = s.Failure
-		}
+		a.RootCause, a.Change, a.Unconfirmed = finish(ctx, rdzv)
 	}
 	return a, nil
 }
 
-func (j *Job) end(ctx context.Context, rdzv rendezvous.Rendezvous, status string) {
+// finish tells the rendezvous that this node's ranks succeeded, and says
+// how the round ended: with a failure elsewhere, a run closed elsewhere,
+// or unconfirmed.
+func finish(ctx context.Context, rdzv rendezvous.Rendezvous) (*rendezvous.Failure, string, *rendezvous.UnconfirmedError) {
+	s, err := rdzv.Finish(ctx)
+	var ue *rendezvous.UnconfirmedError
+	switch {
+	case errors.As(err, &ue):
+		return nil, "", ue
+	case err != nil: // interrupted: the caller sees ctx
+		return nil, "", &rendezvous.UnconfirmedError{What: "that the other nodes succeeded", Err: err}
+	case s != nil && s.Failure != nil:
+		return s.Failure, "", nil
+	case s != nil:
+		return nil, s.Reason, nil
+	}
+	return nil, "", nil
+}
+
+// end closes the run; closing it as succeeded gives an
+// *rendezvous.UnconfirmedError when that could not be confirmed.
+func (j *Job) end(ctx context.Context, rdzv rendezvous.Rendezvous, status string) *rendezvous.UnconfirmedError {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if err := rdzv.End(ctx, status); err != nil {
+	err := rdzv.End(ctx, status)
+	var ue *rendezvous.UnconfirmedError
+	switch {
+	case errors.As(err, &ue):
+		return ue
+	case err != nil && status == "succeeded":
+		return &rendezvous.UnconfirmedError{What: "that the run closed as succeeded", Err: err}
+	case err != nil:
 		j.note("warning: %v", err)
 	}
+	return nil
 }
 
 // publisher tells the other nodes of the round's first local failure, from

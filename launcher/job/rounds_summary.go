@@ -36,6 +36,12 @@ func (o *Outcome) Summarize(host, runID string) *Summary {
 		s.RootCause, s.Status = &r, "failed"
 	}
 	s.ExitCode = o.ExitCode()
+	switch {
+	case a.Unconfirmed != nil:
+		s.Status, s.Unconfirmed = "unconfirmed", a.Unconfirmed.Error()
+	case s.ExitCode != 0 && s.Status == "succeeded":
+		s.Status = "failed" // stopped by another node, which closed the run
+	}
 	if len(o.Attempts) > 1 {
 		for _, x := range o.Attempts {
 			as := AttemptSummary{Round: x.Round.Number, Restart: x.Round.Restart, Nodes: x.Round.NNodes, Change: x.Change}
@@ -58,7 +64,7 @@ func FailureSummary(f rendezvous.Failure) RankSummary {
 	}
 	switch {
 	case f.Lost:
-		r.Note = fmt.Sprintf("node %d (%s) lost: %s", f.NodeRank, f.Addr, f.Message)
+		r.Note = f.String()
 	case f.Cause != "":
 		where := f.Addr
 		if where == "" { // a static job publishes no address

@@ -16,7 +16,7 @@ import (
 // mpspawn --summary-json. Failures lists every failed rank, root cause
 // first.
 type Summary struct {
-	Status      string `json:"status"` // "succeeded", "failed" or "interrupted"
+	Status      string `json:"status"` // "succeeded", "failed", "interrupted" or "unconfirmed" (see Unconfirmed)
 	ExitCode    int    `json:"exit_code"`
 	Host        string `json:"host"`
 	RunID       string `json:"run_id"`
@@ -29,10 +29,14 @@ type Summary struct {
 	Cause string `json:"cause,omitempty"`
 	// CauseNode is the node whose launcher found Cause, in a job of
 	// more than one node; nil otherwise.
-	CauseNode *CauseNode    `json:"cause_node,omitempty"`
-	RootCause *RankSummary  `json:"root_cause"`
-	Failures  []RankSummary `json:"failures"`
-	Ranks     []RankSummary `json:"ranks"`
+	CauseNode *CauseNode `json:"cause_node,omitempty"`
+	// Unconfirmed, with Status "unconfirmed", is what this node of a
+	// multi-node job could not confirm although its own ranks succeeded
+	// (the other nodes' success, the run's close): the job failed here.
+	Unconfirmed string        `json:"unconfirmed,omitempty"`
+	RootCause   *RankSummary  `json:"root_cause"`
+	Failures    []RankSummary `json:"failures"`
+	Ranks       []RankSummary `json:"ranks"`
 	// Attempts lists every round's root cause when the job ran more than
 	// one (restarts, changes of membership); see Outcome.Summarize.
 	Attempts []AttemptSummary `json:"attempts,omitempty"`

@@ -10,7 +10,6 @@ package etcd
 import (
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +21,6 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -62,6 +60,12 @@ type Config struct {
 	// Server, when set, is checked before joining: the server must hold
 	// its record (see HostRecord), else New fails with a *ServerError.
 	Server *ServerCheck
+	// LossStopsRound is set when the etcd server lives and dies with a
+	// node of the job (c10d): losing etcd for longer than the lease TTL
+	// is then that node's loss, and stops the round's ranks. Otherwise
+	// the ranks carry on, but the node can no longer confirm the job's
+	// result.
+	LossStopsRound bool
 
 	// Notes receives status lines ("rendezvous <id>: 2/4 nodes ...") and
 	// warnings; nil discards them.
@@ -171,10 +175,14 @@ type Rendezvous struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	// leaseLost is set once the lease could not be kept alive (etcd away
-	// for longer than the TTL): every node's lease has then expired or
-	// will, so a node's keys going no longer means the node is lost.
+	// leaseLost is set, and lost closed, once the lease could not be
+	// kept alive (etcd away for longer than the TTL): every node's lease
+	// has then expired or will, so a node's keys going no longer means the
+	// node is lost, and nothing this node reads or writes can confirm the
+	// job's result any more.
 	leaseLost atomic.Bool
+	lost      chan struct{}
+	loseOnce  sync.Once
 }
 
 // New connects to etcd (failing within ConnectTimeout with a
@@ -191,7 +199,7 @@ func New(ctx context.Context, cfg Config) (*Rendezvous, error) {
 	if err != nil {
 		return nil, &ConnectError{Endpoints: cfg.Endpoints, Timeout: cfg.ConnectTimeout, Err: err}
 	}
-	e := &Rendezvous{cfg: cfg, cli: cli, prefix: cfg.Prefix + cfg.RunID + "/", round: -1}
+	e := &Rendezvous{cfg: cfg, cli: cli, prefix: cfg.Prefix + cfg.RunID + "/", round: -1, lost: make(chan struct{})}
 	if err := e.connect(ctx); err != nil {
 		cli.Close()
 		return nil, err
@@ -239,15 +247,59 @@ func (e *Rendezvous) connect(ctx context.Context) error {
 
 // keepAlive drains the lease's keep-alive responses. The channel closes
 // when the lease is gone for good (etcd unreachable for longer than the
-// TTL): a warning says what the node still detects.
+// TTL): lost is closed then.
 func (e *Rendezvous) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
 	defer close(e.kaDone)
 	for range ka {
 	}
-	if ctx.Err() == nil {
-		e.leaseLost.Store(true)
-		fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: lost the etcd lease (etcd unreachable for longer than the lease TTL %v); the ranks carry on and failures still stop every node once etcd is back, but a lost node is no longer noticed\n", e.cfg.RunID, e.cfg.LeaseTTL)
+	if ctx.Err() != nil {
+		return
 	}
+	e.lose()
+}
+
+// lose records etcd's loss: the round's watcher, if one runs, says what
+// follows, and every wait on etcd ends.
+func (e *Rendezvous) lose() {
+	e.loseOnce.Do(func() {
+		e.leaseLost.Store(true)
+		close(e.lost)
+	})
+}
+
+// ServerGone tells the rendezvous that its etcd server is gone for good
+// (the one this node hosts exited): it acts at once as it does when the
+// lease is lost.
+func (e *Rendezvous) ServerGone() { e.lose() }
+
+// LostError is etcd lost for longer than the lease TTL: this node's lease
+// expired, and with it what it could learn from or tell the other nodes.
+type LostError struct {
+	RunID     string
+	Endpoints []string
+	TTL       time.Duration
+}
+
+func (e *LostError) Error() string {
+	return fmt.Sprintf("rendezvous: %s: lost etcd at %s (unreachable for longer than the lease TTL %v)", e.RunID, strings.Join(e.Endpoints, ","), e.TTL)
+}
+
+func (e *Rendezvous) lostError() error {
+	return &LostError{RunID: e.cfg.RunID, Endpoints: e.cfg.Endpoints, TTL: e.cfg.LeaseTTL}
+}
+
+// opCtx is ctx, cancelled too when the lease is lost: an etcd call made
+// with it does not outlive the node's knowledge that etcd is gone.
+func (e *Rendezvous) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	octx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-e.lost:
+			cancel()
+		case <-octx.Done():
+		}
+	}()
+	return octx, cancel
 }
 
 // Self is this node as it joins rounds.
@@ -282,6 +334,8 @@ func (e *Rendezvous) Close() error {
 		if e.kaCancel != nil {
 			e.kaCancel()
 			<-e.kaDone
+		}
+		if e.kaCancel != nil && !e.leaseLost.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			_, _ = e.cli.Revoke(ctx, e.lease) // else it expires within the TTL
 			cancel()
@@ -295,202 +349,4 @@ func (e *Rendezvous) Close() error {
 		return fmt.Errorf("rendezvous: close etcd client: %w", e.closeErr)
 	}
 	return nil
-}
-
-// End closes the run with status unless it is closed already. The run's
-// keys go with it: "closed" (with the round's failure, which it vouches
-// for) lives on a lease of its own for tombTTL, so that a node arriving
-// late is told the run ended; the keys on no lease (members, done marks)
-// are deleted; the rest are on the nodes' leases and go with them.
-func (e *Rendezvous) End(ctx context.Context, status string) error {
-	k := e.key("closed")
-	tomb, err := e.cli.Grant(ctx, int64(e.tombTTL()/time.Second))
-	if err != nil {
-		return fmt.Errorf("rendezvous: close run %s: %w", e.cfg.RunID, err)
-	}
-	ops := []clientv3.Op{clientv3.OpPut(k, status, clientv3.WithLease(tomb.ID))}
-	if e.round >= 0 {
-		fk := e.roundKey(e.round, "fail")
-		if resp, err := e.cli.Get(ctx, fk); err == nil && len(resp.Kvs) > 0 {
-			if _, err := parseFailure(resp.Kvs[0], e.last, 0); err == nil {
-				ops = append(ops, clientv3.OpPut(fk, string(resp.Kvs[0].Value), clientv3.WithLease(tomb.ID)))
-			}
-		}
-	}
-	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(ops...).Commit()
-	if err != nil {
-		return fmt.Errorf("rendezvous: close run %s: %w", e.cfg.RunID, err)
-	}
-	if !resp.Succeeded {
-		_, _ = e.cli.Revoke(ctx, tomb.ID)
-	}
-	return e.deleteLeaseless(ctx)
-}
-
-// tombTTL is how long the record of a closed run stays: long enough for
-// every node of the run to see it (close_timeout and a lease TTL, or a
-// minute).
-func (e *Rendezvous) tombTTL() time.Duration {
-	return max(e.cfg.CloseTimeout+2*e.cfg.LeaseTTL, time.Minute).Round(time.Second)
-}
-
-// deleteLeaseless deletes the run's keys that are on no lease, a batch
-// at a time.
-func (e *Rendezvous) deleteLeaseless(ctx context.Context) error {
-	keys, _, _, err := e.readRun(ctx, 0, func(*mvccpb.KeyValue) bool { return false })
-	if err != nil {
-		return fmt.Errorf("rendezvous: clean up run %s: %w", e.cfg.RunID, err)
-	}
-	var ops []clientv3.Op
-	for _, kv := range keys {
-		if kv.Lease == 0 {
-			// Only if it is still on no lease: a key written again since
-			// the read is someone else's to remove.
-			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)},
-				[]clientv3.Op{clientv3.OpDelete(string(kv.Key))}, nil))
-		}
-	}
-	for len(ops) > 0 {
-		batch := ops[:min(64, len(ops))]
-		ops = ops[len(batch):]
-		if _, err := e.cli.Txn(ctx).Then(batch...).Commit(); err != nil {
-			return fmt.Errorf("rendezvous: clean up run %s: %w", e.cfg.RunID, err)
-		}
-	}
-	return nil
-}
-
-// Fail publishes f as the current round's failure unless one is there
-// already, and returns the one that is.
-func (e *Rendezvous) Fail(ctx context.Context, f rendezvous.Failure) (rendezvous.Failure, error) {
-	if e.round < 0 {
-		return f, nil
-	}
-	if e.cur != nil {
-		f.NodeRank = e.cur.nodeRank
-	}
-	f.Host, f.Addr = e.self.Host, e.self.Addr
-	return e.publishFailure(ctx, e.last, f)
-}
-
-// publishFailure writes f as round r's failure, on this node's lease, unless
-// the round has one: it then returns that one. A failure record that fails
-// verification does not count: f is written over it.
-func (e *Rendezvous) publishFailure(ctx context.Context, r rendezvous.Round, f rendezvous.Failure) (rendezvous.Failure, error) {
-	k := e.roundKey(r.Number, "fail")
-	f.Message = truncateMessage(f.Message)
-	b, err := json.Marshal(f)
-	if err != nil {
-		return rendezvous.Failure{}, err
-	}
-	var bad int64 // the revision of a record that failed verification
-	for range 3 {
-		resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", bad)).
-			Then(clientv3.OpPut(k, string(b), clientv3.WithLease(e.lease))).Else(clientv3.OpGet(k)).Commit()
-		if err != nil {
-			return f, fmt.Errorf("rendezvous: publish failure: %w", err)
-		}
-		if resp.Succeeded {
-			return f, nil
-		}
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 {
-			bad = 0
-			continue
-		}
-		first, err := parseFailure(kvs[0], r, 0)
-		if err == nil {
-			return first, nil
-		}
-		e.warnIgnored(k, err)
-		bad = kvs[0].ModRevision
-	}
-	return f, fmt.Errorf("rendezvous: publish failure: round %d's failure record keeps changing", r.Number)
-}
-
-// Stopped returns the current round's stop channel; nil between rounds.
-func (e *Rendezvous) Stopped() <-chan rendezvous.Stop {
-	if e.cur == nil {
-		return nil
-	}
-	return e.cur.stopc
-}
-
-// Finish marks this node done in the current round and waits, bounded by
-// CloseTimeout, for every other node to be done, or for the round's
-// failure. Marking the node done counts against the same bound: with etcd
-// unreachable for that long, the node says so and stops waiting.
-func (e *Rendezvous) Finish(ctx context.Context) (*rendezvous.Stop, error) {
-	w := e.cur
-	if w == nil {
-		return nil, nil
-	}
-	deadline := time.Now().Add(e.cfg.CloseTimeout)
-	pctx, cancel := context.WithDeadline(ctx, deadline)
-	_, err := e.cli.Put(pctx, e.roundKey(e.round, "done", e.self.ID), "")
-	cancel()
-	switch {
-	case err != nil && ctx.Err() != nil:
-		return nil, ctx.Err()
-	case err != nil:
-		fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: this node's ranks succeeded; could not tell the other nodes within %v (close_timeout): %v; not waiting for them\n", e.cfg.RunID, e.cfg.CloseTimeout, err)
-		return nil, nil
-	}
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	// The stop itself may have been taken from Stopped already (by the
-	// caller cancelling ranks that had all succeeded by then): wait on
-	// the round's record of it instead.
-	stopped := w.stopped
-	for {
-		select {
-		case <-w.allDone:
-			return nil, nil
-		case <-stopped:
-			if s := w.first; s.Failure != nil || s.Reason == rendezvous.ReasonClosed {
-				return &s, nil
-			}
-			// A node waiting to join: this node has finished; the others
-			// decide.
-			stopped = nil
-		case <-t.C:
-			fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: this node's ranks succeeded; other nodes still running after %v (close_timeout), not waiting longer\n", e.cfg.RunID, e.cfg.CloseTimeout)
-			return nil, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// WaitLeft waits, bounded by ctx, until every other node has left the run
-// (its lease is gone): the node that hosts the etcd server stops it only
-// then, so that no node loses etcd while it closes.
-func (e *Rendezvous) WaitLeft(ctx context.Context) {
-	if e.round < 0 {
-		return
-	}
-	prefix := e.roundKey(e.round, "join") + "/"
-	resp, err := e.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		return
-	}
-	left := map[string]bool{}
-	for _, kv := range resp.Kvs {
-		if id := strings.TrimPrefix(string(kv.Key), prefix); id != e.self.ID {
-			left[id] = true
-		}
-	}
-	if len(left) == 0 {
-		return
-	}
-	for wr := range e.cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-		for _, ev := range wr.Events {
-			if ev.Type == clientv3.EventTypeDelete {
-				delete(left, strings.TrimPrefix(string(ev.Kv.Key), prefix))
-			}
-		}
-		if len(left) == 0 || wr.Err() != nil {
-			return
-		}
-	}
 }

@@ -25,9 +25,14 @@ var errTooLate = errors.New("rendezvous: round started without this node")
 // change of the nodes waiting is one status line on Notes.
 func (e *Rendezvous) Next(ctx context.Context) (rendezvous.Round, error) {
 	e.stopWatch()
+	if e.leaseLost.Load() {
+		return rendezvous.Round{}, e.lostError()
+	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.JoinTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
+	ctx, lcancel := e.opCtx(ctx) // etcd lost: every wait ends at once
+	defer lcancel()
 	n := e.round + 1
 	if e.round < 0 {
 		var err error
@@ -107,6 +112,9 @@ func (e *Rendezvous) closedError(ctx context.Context) error {
 // ctxErr gives the join timeout's error when ctx's deadline is what ended
 // an etcd call.
 func (e *Rendezvous) ctxErr(ctx context.Context, err error) error {
+	if e.leaseLost.Load() {
+		return e.lostError()
+	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return &JoinTimeoutError{RunID: e.cfg.RunID, MinNodes: e.cfg.MinNodes, Timeout: e.cfg.JoinTimeout}
 	}
@@ -234,6 +242,9 @@ func (e *Rendezvous) waitRound(ctx context.Context, n int, deadline time.Time, s
 }
 
 func (e *Rendezvous) joinTimeout(ctx context.Context, st *joinState) error {
+	if e.leaseLost.Load() {
+		return e.lostError()
+	}
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return ctx.Err()
 	}

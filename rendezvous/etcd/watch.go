@@ -56,11 +56,34 @@ func (e *Rendezvous) watchRoundFrom(r rendezvous.Round, rev int64) *roundWatch {
 	for _, n := range r.Hosts {
 		w.members[n.ID] = n
 	}
+	var wg sync.WaitGroup
+	wg.Go(func() { e.watch(ctx, w, rev) })
+	wg.Go(func() { e.watchLost(ctx, w) })
 	go func() {
-		defer close(w.done)
-		e.watch(ctx, w, rev)
+		wg.Wait()
+		close(w.done)
 	}()
 	return w
+}
+
+// watchLost waits for the lease's loss during round w. With the etcd
+// server on a node of the job (LossStopsRound), that is the node's loss:
+// the round stops. Else the ranks carry on, and a warning says that this
+// node can no longer confirm the job's result.
+func (e *Rendezvous) watchLost(ctx context.Context, w *roundWatch) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-e.lost:
+	}
+	if !e.cfg.LossStopsRound {
+		fmt.Fprintf(e.cfg.Notes, "mpspawn: warning: rendezvous %s: lost the etcd lease (etcd unreachable for longer than the lease TTL %v); the ranks carry on, but this node can no longer confirm the job's result: it will exit non-zero\n", e.cfg.RunID, e.cfg.LeaseTTL)
+		return
+	}
+	f := rendezvous.Failure{NodeRank: -1, Rank: -1, LocalRank: -1, ExitCode: rendezvous.LostExitCode, Lost: true, Time: time.Now(),
+		Addr: strings.Join(e.cfg.Endpoints, ","),
+		Message: fmt.Sprintf("the etcd server at %s, which a node of the job hosts, unreachable for longer than the lease TTL %v: that node is gone or cut off", strings.Join(e.cfg.Endpoints, ","), e.cfg.LeaseTTL)}
+	w.stop(rendezvous.Stop{Failure: &f})
 }
 
 // stopWatch stops the current round's watcher and waits for it.
@@ -192,8 +215,8 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.K
 		w.stop(rendezvous.Stop{Failure: &f})
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
 		id := strings.TrimPrefix(rest, "done/")
-		if _, member := w.members[id]; !member || len(kv.Value) != 0 {
-			e.warnIgnored(key, errors.New("not a member's done mark"))
+		if _, member := w.members[id]; !member || len(kv.Value) != 0 || kv.Lease != leaseOf(id) {
+			e.warnIgnored(key, errors.New("not a member's done mark (on its lease)"))
 			return
 		}
 		w.isDone[id] = true
