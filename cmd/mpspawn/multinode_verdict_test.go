@@ -201,3 +201,24 @@ func TestMultinodeTokenNeedsC10d(t *testing.T) {
 		t.Errorf("exited %d, stderr %q; want 2 and one line saying a token needs c10d", code, n.stderr.String())
 	}
 }
+
+// TestMultinodeEtcdLostWhileJoining: etcd dies while a node waits for the
+// other: it ends within the lease TTL and a bound, exit 2, saying it lost
+// etcd and started no rank (not after join_timeout, not "1 of 2 nodes
+// joined").
+func TestMultinodeEtcdLostWhileJoining(t *testing.T) {
+	srv := etcdtest.Start(t)
+	n := startNode(t, etcdArgs(srv, "joining", "127.0.0.2", "2", "--no-python", "true")...)
+	if !n.stderr.waitFor("1/2 nodes", 20*time.Second) {
+		t.Fatalf("the node does not wait for the other; stderr:\n%s", n.stderr.String())
+	}
+	stopped := time.Now()
+	srv.Stop()
+	code := n.wait(t)
+	if s := n.stderr.String(); code != 2 || !strings.Contains(s, "lost etcd at "+srv.Endpoint) || strings.Contains(s, "nodes joined") {
+		t.Errorf("exited %d; want 2, saying it lost etcd; stderr:\n%s", code, s)
+	}
+	if took := n.ended.Sub(stopped); took > 5*time.Second {
+		t.Errorf("exited %v after etcd died; want within the lease TTL (1s) and a bound", took)
+	}
+}
