@@ -81,7 +81,7 @@ func (e *Rendezvous) watchLost(ctx context.Context, w *roundWatch) {
 		return
 	}
 	f := rendezvous.Failure{NodeRank: -1, Rank: -1, LocalRank: -1, ExitCode: rendezvous.LostExitCode, Lost: true, Time: time.Now(),
-		Addr: strings.Join(e.cfg.Endpoints, ","),
+		Addr:    strings.Join(e.cfg.Endpoints, ","),
 		Message: fmt.Sprintf("the etcd server at %s, which a node of the job hosts, unreachable for longer than the lease TTL %v: that node is gone or cut off", strings.Join(e.cfg.Endpoints, ","), e.cfg.LeaseTTL)}
 	w.stop(rendezvous.Stop{Failure: &f})
 }
