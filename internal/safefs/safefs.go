@@ -70,8 +70,11 @@ func (e *KindError) Error() string {
 
 // WriteFile writes a file at path with write, in the directory path names
 // (which must exist: see OpenDir for the rules on the way there): the
-// file is created with perm (less the umask) or truncated, never through a
-// link. When write or the close fails the partial file is removed.
+// file is created with perm (less the umask) or truncated. Being named by
+// the user, path itself may be a link, or a device such as /dev/stderr,
+// where nobody else could have made it (see OpenDir); in a directory
+// others can write it must be this user's regular file with one link.
+// When write or the close fails the partial file is removed.
 func WriteFile(path string, perm fs.FileMode, write func(io.Writer) error) error {
 	d, err := OpenDir(filepath.Dir(path))
 	if err != nil {
@@ -79,25 +82,30 @@ func WriteFile(path string, perm fs.FileMode, write func(io.Writer) error) error
 	}
 	defer d.Close()
 	name := filepath.Base(path)
-	f, err := d.Create(name, perm)
+	f, err := d.create(name, perm, true)
 	if err != nil {
 		return err
 	}
-	err = write(f)
+	st, err := f.Stat()
+	if err == nil {
+		err = write(f)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		_ = d.Remove(name)
+		if st != nil && st.Mode().IsRegular() { // not /dev/full
+			_ = d.Remove(name)
+		}
 		return fmt.Errorf("safefs: write %s: %w", path, err)
 	}
 	return nil
 }
 
 // Check reports whether a file could be written at path by WriteFile: its
-// directory is reached by the rules above and the name is not a link, a
-// directory or another user's file in a directory others can write. A
-// missing file is fine. It lets a caller refuse before it starts work
+// directory is reached by the rules above and the name is not a link
+// another user made, a directory, or another user's file in a directory
+// others can write. A missing file is fine. It lets a caller refuse before it starts work
 // whose result it would write there.
 func Check(path string) error {
 	d, err := OpenDir(filepath.Dir(path))

@@ -202,6 +202,12 @@ func (d *Dir) split(rel string) (int, string, error) {
 // Create opens the file rel beneath d for writing, creating it with perm
 // (less the umask) or truncating it, by the rules of the package doc.
 func (d *Dir) Create(rel string, perm fs.FileMode) (*os.File, error) {
+	return d.create(rel, perm, false)
+}
+
+// create is Create; a file the user named (named) may be a link where
+// nobody else could have made it, or a device where others cannot write.
+func (d *Dir) create(rel string, perm fs.FileMode, named bool) (*os.File, error) {
 	dirfd, name, err := d.split(rel)
 	if err != nil {
 		return nil, err
@@ -209,7 +215,15 @@ func (d *Dir) Create(rel string, perm fs.FileMode) (*os.File, error) {
 	defer unix.Close(dirfd)
 	at := filepath.Join(d.Name(), rel)
 	// O_NONBLOCK: a FIFO planted here must not block the open.
-	fd, err := unix.Openat(dirfd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, uint32(perm.Perm()))
+	flags := unix.O_WRONLY | unix.O_CREAT | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+	if named {
+		if err := checkAt(dirfd, name, at); errors.Is(err, errTrustedLink) {
+			flags &^= unix.O_NOFOLLOW
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	fd, err := unix.Openat(dirfd, name, flags, uint32(perm.Perm()))
 	switch {
 	case errors.Is(err, unix.ELOOP):
 		return nil, &LinkError{Path: at}
@@ -218,63 +232,86 @@ func (d *Dir) Create(rel string, perm fs.FileMode) (*os.File, error) {
 	case err != nil:
 		return nil, &fs.PathError{Op: "open", Path: at, Err: err}
 	}
-	if err := fileOK(dirfd, fd, at); err != nil {
+	regular, err := fileOK(dirfd, fd, at, named)
+	if err == nil {
+		err = unix.SetNonblock(fd, false)
+	}
+	if err == nil && regular {
+		if err = unix.Ftruncate(fd, 0); err != nil {
+			err = &fs.PathError{Op: "truncate", Path: at, Err: err}
+		}
+	}
+	if err != nil {
 		unix.Close(fd)
 		return nil, err
-	}
-	if err := unix.SetNonblock(fd, false); err != nil {
-		unix.Close(fd)
-		return nil, &fs.PathError{Op: "fcntl", Path: at, Err: err}
-	}
-	if err := unix.Ftruncate(fd, 0); err != nil {
-		unix.Close(fd)
-		return nil, &fs.PathError{Op: "truncate", Path: at, Err: err}
 	}
 	return os.NewFile(uintptr(fd), at), nil
 }
 
-// fileOK checks the file fd opened in dirfd before it is truncated.
-func fileOK(dirfd, fd int, at string) error {
+// fileOK checks the file fd opened in dirfd before it is truncated, and
+// reports whether it is a regular file. Only a named file may be anything
+// else, and only in a directory others cannot write.
+func fileOK(dirfd, fd int, at string, named bool) (regular bool, err error) {
 	var st, pst unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return &fs.PathError{Op: "stat", Path: at, Err: err}
+		return false, &fs.PathError{Op: "stat", Path: at, Err: err}
 	}
 	if err := unix.Fstat(dirfd, &pst); err != nil {
-		return &fs.PathError{Op: "stat", Path: filepath.Dir(at), Err: err}
+		return false, &fs.PathError{Op: "stat", Path: filepath.Dir(at), Err: err}
 	}
+	regular = st.Mode&unix.S_IFMT == unix.S_IFREG
+	shared := pst.Mode&0o002 != 0
 	switch {
-	case st.Mode&unix.S_IFMT != unix.S_IFREG:
-		return &KindError{Path: at, Want: "a regular file"}
-	case pst.Mode&0o002 == 0:
-		return nil
+	case !regular && (shared || !named):
+		return false, &KindError{Path: at, Want: "a regular file"}
+	case !shared:
+		return regular, nil
 	case !ours(st.Uid, pst.Uid):
-		return &OwnerError{Path: at, UID: int(st.Uid)}
+		return false, &OwnerError{Path: at, UID: int(st.Uid)}
 	case st.Nlink > 1:
-		return &KindError{Path: at, Want: "a file with one link"}
+		return false, &KindError{Path: at, Want: "a file with one link"}
 	}
-	return nil
+	return regular, nil
 }
 
-// check reports whether Create(name) could open name: see Check.
+// errTrustedLink is checkAt's answer for a link nobody else could have
+// made.
+var errTrustedLink = errors.New("safefs: a link nobody else could have made")
+
+// check reports whether WriteFile could write name in d: see Check.
 func (d *Dir) check(name string) error {
-	at := filepath.Join(d.Name(), name)
-	var st unix.Stat_t
-	err := unix.Fstatat(d.fd(), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	err := checkAt(d.fd(), name, filepath.Join(d.Name(), name))
+	if errors.Is(err, errTrustedLink) {
+		return nil
+	}
+	return err
+}
+
+// checkAt checks the name a user gave in dirfd (at is its path): a link
+// is errTrustedLink where nobody else could have made it, else a
+// *LinkError; a directory is refused, and in a directory others can
+// write, so is another user's file. A missing name is fine.
+func checkAt(dirfd int, name, at string) error {
+	var st, pst unix.Stat_t
+	err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case errors.Is(err, unix.ENOENT):
 		return nil
 	case err != nil:
 		return &fs.PathError{Op: "stat", Path: at, Err: err}
-	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
-		return &LinkError{Path: at}
 	case st.Mode&unix.S_IFMT == unix.S_IFDIR:
 		return &KindError{Path: at, Want: "a regular file"}
 	}
-	var pst unix.Stat_t
-	if err := unix.Fstat(d.fd(), &pst); err != nil {
-		return &fs.PathError{Op: "stat", Path: d.Name(), Err: err}
+	if err := unix.Fstat(dirfd, &pst); err != nil {
+		return &fs.PathError{Op: "stat", Path: filepath.Dir(at), Err: err}
 	}
-	if pst.Mode&0o002 != 0 && !ours(st.Uid, pst.Uid) {
+	shared := pst.Mode&0o002 != 0
+	switch {
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK && shared && !ours(st.Uid, pst.Uid):
+		return &LinkError{Path: at}
+	case st.Mode&unix.S_IFMT == unix.S_IFLNK:
+		return errTrustedLink
+	case shared && !ours(st.Uid, pst.Uid):
 		return &OwnerError{Path: at, UID: int(st.Uid)}
 	}
 	return nil

@@ -230,3 +230,26 @@ func TestBelow(t *testing.T) {
 		}
 	}
 }
+
+// A path the user named may be his own link, or a device outside a
+// directory others can write; a failed write to a device removes nothing.
+func TestNamedFile(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(dir, "target.json")
+	if err := os.Symlink(target, filepath.Join(dir, "summary.json")); err != nil {
+		t.Fatal(err)
+	}
+	write := func(w io.Writer) error { _, err := io.WriteString(w, "{}\n"); return err }
+	if err := WriteFile(filepath.Join(dir, "summary.json"), 0o644, write); err != nil {
+		t.Fatalf("WriteFile through the user's own link = %v", err)
+	}
+	if data, err := os.ReadFile(target); string(data) != "{}\n" {
+		t.Errorf("target = %q, %v; want {}", data, err)
+	}
+	if err := WriteFile("/dev/full", 0o644, write); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("WriteFile(/dev/full) = %v; want ENOSPC", err)
+	}
+	if st, err := os.Stat("/dev/full"); err != nil || st.Mode()&os.ModeCharDevice == 0 {
+		t.Errorf("/dev/full after a failed write: %v, %v; want it kept", st, err)
+	}
+}

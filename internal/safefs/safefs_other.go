@@ -87,6 +87,11 @@ func (d *Dir) Create(rel string, perm fs.FileMode) (*os.File, error) {
 	return os.OpenFile(filepath.Join(d.path, rel), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
 }
 
+// create is Create; off Linux a named file is held to the same rules.
+func (d *Dir) create(rel string, perm fs.FileMode, _ bool) (*os.File, error) {
+	return d.Create(rel, perm)
+}
+
 func (d *Dir) check(rel string) error {
 	err := notLink(filepath.Join(d.path, rel), false)
 	if errors.Is(err, fs.ErrNotExist) {
