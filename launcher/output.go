@@ -99,6 +99,33 @@ func (e *StreamsError) Error() string {
 // DefaultPrefix is the console line prefix template unless one is given.
 const DefaultPrefix = "[${rank}]: "
 
+// CheckPrefix reports a console prefix template that Output cannot
+// expand: one with a "${" that no "}" closes. The error is a
+// *PrefixError.
+func CheckPrefix(template string) error {
+	for i := 0; i < len(template); i++ {
+		if strings.HasPrefix(template[i:], "${") {
+			end := strings.IndexByte(template[i:], '}')
+			if end < 0 {
+				return &PrefixError{Template: template, At: i}
+			}
+			i += end
+		}
+	}
+	return nil
+}
+
+// PrefixError is a console prefix template with a "${" at byte At that
+// no "}" closes.
+type PrefixError struct {
+	Template string
+	At       int
+}
+
+func (e *PrefixError) Error() string {
+	return fmt.Sprintf("launcher: prefix template %q: the ${ at byte %d is not closed", e.Template, e.At)
+}
+
 // Output routes rank output. Each stream of each rank goes to the console,
 // to a file under Dir, or both, as torchrun's --redirects and --tee say:
 // a stream in Tee goes to both, a stream in Redirects only to its file,
