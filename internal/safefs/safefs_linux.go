@@ -105,8 +105,8 @@ func step(parent int, at, name string, perm fs.FileMode, create, trusted bool) (
 	switch {
 	case errors.Is(err, unix.ELOOP):
 		return -1, &LinkError{Path: at} // replaced by a link since the stat
-	case errors.Is(err, unix.ENOTDIR):
-		return -1, &KindError{Path: at, Want: "a directory"}
+	case err != nil && create: // as os.MkdirAll says it: "mkdir /x/afile: not a directory"
+		return -1, &fs.PathError{Op: "mkdir", Path: at, Err: err}
 	case err != nil:
 		return -1, &fs.PathError{Op: "open", Path: at, Err: err}
 	}
