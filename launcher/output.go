@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mpspawn/mpspawn/internal/safefs"
 )
 
 // Streams is a set of standard streams, in torchrun's numbering:
@@ -97,6 +99,33 @@ func (e *StreamsError) Error() string {
 // DefaultPrefix is the console line prefix template unless one is given.
 const DefaultPrefix = "[${rank}]: "
 
+// CheckPrefix reports a console prefix template that Output cannot
+// expand: one with a "${" that no "}" closes. The error is a
+// *PrefixError.
+func CheckPrefix(template string) error {
+	for i := 0; i < len(template); i++ {
+		if strings.HasPrefix(template[i:], "${") {
+			end := strings.IndexByte(template[i:], '}')
+			if end < 0 {
+				return &PrefixError{Template: template, At: i}
+			}
+			i += end
+		}
+	}
+	return nil
+}
+
+// PrefixError is a console prefix template with a "${" at byte At that
+// no "}" closes.
+type PrefixError struct {
+	Template string
+	At       int
+}
+
+func (e *PrefixError) Error() string {
+	return fmt.Sprintf("launcher: prefix template %q: the ${ at byte %d is not closed", e.Template, e.At)
+}
+
 // Output routes rank output. Each stream of each rank goes to the console,
 // to a file under Dir, or both, as torchrun's --redirects and --tee say:
 // a stream in Tee goes to both, a stream in Redirects only to its file,
@@ -118,7 +147,10 @@ type Output struct {
 
 	Redirects, Tee StreamMap
 
-	// Dir holds per-rank files: Dir/<local_rank>/stdout.log and stderr.log.
+	// Dir holds per-rank files: Dir/<local_rank>/stdout.log and stderr.log,
+	// made with package safefs's rules: no link another user planted in a
+	// directory others can write is followed. Files are made with mode 0666
+	// less the umask.
 	Dir string
 
 	// DrainTimeout bounds how long Close waits for a console to take the
@@ -130,6 +162,7 @@ type Output struct {
 	stalled    []string // console streams given up on, set by Close
 	filesMu    sync.Mutex
 	openFiles  []*os.File
+	dir        *safefs.Dir // Dir, held open once a file is made
 	timeFormat string
 }
 
@@ -271,17 +304,26 @@ func (o *Output) Open(rank, localRank int) (stdout, stderr io.Writer, err error)
 }
 
 func (o *Output) createFile(localRank int, name string) (*os.File, error) {
-	dir := filepath.Join(o.Dir, strconv.Itoa(localRank))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	o.filesMu.Lock()
+	defer o.filesMu.Unlock()
+	if o.dir == nil {
+		d, err := safefs.MkdirAll(o.Dir, 0o755)
+		if err != nil {
+			return nil, fmt.Errorf("launcher: log dir: %w", err)
+		}
+		o.dir = d
+	}
+	lr := strconv.Itoa(localRank)
+	sub, err := o.dir.MkdirAll(lr, 0o755)
+	if err != nil {
 		return nil, fmt.Errorf("launcher: log dir: %w", err)
 	}
-	f, err := os.Create(filepath.Join(dir, name))
+	_ = sub.Close()
+	f, err := o.dir.Create(filepath.Join(lr, name), 0o666)
 	if err != nil {
 		return nil, fmt.Errorf("launcher: log file: %w", err)
 	}
-	o.filesMu.Lock()
 	o.openFiles = append(o.openFiles, f)
-	o.filesMu.Unlock()
 	return f, nil
 }
 
@@ -314,6 +356,10 @@ func (o *Output) Close() error {
 		}
 	}
 	o.openFiles = nil
+	if o.dir != nil {
+		_ = o.dir.Close()
+		o.dir = nil
+	}
 	return first
 }
 

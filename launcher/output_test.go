@@ -33,3 +33,22 @@ func TestStreamsError(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckPrefix(t *testing.T) {
+	for _, tc := range []struct {
+		template string
+		at       int // -1: fine
+	}{
+		{"", -1}, {DefaultPrefix, -1}, {"${role_name}[${local_rank}] $rank: ", -1}, {"$", -1}, {"${", 0},
+		{"[${rank", 1}, {"[${rank}/${rank", 9}, {"x}${rank", 2},
+	} {
+		err := CheckPrefix(tc.template)
+		var pe *PrefixError
+		switch {
+		case tc.at < 0 && err != nil:
+			t.Errorf("CheckPrefix(%q) = %v; want nil", tc.template, err)
+		case tc.at >= 0 && (!errors.As(err, &pe) || pe.At != tc.at):
+			t.Errorf("CheckPrefix(%q) = %v; want a *PrefixError at %d", tc.template, err, tc.at)
+		}
+	}
+}

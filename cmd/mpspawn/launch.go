@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -21,6 +20,9 @@ import (
 // launch runs the job and turns its result into an exit code, after every
 // rank has been reaped.
 func (p *plan) launch(ctx context.Context, con console) error {
+	if err := checkSummary(p.summaryJSON); err != nil {
+		return err
+	}
 	// A forkserver's preload first, with signals' default actions (see
 	// Job.Run): Ctrl-C during it ends mpspawn, and the server with it.
 	if err := p.method.Ready(ctx); err != nil {
@@ -111,7 +113,7 @@ func (p *plan) logDirs(notes io.Writer) (logDir, scratch string, err error) {
 	switch {
 	case p.logDir != "":
 		// Here, not in the launcher, so that the message names the flag.
-		if err := os.MkdirAll(filepath.Join(p.logDir, p.runID, "attempt_0"), 0o755); err != nil {
+		if err := makeRunDir(p.logDir, p.runID); err != nil {
 			return "", "", &setupError{Step: "--log-dir " + p.logDirArg, Err: err}
 		}
 		return p.logDir, "", nil
@@ -161,7 +163,7 @@ func (p *plan) report(con console, out *job.Outcome, scratch bool) {
 			fmt.Fprintf(stderr, "mpspawn: warning: summary to stdout: %v\n", err)
 		}
 	} else if p.summaryJSON != "" {
-		if err := writeSummary(p.summaryJSON, sum); err != nil {
+		if err := writeSummary(p.summaryJSON, p.logDir, sum); err != nil {
 			fmt.Fprintf(stderr, "mpspawn: warning: %v\n", err)
 		}
 	}
@@ -215,25 +217,6 @@ func (p *plan) job(m rendezvous.Membership) *job.Job {
 		Options: launcher.Options{GracePeriod: p.grace, Method: p.method},
 		IPC:     p.ipc,
 	}
-}
-
-func writeSummary(path string, sum *job.Summary) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("summary %s: %w", path, err)
-	}
-	err = sum.WriteJSON(f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		// A partial summary (a full disk) would read as a broken job.
-		if st, serr := os.Stat(path); serr == nil && st.Mode().IsRegular() {
-			_ = os.Remove(path)
-		}
-		return fmt.Errorf("summary %s not written: %w", path, err)
-	}
-	return nil
 }
 
 // removeScratch removes the error files and the scratch directory; only

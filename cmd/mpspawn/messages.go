@@ -177,6 +177,9 @@ func describe(err error) string {
 	var ee *exec.Error
 	var ne *gpu.NVMLError
 	var nr *diag.NoRanksError
+	if s, ok := describeFile(err); ok {
+		return s
+	}
 	switch {
 	case errors.As(err, &nr):
 		return fmt.Sprintf("process %d runs no mpspawn ranks", nr.Launcher)

@@ -80,6 +80,9 @@ func parseConfig(c *cli.Context) (*config, error) {
 	if cfg.json && !cfg.dryRun {
 		return nil, usagef("--json goes with --dry-run (or use mpspawn gpus --json)")
 	}
+	if c.IsSet(fRunID) && cfg.runID == "" {
+		return nil, usagef("--run-id \"\": want a name (leave the flag out for a random one)")
+	}
 	var err error
 	if cfg.placeOpts, err = parsePlace(c, cfg.dryRun); err != nil {
 		return nil, err
@@ -131,9 +134,12 @@ func parsePlace(c *cli.Context, dryRun bool) (placeConfig, error) {
 // parseRendezvous reads where this node stands in the job: the static
 // flags, the scheduler's defaults, and the multi-node flags.
 func (cfg *config) parseRendezvous(c *cli.Context) error {
-	nnodes, _, err := parseNNodes(c)
+	nnodes, maxNodes, err := parseNNodes(c)
 	if err != nil {
 		return err
+	}
+	if c.IsSet(fMasterAddr) && c.String(fMasterAddr) == "" && maxNodes > 1 {
+		return usagef("--master-addr \"\": want the host name or IP address of node 0, which every one of the %s nodes must reach", c.String(fNNodes))
 	}
 	cfg.rdzv = rendezvous.Config{
 		NNodes: nnodes, NodeRank: c.Int(fNodeRank), NProcPerNode: 1, // set by the plan, which places at least 1
@@ -375,6 +381,10 @@ func parseOutput(c *cli.Context) (outputConfig, error) {
 	out := outputConfig{prefix: c.String(fPrefix), timestamps: c.Bool(fTimestamps), filterArg: c.String(fRanksFilter)}
 	if c.Bool(fNoPrefix) {
 		out.prefix = ""
+	}
+	var pe *launcher.PrefixError
+	if err := launcher.CheckPrefix(out.prefix); errors.As(err, &pe) {
+		return out, usagef("--%s %q: the ${ at byte %d is not closed by }", fPrefix, pe.Template, pe.At)
 	}
 	var err error
 	if out.redirects, err = launcher.ParseStreams(c.String(fRedirects)); err != nil {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/mpspawn/mpspawn/internal/safefs"
 	"github.com/mpspawn/mpspawn/ipc"
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/mpspawn/mpspawn/launcher/contract"
@@ -126,24 +127,30 @@ func (j *Job) ErrorFile(localRank int) string {
 
 // Specs builds the rank specs, creating each rank's directory under the
 // attempt directory and removing error files left by an earlier run.
+// Directories and files in LogDir are made by package safefs's rules: a
+// link another user planted there is refused (a *safefs.LinkError).
 func (j *Job) Specs() ([]launcher.Spec, error) {
 	if j.Output == nil {
 		j.Output = &launcher.Output{}
 	}
 	j.Output.Dir = j.AttemptDir()
 	j.Output.RoleName = j.Contract().RoleName()
+	var attempt *safefs.Dir
+	if j.LogDir != "" {
+		d, err := j.openAttemptDir()
+		if err != nil {
+			return nil, err
+		}
+		defer d.Close()
+		attempt = d
+	}
 	contract := j.Contract()
 	specs := make([]launcher.Spec, j.NProcPerNode)
 	j.tails = nil
 	for lr := range specs {
 		ef := j.ErrorFile(lr)
-		if j.LogDir != "" {
-			if err := os.MkdirAll(filepath.Dir(ef), 0o755); err != nil {
-				return nil, fmt.Errorf("launcher: log dir: %w", err)
-			}
-		}
-		if err := os.Remove(ef); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("launcher: stale error file: %w", err)
+		if err := removeErrorFile(attempt, lr, ef); err != nil {
+			return nil, err
 		}
 		rank := j.Rank(lr)
 		stdout, stderr, err := j.Output.Open(rank, lr)
@@ -160,6 +167,45 @@ func (j *Job) Specs() ([]launcher.Spec, error) {
 		}
 	}
 	return specs, nil
+}
+
+// openAttemptDir makes (or opens) LogDir/<run-id>/attempt_<k>: LogDir by
+// name, what is beneath it following no link.
+func (j *Job) openAttemptDir() (*safefs.Dir, error) {
+	base, err := safefs.MkdirAll(j.LogDir, 0o755)
+	if err != nil {
+		return nil, fmt.Errorf("launcher: log dir: %w", err)
+	}
+	defer base.Close()
+	rel, err := filepath.Rel(j.LogDir, j.AttemptDir())
+	if err != nil {
+		return nil, fmt.Errorf("launcher: log dir: %w", err)
+	}
+	d, err := base.MkdirAll(rel, 0o755)
+	if err != nil {
+		return nil, fmt.Errorf("launcher: log dir: %w", err)
+	}
+	return d, nil
+}
+
+// removeErrorFile makes local rank lr's directory in the attempt directory
+// (when there is one) and removes the error file ef an earlier run left.
+func removeErrorFile(attempt *safefs.Dir, lr int, ef string) error {
+	if attempt == nil {
+		if err := os.Remove(ef); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("launcher: stale error file: %w", err)
+		}
+		return nil
+	}
+	sub, err := attempt.MkdirAll(strconv.Itoa(lr), 0o755)
+	if err != nil {
+		return fmt.Errorf("launcher: log dir: %w", err)
+	}
+	_ = sub.Close()
+	if err := attempt.Remove(filepath.Join(strconv.Itoa(lr), filepath.Base(ef))); err != nil {
+		return fmt.Errorf("launcher: stale error file: %w", err)
+	}
+	return nil
 }
 
 // AddStderr fills each rank's RankResult.Stderr with the last lines the

@@ -3,11 +3,12 @@ package job
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/safefs"
 	"github.com/mpspawn/mpspawn/launcher"
 )
 
@@ -16,7 +17,8 @@ import (
 // TORCHELASTIC_ERROR_FILE: the rank's error file (its message, traceback
 // and time) with "errorCode" set to the rank's exit code. A rank that wrote
 // no error file is described by its last stderr lines (its message is the
-// last of them) or, without any, by its exit.
+// last of them) or, without any, by its exit. The file is written by
+// package safefs's rules: never through a link another user planted.
 func WriteRootCause(path string, r *launcher.RankResult) error {
 	type extraInfo struct {
 		PyCallstack string `json:"py_callstack"`
@@ -51,7 +53,8 @@ func WriteRootCause(path string, r *launcher.RankResult) error {
 	if err != nil {
 		return fmt.Errorf("job: root cause error file: %w", err)
 	}
-	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+	write := func(w io.Writer) error { _, err := w.Write(append(data, '\n')); return err }
+	if err := safefs.WriteFile(path, 0o644, write); err != nil {
 		return fmt.Errorf("job: root cause error file: %w", err)
 	}
 	return nil
