@@ -28,7 +28,7 @@ func TestChannelWrongPeerStopsTheJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Second})
+	g, err := Start(context.Background(), specs, Options{Stop: StopOptions{GracePeriod: time.Second}})
 	if err != nil {
 		chans.Close()
 		t.Fatal(err)
@@ -87,7 +87,7 @@ func TestChannelsEndWhenAChildHoldsThem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Second, Containment: ContainProcessGroup})
+	g, err := Start(context.Background(), specs, Options{Containment: ContainProcessGroup, Stop: StopOptions{GracePeriod: time.Second}})
 	if err != nil {
 		chans.Close()
 		broker.Close()

@@ -19,20 +19,20 @@ type containment struct {
 	tag   string       // ContainProcessGroup: the job's mark, "KEY=VALUE", in every rank's environment
 }
 
-// newContainment sets up the containment want for the ranks of specs,
-// changing specs to match (each rank's cgroup, or the job's mark).
-func newContainment(want Containment, specs []Spec, g *contain.Guard) (*containment, error) {
+// newContainment sets up the containment want for ranks: each rank's
+// cgroup, or the job's mark in each rank's environment.
+func newContainment(want Containment, ranks []*rankProc, g *contain.Guard) (*containment, error) {
 	c := &containment{guard: g}
 	switch want {
 	case ContainAuto, ContainCgroup:
 		// The guard hears of the job cgroups' prefix before the first is
 		// made: a launcher killed in between leaves none behind.
 		g.WatchCgroups()
-		cg, err := contain.NewJob(len(specs))
+		cg, err := contain.NewJob(len(ranks))
 		if err == nil {
 			c.kind, c.cg = ContainCgroup, cg
-			for i := range specs {
-				specs[i].cgroup, specs[i].cgroupPath = cg.FDs[i], cg.Ranks[i]
+			for i, rp := range ranks {
+				rp.cgroup, rp.cgroupPath = cg.FDs[i], cg.Ranks[i]
 			}
 			return c, nil
 		}
@@ -47,8 +47,8 @@ func newContainment(want Containment, specs []Spec, g *contain.Guard) (*containm
 	c.kind = ContainProcessGroup
 	contain.Subreaper()
 	c.tag = contain.NewTag()
-	for i := range specs {
-		specs[i].Env = append(slices.Clip(specs[i].Env), c.tag)
+	for _, rp := range ranks {
+		rp.spec.Env = append(slices.Clip(rp.spec.Env), c.tag)
 	}
 	return c, nil
 }

@@ -15,7 +15,7 @@ type containment struct {
 	note string
 }
 
-func newContainment(Containment, []Spec, *contain.Guard) (*containment, error) {
+func newContainment(Containment, []*rankProc, *contain.Guard) (*containment, error) {
 	return nil, ErrUnsupported
 }
 func (*containment) kill()                          {}

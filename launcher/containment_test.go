@@ -35,7 +35,7 @@ func TestRankLeavingItsGroupIsStopped(t *testing.T) {
 	for _, method := range []string{MethodSpawn, MethodForkserver} {
 		t.Run(method, func(t *testing.T) {
 			spec, opts := rankSpec(t, method, "leave-group")
-			opts.GracePeriod = 30 * time.Second // SIGTERM must do it, not SIGKILL
+			opts.Stop.GracePeriod = 30 * time.Second // SIGTERM must do it, not SIGKILL
 			specs := []Spec{spec}
 			ready := withReady(t, specs)
 			g, err := Start(context.Background(), specs, opts)
@@ -64,7 +64,7 @@ func TestRankLeavingItsGroupIsStopped(t *testing.T) {
 func TestKillWaitBound(t *testing.T) {
 	spec, opts := rankSpec(t, MethodForkserver, "block")
 	fs := opts.Method.(*Forkserver)
-	opts.GracePeriod, opts.KillWait = 100*time.Millisecond, 300*time.Millisecond
+	opts.Stop.GracePeriod, opts.Stop.KillWait = 100*time.Millisecond, 300*time.Millisecond
 	specs := []Spec{spec}
 	ready := withReady(t, specs)
 	g, err := Start(context.Background(), specs, opts)

@@ -44,7 +44,7 @@ func readUsage(dir string, u *usage) {
 
 // usage reads rp's cgroup, when the job has cgroups, into rp.usage.
 func (c *containment) usage(rp *rankProc) {
-	if c.cg != nil && rp.spec.cgroupPath != "" {
-		readUsage(rp.spec.cgroupPath, &rp.usage)
+	if c.cg != nil && rp.cgroupPath != "" {
+		readUsage(rp.cgroupPath, &rp.usage)
 	}
 }

@@ -58,7 +58,7 @@ func TestDaemonsEndWithTheJob(t *testing.T) {
 					specs = []Spec{pySpec(0, python, script, append([]string{"daemons"}, args[1:]...)...), pySpec(1, python, script, "block")}
 					opts.Method = fs
 				}
-				opts.GracePeriod, opts.Containment = 5*time.Second, cont
+				opts.Stop.GracePeriod, opts.Containment = 5*time.Second, cont
 				for i := range specs {
 					specs[i].Env = append(specs[i].Env, tag)
 				}

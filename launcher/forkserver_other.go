@@ -22,4 +22,4 @@ func (*Forkserver) Pid() int { return 0 }
 // Close does nothing.
 func (*Forkserver) Close() error { return nil }
 
-func (*Forkserver) start(Spec) (*rankProc, error) { return nil, ErrUnsupported }
+func (*Forkserver) start(*rankProc) error { return ErrUnsupported }

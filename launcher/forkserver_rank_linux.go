@@ -16,25 +16,25 @@ import (
 // start forks one rank from the server: its files travel with the request
 // (SCM_RIGHTS), and the reply carries its pid. The server has already set
 // the rank's process group, so the launcher may signal it at once.
-func (fs *Forkserver) start(s Spec) (*rankProc, error) {
+func (fs *Forkserver) start(rp *rankProc) error {
+	s := rp.spec
 	if s.Path != fs.cfg.Python {
-		return nil, fmt.Errorf("forkserver runs %s, not %s: only Python ranks of its interpreter can be forked", fs.cfg.Python, s.Path)
+		return fmt.Errorf("forkserver runs %s, not %s: only Python ranks of its interpreter can be forked", fs.cfg.Python, s.Path)
 	}
 	if n := len(s.ExtraFiles); 3+n > forkserverMaxFDs {
-		return nil, fmt.Errorf("forkserver: the rank has %d extra files; a forked rank can have at most %d (fds 3 to %d)", n, forkserverMaxFDs-3, forkserverMaxFDs-1)
+		return fmt.Errorf("forkserver: the rank has %d extra files; a forked rank can have at most %d (fds 3 to %d)", n, forkserverMaxFDs-3, forkserverMaxFDs-1)
 	}
-	rp := &rankProc{spec: s}
 	files, release, err := rp.openFiles()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer release()
 	reply, id, err := fs.expect()
 	if err != nil {
 		rp.closePipes()
-		return nil, err
+		return err
 	}
-	req, err := json.Marshal(forkRequest{ID: id, Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs, Cgroup: s.cgroupPath})
+	req, err := json.Marshal(forkRequest{ID: id, Op: "fork", Argv: s.Args[1:], Env: dedupEnv(s.Env), Cwd: s.Dir, CPUs: s.CPUs, Cgroup: rp.cgroupPath})
 	rp.started = time.Now()
 	switch {
 	case err != nil:
@@ -47,9 +47,9 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 		fs.forget(id)
 		rp.closePipes()
 		if errors.Is(err, syscall.EMSGSIZE) {
-			return nil, fmt.Errorf("forkserver: the rank's request (%d bytes, mostly its environment) is too large", len(req))
+			return fmt.Errorf("forkserver: the rank's request (%d bytes, mostly its environment) is too large", len(req))
 		}
-		return nil, fmt.Errorf("forkserver: %w", err)
+		return fmt.Errorf("forkserver: %w", err)
 	}
 	t := time.NewTimer(forkReplyTimeout)
 	defer t.Stop()
@@ -62,14 +62,14 @@ func (fs *Forkserver) start(s Spec) (*rankProc, error) {
 	}
 	if r.err != nil {
 		rp.closePipes()
-		return nil, r.err
+		return r.err
 	}
 	pidfd, err := unix.PidfdOpen(r.pid, 0)
 	if err != nil {
 		pidfd = -1 // already exited and reaped: its status is on the way
 	}
 	rp.setProcess(&forkedProcess{fs: fs, pidv: r.pid, exit: r.exit, pidfd: pidfd})
-	return rp, nil
+	return nil
 }
 
 // release asks the server to reap rank pid, which it reported exited, and

@@ -129,7 +129,7 @@ func TestForkserverFirstFailure(t *testing.T) {
 		pySpec(2, python, script, "exit", "3"),
 	}
 	specs[2].ErrorFile = filepath.Join(t.TempDir(), "error.json")
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute, Method: fs})
+	g, err := Start(context.Background(), specs, Options{Method: fs, Stop: StopOptions{GracePeriod: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestForkserverDies(t *testing.T) {
 	fs, python, script := startForkserver(t)
 	specs := []Spec{pySpec(0, python, script, "block"), pySpec(1, python, script, "block")}
 	ready := withReady(t, specs)
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute, Method: fs})
+	g, err := Start(context.Background(), specs, Options{Method: fs, Stop: StopOptions{GracePeriod: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -44,10 +44,21 @@ type Group struct {
 	started    time.Time    // when Start started the ranks (Timeout)
 }
 
-// rankProc is one running rank. Its fields other than exit are written
-// before the waiter goroutine starts and only read after.
+// rankProc is one rank of the Group: its Spec as the caller gave it
+// (with the Group's additions to its environment and stderr), what the
+// Group set up for it before it starts, and its process once started. Its
+// fields other than those owned by the supervisor are written before the
+// waiter goroutine starts and only read after.
 type rankProc struct {
-	spec    Spec
+	spec Spec
+
+	// set up by Start before the rank starts
+	cgroup     *os.File      // its cgroup's directory, when the job has cgroups: the rank is born in it
+	cgroupPath string        // that cgroup's path
+	activity   *atomic.Int64 // UnixNano of the ranks' last output (the watchdog)
+	capture    *diag.Capture // its stderr's capture for a Go stack dump, when stacks are asked for
+
+	// set by the start method
 	proc    process
 	started time.Time
 	relays  sync.WaitGroup // stdout and stderr relays
@@ -114,45 +125,43 @@ func Start(ctx context.Context, specs []Spec, opts Options) (*Group, error) {
 	if g.guard, err = contain.StartGuard(); err != nil {
 		return nil, err
 	}
-	specs = sortedByRank(specs)
-	if g.cont, err = newContainment(opts.Containment, specs, g.guard); err != nil {
+	rps := newRanks(specs)
+	if g.cont, err = newContainment(opts.Containment, rps, g.guard); err != nil {
 		return nil, err
 	}
-	if err := g.watch(specs); err != nil {
-		g.cont.close(g.opts.killWait())
+	if err := g.watch(rps); err != nil {
+		g.cont.close(g.opts.Stop.killWait())
 		return nil, err
 	}
 	m := opts.StartMethod()
 	if err := m.Ready(ctx); err != nil {
-		g.cont.close(g.opts.killWait())
+		g.cont.close(g.opts.Stop.killWait())
 		g.stacks.Remove()
 		return nil, err
 	}
 	g.thr = m.starter(len(specs))
-	started := make([]startReply, len(specs))
+	errs := make([]error, len(rps))
 	var wg sync.WaitGroup
-	for i, s := range specs {
+	for i, rp := range rps {
 		wg.Go(func() {
-			rp, err := g.thr.start(i, s)
-			if err == nil {
+			if errs[i] = g.thr.start(i, rp); errs[i] == nil {
 				// At once, not after every rank has started: a launcher
 				// SIGKILLed during a long start-up must leave nothing.
 				g.guard.Watch(rp.proc.pid())
 			}
-			started[i] = startReply{rp, err}
 		})
 	}
 	wg.Wait()
 	var startErr error
-	for i, r := range started {
-		if r.err != nil {
+	for i, rp := range rps {
+		if errs[i] != nil {
 			if startErr == nil {
-				startErr = startError(specs[i].Rank, r.err)
+				startErr = startError(rp.spec.Rank, errs[i])
 			}
 			continue
 		}
-		g.ranks = append(g.ranks, r.rp)
-		go g.waitRank(len(g.ranks)-1, r.rp)
+		g.ranks = append(g.ranks, rp)
+		go g.waitRank(len(g.ranks)-1, rp)
 	}
 	if startErr != nil {
 		g.abort()
@@ -184,7 +193,7 @@ type exitReport struct {
 
 // waitRank blocks until one rank has exited and reports its exit. The
 // supervisor applies it, unless it gave up on the rank first (see
-// Options.KillWait): a waiter blocked for good never touches the rank's result.
+// Options.Stop.KillWait): a waiter blocked for good never touches the rank's result.
 func (g *Group) waitRank(i int, rp *rankProc) {
 	ws, err := rp.proc.wait()
 	g.exits <- exitReport{i: i, ws: ws, err: err, ended: time.Now()}
@@ -267,7 +276,7 @@ type supervisor struct {
 
 func (g *Group) supervise(ctx context.Context) {
 	s := &supervisor{g: g, live: len(g.ranks), rootCause: -1}
-	s.dog = newWatchdog(g.opts, g.started, &g.lastOutput)
+	s.dog = newWatchdog(g.opts.Watchdog, g.started, &g.lastOutput)
 	ctxDone := ctx.Done()
 	for s.live > 0 {
 		select {
@@ -315,7 +324,7 @@ func (s *supervisor) giveUp() {
 		if rp.exited {
 			continue
 		}
-		msg := fmt.Sprintf("launcher: rank %d (pid %d) did not exit %v after SIGKILL (state %s)", rp.spec.Rank, rp.proc.pid(), s.g.opts.killWait(), procfs.StateName(rp.proc.pid()))
+		msg := fmt.Sprintf("launcher: rank %d (pid %d) did not exit %v after SIGKILL (state %s)", rp.spec.Rank, rp.proc.pid(), s.g.opts.Stop.killWait(), procfs.StateName(rp.proc.pid()))
 		rp.res.Note = msg
 		rp.abandoned = true // never released: reaping it would block
 		s.exited(exitReport{i: i, err: errors.New(msg), ended: time.Now()})
@@ -351,8 +360,8 @@ func (s *supervisor) exited(e exitReport) {
 	s.failures = append(s.failures, e.i)
 	if s.rootCause < 0 && !rp.stopped && rp.lost == nil {
 		s.rootCause = e.i
-		if s.g.opts.OnRootCause != nil {
-			s.g.opts.OnRootCause(*r)
+		if s.g.opts.Stop.OnRootCause != nil {
+			s.g.opts.Stop.OnRootCause(*r)
 		}
 		s.stop(fmt.Errorf("launcher: rank %d failed with %s", rp.spec.Rank, r.Status()), syscall.SIGTERM)
 	}
@@ -384,7 +393,7 @@ func (s *supervisor) stop(cause error, sig syscall.Signal) {
 	}
 	s.signalLive(sig)
 	if s.killTimer == nil {
-		s.killTimer = time.NewTimer(s.g.opts.grace())
+		s.killTimer = time.NewTimer(s.g.opts.Stop.grace())
 		s.killC = s.killTimer.C
 	}
 }
@@ -402,7 +411,7 @@ func (s *supervisor) signalLive(sig syscall.Signal) {
 		s.g.cont.kill() // and whatever the ranks started
 	}
 	if sig == syscall.SIGKILL && s.giveUpC == nil {
-		s.giveUpC = time.After(s.g.opts.killWait())
+		s.giveUpC = time.After(s.g.opts.Stop.killWait())
 	}
 }
 
@@ -433,7 +442,7 @@ func (s *supervisor) sendLive(sig syscall.Signal) {
 // the ranks' process groups, drains their output (bounded), and releases
 // the guard and the starter thread.
 func (g *Group) finish() {
-	g.cont.end(g.ranks, g.opts.killWait()) // every process the ranks started, wherever it went
+	g.cont.end(g.ranks, g.opts.Stop.killWait()) // every process the ranks started, wherever it went
 	for _, rp := range g.ranks {
 		_ = killGroup(rp.proc.pid(), syscall.SIGKILL)
 	}
@@ -450,7 +459,7 @@ func (g *Group) finish() {
 		}
 		g.cont.usage(rp) // every process in its cgroup is gone
 	}
-	g.cont.close(g.opts.killWait())
+	g.cont.close(g.opts.Stop.killWait())
 	g.stacks.Remove()
 	g.thr.close()
 }
@@ -490,7 +499,7 @@ func (g *Group) drainOutput() (stalled bool) {
 	}
 	for _, step := range steps {
 		step()
-		if waitFor(drained, g.opts.drain()) {
+		if waitFor(drained, g.opts.Stop.drain()) {
 			return stalled
 		}
 	}
@@ -524,7 +533,7 @@ func (g *Group) collect(s *supervisor) {
 		r.Cost = rp.usage.cost(r.Started, r.Ended)
 		if r.Stack != nil && r.Stack.Kind == diag.StackGo {
 			st := *r.Stack
-			st.Text = diag.TrimGoStack(rp.spec.capture.Text())
+			st.Text = diag.TrimGoStack(rp.capture.Text())
 			r.Stack = &st
 		}
 		res.Ranks = append(res.Ranks, r)
@@ -535,10 +544,14 @@ func (g *Group) collect(s *supervisor) {
 	close(g.done)
 }
 
-// sortedByRank returns a copy of specs ordered by rank, so that a rank's
-// index in the Group is its index in Result.Ranks.
-func sortedByRank(specs []Spec) []Spec {
-	out := append([]Spec(nil), specs...)
-	sort.SliceStable(out, func(a, b int) bool { return out[a].Rank < out[b].Rank })
-	return out
+// newRanks returns a rank for each of specs, ordered by rank, so that a
+// rank's index in the Group is its index in Result.Ranks.
+func newRanks(specs []Spec) []*rankProc {
+	sorted := append([]Spec(nil), specs...)
+	sort.SliceStable(sorted, func(a, b int) bool { return sorted[a].Rank < sorted[b].Rank })
+	rps := make([]*rankProc, len(sorted))
+	for i, s := range sorted {
+		rps[i] = &rankProc{spec: s}
+	}
+	return rps
 }

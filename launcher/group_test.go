@@ -103,7 +103,7 @@ func TestFirstFailureStopsSiblings(t *testing.T) {
 		helperSpec(2, "block", os.DevNull),
 		helperSpec(3, "exit", "3"),
 	}
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Minute})
+	g, err := Start(context.Background(), specs, Options{Stop: StopOptions{GracePeriod: time.Minute}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestStoppedRankMayExitCleanly(t *testing.T) {
 func TestGraceThenKill(t *testing.T) {
 	specs := []Spec{helperSpec(0, "ignore", testrank.ReadyFD, strconv.Itoa(int(syscall.SIGTERM)))}
 	waitReady := withReady(t, specs)
-	g, err := Start(context.Background(), specs, Options{GracePeriod: 200 * time.Millisecond})
+	g, err := Start(context.Background(), specs, Options{Stop: StopOptions{GracePeriod: 200 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func sleepSpec(rank int) Spec {
 func TestSecondSIGINTKills(t *testing.T) {
 	specs := []Spec{helperSpec(0, "ignore", testrank.ReadyFD, strconv.Itoa(int(syscall.SIGINT)))}
 	waitReady := withReady(t, specs)
-	g, err := Start(context.Background(), specs, Options{GracePeriod: time.Hour})
+	g, err := Start(context.Background(), specs, Options{Stop: StopOptions{GracePeriod: time.Hour}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +231,7 @@ func pidGone(pid int, d time.Duration) bool { return proctest.WaitExit(pid, d) }
 func TestStopKillsRankChildren(t *testing.T) {
 	specs := []Spec{helperSpec(0, "family", testrank.ReadyFD), helperSpec(1, "block", testrank.ReadyFD)}
 	waitReady := withReady(t, specs)
-	g, err := Start(context.Background(), specs, Options{GracePeriod: 300 * time.Millisecond})
+	g, err := Start(context.Background(), specs, Options{Stop: StopOptions{GracePeriod: 300 * time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,7 +93,7 @@ func consoleNobodyReads(t *testing.T, method string) {
 	// 350 lines of 1000 bytes: the console pipe takes 65, the queue 256, the
 	// relay holds one and the rest fit in the rank's pipe, so the rank exits.
 	spec := helperSpec(0, "print", "350", "1000")
-	opts := Options{DrainTimeout: 200 * time.Millisecond}
+	opts := Options{Stop: StopOptions{DrainTimeout: 200 * time.Millisecond}}
 	if method == MethodForkserver {
 		fs, python, script := startForkserver(t)
 		spec, opts.Method = pySpec(0, python, script, "print", "350", "993"), fs

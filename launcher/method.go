@@ -25,9 +25,10 @@ type StartMethod interface {
 	starter(n int) rankStarter
 }
 
-// rankStarter starts the ranks of one Group.
+// rankStarter starts the ranks of one Group: start starts rank i of the
+// Group, rp, and sets its process.
 type rankStarter interface {
-	start(i int, s Spec) (*rankProc, error)
+	start(i int, rp *rankProc) error
 	close()
 }
 
@@ -81,14 +82,5 @@ func (fs *Forkserver) starter(int) rankStarter { return forkStarter{fs} }
 
 type forkStarter struct{ fs *Forkserver }
 
-func (f forkStarter) start(_ int, s Spec) (*rankProc, error) { return f.fs.start(s) }
-func (forkStarter) close()                                   {}
-
-// StartMethod returns the start method the options ask for: Method, or
-// spawn when it is nil.
-func (o Options) StartMethod() StartMethod {
-	if o.Method == nil {
-		return spawnMethod{}
-	}
-	return o.Method
-}
+func (f forkStarter) start(_ int, rp *rankProc) error { return f.fs.start(rp) }
+func (forkStarter) close()                            {}

@@ -62,7 +62,7 @@ func TestRemoteCauseStacks(t *testing.T) {
 			out := &firstWrite{started: make(chan struct{})}
 			spec := pySpec(0, python, script)
 			spec.Dir, spec.Stdout = dir, out
-			g, err := Start(ctx, []Spec{spec}, Options{Stacks: true, GracePeriod: 5 * time.Second})
+			g, err := Start(ctx, []Spec{spec}, Options{Stop: StopOptions{GracePeriod: 5 * time.Second}, Watchdog: WatchdogOptions{Stacks: true}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -42,8 +42,8 @@ type RankResult struct {
 	// Cost is what the rank cost: wall and CPU time, peak memory.
 	Cost Cost
 	// Stack is where the rank was when the launcher stopped the job for
-	// a hang or a timeout (Options.HangTimeout, Options.Timeout); nil
-	// when no stack was taken.
+	// a hang or a timeout (Options.Watchdog); nil when no stack was
+	// taken.
 	Stack *diag.Stack
 }
 

@@ -65,8 +65,8 @@ func noCores(t *testing.T, dir string) {
 // was stopped for a hang, with no root cause rank.
 func hangResult(t *testing.T, specs []Spec, opts Options) *Result {
 	t.Helper()
-	opts.HangTimeout = 2 * time.Second
-	opts.GracePeriod = 5 * time.Second
+	opts.Watchdog.HangTimeout = 2 * time.Second
+	opts.Stop.GracePeriod = 5 * time.Second
 	g, err := Start(context.Background(), specs, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -146,12 +146,12 @@ func TestHangOtherProgram(t *testing.T) {
 	}
 }
 
-// TestTimeout: a job that runs past Options.Timeout is stopped with its
+// TestTimeout: a job that runs past Options.Watchdog.Timeout is stopped with its
 // stacks, and exits 124.
 func TestTimeout(t *testing.T) {
 	dir := t.TempDir()
 	python, script := pythonStuck(t, dir)
-	g, err := Start(context.Background(), []Spec{pySpec(0, python, script)}, Options{Timeout: time.Second, GracePeriod: 5 * time.Second})
+	g, err := Start(context.Background(), []Spec{pySpec(0, python, script)}, Options{Stop: StopOptions{GracePeriod: 5 * time.Second}, Watchdog: WatchdogOptions{Timeout: time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestNoHangWhileOutput(t *testing.T) {
 		t.Skip("no sh")
 	}
 	spec := Spec{Rank: 0, Path: sh, Args: []string{"sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do echo $i; sleep 0.25; done"}, Env: os.Environ(), Stdout: NewTail(nil)}
-	g, err := Start(context.Background(), []Spec{spec}, Options{HangTimeout: 2 * time.Second})
+	g, err := Start(context.Background(), []Spec{spec}, Options{Watchdog: WatchdogOptions{HangTimeout: 2 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ print("hook on path: %s" % any("mpspawn-stacks" in p or p.endswith("/site") for 
 				spec.Env = append(spec.Env, "PYTHONPATH="+tt.pythonpath)
 			}
 			spec.Stdout = out
-			g, err := Start(context.Background(), []Spec{spec}, Options{Stacks: true})
+			g, err := Start(context.Background(), []Spec{spec}, Options{Watchdog: WatchdogOptions{Stacks: true}})
 			if err != nil {
 				t.Fatal(err)
 			}

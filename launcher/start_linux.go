@@ -31,13 +31,8 @@ type thread struct {
 }
 
 type startReq struct {
-	spec  Spec
-	reply chan startReply
-}
-
-type startReply struct {
-	rp  *rankProc
-	err error
+	rp    *rankProc
+	reply chan error
 }
 
 // newStarter starts n locked threads (at least one).
@@ -59,8 +54,7 @@ func (th *thread) loop() {
 	for {
 		select {
 		case r := <-th.reqs:
-			rp, err := spawn(r.spec)
-			r.reply <- startReply{rp, err}
+			r.reply <- spawn(r.rp)
 		case <-th.quit:
 			return
 		}
@@ -68,11 +62,10 @@ func (th *thread) loop() {
 }
 
 // start starts one rank from locked thread i (modulo the pool size).
-func (t *starter) start(i int, s Spec) (*rankProc, error) {
-	reply := make(chan startReply, 1)
-	t.threads[i%len(t.threads)].reqs <- startReq{s, reply}
-	r := <-reply
-	return r.rp, r.err
+func (t *starter) start(i int, rp *rankProc) error {
+	reply := make(chan error, 1)
+	t.threads[i%len(t.threads)].reqs <- startReq{rp, reply}
+	return <-reply
 }
 
 // close ends the locked threads; call it only after every rank was reaped.
@@ -86,17 +79,17 @@ func (t *starter) close() {
 // spawn is the spawn start method: a fresh exec of the rank's program, as
 // leader of its own process group, with SIGKILL as parent-death signal and
 // the rank's CPU affinity inherited from this thread.
-func spawn(s Spec) (*rankProc, error) {
-	rp := &rankProc{spec: s}
+func spawn(rp *rankProc) error {
+	s := rp.spec
 	files, release, err := rp.openFiles()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer release()
 	restore, err := bindThread(s.CPUs)
 	if err != nil {
 		rp.closePipes()
-		return nil, fmt.Errorf("cpu affinity %v: %w", s.CPUs, err)
+		return fmt.Errorf("cpu affinity %v: %w", s.CPUs, err)
 	}
 	attr := &os.ProcAttr{
 		Dir:   s.Dir,
@@ -107,18 +100,18 @@ func spawn(s Spec) (*rankProc, error) {
 			Pdeathsig: syscall.SIGKILL,
 		},
 	}
-	if s.cgroup != nil { // born in its cgroup: clone3 CLONE_INTO_CGROUP
-		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, int(s.cgroup.Fd())
+	if rp.cgroup != nil { // born in its cgroup: clone3 CLONE_INTO_CGROUP
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, int(rp.cgroup.Fd())
 	}
 	rp.started = time.Now()
 	proc, err := os.StartProcess(s.Path, s.Args, attr)
 	restore()
 	if err != nil {
 		rp.closePipes()
-		return nil, err
+		return err
 	}
 	rp.setProcess(newExecProcess(proc))
-	return rp, nil
+	return nil
 }
 
 // openFiles returns the rank's files 0, 1, 2, ...: /dev/null as stdin, a
@@ -155,8 +148,8 @@ func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
 		rp.pipes = append(rp.pipes, r)
 		rp.relays.Add(1)
 		var src io.Reader = r
-		if s.activity != nil {
-			src = activityReader{r, s.activity}
+		if rp.activity != nil {
+			src = activityReader{r, rp.activity}
 		}
 		go func() {
 			defer rp.relays.Done()

@@ -21,19 +21,14 @@ var platformSignalNames = map[syscall.Signal]string{}
 
 type starter struct{}
 
-func newStarter(int) *starter                       { return &starter{} }
-func (*starter) start(int, Spec) (*rankProc, error) { return nil, ErrUnsupported }
-func (*starter) close()                             {}
+func newStarter(int) *starter               { return &starter{} }
+func (*starter) start(int, *rankProc) error { return ErrUnsupported }
+func (*starter) close()                     {}
 
 func closeInherited() {}
 
 // killGroup has no group to signal: no rank runs on this platform.
 func killGroup(int, syscall.Signal) error { return ErrUnsupported }
-
-type startReply struct {
-	rp  *rankProc
-	err error
-}
 
 var suspendSignals []os.Signal
 

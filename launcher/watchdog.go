@@ -11,8 +11,8 @@ import (
 	"github.com/mpspawn/mpspawn/launcher/diag"
 )
 
-// The watchdog stops a job that hangs (Options.HangTimeout: no output
-// from any rank for that long) or runs too long (Options.Timeout), after
+// The watchdog stops a job that hangs (Options.Watchdog.HangTimeout: no output
+// from any rank for that long) or runs too long (Options.Watchdog.Timeout), after
 // taking every live rank's stack (see diag.Stack). It runs in the supervisor.
 
 // watchdog holds the supervisor's timer for HangTimeout and Timeout.
@@ -25,7 +25,7 @@ type watchdog struct {
 
 // newWatchdog returns the watchdog of opts, or nil when neither bound is
 // set.
-func newWatchdog(opts Options, start time.Time, last *atomic.Int64) *watchdog {
+func newWatchdog(opts WatchdogOptions, start time.Time, last *atomic.Int64) *watchdog {
 	if opts.HangTimeout <= 0 && opts.Timeout <= 0 {
 		return nil
 	}
@@ -92,25 +92,25 @@ func (a activityReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// watch sets up what the watchdog and the stacks need in specs: the stack
+// watch sets up what the watchdog and the stacks need in ranks: the stack
 // hook in every rank's environment, the capture of its stderr, and the
 // record of its output's time.
-func (g *Group) watch(specs []Spec) error {
+func (g *Group) watch(ranks []*rankProc) error {
 	g.started = time.Now()
 	g.lastOutput.Store(g.started.UnixNano())
-	if g.opts.stacks() {
+	if g.opts.Watchdog.stacks() {
 		var err error
-		if g.stacks, err = diag.NewDir(g.opts.StacksDir); err != nil {
+		if g.stacks, err = diag.NewDir(g.opts.Watchdog.StacksDir); err != nil {
 			return err
 		}
-		for i := range specs {
-			specs[i].Env = g.stacks.Env(specs[i].Env)
-			specs[i].capture = diag.NewCapture(specs[i].Stderr)
-			specs[i].Stderr = specs[i].capture
+		for _, rp := range ranks {
+			rp.spec.Env = g.stacks.Env(rp.spec.Env)
+			rp.capture = diag.NewCapture(rp.spec.Stderr)
+			rp.spec.Stderr = rp.capture
 		}
 	}
-	for i := range specs {
-		specs[i].activity = &g.lastOutput
+	for _, rp := range ranks {
+		rp.activity = &g.lastOutput
 	}
 	return nil
 }
@@ -123,8 +123,8 @@ func (s *supervisor) watchdogFired(now time.Time) {
 		return
 	}
 	s.cause = cause
-	if s.g.opts.OnCause != nil {
-		s.g.opts.OnCause(cause)
+	if s.g.opts.Watchdog.OnCause != nil {
+		s.g.opts.Watchdog.OnCause(cause)
 	}
 	s.takeStacks()
 }
@@ -150,7 +150,7 @@ func (s *supervisor) takeStacks() {
 		var wg sync.WaitGroup
 		for _, i := range live {
 			rp := s.g.ranks[i]
-			wg.Go(func() { out[i] = diag.Take(rp.proc.pid(), dir, rp.proc.signal, true, rp.spec.capture) })
+			wg.Go(func() { out[i] = diag.Take(rp.proc.pid(), dir, rp.proc.signal, true, rp.capture) })
 		}
 		wg.Wait()
 		s.dumped <- out

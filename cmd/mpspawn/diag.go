@@ -77,9 +77,9 @@ func parseBound(c *cli.Context, name string) (time.Duration, error) {
 // hook in every Python rank (so that --dump-stacks can see it), with its
 // files in the scratch directory when there is one.
 func (d diagConfig) options(o *launcher.Options, scratch string) {
-	o.HangTimeout, o.Timeout, o.Stacks = d.hang, d.timeout, true
+	o.Watchdog.HangTimeout, o.Watchdog.Timeout, o.Watchdog.Stacks = d.hang, d.timeout, true
 	if scratch != "" {
-		o.StacksDir = filepath.Join(scratch, "stacks")
+		o.Watchdog.StacksDir = filepath.Join(scratch, "stacks")
 	}
 }
 

@@ -214,7 +214,7 @@ func (p *plan) job(m rendezvous.Membership) *job.Job {
 	return &job.Job{
 		Path: p.path, Command: p.argv, Env: os.Environ(),
 		Membership: m, RunID: p.runID, Role: p.role, Ranks: p.place.setup,
-		Options: launcher.Options{GracePeriod: p.grace, Method: p.method},
+		Options: launcher.Options{Method: p.method, Stop: launcher.StopOptions{GracePeriod: p.grace}},
 		IPC:     p.ipc,
 	}
 }

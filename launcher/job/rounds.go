@@ -131,7 +131,7 @@ func (j *Job) runRound(ctx context.Context, rdzv rendezvous.Rendezvous, round re
 	rctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	pub := &publisher{ctx: ctx, rdzv: rdzv, job: j}
-	j.Options.OnRootCause, j.Options.OnCause = pub.publish, pub.publishCause
+	j.Options.Stop.OnRootCause, j.Options.Watchdog.OnCause = pub.publish, pub.publishCause
 	stopped := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {

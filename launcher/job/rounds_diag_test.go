@@ -57,7 +57,7 @@ func TestRunRoundsCause(t *testing.T) {
 	}
 	rdzv := &recorder{Job: static}
 	j := &Job{Path: testrank.Exe, Command: []string{testrank.Name, "block", ready}, Env: os.Environ(), RunID: "r",
-		ScratchDir: dir, Options: launcher.Options{GracePeriod: 5 * time.Second, Timeout: time.Minute}} // the bound, should the rank never start
+		ScratchDir: dir, Options: launcher.Options{Stop: launcher.StopOptions{GracePeriod: 5 * time.Second}, Watchdog: launcher.WatchdogOptions{Timeout: time.Minute}}} // the bound, should the rank never start
 	j.NProcPerNode = 1
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
@@ -98,7 +98,7 @@ func (gpuFault) Reason() string { return "GPU 3 (GPU-x) reported XID 79: GPU has
 func TestCauseInSummary(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	specs := []launcher.Spec{helperSpec(0, "block", os.DevNull)}
-	g, err := launcher.Start(ctx, specs, launcher.Options{GracePeriod: 5 * time.Second})
+	g, err := launcher.Start(ctx, specs, launcher.Options{Stop: launcher.StopOptions{GracePeriod: 5 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -119,7 +119,7 @@ func (p *Pool) startWorker(i int) (*poolWorker, error) {
 	// Each worker is a group of its own, so that one worker's death does
 	// not stop the others; it still gets the launcher's supervision and
 	// no-orphans guarantee.
-	g, err := launcher.Start(context.Background(), ranks.specs, launcher.Options{GracePeriod: p.opts.grace()})
+	g, err := launcher.Start(context.Background(), ranks.specs, launcher.Options{Stop: launcher.StopOptions{GracePeriod: p.opts.grace()}})
 	if err != nil {
 		ranks.close()
 		return nil, err

@@ -165,7 +165,7 @@ func Spawn[A, R any](ctx context.Context, fn Func[A, R], nprocs int, args A, opt
 	if err != nil {
 		return nil, fmt.Errorf("mp: spawn %s: %w", fn.name, err)
 	}
-	s.group, err = launcher.Start(ctx, s.ranks.specs, launcher.Options{GracePeriod: opts.grace()})
+	s.group, err = launcher.Start(ctx, s.ranks.specs, launcher.Options{Stop: launcher.StopOptions{GracePeriod: opts.grace()}})
 	if err != nil {
 		s.ranks.close()
 		return nil, fmt.Errorf("mp: spawn %s: %w", fn.name, err)
