@@ -1,5 +1,9 @@
 package launcher
 
+// The forked rank: forked by the forkserver on the launcher's request,
+// its exit reported by the server, signalled through a pidfd and released
+// by asking the server to reap it.
+
 import (
 	"encoding/json"
 	"errors"
@@ -158,4 +162,38 @@ func (p *forkedProcess) wait() (syscall.WaitStatus, error) {
 		pidfd.Wait(p.pidfd, lostRankWait)
 	}
 	return 0, p.fs.deadErr
+}
+
+// signal sends sig to the forked rank through the pidfd opened when the
+// server reported its pid.
+func (p *forkedProcess) signal(sig syscall.Signal) error {
+	if p.pidfd < 0 {
+		return nil // gone before it could be opened
+	}
+	if err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return err
+	}
+	return nil
+}
+
+// release tells the server to reap the rank, which it reported exited,
+// and closes the pidfd: the supervisor signals its group no more. It
+// returns the rank's usage as the server's wait4 returned it.
+func (p *forkedProcess) release() (ru *syscall.Rusage) {
+	p.closeOnce.Do(func() {
+		ru = p.fs.release(p.pidv)
+		if p.pidfd >= 0 {
+			unix.Close(p.pidfd)
+		}
+	})
+	return ru
+}
+
+// abandon closes the pidfd; the server reaps the rank if it ever can.
+func (p *forkedProcess) abandon() {
+	p.closeOnce.Do(func() {
+		if p.pidfd >= 0 {
+			unix.Close(p.pidfd)
+		}
+	})
 }

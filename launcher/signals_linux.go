@@ -6,8 +6,6 @@ import (
 	"os"
 	"slices"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // ForwardedSignals returns the signals a running job forwards to its
@@ -80,57 +78,6 @@ func killGroup(pid int, sig syscall.Signal) error {
 		return fmt.Errorf("launcher: signal process group %d with %s: %w", pid, SignalName(sig), err)
 	}
 	return nil
-}
-
-// signal sends sig to the rank through its pidfd (os.Process uses one
-// where the kernel has them).
-func (e execProcess) signal(sig syscall.Signal) error {
-	if err := e.p.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	return nil
-}
-
-// signal sends sig to the forked rank through the pidfd opened when the
-// server reported its pid.
-func (p *forkedProcess) signal(sig syscall.Signal) error {
-	if p.pidfd < 0 {
-		return nil // gone before it could be opened
-	}
-	if err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return err
-	}
-	return nil
-}
-
-// release tells the server to reap the rank, which it reported exited,
-// and closes the pidfd: the supervisor signals its group no more. It
-// returns the rank's usage as the server's wait4 returned it.
-func (p *forkedProcess) release() (ru *syscall.Rusage) {
-	p.closeOnce.Do(func() {
-		ru = p.fs.release(p.pidv)
-		if p.pidfd >= 0 {
-			unix.Close(p.pidfd)
-		}
-	})
-	return ru
-}
-
-// abandon closes the pidfd; the server reaps the rank if it ever can.
-func (p *forkedProcess) abandon() {
-	p.closeOnce.Do(func() {
-		if p.pidfd >= 0 {
-			unix.Close(p.pidfd)
-		}
-	})
-}
-
-// abandon closes the pidfd; the waiter then blocks in waitid(2) for good,
-// or until the rank can be reaped after all.
-func (e execProcess) abandon() {
-	if e.exited != nil {
-		e.exited.Close()
-	}
 }
 
 // leadsGroup says whether pid is still the leader of its own process group,

@@ -1,11 +1,14 @@
 package launcher
 
+// The spawned rank: forked from a locked OS thread and exec'd by the
+// launcher itself (the spawn start method), waited on, signalled and
+// released through its pidfd.
+
 import (
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
-	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -112,51 +115,6 @@ func spawn(rp *rankProc) error {
 	}
 	rp.setProcess(newExecProcess(proc))
 	return nil
-}
-
-// openFiles returns the rank's files 0, 1, 2, ...: /dev/null as stdin, a
-// pipe per output stream that has a writer (relayed line by line from now
-// on; /dev/null otherwise), then Spec.ExtraFiles. release closes the
-// launcher's copies of what the rank inherits; call it once the rank has
-// them. After a failed start, closePipes ends the relays.
-func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
-	s := rp.spec
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	childEnds := []*os.File{devnull}
-	release = func() {
-		for _, f := range childEnds {
-			f.Close()
-		}
-	}
-	files = append(make([]*os.File, 0, 3+len(s.ExtraFiles)), devnull)
-	for _, w := range []io.Writer{s.Stdout, s.Stderr} {
-		if w == nil {
-			files = append(files, devnull)
-			continue
-		}
-		r, cw, err := os.Pipe()
-		if err != nil {
-			release()
-			rp.closePipes()
-			return nil, nil, err
-		}
-		childEnds = append(childEnds, cw)
-		files = append(files, cw)
-		rp.pipes = append(rp.pipes, r)
-		rp.relays.Add(1)
-		var src io.Reader = r
-		if rp.activity != nil {
-			src = activityReader{r, rp.activity}
-		}
-		go func() {
-			defer rp.relays.Done()
-			relayLines(src, w)
-		}()
-	}
-	return append(files, s.ExtraFiles...), release, nil
 }
 
 // execProcess is a rank the launcher forked and exec'd itself.
@@ -273,14 +231,6 @@ func peekStatus(pidfd *os.File) (syscall.WaitStatus, bool) {
 	return 0, false
 }
 
-// closePipes closes the read ends after a failed start, ending the relays.
-func (rp *rankProc) closePipes() {
-	for _, f := range rp.pipes {
-		f.Close()
-	}
-	rp.relays.Wait()
-}
-
 // bindThread sets the calling (locked) thread's CPU affinity to cpus, so
 // that a child forked from it starts bound, and returns a func restoring
 // the previous mask. Empty cpus changes nothing.
@@ -304,22 +254,19 @@ func bindThread(cpus []int) (restore func(), err error) {
 	return func() { _ = unix.SchedSetaffinity(0, &old) }, nil
 }
 
-// dedupEnv keeps the last value of each variable, as os/exec does.
-func dedupEnv(env []string) []string {
-	last := make(map[string]int, len(env))
-	for i, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		last[k] = i
+// signal sends sig to the rank through its pidfd (os.Process uses one
+// where the kernel has them).
+func (e execProcess) signal(sig syscall.Signal) error {
+	if err := e.p.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
 	}
-	if len(last) == len(env) {
-		return env
+	return nil
+}
+
+// abandon closes the pidfd; the waiter then blocks in waitid(2) for good,
+// or until the rank can be reaped after all.
+func (e execProcess) abandon() {
+	if e.exited != nil {
+		e.exited.Close()
 	}
-	out := make([]string, 0, len(last))
-	for i, kv := range env {
-		k, _, _ := strings.Cut(kv, "=")
-		if last[k] == i {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
