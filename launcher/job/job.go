@@ -134,7 +134,8 @@ func (j *Job) Specs() ([]launcher.Spec, error) {
 		j.Output = &launcher.Output{}
 	}
 	j.Output.Dir = j.AttemptDir()
-	j.Output.RoleName = j.Contract().RoleName()
+	rc := j.Contract()
+	j.Output.RoleName = rc.RoleName()
 	var attempt *safefs.Dir
 	if j.LogDir != "" {
 		d, err := j.openAttemptDir()
@@ -144,7 +145,6 @@ func (j *Job) Specs() ([]launcher.Spec, error) {
 		defer d.Close()
 		attempt = d
 	}
-	contract := j.Contract()
 	specs := make([]launcher.Spec, j.NProcPerNode)
 	j.tails = nil
 	for lr := range specs {
@@ -162,7 +162,7 @@ func (j *Job) Specs() ([]launcher.Spec, error) {
 		stderr = tail
 		specs[lr] = launcher.Spec{
 			Rank: rank, LocalRank: lr,
-			Path: j.Path, Args: j.Command, Env: contract.Env(lr, j.Placement(lr)), Dir: j.Dir,
+			Path: j.Path, Args: j.Command, Env: rc.Env(lr, j.Placement(lr)), Dir: j.Dir,
 			Stdout: stdout, Stderr: stderr, ErrorFile: ef, CPUs: j.Placement(lr).CPUs,
 		}
 	}

@@ -310,7 +310,7 @@ type goRanks struct {
 // binary in role, with control channels to broker, writing their output to
 // out. opts.Ranks is indexed by rank.
 func newGoRanks(role string, first, n, world int, opts *Options, out *launcher.Output, broker *ipc.Broker) (*goRanks, error) {
-	contract := &contract.Contract{
+	rc := &contract.Contract{ // the ranks' contract
 		Membership:  rendezvous.Local(world),
 		StartMethod: launcher.MethodSpawn,
 		Base:        append(os.Environ(), opts.Env...),
@@ -327,7 +327,7 @@ func newGoRanks(role string, first, n, world int, opts *Options, out *launcher.O
 		g.tails = append(g.tails, tail)
 		g.specs[k] = launcher.Spec{
 			Rank: i, LocalRank: i, Path: self, Args: []string{os.Args[0]},
-			Env:    append(contract.Env(i, p), envRole+"="+role),
+			Env:    append(rc.Env(i, p), envRole+"="+role),
 			Stdout: stdout, Stderr: tail, CPUs: p.CPUs,
 		}
 	}
