@@ -87,11 +87,14 @@ func (c *containment) close(wait time.Duration) {
 	}
 }
 
-// RemoveOnDeath asks the launcher's guard to remove dir (recursively, not
-// following a symbolic link) if this process dies before it does: a
-// scratch directory, say. Every directory given is removed; one that is
-// already gone costs nothing.
-func RemoveOnDeath(dir string) error { return contain.RemoveOnDeath(dir) }
+// MkdirTemp makes a new directory (mode 0700) in dir, os.TempDir() when
+// empty, named pattern with a random string in place of its last "*", as
+// os.MkdirTemp does: a scratch directory, say. The launcher's guard
+// removes it (recursively, not following a symbolic link) if this process
+// dies before it removes the directory itself, and hears of its name
+// before the directory is made: a launcher killed at any moment, even by
+// SIGKILL, leaves none behind.
+func MkdirTemp(dir, pattern string) (string, error) { return contain.MkdirTemp(dir, pattern) }
 
 // CgroupError says why this process cannot contain its jobs with cgroups
 // (see ContainCgroup), or returns nil when it can.

@@ -23,8 +23,8 @@ func (*containment) end([]*rankProc, time.Duration) {}
 func (*containment) close(time.Duration)            {}
 func (*containment) usage(*rankProc)                {}
 
-// RemoveOnDeath returns ErrUnsupported: there is no guard off Linux.
-func RemoveOnDeath(string) error { return ErrUnsupported }
+// MkdirTemp is os.MkdirTemp: there is no guard off Linux.
+func MkdirTemp(dir, pattern string) (string, error) { return contain.MkdirTemp(dir, pattern) }
 
 // CgroupError returns ErrUnsupported: cgroups are a Linux feature.
 func CgroupError() error { return ErrUnsupported }

@@ -104,6 +104,7 @@ func helperSpec(rank int, mode string, args ...string) Spec {
 //	                       rank's control channel (fd 3); then wait
 //	rank write-frame       write a broker request on fd 3
 //	rank stdout-daemon     leave a daemon holding stdout, exit 0
+//	rank mkdirtemp DIR     make directories in DIR until killed
 //	rank launcher READY N  start N ranks in mode family, write all their
 //	                       "PID CHILDPID" pairs to READY as one line, then
 //	                       supervise them until killed
@@ -131,6 +132,8 @@ func rankMain(args []string) int {
 			return 1
 		}
 		return 0
+	case "mkdirtemp": // make scratch directories in args[1] until killed
+		return helperMkdirTemp(args[1])
 	case "stdout-daemon": // a daemon holds the rank's stdout after it exits
 		return helperStdoutDaemon()
 	case "launcher-daemons": // a rank that starts daemons and reports on fd 3

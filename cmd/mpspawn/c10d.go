@@ -125,11 +125,11 @@ func (cfg *config) startEtcd(ep, ip, port string) (*hostedEtcd, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "mpspawn_etcd_")
+	// Removed by the guard if mpspawn is SIGKILLed, even while it is made.
+	dir, err := launcher.MkdirTemp("", "mpspawn_etcd_")
 	if err != nil {
 		return nil, &setupError{Step: "no directory for the etcd server's data", Err: err, Hint: " (set TMPDIR)"}
 	}
-	_ = launcher.RemoveOnDeath(dir) // by the guard, if mpspawn is SIGKILLed
 	scheme := "http://"
 	var tlsArgs []string
 	if m.tls != nil && m.conf.cert != "" {

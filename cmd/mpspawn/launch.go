@@ -124,10 +124,10 @@ func (p *plan) logDirs(notes io.Writer) (logDir, scratch string, err error) {
 		fmt.Fprintf(notes, "mpspawn: log files go to %s\n", logDir)
 		return logDir, "", nil
 	}
-	if scratch, err = os.MkdirTemp("", "mpspawn_"); err != nil {
+	// Removed by the guard if mpspawn is SIGKILLed, even while it is made.
+	if scratch, err = launcher.MkdirTemp("", "mpspawn_"); err != nil {
 		return "", "", &setupError{Step: "no directory for the ranks' error files", Err: err, Hint: " (set TMPDIR, or give --log-dir)"}
 	}
-	_ = launcher.RemoveOnDeath(scratch) // by the guard, if mpspawn is SIGKILLed
 	return "", scratch, nil
 }
 

@@ -2,7 +2,10 @@
 
 package contain
 
-import "errors"
+import (
+	"errors"
+	"os"
+)
 
 // ErrUnsupported is returned off Linux: there is no guard and no cgroup.
 var ErrUnsupported = errors.New("contain: only Linux is supported")
@@ -22,6 +25,9 @@ func (*Guard) Unwatch(int) {}
 
 // RemoveOnDeath returns ErrUnsupported.
 func RemoveOnDeath(string) error { return ErrUnsupported }
+
+// MkdirTemp is os.MkdirTemp: there is no guard to tell.
+func MkdirTemp(dir, pattern string) (string, error) { return os.MkdirTemp(dir, pattern) }
 
 // CgroupError returns ErrUnsupported.
 func CgroupError() error { return ErrUnsupported }

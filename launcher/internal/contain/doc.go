@@ -8,8 +8,8 @@
 // once, Job.Remove removes the subtree. Process groups, where cgroups
 // cannot be made: Subreaper, NewTag and Sweep. The guard: StartGuard
 // starts, once per process, a guard process that holds the read end of a
-// pipe only this process writes; Watch, WatchCgroups and RemoveOnDeath tell
-// it what to end, and when the pipe reaches EOF (this process exited or
+// pipe only this process writes; Watch, WatchCgroups, MkdirTemp and
+// RemoveOnDeath tell it what to end, and when the pipe reaches EOF (this process exited or
 // died, even by SIGKILL) it kills the process groups, kills and removes
 // the job cgroups, and removes the directories.
 //
@@ -20,5 +20,5 @@
 // minimal images without /bin/sh are contained as well.
 //
 // Linux only; elsewhere StartGuard, RemoveOnDeath and CgroupError return
-// ErrUnsupported.
+// ErrUnsupported, and MkdirTemp is os.MkdirTemp.
 package contain

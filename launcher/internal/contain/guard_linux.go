@@ -1,8 +1,14 @@
 package contain
 
 import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,6 +81,13 @@ func (g *Guard) spawn() error {
 	return nil
 }
 
+// Pid is the guard process's id (for tests that wait for its end).
+func (g *Guard) Pid() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.proc.Pid
+}
+
 // PipeFD is the descriptor of the launcher's end of the guard's pipe, which
 // stays open as long as the process (for tests that look for leaked
 // descriptors).
@@ -132,20 +145,85 @@ func (g *Guard) WatchCgroups() {
 // RemoveOnDeath asks the launcher's guard to remove dir (recursively, not
 // following a symbolic link) if this process dies before it does: a
 // scratch directory, say. Every directory given is removed; one that is
-// already gone costs nothing.
+// already gone costs nothing. A directory this process makes should be
+// made by MkdirTemp instead: given here after it is made, it is left
+// behind by a process killed in between.
 func RemoveOnDeath(dir string) error {
-	if strings.ContainsRune(dir, '\n') {
-		return fmt.Errorf("contain: remove on death: a directory name with a newline: %q", dir)
-	}
 	g, err := StartGuard()
 	if err != nil {
 		return err
+	}
+	return g.removeOnDeath(dir)
+}
+
+func (g *Guard) removeOnDeath(dir string) error {
+	if strings.ContainsRune(dir, '\n') {
+		return fmt.Errorf("contain: remove on death: a directory name with a newline: %q", dir)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.dirs = append(g.dirs, dir)
 	g.send("d" + dir + "\n")
 	return nil
+}
+
+// forget takes dir off the guard's directories to remove.
+func (g *Guard) forget(dir string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if i := slices.Index(g.dirs, dir); i >= 0 {
+		g.dirs = slices.Delete(g.dirs, i, i+1)
+	}
+	g.send("x" + dir + "\n")
+}
+
+// mkdirTempTries bounds MkdirTemp's tries at a name nobody has taken.
+const mkdirTempTries = 100
+
+// MkdirTemp makes a new directory (mode 0700) in dir, os.TempDir() when
+// empty, named pattern with a random string in place of its last "*"
+// (after it when it has none), as os.MkdirTemp does, and returns its
+// path. The guard removes it if this process dies before it removes the
+// directory itself, and hears of its name before the directory is made: a
+// process killed at any moment, even by SIGKILL, leaves none behind.
+func MkdirTemp(dir, pattern string) (string, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if strings.ContainsRune(pattern, os.PathSeparator) {
+		return "", fmt.Errorf("contain: mkdir temp %q: pattern contains a path separator", pattern)
+	}
+	prefix, suffix := pattern, ""
+	if i := strings.LastIndexByte(pattern, '*'); i >= 0 {
+		prefix, suffix = pattern[:i], pattern[i+1:]
+	}
+	g, err := StartGuard()
+	if err != nil {
+		return "", err
+	}
+	for range mkdirTempTries {
+		name := filepath.Join(dir, prefix+randomName()+suffix)
+		if err := g.removeOnDeath(name); err != nil {
+			return "", err
+		}
+		err := os.Mkdir(name, 0o700)
+		if err == nil {
+			return name, nil
+		}
+		g.forget(name) // not ours: never the guard's to remove
+		if !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("contain: mkdir temp: %w", err)
+		}
+	}
+	return "", fmt.Errorf("contain: mkdir temp %s: %d names taken", filepath.Join(dir, pattern), mkdirTempTries)
+}
+
+// randomName is a random 64-bit number in decimal (digits only, as
+// os.MkdirTemp's): a name nobody can guess in advance.
+func randomName() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+	return strconv.FormatUint(binary.LittleEndian.Uint64(b[:]), 10)
 }
 
 // send writes one line; if the guard has died (someone killed it), a new

@@ -40,10 +40,11 @@ func TestGuardLines(t *testing.T) {
 	// fd 3.
 	tmp := t.TempDir()
 	// Directories to remove: two (one with a space in its name), and a
-	// link to a third, which is kept with everything in it.
+	// link to a third, which is kept with everything in it; a fourth is
+	// given and taken back ("x"), and kept.
 	dir1, dir2, target := filepath.Join(tmp, "scratch"), filepath.Join(tmp, "etcd data"), filepath.Join(tmp, "target")
-	link := filepath.Join(tmp, "link")
-	for _, d := range []string{dir1, dir2, target} {
+	link, forgotten := filepath.Join(tmp, "link"), filepath.Join(tmp, "forgotten")
+	for _, d := range []string{dir1, dir2, target, forgotten} {
 		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -52,7 +53,7 @@ func TestGuardLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := filepath.Join(tmp, "lines")
-	if err := os.WriteFile(lines, fmt.Appendf(nil, "+%d\nd%s\n+%d\n+%d\nd%s\n-%d\n-999999\nd%s\n", killed1.Pid, dir1, kept.Pid, killed2.Pid, dir2, kept.Pid, link), 0o600); err != nil {
+	if err := os.WriteFile(lines, fmt.Appendf(nil, "+%d\nd%s\n+%d\n+%d\nd%s\n-%d\n-999999\nd%s\nd%s\nx%s\n", killed1.Pid, dir1, kept.Pid, killed2.Pid, dir2, kept.Pid, link, forgotten, forgotten), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Open(lines)
@@ -87,6 +88,9 @@ func TestGuardLines(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(target, "sub")); err != nil {
 		t.Errorf("a link's target after the guard's end: %v; want kept", err)
+	}
+	if _, err := os.Stat(filepath.Join(forgotten, "sub")); err != nil {
+		t.Errorf("a directory taken back after the guard's end: %v; want kept", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,7 +38,8 @@ const (
 // guardState is what the launcher told its guard: the process groups of
 // its ranks ("+PID" adds one, "-PID" removes one; a rank leads its process
 // group, so PID is its group's id too), the prefix of its job cgroups
-// ("cPREFIX") and the directories to remove ("dDIR"), one per line.
+// ("cPREFIX") and the directories to remove ("dDIR" adds one, "xDIR"
+// removes one), one per line.
 type guardState struct {
 	groups map[int]bool
 	prefix string
@@ -94,6 +96,10 @@ func readGuardLines(in *os.File) guardState {
 			st.prefix = arg
 		case 'd':
 			st.dirs = append(st.dirs, arg)
+		case 'x':
+			if i := slices.Index(st.dirs, arg); i >= 0 {
+				st.dirs = slices.Delete(st.dirs, i, i+1)
+			}
 		}
 	}
 	// A read error is an end too: the launcher is gone or the pipe broken.
