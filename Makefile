@@ -6,7 +6,7 @@ BIN      := bin/mpspawn
 PYTHON   ?= python3
 STATICCHECK_VERSION := v0.8.2
 
-.PHONY: build demo test test-deps check bench clean install
+.PHONY: build demo test test-deps check bench clean install wheel
 
 # go-nvml's cgo code calls every NVML function, the deprecated ones too, and
 # gcc warns about each (about 150 lines of -Wdeprecated-declarations on a
@@ -28,6 +28,13 @@ build:
 # mpspawn on PATH: into $(go env GOBIN), else $(go env GOPATH)/bin.
 install:
 	$(GO) install -tags urfave_cli_no_docs -ldflags '$(LDFLAGS)' ./cmd/mpspawn
+
+# dist/mpspawn-<version>-py3-none-<platform>.whl: the binary (installed as
+# bin/mpspawn of the environment) and the Python package mpspawn
+# (mpspawn.ipc, python -m mpspawn). Standard library only, no download.
+DIST     ?= dist
+wheel: build
+	@$(PYTHON) scripts/build_wheel.py --binary $(BIN) --out $(DIST)
 
 # The main job: 4 ranks on CPU fallback, no torch needed.
 demo: build
@@ -61,4 +68,4 @@ bench: build
 	$(PYTHON) bench/forkserver.py --mpspawn $(BIN)
 
 clean:
-	rm -rf bin
+	rm -rf bin dist
