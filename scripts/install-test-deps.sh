@@ -4,6 +4,7 @@
 #                   (the DDP end-to-end tests);
 #   etcd-server     /usr/bin/etcd, the multi-node rendezvous tests start their
 #   etcd-client     own servers on free loopback ports (etcdctl for debugging);
+#   libxml2-utils   xmllint, the JUnit report's schema check;
 #   slurmctld slurmd slurm-client munge
 #                   the two-node SLURM cluster the scheduler tests bring up.
 # Nothing is started here: each test starts the servers it needs and stops
@@ -19,6 +20,8 @@ if ! { [ -x /usr/bin/python3 ] && /usr/bin/python3 -c "$torch_probe" 2>/dev/null
 	missing+=(python3-torch)
 fi
 command -v etcd >/dev/null || missing+=(etcd-server etcd-client)
+# xmllint validates --junit-xml reports against the JUnit schema.
+command -v xmllint >/dev/null || missing+=(libxml2-utils)
 for bin in slurmctld slurmd srun munged; do
 	if ! command -v "$bin" >/dev/null && [ ! -x "/usr/sbin/$bin" ]; then
 		missing+=(slurmctld slurmd slurm-client munge)
