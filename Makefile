@@ -44,8 +44,11 @@ demo: build
 # SLURM cluster's packages), then every test under the race detector. The
 # CLI's package, with its real DDP, multi-node and SLURM jobs, takes about
 # 15 minutes on 2 cores; the bound leaves room for a slower machine.
+# internal/testsum prints a line per finished package, every failure as it
+# happens, a progress line at least every 30 s, and the skipped tests with
+# their reasons at the end; it exits with go test's code.
 test: test-deps
-	$(GO) test -race -count=1 -timeout 40m ./...
+	$(GO) run ./internal/testsum -race -count=1 -timeout 40m ./...
 
 test-deps:
 	scripts/install-test-deps.sh
