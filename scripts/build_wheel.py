@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build mpspawn's wheel: dist/mpspawn-<version>-py3-none-<platform>.whl.
 
-    python3 scripts/build_wheel.py --binary bin/mpspawn [--package python/mpspawn] [--out dist]
+    python3 scripts/build_wheel.py --binary bin/mpspawn [--package ipc/python/mpspawn] [--out dist]
 
 The wheel holds the mpspawn binary, which pip installs as bin/mpspawn of
 the environment (it sits under mpspawn-<version>.data/scripts/), and the
@@ -74,7 +74,7 @@ class Wheel:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--binary", required=True, help="the mpspawn binary to ship")
-    ap.add_argument("--package", default=os.path.join(ROOT, "python", "mpspawn"), help="the Python package's directory")
+    ap.add_argument("--package", default=os.path.join(ROOT, "ipc", "python", "mpspawn"), help="the Python package's directory")
     ap.add_argument("--out", default=os.path.join(ROOT, "dist"), help="output directory (default dist/)")
     a = ap.parse_args()
 
