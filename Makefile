@@ -25,9 +25,16 @@ LDFLAGS  := -X main.buildCommit=$(COMMIT)
 build:
 	@$(GO) build -tags urfave_cli_no_docs -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/mpspawn
 
-# mpspawn on PATH: into $(go env GOBIN), else $(go env GOPATH)/bin.
+# mpspawn on PATH, and its man page in ../share/man/man1 beside that bin
+# directory, where man finds it from PATH alone.
+GOBIN    ?= $(shell $(GO) env GOBIN)
+ifeq ($(GOBIN),)
+GOBIN    := $(shell $(GO) env GOPATH)/bin
+endif
 install:
-	$(GO) install -tags urfave_cli_no_docs -ldflags '$(LDFLAGS)' ./cmd/mpspawn
+	GOBIN=$(GOBIN) $(GO) install -tags urfave_cli_no_docs -ldflags '$(LDFLAGS)' ./cmd/mpspawn
+	@mkdir -p $(GOBIN)/../share/man/man1
+	$(GOBIN)/mpspawn man > $(GOBIN)/../share/man/man1/mpspawn.1
 
 # dist/mpspawn-<version>-py3-none-<platform>.whl: the binary (installed as
 # bin/mpspawn of the environment) and the Python package mpspawn

@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"time"
 
 	"github.com/mpspawn/mpspawn/launcher"
 	"github.com/urfave/cli/v2"
@@ -12,11 +15,27 @@ import (
 // action is the launcher's cli action: parse, then act. Nothing past
 // parseConfig sees the *cli.Context.
 func action(c *cli.Context) error {
+	started := time.Now()
 	cfg, err := parseConfig(c)
 	if err != nil {
+		return junitOnError(c.String(fJUnitXML), started, err, c.App.ErrWriter)
+	}
+	err = act(c.Context, cfg, newConsole(c.App.Writer, c.App.ErrWriter, cfg.diag.quiet))
+	return junitOnError(cfg.junitXML, started, err, c.App.ErrWriter)
+}
+
+// junitOnError writes --junit-xml's report of an error that ended mpspawn
+// before any rank's result (the job's own reports are written by report),
+// and returns err.
+func junitOnError(path string, started time.Time, err error, stderr io.Writer) error {
+	var code exitCode
+	if path == "" || err == nil || errors.As(err, &code) {
 		return err
 	}
-	return act(c.Context, cfg, newConsole(c.App.Writer, c.App.ErrWriter, cfg.diag.quiet))
+	if werr := writeJUnit(path, junitError(explain(err), started)); werr != nil {
+		fmt.Fprintf(stderr, "mpspawn: warning: %s\n", describe(werr))
+	}
+	return err
 }
 
 // console is where mpspawn writes: the plan and the ranks' output to

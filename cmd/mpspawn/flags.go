@@ -30,6 +30,7 @@ const (
 	fNoPrefix      = "no-prefix"
 	fTimestamps    = "timestamp-output"
 	fSummaryJSON   = "summary-json"
+	fJUnitXML      = "junit-xml"
 	fGPUsPerRank   = "gpus-per-rank"
 	fGPUVisibility = "gpu-visibility"
 	fCPUBind       = "cpu-bind"
@@ -70,7 +71,7 @@ func flags() []cli.Flag {
 		&cli.BoolFlag{Category: catRendezvous, Name: fStandalone, Usage: "one node: master 127.0.0.1 and a free port no other job on this host can take"},
 		&cli.StringFlag{Category: catRendezvous, Name: fRunID, Usage: "job `ID` (TORCHELASTIC_RUN_ID, log dir name); default: a random id"},
 
-		&cli.StringFlag{Category: catProgram, Name: fPython, EnvVars: []string{"PYTHON_EXEC"}, Value: "python3", Usage: "Python interpreter for scripts, run as `PYTHON` -u SCRIPT ARGS"},
+		&cli.StringFlag{Category: catProgram, Name: fPython, Usage: "Python interpreter for scripts, run as `PYTHON` -u SCRIPT ARGS; default: $PYTHON_EXEC, else the python3 beside mpspawn (the environment it is installed in), else the active virtualenv's or conda env's, else python3 on PATH"},
 		&cli.BoolFlag{Category: catProgram, Name: fNoPython, Usage: "run PROGRAM directly instead of through Python"},
 		&cli.BoolFlag{Category: catProgram, Name: fModule, Aliases: []string{"m"}, Usage: "run a Python module, as python -m MODULE"},
 		&cli.BoolFlag{Category: catProgram, Name: fRunPath, Usage: "accepted for torchrun compatibility; changes nothing: each rank runs the script by its path (PYTHON -u SCRIPT), in its own process"},
@@ -86,6 +87,7 @@ func flags() []cli.Flag {
 
 		&cli.StringFlag{Category: catFailure, Name: fGrace, Value: "30s", Usage: "wait `DURATION` between SIGTERM and SIGKILL when ranks are stopped (e.g. 5s, 500ms, or seconds)"},
 		&cli.StringFlag{Category: catFailure, Name: fMonitor, Usage: "accepted for torchrun compatibility and ignored: torchrun polls the ranks every `SECONDS`; mpspawn learns of each exit the moment it happens"},
+		&cli.StringFlag{Category: catFailure, Name: fJUnitXML, Usage: "write a JUnit XML report to `FILE` for CI systems: a testcase per rank, failures with their traceback, ranks mpspawn stopped as skipped; written also on a timeout, an interrupt or an error before any rank started"},
 		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE` (- for stdout, after the ranks' output)"},
 
 		&cli.BoolFlag{Name: fVersion, Usage: "print the version, the commit, the Go version and whether GPU support is built in"},

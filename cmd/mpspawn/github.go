@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/job"
 )
 
 // GitHub Actions (GITHUB_ACTIONS=true): the root cause as a workflow
@@ -99,7 +99,7 @@ func githubRoot(getenv func(string) string) string {
 
 // writeGitHubAnnotation prints the root cause as an ::error workflow
 // command on w (stdout, where the runner reads them).
-func writeGitHubAnnotation(w io.Writer, s *launcher.Summary, root string) {
+func writeGitHubAnnotation(w io.Writer, s *job.Summary, root string) {
 	var props []string
 	var msg string
 	switch rc := s.RootCause; {
@@ -131,7 +131,7 @@ func ghProperty(s string) string {
 
 // writeStepSummary appends the job's table of ranks to path
 // ($GITHUB_STEP_SUMMARY).
-func writeStepSummary(path string, s *launcher.Summary) error {
+func writeStepSummary(path string, s *job.Summary) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("GITHUB_STEP_SUMMARY: %w", err)

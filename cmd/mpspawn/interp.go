@@ -43,26 +43,31 @@ const (
 // interpreter is the Python that runs scripts.
 type interpreter struct {
 	Name   string       // argv[0] of the ranks: as given for 1 and 2, else a full path
+	Path   string       // Name looked up on PATH
 	Source interpSource // where it came from
 	Dir    string       // the environment's directory, for 3 and 4
 }
 
-// String says which Python and why, for the note and the summary's hint:
+// String says which Python and why, for the note and the summary:
 // "/v/bin/python3 (the environment mpspawn is installed in, /v)".
 func (in interpreter) String() string {
+	path := in.Path
+	if path == "" {
+		path = in.Name
+	}
 	switch in.Source {
 	case fromFlag:
-		return fmt.Sprintf("%s (--python)", in.Name)
+		return fmt.Sprintf("%s (--python %s)", path, in.Name)
 	case fromPythonExec:
-		return fmt.Sprintf("%s (PYTHON_EXEC)", in.Name)
+		return fmt.Sprintf("%s (PYTHON_EXEC=%s)", path, in.Name)
 	case fromInstallEnv:
-		return fmt.Sprintf("%s (the environment mpspawn is installed in, %s)", in.Name, in.Dir)
+		return fmt.Sprintf("%s (the environment mpspawn is installed in, %s)", path, in.Dir)
 	case fromVirtualEnv:
-		return fmt.Sprintf("%s (the active virtualenv, VIRTUAL_ENV=%s)", in.Name, in.Dir)
+		return fmt.Sprintf("%s (the active virtualenv, VIRTUAL_ENV=%s)", path, in.Dir)
 	case fromCondaEnv:
-		return fmt.Sprintf("%s (the active conda env, CONDA_PREFIX=%s)", in.Name, in.Dir)
+		return fmt.Sprintf("%s (the active conda env, CONDA_PREFIX=%s)", path, in.Dir)
 	}
-	return fmt.Sprintf("%s (python3 on PATH)", in.Name)
+	return fmt.Sprintf("%s (%s on PATH)", path, in.Name)
 }
 
 // Noted reports whether the choice deserves a note at start: it does when

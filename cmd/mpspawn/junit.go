@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/launcher/job"
 )
 
 // The JUnit XML report of --junit-xml, in the shape of the Jenkins/Surefire
@@ -66,7 +66,7 @@ type junitMessage struct {
 
 // junitReport is the report of a job that ran: s is its summary, started
 // when the launcher started.
-func junitReport(s *launcher.Summary, started time.Time) *junitSuites {
+func junitReport(s *job.Summary, started time.Time) *junitSuites {
 	class := "mpspawn." + s.RunID
 	var suites []junitSuite
 	// Earlier attempts: what is known of them is their root cause.
@@ -114,7 +114,7 @@ func junitError(msg string, started time.Time) *junitSuites {
 }
 
 // jobCause is why mpspawn stopped the job when no rank's failure did.
-func jobCause(s *launcher.Summary) string {
+func jobCause(s *job.Summary) string {
 	switch {
 	case s.RootCause != nil:
 		return ""
@@ -131,11 +131,11 @@ func jobCause(s *launcher.Summary) string {
 }
 
 // failed reports whether a rank failed by its own doing (not stopped).
-func failed(r launcher.RankSummary) bool {
+func failed(r job.RankSummary) bool {
 	return !r.Stopped && (r.ExitCode != 0 || r.Signal != "")
 }
 
-func junitRank(r launcher.RankSummary, class string, failedRank bool) junitCase {
+func junitRank(r job.RankSummary, class string, failedRank bool) junitCase {
 	c := junitCase{Name: fmt.Sprintf("rank %d (local %d, node %s)", r.Rank, r.LocalRank, r.Host),
 		Classname: class, Time: seconds(time.Duration(r.Cost.WallSeconds * float64(time.Second)))}
 	switch {
@@ -154,7 +154,7 @@ func junitRank(r launcher.RankSummary, class string, failedRank bool) junitCase 
 
 // rankFailure is a failed rank's message, its type (the exception's
 // class when there is one) and its detail (traceback or stderr tail).
-func rankFailure(r launcher.RankSummary) (msg, typ, text string) {
+func rankFailure(r job.RankSummary) (msg, typ, text string) {
 	exit := fmt.Sprintf("exit code %d", r.ExitCode)
 	if r.Signal != "" {
 		exit = "killed by " + r.Signal
@@ -180,7 +180,7 @@ func rankFailure(r launcher.RankSummary) (msg, typ, text string) {
 	return msg, typ, text
 }
 
-func stacksText(s *launcher.Summary) string {
+func stacksText(s *job.Summary) string {
 	var b strings.Builder
 	for _, r := range s.Ranks {
 		if r.Stack != nil && r.Stack.Text != "" {

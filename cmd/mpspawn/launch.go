@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -22,6 +23,9 @@ import (
 func (p *plan) launch(ctx context.Context, con console) error {
 	if err := checkSummary(p.summaryJSON); err != nil {
 		return err
+	}
+	if p.interp != nil && p.interp.Noted() {
+		fmt.Fprintf(con.notes, "mpspawn: note: python: %s\n", p.interp)
 	}
 	// A forkserver's preload first, with signals' default actions (see
 	// Job.Run): Ctrl-C during it ends mpspawn, and the server with it.
@@ -75,6 +79,12 @@ func (p *plan) finish(con console, out *job.Outcome, scratch bool) error {
 			name = launcher.SignalName(s)
 		}
 		fmt.Fprintf(stderr, "mpspawn: %s while waiting for the rendezvous: no rank started\n", name)
+		if p.junitXML != "" {
+			msg := fmt.Sprintf("mpspawn got %s while waiting for the rendezvous: no rank started", name)
+			if err := writeJUnit(p.junitXML, junitError(msg, p.started)); err != nil {
+				fmt.Fprintf(stderr, "mpspawn: warning: %s\n", describe(err))
+			}
+		}
 		return exitCode(out.ExitCode())
 	}
 	if out.Last() == nil { // no round started: nothing ran
@@ -153,10 +163,14 @@ func (p *plan) report(con console, out *job.Outcome, scratch bool) {
 	}
 	host, _ := os.Hostname()
 	sum := out.Summarize(host, p.runID)
-	sum.Interpreter = p.interpreter
+	if p.interp != nil {
+		sum.Interpreter = p.interp.String()
+	}
 	if sum.Status != "succeeded" && sum.Status != "unconfirmed" {
 		sum.WriteText(stderr, p.script)
+		p.importHint(stderr, sum)
 	}
+	p.ciReports(con, sum)
 	p.diag.reportSuccess(stderr, res)
 	if p.summaryJSON == "-" {
 		if err := sum.WriteJSON(con.stdout); err != nil {
@@ -228,4 +242,49 @@ func removeScratch(job *job.Job, dir string) {
 	if os.Remove(dir) != nil {
 		_ = os.RemoveAll(dir)
 	}
+}
+
+// ciReports writes what CI systems read of a finished job: --junit-xml's
+// report, and under GitHub Actions the root cause as an annotation on
+// stdout and the table of ranks in the step summary.
+func (p *plan) ciReports(con console, sum *job.Summary) {
+	if p.junitXML != "" {
+		if err := writeJUnit(p.junitXML, junitReport(sum, p.started)); err != nil {
+			fmt.Fprintf(con.stderr, "mpspawn: warning: %s\n", describe(err))
+		}
+	}
+	if !githubActions(os.Getenv) {
+		return
+	}
+	writeGitHubAnnotation(con.stdout, sum, githubRoot(os.Getenv))
+	if path := os.Getenv("GITHUB_STEP_SUMMARY"); path != "" {
+		if err := writeStepSummary(path, sum); err != nil {
+			fmt.Fprintf(con.stderr, "mpspawn: warning: %s\n", describe(err))
+		}
+	}
+}
+
+// importHint follows the summary of a job whose root cause could not
+// import a module: the other interpreters on this machine that can, with
+// the flag that picks one.
+func (p *plan) importHint(stderr io.Writer, sum *job.Summary) {
+	rc := sum.RootCause
+	if rc == nil || p.interp == nil {
+		return
+	}
+	text := rc.Stderr
+	if rc.Error != nil {
+		text = rc.Error.Message + "\n" + rc.Error.Traceback + "\n" + text
+	}
+	module := missingModule(text)
+	if module == "" {
+		return
+	}
+	others := interpretersWith(context.Background(), module, p.interp.Path, os.Getenv)
+	if len(others) == 0 {
+		fmt.Fprintf(stderr, "mpspawn: hint: the ranks ran %s, which cannot import %s, and no other interpreter found on this machine can: install it there, or name the Python that has it with --python PATH\n", p.interp, module)
+		return
+	}
+	fmt.Fprintf(stderr, "mpspawn: hint: the ranks ran %s, which cannot import %s; %s can: use --python %s\n",
+		p.interp, module, strings.Join(others, ", "), others[0])
 }

@@ -91,7 +91,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"2 bad usage, or any other error before a rank started; 130/143 when mpspawn itself got\n" +
 			"SIGINT/SIGTERM.",
 		Flags:                  flags(),
-		Commands:               []*cli.Command{gpusCommand()},
+		Commands:               []*cli.Command{gpusCommand(), completionCommand(), manCommand()},
 		Action:                 action,
 		Writer:                 stdout,
 		ErrWriter:              stderr,

@@ -31,7 +31,7 @@ type config struct {
 	startMethod string
 	preload     []string
 	path        string   // resolved program
-	interpreter string   // for scripts: the Python that runs them, and where it came from
+	interp      *interpreter // for scripts: the Python that runs them, and where it came from; nil otherwise
 	argv        []string // rank argv
 	script      string   // the program's name, as the summary shows it
 	logDir      string   // absolute
@@ -40,6 +40,8 @@ type config struct {
 	output      outputConfig
 	grace       time.Duration
 	summaryJSON string
+	junitXML    string    // --junit-xml FILE
+	started     time.Time // when mpspawn started, for the reports
 	dryRun      bool
 	ipc         bool
 	json        bool
@@ -76,6 +78,7 @@ func parseConfig(c *cli.Context) (*config, error) {
 		return parseDumpStacks(c)
 	}
 	cfg := &config{runID: c.String(fRunID), role: c.String(fRole), summaryJSON: c.String(fSummaryJSON),
+		junitXML: c.String(fJUnitXML), started: time.Now(),
 		dryRun: c.Bool(fDryRun), json: c.Bool(fJSON), ipc: c.Bool(fIPC), nprocArg: c.String(fNproc)}
 	if cfg.json && !cfg.dryRun {
 		return nil, usagef("--json goes with --dry-run (or use mpspawn gpus --json)")
@@ -182,13 +185,10 @@ func (cfg *config) parseProgram(c *cli.Context) error {
 		cfg.argv = []string{"SCRIPT"} // the plan does not depend on the program
 		return nil
 	}
-	if cfg.path, cfg.argv, err = program(c); err != nil {
+	if cfg.path, cfg.argv, cfg.interp, err = program(c); err != nil {
 		return err
 	}
 	cfg.script = filepath.Base(c.Args().First())
-	if !c.Bool(fNoPython) {
-		cfg.interpreter = interpreterSource(c, cfg.path)
-	}
 	return nil
 }
 
@@ -325,48 +325,43 @@ func parseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// program resolves the rank program and its argv.
-func program(c *cli.Context) (string, []string, error) {
+// program resolves the rank program and its argv, and for scripts the
+// interpreter that runs them (see choosePython for the order).
+func program(c *cli.Context) (string, []string, *interpreter, error) {
 	args := c.Args().Slice()
 	if len(args) == 0 {
-		return "", nil, usagef("no script given: usage: mpspawn [flags] SCRIPT [ARGS...]")
+		return "", nil, nil, usagef("no script given: usage: mpspawn [flags] SCRIPT [ARGS...]")
 	}
 	target, rest := args[0], args[1:]
 	if c.Bool(fNoPython) {
 		if c.Bool(fModule) {
-			return "", nil, usagef("--module and --no-python cannot be combined")
+			return "", nil, nil, usagef("--module and --no-python cannot be combined")
 		}
 		path, err := exec.LookPath(target)
 		if err != nil {
-			return "", nil, usagef("--no-python %s: not an executable program (%v)", target, unwrapExec(err))
+			return "", nil, nil, usagef("--no-python %s: not an executable program (%v)", target, unwrapExec(err))
 		}
-		return path, append([]string{target}, rest...), nil
+		return path, append([]string{target}, rest...), nil, nil
 	}
-	python := c.String(fPython)
-	path, err := exec.LookPath(python)
+	in := choosePython(c.String(fPython), os.Getenv, selfExecutable())
+	path, err := exec.LookPath(in.Name)
 	if err != nil {
-		return "", nil, usagef("--python %s: interpreter not found (%v)", python, unwrapExec(err))
+		switch in.Source {
+		case fromFlag:
+			return "", nil, nil, usagef("--python %s: interpreter not found (%v)", in.Name, unwrapExec(err))
+		case fromPythonExec:
+			return "", nil, nil, usagef("PYTHON_EXEC=%s: interpreter not found (%v)", in.Name, unwrapExec(err))
+		}
+		return "", nil, nil, usagef("%s: interpreter not found (%v): name one with --python PATH", in.Name, unwrapExec(err))
 	}
+	in.Path = path
 	if c.Bool(fModule) {
-		return path, append([]string{python, "-u", "-m", target}, rest...), nil
+		return path, append([]string{in.Name, "-u", "-m", target}, rest...), &in, nil
 	}
 	if st, err := os.Stat(target); err != nil || st.IsDir() {
-		return "", nil, usagef("script %s: no such file", target)
+		return "", nil, nil, usagef("script %s: no such file", target)
 	}
-	return path, append([]string{python, "-u", target}, rest...), nil
-}
-
-// interpreterSource says which Python runs the scripts and why:
-// "/usr/bin/python3 (python3 on PATH)".
-func interpreterSource(c *cli.Context, path string) string {
-	py := c.String(fPython)
-	switch env, ok := os.LookupEnv("PYTHON_EXEC"); {
-	case ok && env == py:
-		return fmt.Sprintf("%s (PYTHON_EXEC=%s)", path, py)
-	case c.IsSet(fPython):
-		return fmt.Sprintf("%s (--python %s)", path, py)
-	}
-	return fmt.Sprintf("%s (%s on PATH)", path, py)
+	return path, append([]string{in.Name, "-u", target}, rest...), &in, nil
 }
 
 func unwrapExec(err error) error {
