@@ -222,4 +222,3 @@ func firstSentence(s string) string {
 func zshQuote(s string) string {
 	return strings.NewReplacer("'", `'\''`, "[", `\[`, "]", `\]`, ":", `\:`).Replace(s)
 }
-

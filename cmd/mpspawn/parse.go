@@ -30,12 +30,12 @@ type config struct {
 	role        string
 	startMethod string
 	preload     []string
-	path        string   // resolved program
+	path        string       // resolved program
 	interp      *interpreter // for scripts: the Python that runs them, and where it came from; nil otherwise
-	argv        []string // rank argv
-	script      string   // the program's name, as the summary shows it
-	logDir      string   // absolute
-	logDirArg   string   // --log-dir as given, for messages
+	argv        []string     // rank argv
+	script      string       // the program's name, as the summary shows it
+	logDir      string       // absolute
+	logDirArg   string       // --log-dir as given, for messages
 	keepLogDir  bool
 	output      outputConfig
 	grace       time.Duration
