@@ -246,10 +246,3 @@ func withoutEnv(env []string, key string) []string {
 	return out
 }
 
-// gpuFault stands for package gpu's XID error: a cause with a Reason.
-type gpuFault struct{}
-
-func (gpuFault) Error() string {
-	return "gpu: GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus"
-}
-func (gpuFault) Reason() string { return "GPU 3 (GPU-x) reported XID 79: GPU has fallen off the bus" }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -68,5 +70,18 @@ func TestFilterHosts(t *testing.T) {
 		if err != nil || !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("filterHosts(%q, %q) = %v, %v; want %v", tt.include, tt.exclude, got, err, tt.want)
 		}
+	}
+}
+
+func TestReadHostfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "hostfile")
+	if err := os.WriteFile(path, []byte("a slots=2\nb slots=x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readHostfile(path); err == nil || !strings.HasPrefix(err.Error(), path+":2: ") {
+		t.Errorf("readHostfile(bad line 2) = %v; want an error naming %s:2", err, path)
+	}
+	if _, err := readHostfile(path + ".missing"); err == nil || !strings.HasPrefix(err.Error(), "--hostfile: ") {
+		t.Errorf("readHostfile(missing) = %v; want a --hostfile error", err)
 	}
 }
