@@ -245,4 +245,3 @@ func withoutEnv(env []string, key string) []string {
 	}
 	return out
 }
-
