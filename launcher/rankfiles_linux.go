@@ -37,6 +37,12 @@ func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
 			rp.closePipes()
 			return nil, nil, err
 		}
+		// The rank's end blocks, as a process's stdout does: os.Pipe made
+		// it non-blocking for the poller, and a rank writing to a full
+		// pipe must wait, not fail with EAGAIN. (Fd does this, as os/exec's
+		// start does for the spawn method; the forkserver's transport does
+		// not.)
+		_ = cw.Fd()
 		childEnds = append(childEnds, cw)
 		files = append(files, cw)
 		rp.pipes = append(rp.pipes, r)
