@@ -47,6 +47,9 @@ func (o *Outcome) Summarize(host, runID string) *Summary {
 			as := AttemptSummary{Round: x.Round.Number, Restart: x.Round.Restart, Nodes: x.Round.NNodes, Change: x.Change}
 			if x.RootCause != nil {
 				r := FailureSummary(*x.RootCause)
+				if x.RootCause.NodeRank == x.Round.NodeRank {
+					r.RemoteNode = nil // this node's own
+				}
 				as.RootCause = &r
 			}
 			s.Attempts = append(s.Attempts, as)
@@ -58,9 +61,10 @@ func (o *Outcome) Summarize(host, runID string) *Summary {
 // FailureSummary is a failure published by a node, as a Summary shows a
 // rank: a lost node is rank -1 with a note.
 func FailureSummary(f rendezvous.Failure) RankSummary {
-	r := RankSummary{Rank: f.Rank, LocalRank: f.LocalRank, Host: f.Host, Pid: f.Pid, ExitCode: f.ExitCode, Time: f.Time}
+	node := f.NodeRank
+	r := RankSummary{Rank: f.Rank, LocalRank: f.LocalRank, Host: f.Host, Pid: f.Pid, ExitCode: f.ExitCode, Time: f.Time, RemoteNode: &node}
 	if f.Signal != 0 {
-		r.ExitCode, r.Signal, r.SignalNum = -1, launcher.SignalName(syscall.Signal(f.Signal)), f.Signal
+		r.ExitCode, r.Signal, r.SignalNum = -f.Signal, launcher.SignalName(syscall.Signal(f.Signal)), f.Signal
 	}
 	switch {
 	case f.Lost:

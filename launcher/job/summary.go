@@ -48,6 +48,9 @@ type RankSummary struct {
 	LocalRank int       `json:"local_rank"`
 	Host      string    `json:"host"`
 	Pid       int       `json:"pid"`
+	// ExitCode is the rank's exit code, or, for a rank a signal ended,
+	// minus the signal's number, as torchrun writes it (-9, with Signal
+	// "SIGKILL"): the text summary shows the same ("-9 (SIGKILL)").
 	ExitCode  int       `json:"exit_code"`
 	Signal    string    `json:"signal,omitempty"`
 	SignalNum int       `json:"signal_number,omitempty"`
@@ -61,8 +64,12 @@ type RankSummary struct {
 	Stderr string `json:"stderr_tail,omitempty"`
 	// Note is RankResult.Note.
 	Note string `json:"note,omitempty"`
-	// Cost is RankResult.Cost.
+	// Cost is RankResult.Cost; zero for a rank of another node, whose
+	// summary has it (RemoteNode says which).
 	Cost CostSummary `json:"cost"`
+	// RemoteNode is the node rank of a rank that ran on another node (the
+	// root cause published by that node); nil for this node's ranks.
+	RemoteNode *int `json:"remote_node,omitempty"`
 	// Stack is RankResult.Stack: where the rank was when mpspawn stopped
 	// the job for a hang or a timeout.
 	Stack *diag.Stack `json:"stack,omitempty"`
@@ -104,7 +111,7 @@ func Summarize(r *launcher.Result, host, runID string) *Summary {
 			ExitCode: x.ExitCode, Stopped: x.Stopped, Time: x.Ended, Error: x.ErrorFile,
 			Stderr: x.Stderr, Note: x.Note, Cost: costSummary(x.Cost), Stack: x.Stack}
 		if x.Signal != 0 {
-			rs.Signal, rs.SignalNum = launcher.SignalName(x.Signal), int(x.Signal)
+			rs.ExitCode, rs.Signal, rs.SignalNum = -int(x.Signal), launcher.SignalName(x.Signal), int(x.Signal)
 		}
 		if x.ErrorFile != nil {
 			rs.ErrorFile = x.ErrorFilePath
@@ -232,6 +239,10 @@ func writeRank(b *strings.Builder, r RankSummary) {
 		}
 	default:
 		b.WriteString("  error_file: <N/A>\n  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html\n")
+	}
+	if r.RemoteNode != nil {
+		fmt.Fprintf(b, "  cost      : on node %d (its own summary has it)\n", *r.RemoteNode)
+		return
 	}
 	c := r.Cost.cost()
 	fmt.Fprintf(b, "  cost      : %s\n", costText(&c))

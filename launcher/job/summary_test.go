@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/launcher"
+	"github.com/mpspawn/mpspawn/rendezvous"
 )
 
 func TestStderrExcerpt(t *testing.T) {
@@ -122,5 +123,26 @@ func TestWriteRootCause(t *testing.T) {
 				t.Errorf("launcher.ParseErrorFile(%s) = %+v, %v; want message %q", data, ef, err, tt.msg)
 			}
 		})
+	}
+}
+
+// TestSignalledAndRemoteRanks: a rank a signal ended has exit code -N in
+// the JSON as in the text ("-9 (SIGKILL)"), here or on another node; a
+// rank of another node says where its cost is, not "wall 0.0 s".
+func TestSignalledAndRemoteRanks(t *testing.T) {
+	local := Summarize(&launcher.Result{RootCause: 0, Ranks: []launcher.RankResult{{Rank: 0, Pid: 7, ExitCode: -1, Signal: syscall.SIGKILL}}}, "h0", "run")
+	remote := FailureSummary(rendezvous.Failure{Rank: 3, LocalRank: 1, NodeRank: 1, Host: "h1", Addr: "10.0.0.2", Pid: 9, ExitCode: -1, Signal: int(syscall.SIGKILL), Message: "killed"})
+	for name, r := range map[string]RankSummary{"local": local.Ranks[0], "remote": remote} {
+		if r.ExitCode != -9 || r.Signal != "SIGKILL" || exitText(r) != "-9 (SIGKILL)" {
+			t.Errorf("%s: exit code %d, signal %q, text %q; want -9, SIGKILL, -9 (SIGKILL)", name, r.ExitCode, r.Signal, exitText(r))
+		}
+	}
+	var b strings.Builder
+	writeRank(&b, remote)
+	if !strings.Contains(b.String(), "  cost      : on node 1 (its own summary has it)\n") || strings.Contains(b.String(), "wall 0.0 s") {
+		t.Errorf("a remote rank's text:\n%s\nwant its cost to say on node 1, not wall 0.0 s", b.String())
+	}
+	if local.Ranks[0].RemoteNode != nil || remote.RemoteNode == nil || *remote.RemoteNode != 1 {
+		t.Errorf("RemoteNode: local %v, remote %v; want nil and 1", local.Ranks[0].RemoteNode, remote.RemoteNode)
 	}
 }
