@@ -44,10 +44,10 @@ type Summary struct {
 
 // RankSummary is one rank's line in a Summary.
 type RankSummary struct {
-	Rank      int       `json:"rank"`
-	LocalRank int       `json:"local_rank"`
-	Host      string    `json:"host"`
-	Pid       int       `json:"pid"`
+	Rank      int    `json:"rank"`
+	LocalRank int    `json:"local_rank"`
+	Host      string `json:"host"`
+	Pid       int    `json:"pid"`
 	// ExitCode is the rank's exit code, or, for a rank a signal ended,
 	// minus the signal's number, as torchrun writes it (-9, with Signal
 	// "SIGKILL"): the text summary shows the same ("-9 (SIGKILL)").
