@@ -6,7 +6,10 @@
 #   etcd-client     own servers on free loopback ports (etcdctl for debugging);
 #   libxml2-utils   xmllint, the JUnit report's schema check;
 #   slurmctld slurmd slurm-client munge
-#                   the two-node SLURM cluster the scheduler tests bring up.
+#                   the two-node SLURM cluster the scheduler tests bring up;
+#   openssh-server openssh-client
+#                   sshd and ssh: the tests of --hostfile/--hosts start their
+#                   own sshd servers on 127.0.0.2, 127.0.0.3, ...
 # Nothing is started here: each test starts the servers it needs and stops
 # them by pid. Without root (or passwordless sudo) it says what to run; the
 # tests that need a missing package then skip, except in CI (CI=true), where
@@ -22,6 +25,7 @@ fi
 command -v etcd >/dev/null || missing+=(etcd-server etcd-client)
 # xmllint validates --junit-xml reports against the JUnit schema.
 command -v xmllint >/dev/null || missing+=(libxml2-utils)
+{ [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null; } || missing+=(openssh-server openssh-client)
 for bin in slurmctld slurmd srun munged; do
 	if ! command -v "$bin" >/dev/null && [ ! -x "/usr/sbin/$bin" ]; then
 		missing+=(slurmctld slurmd slurm-client munge)
@@ -30,7 +34,7 @@ for bin in slurmctld slurmd srun munged; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
-	echo "test deps: torch, etcd and slurm are installed"
+	echo "test deps: torch, etcd, slurm and ssh are installed"
 	exit 0
 fi
 

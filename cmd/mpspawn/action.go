@@ -96,6 +96,9 @@ func act(ctx context.Context, cfg *config, con console) error {
 	if cfg.dumpStacks != 0 {
 		return dumpStacks(ctx, cfg.dumpStacks, cfg.json, con.stdout)
 	}
+	if cfg.fanout != nil {
+		return runFanout(ctx, cfg, con)
+	}
 	p := &plan{config: cfg}
 	if !cfg.dryRun {
 		// Before placement loads NVML: a forkserver, and every rank forked

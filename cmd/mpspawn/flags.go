@@ -91,7 +91,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Category: catFailure, Name: fSummaryJSON, Usage: "write how every rank ended, root cause first, as JSON to `FILE` (- for stdout, after the ranks' output)"},
 
 		&cli.BoolFlag{Name: fVersion, Usage: "print the version, the commit, the Go version and whether GPU support is built in"},
-	}, diagFlags()...), multinodeFlags()...))
+	}, diagFlags()...), append(multinodeFlags(), hostsFlags()...)...))
 }
 
 // normalizeArgs rewrites torchrun-style underscore flags (--nproc_per_node)

@@ -166,7 +166,11 @@ func (p *plan) report(con console, out *job.Outcome, scratch bool) {
 	if p.interp != nil {
 		sum.Interpreter = p.interp.String()
 	}
-	if sum.Status != "succeeded" && sum.Status != "unconfirmed" {
+	if p.sshNonce != "" { // the driver prints the job's root cause, once
+		if err := writeSummaryLine(stderr, p.sshNonce, sum); err != nil {
+			fmt.Fprintf(stderr, "mpspawn: warning: summary to the driver: %v\n", err)
+		}
+	} else if sum.Status != "succeeded" && sum.Status != "unconfirmed" {
 		sum.WriteText(stderr, p.script)
 		p.importHint(stderr, sum)
 	}

@@ -58,6 +58,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case launcherFlag(args, app.Flags, fVersion):
 		writeVersion(stdout)
 		return 0
+	case launcherFlag(args, app.Flags, fSSHNode):
+		var nonce string
+		if nonce, err = startSSHNode(os.Stdin); err == nil {
+			app.Metadata[sshNodeKey] = nonce
+			err = app.RunContext(context.Background(), args)
+		}
 	default:
 		err = app.RunContext(context.Background(), args)
 	}

@@ -49,6 +49,8 @@ type config struct {
 	sched       *sched    // the scheduler that gave defaults; nil when none
 	multi       multinode // --rdzv-*, --max-restarts, --local-addr
 	dumpStacks  int       // --dump-stacks PID: the only thing to do; 0 when not given
+	fanout      *fanout   // --hostfile/--hosts: this mpspawn drives the job over ssh; nil otherwise
+	sshNonce    string    // --ssh-node: marks the summary this node sends its driver; "" otherwise
 }
 
 // placeConfig is the validated placement flags.
@@ -98,7 +100,16 @@ func parseConfig(c *cli.Context) (*config, error) {
 			return nil, err
 		}
 	}
-	if err := cfg.parseRendezvous(c); err != nil {
+	if cfg.fanout, err = parseFanout(c); err != nil {
+		return nil, err
+	}
+	cfg.sshNonce, _ = c.App.Metadata[sshNodeKey].(string)
+	if cfg.fanout != nil {
+		err = cfg.parseFanoutRendezvous(c)
+	} else {
+		err = cfg.parseRendezvous(c)
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := cfg.parseProgram(c); err != nil {

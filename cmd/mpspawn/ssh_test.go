@@ -1,0 +1,323 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mpspawn/mpspawn/internal/etcdtest"
+	"github.com/mpspawn/mpspawn/internal/proctest"
+)
+
+// sshCluster is sshd servers on 127.0.0.2, 127.0.0.3, ..., reached as
+// node1, node2, ... through the ssh config the test writes.
+type sshCluster struct {
+	dir    string
+	config string // ssh -F file
+	bin    string // a path named mpspawn that runs this test binary as mpspawn
+}
+
+// startSSHD starts n sshd servers, stopped by pid at the test's end. It
+// skips unless sshd is installed and the test runs as root, except under
+// CI=true, where it must run.
+func startSSHD(t *testing.T, n int) *sshCluster {
+	t.Helper()
+	_, err := os.Stat("/usr/sbin/sshd")
+	if err != nil || os.Getuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true: want /usr/sbin/sshd and root (scripts/install-test-deps.sh): %v, uid %d", err, os.Getuid())
+		}
+		t.Skipf("needs /usr/sbin/sshd (apt-get install openssh-server) and root: %v, uid %d", err, os.Getuid())
+	}
+	c := &sshCluster{dir: t.TempDir()}
+	for _, k := range []string{"hostkey", "clientkey"} {
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(c.dir, k)).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen: %v\n%s", err, out)
+		}
+	}
+	_ = os.MkdirAll("/run/sshd", 0o755) // sshd's privilege separation directory
+	var conf strings.Builder
+	for i := range n {
+		ip := fmt.Sprintf("127.0.0.%d", i+2)
+		port := c.sshd(t, ip)
+		fmt.Fprintf(&conf, "Host node%d\n  HostName %s\n  Port %d\n  User root\n  IdentityFile %s\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n",
+			i+1, ip, port, filepath.Join(c.dir, "clientkey"))
+	}
+	// node9: nothing listens there.
+	free, _ := etcdtest.FreePort()
+	fmt.Fprintf(&conf, "Host node9\n  HostName 127.0.0.9\n  Port %d\n  User root\n  IdentityFile %s\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n",
+		free, filepath.Join(c.dir, "clientkey"))
+	c.config = filepath.Join(c.dir, "ssh_config")
+	if err := os.WriteFile(c.config, []byte(conf.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.bin = filepath.Join(c.dir, "bin", "mpspawn")
+	if err := os.MkdirAll(filepath.Dir(c.bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(self, c.bin); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// sshd starts one sshd on ip and returns its port once it listens.
+func (c *sshCluster) sshd(t *testing.T, ip string) int {
+	t.Helper()
+	port, err := etcdtest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(c.dir, "sshd_"+ip)
+	text := fmt.Sprintf("ListenAddress %s:%d\nHostKey %s\nUsePAM no\nPidFile none\nStrictModes no\nPermitRootLogin yes\nAuthorizedKeysFile %s\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n",
+		ip, port, filepath.Join(c.dir, "hostkey"), filepath.Join(c.dir, "clientkey.pub"))
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/usr/sbin/sshd", "-D", "-e", "-f", conf)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		said := false
+		for sc.Scan() {
+			if !said && strings.Contains(sc.Text(), "Server listening on") {
+				said = true
+				ready <- true
+			}
+		}
+		if !said {
+			ready <- false
+		}
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("sshd on %s exited before it listened", ip)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("sshd on %s did not listen within 10s", ip)
+	}
+	return port
+}
+
+// driver is a running `mpspawn --hosts ...`.
+type driver struct {
+	cmd            *exec.Cmd
+	stdout         io.Reader
+	stderr         bytes.Buffer
+	started, ended time.Time
+}
+
+// start starts the driver in dir with args, through the cluster's ssh config.
+func (c *sshCluster) start(t *testing.T, dir string, args ...string) *driver {
+	t.Helper()
+	args = append([]string{"--ssh", "ssh -F " + c.config, "--rdzv-conf", "lease_ttl=2,join_timeout=30,etcd_binary=" + etcdtest.Binary(t)}, args...)
+	d := &driver{cmd: exec.Command(c.bin, args...)}
+	d.cmd.Dir, d.cmd.Stderr = dir, &d.stderr
+	var err error
+	if d.stdout, err = d.cmd.StdoutPipe(); err != nil {
+		t.Fatal(err)
+	}
+	d.started = time.Now()
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.cmd.Process.Kill() })
+	return d
+}
+
+// wait reads the rest of stdout and waits (at most 2 minutes).
+func (d *driver) wait(t *testing.T) (string, int) {
+	t.Helper()
+	out := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(d.stdout); out <- b }()
+	timer := time.AfterFunc(2*time.Minute, func() { _ = d.cmd.Process.Kill() })
+	defer timer.Stop()
+	b := <-out
+	_ = d.cmd.Wait()
+	d.ended = time.Now()
+	return string(b), d.cmd.ProcessState.ExitCode()
+}
+
+// rankPids reads the pid files the ranks wrote in dir.
+func rankPids(t *testing.T, dir string, n int) []int {
+	t.Helper()
+	var pids []int
+	for r := range n {
+		b, err := os.ReadFile(filepath.Join(dir, "pid."+strconv.Itoa(r)))
+		if err != nil {
+			t.Fatalf("rank %d wrote no pid file: %v", r, err)
+		}
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// sleeper is a rank that writes its pid, says ready and sleeps.
+const sleeper = `echo $$ > pid.$RANK; echo ready; exec sleep 60`
+
+// TestSSHFailure: a rank failing on the second host stops every host's
+// ranks; the driver names host, rank, exit code and message once, and
+// exits with the rank's code.
+func TestSSHFailure(t *testing.T) {
+	c := startSSHD(t, 2)
+	dir := t.TempDir()
+	// Rank 3 fails once every rank has written its pid (at most 10s on).
+	script := `echo $$ > pid.$RANK; if [ "$RANK" = 3 ]; then i=0; while [ $i -lt 200 ] && ! [ -f pid.0 -a -f pid.1 -a -f pid.2 ]; do sleep 0.05; i=$((i+1)); done; echo boom-from-rank-3 >&2; exit 7; fi; exec sleep 60`
+	d := c.start(t, dir, "--hosts", "node1:2,node2:2", "--remote-mpspawn", c.bin, "--no-python", "sh", "-c", script)
+	_, code := d.wait(t)
+	errText := d.stderr.String()
+	if code != 7 || !strings.Contains(errText, "on node2 FAILED") || !strings.Contains(errText, "boom-from-rank-3") ||
+		!strings.Contains(errText, "exitcode  : 7") || strings.Count(errText, "Root Cause") != 1 {
+		t.Errorf("driver exited %d; want 7 with one root cause on node2 (rank 3, exitcode 7, its message); stderr:\n%s", code, errText)
+	}
+	if took := d.ended.Sub(d.started); took > 30*time.Second {
+		t.Errorf("the job took %v after a rank failed; want far less than the ranks' 60s", took)
+	}
+	for r, pid := range rankPids(t, dir, 4) {
+		if !proctest.WaitExit(pid, time.Second) {
+			t.Errorf("rank %d (pid %d) still runs 1s after the driver exited", r, pid)
+		}
+	}
+}
+
+// TestSSHStopDriver: Ctrl-C, and SIGKILL, of the driver leave nothing
+// running on any host.
+func TestSSHStopDriver(t *testing.T) {
+	c := startSSHD(t, 2)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
+		t.Run(launcherSignalName(sig), func(t *testing.T) {
+			dir := t.TempDir()
+			d := c.start(t, dir, "--hosts", "node1:1,node2:1", "--remote-mpspawn", c.bin, "--grace-period", "2s", "--no-python", "sh", "-c", sleeper)
+			sc := bufio.NewScanner(d.stdout)
+			for n := 0; n < 2 && sc.Scan(); {
+				if strings.HasSuffix(sc.Text(), "ready") {
+					n++
+				}
+			}
+			pids := rankPids(t, dir, 2)
+			_ = d.cmd.Process.Signal(sig)
+			_, code := d.wait(t)
+			if sig == syscall.SIGINT && code != 130 {
+				t.Errorf("driver exited %d after SIGINT; want 130; stderr:\n%s", code, d.stderr.String())
+			}
+			for r, pid := range pids {
+				if !proctest.WaitExit(pid, 3*time.Second) { // lease TTL 2s + 1s
+					t.Errorf("rank %d (pid %d) still runs 3s after the driver's %v", r, pid, sig)
+				}
+			}
+		})
+	}
+}
+
+func launcherSignalName(s syscall.Signal) string {
+	if s == syscall.SIGKILL {
+		return "SIGKILL"
+	}
+	return "SIGINT"
+}
+
+// TestSSHSetupErrors: an unreachable host and a host without mpspawn are
+// one line each, exit 2, within the ssh timeout.
+func TestSSHSetupErrors(t *testing.T) {
+	c := startSSHD(t, 1)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unreachable", []string{"--hosts", "node1,node9", "--remote-mpspawn", c.bin, "--ssh-timeout", "3"}, "host node9: ssh failed: "},
+		{"missing", []string{"--hosts", "node1", "--remote-mpspawn", "/nonexistent/mpspawn"}, "host node1: no mpspawn there"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := c.start(t, t.TempDir(), append(tc.args, "--no-python", "true")...)
+			_, code := d.wait(t)
+			lines := strings.Split(strings.TrimSpace(d.stderr.String()), "\n")
+			if code != 2 || len(lines) != 1 || !strings.HasPrefix(lines[0], "mpspawn: error: "+tc.want) {
+				t.Errorf("driver exited %d, stderr %q; want exit 2 and one line starting %q", code, d.stderr.String(), "mpspawn: error: "+tc.want)
+			}
+			if took := d.ended.Sub(d.started); took > 15*time.Second {
+				t.Errorf("the error took %v; want it within the ssh timeout", took)
+			}
+		})
+	}
+}
+
+// TestSSHShip: --ship runs the job on hosts whose PATH has no mpspawn,
+// and removes the copy after.
+func TestSSHShip(t *testing.T) {
+	c := startSSHD(t, 2)
+	before, _ := filepath.Glob("/tmp/mpspawn-ship.*")
+	dir := t.TempDir()
+	d := c.start(t, dir, "--hosts", "node1:1,node2:1", "--ship", "--no-python", "sh", "-c", `echo world=$WORLD_SIZE rank=$RANK`)
+	out, code := d.wait(t)
+	if code != 0 || !strings.Contains(out, "[node1:0]: world=2 rank=0") || !strings.Contains(out, "[node2:1]: world=2 rank=1") {
+		t.Errorf("driver exited %d, stdout %q; want 0 and both ranks, prefixed by host; stderr:\n%s", code, out, d.stderr.String())
+	}
+	if after, _ := filepath.Glob("/tmp/mpspawn-ship.*"); len(after) != len(before) {
+		t.Errorf("shipped copies left: %q (before: %q)", after, before)
+	}
+}
+
+// TestSSHDDP: a 2-host × 2-rank gloo DDP job over ssh gives the
+// parameters of the single-node 4-rank job.
+func TestSSHDDP(t *testing.T) {
+	ok, err := torchCondition()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Skip("python3-torch not installed (apt-get install python3-torch)")
+	}
+	c := startSSHD(t, 2)
+	py, _ := torchPython()
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(repo, "examples", "python", "ddp_train.py")
+	dir := t.TempDir()
+	single := startNode(t, "--standalone", "--nproc-per-node", "4", "--python", py, script, "--out", filepath.Join(dir, "single"))
+	if code := single.wait(t); code != 0 {
+		t.Fatalf("single node exited %d:\n%s", code, single.stderr.String())
+	}
+	want, err := os.ReadFile(filepath.Join(dir, "single", "rank0.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.start(t, dir, "--hosts", "node1:2,node2:2", "--remote-mpspawn", c.bin, "--python", py, script, "--out", filepath.Join(dir, "ssh"))
+	if _, code := d.wait(t); code != 0 {
+		t.Fatalf("driver exited %d:\n%s", code, d.stderr.String())
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "ssh", "rank0.txt"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("2 hosts × 2 ranks over ssh gave %q (%v); want the single node's %q", got, err, want)
+	}
+}
