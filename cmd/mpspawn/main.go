@@ -75,9 +75,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return int(code)
 	}
 	// A usage error, or another error before a rank started (or between
-	// rounds): nothing ran, so it is not a rank's exit code.
-	fmt.Fprintf(stderr, "mpspawn: error: %s\n", explain(err))
+	// rounds): nothing ran, so it is not a rank's exit code. Several
+	// (errors.Join: each host of a job over ssh that failed its check) are
+	// one line each.
+	for _, e := range errorLines(err) {
+		fmt.Fprintf(stderr, "mpspawn: error: %s\n", explain(e))
+	}
 	return 2
+}
+
+// errorLines is err's parts when it joins several errors, else err alone.
+func errorLines(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok && len(j.Unwrap()) > 0 {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 func newApp(stdout, stderr io.Writer) *cli.App {

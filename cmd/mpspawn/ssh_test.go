@@ -245,23 +245,30 @@ func launcherSignalName(s syscall.Signal) string {
 }
 
 // TestSSHSetupErrors: an unreachable host and a host without mpspawn are
-// one line each, exit 2, within the ssh timeout.
+// one line each, exit 2, within the ssh timeout; several failing hosts are
+// one line each, every one in the same form.
 func TestSSHSetupErrors(t *testing.T) {
 	c := startSSHD(t, 1)
 	for _, tc := range []struct {
 		name string
 		args []string
-		want string
+		want []string // the lines' starts, in the host list's order
 	}{
-		{"unreachable", []string{"--hosts", "node1,node9", "--remote-mpspawn", c.bin, "--ssh-timeout", "3"}, "host node9: ssh failed: "},
-		{"missing", []string{"--hosts", "node1", "--remote-mpspawn", "/nonexistent/mpspawn"}, "host node1: no mpspawn there"},
+		{"unreachable", []string{"--hosts", "node1,node9", "--remote-mpspawn", c.bin, "--ssh-timeout", "3"}, []string{"host node9: ssh failed: "}},
+		{"missing", []string{"--hosts", "node1", "--remote-mpspawn", "/nonexistent/mpspawn"}, []string{"host node1: no mpspawn there"}},
+		{"both", []string{"--hosts", "node9,node1", "--remote-mpspawn", "/nonexistent/mpspawn", "--ssh-timeout", "3"},
+			[]string{"host node9: ssh failed: ", "host node1: no mpspawn there"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := c.start(t, t.TempDir(), append(tc.args, "--no-python", "true")...)
 			_, code := d.wait(t)
 			lines := strings.Split(strings.TrimSpace(d.stderr.String()), "\n")
-			if code != 2 || len(lines) != 1 || !strings.HasPrefix(lines[0], "mpspawn: error: "+tc.want) {
-				t.Errorf("driver exited %d, stderr %q; want exit 2 and one line starting %q", code, d.stderr.String(), "mpspawn: error: "+tc.want)
+			ok := code == 2 && len(lines) == len(tc.want)
+			for i := 0; ok && i < len(lines); i++ {
+				ok = strings.HasPrefix(lines[i], "mpspawn: error: "+tc.want[i])
+			}
+			if !ok {
+				t.Errorf("driver exited %d, stderr %q; want exit 2 and one line per host, each \"mpspawn: error: \" then %q", code, d.stderr.String(), tc.want)
 			}
 			if took := d.ended.Sub(d.started); took > 15*time.Second {
 				t.Errorf("the error took %v; want it within the ssh timeout", took)
