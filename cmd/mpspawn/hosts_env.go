@@ -24,12 +24,13 @@ var travelPrefixes = []string{"NCCL_", "CUDA_", "PYTHONPATH", "PYTHONUNBUFFERED"
 var stayHome = []string{"CUDA_VISIBLE_DEVICES", "MPSPAWN_RDZV_TOKEN"}
 
 // travellingEnv is the environment every host gets: the default list from
-// environ, then .mpspawn_env's lines, then --env's NAME (its value here) or
-// NAME=VALUE, later ones winning; sorted by name.
+// environ, then .mpspawn_env's lines, then --env's NAME (its value in
+// environ) or NAME=VALUE, later ones winning; sorted by name.
 func travellingEnv(environ, flags []string, cwd string) ([]string, error) {
-	env := map[string]string{}
+	env, here := map[string]string{}, map[string]string{}
 	for _, kv := range environ {
 		k, v, _ := strings.Cut(kv, "=")
+		here[k] = v
 		if !slices.Contains(stayHome, k) && slices.ContainsFunc(travelPrefixes, func(p string) bool { return strings.HasPrefix(k, p) }) {
 			env[k] = v
 		}
@@ -40,7 +41,7 @@ func travellingEnv(environ, flags []string, cwd string) ([]string, error) {
 	for _, f := range flags {
 		k, v, ok := strings.Cut(f, "=")
 		if !ok {
-			if v, ok = os.LookupEnv(k); !ok {
+			if v, ok = here[k]; !ok {
 				return nil, usagef("--env %s: not set here; give --env %s=VALUE", k, k)
 			}
 		}
