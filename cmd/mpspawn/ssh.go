@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mpspawn/mpspawn/launcher/job"
@@ -43,9 +42,9 @@ const summaryMark = "mpspawn-ssh-summary-"
 // sshHost is one host of the job, as the driver runs it.
 type sshHost struct {
 	hostSlots
-	rank     int    // its position in the host list
-	bin      string // mpspawn's path there
-	shipped  string // the private directory --ship made there, or ""
+	rank     int     // its position in the host list
+	bin      string  // mpspawn's path there
+	keeper   *keeper // the ssh session that holds the copy --ship made there, or nil
 	argv     []string
 	header   nodeHeader
 	summary  *job.Summary
@@ -94,25 +93,17 @@ func probeScript(paths []string) string {
 	return b.String()
 }
 
-// shipScript makes a private directory, copies stdin into it as mpspawn,
-// and prints the path.
-const shipScript = `d=$(mktemp -d "${TMPDIR:-/tmp}/mpspawn-ship.XXXXXX") && cat > "$d/mpspawn" && chmod 700 "$d/mpspawn" && echo "$d/mpspawn"`
-
 // prepare checks that h answers and finds, or ships, mpspawn there, within
 // the ssh timeout (and the copy's own time).
 func (f *fanout) prepare(ctx context.Context, h *sshHost, binary []byte) error {
-	script, limit := probeScript(f.binCandidates()), f.timeout+5*time.Second
 	if binary != nil {
-		script, limit = shipScript, f.timeout+time.Minute
+		return f.shipTo(ctx, h, binary)
 	}
-	ctx, cancel := context.WithTimeout(ctx, limit)
+	ctx, cancel := context.WithTimeout(ctx, f.timeout+5*time.Second)
 	defer cancel()
-	argv := f.sshArgv(h.Host, script)
+	argv := f.sshArgv(h.Host, probeScript(f.binCandidates()))
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.WaitDelay = time.Second
-	if binary != nil {
-		cmd.Stdin = bytes.NewReader(binary)
-	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -125,15 +116,12 @@ func (f *fanout) prepare(ctx context.Context, h *sshHost, binary []byte) error {
 		return &HostError{Host: h.Host, What: fmt.Sprintf("no answer within --ssh-timeout %v", f.timeout), Line: lastNonEmpty(stderr.Bytes())}
 	case code == 255 || (err != nil && code < 0):
 		return &HostError{Host: h.Host, What: "ssh failed", Line: lastNonEmpty(append([]byte(errText(err)), stderr.Bytes()...))}
-	case code == 127 && binary == nil:
+	case code == 127:
 		return &HostError{Host: h.Host, What: fmt.Sprintf("no mpspawn there (looked for %s): install it there (pip install mpspawn), name it with --remote-mpspawn PATH, or pass --ship to copy this one for the job", strings.Join(f.binCandidates(), ", "))}
 	case err != nil:
 		return &HostError{Host: h.Host, What: "could not prepare it", Line: lastNonEmpty(stderr.Bytes())}
 	}
 	h.bin = lastNonEmpty(stdout.Bytes())
-	if binary != nil {
-		h.shipped = h.bin[:strings.LastIndexByte(h.bin, '/')]
-	}
 	return nil
 }
 
@@ -153,24 +141,6 @@ func (f *fanout) binCandidates() []string {
 		return []string{f.self, "mpspawn"}
 	}
 	return []string{"mpspawn"}
-}
-
-// unship removes what --ship copied to the hosts (the node's own command
-// line removes it when the job ran; this is for a job that did not).
-func (f *fanout) unship(hosts []*sshHost) {
-	var wg sync.WaitGroup
-	for _, h := range hosts {
-		if h.shipped == "" {
-			continue
-		}
-		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), f.timeout+5*time.Second)
-			defer cancel()
-			argv := f.sshArgv(h.Host, "rm -rf "+shellQuote(h.shipped))
-			_ = exec.CommandContext(ctx, argv[0], argv[1:]...).Run()
-		})
-	}
-	wg.Wait()
 }
 
 // randomHex is n random bytes in hex.

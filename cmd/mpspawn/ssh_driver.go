@@ -79,14 +79,13 @@ func runFanout(ctx context.Context, cfg *config, con console) error {
 		}
 		return f.printDryRun(con.stdout, hosts, cfg)
 	}
+	defer f.unship(hosts) // after the job: each host removes what --ship copied
 	if err := f.prepareAll(ctx, hosts); err != nil {
-		f.unship(hosts)
 		return err
 	}
 	if hostRdzv {
 		hosted, err := cfg.hostC10d(ctx, con)
 		if err != nil {
-			f.unship(hosts)
 			return err
 		}
 		defer hosted.stop()
@@ -157,9 +156,6 @@ func (cfg *config) nodeCommand(h *sshHost, nonce string) {
 	}
 	args = append(args, f.progArgs...)
 	remote := "cd " + shellQuote(f.cwd) + " && exec " + shellJoin(args)
-	if h.shipped != "" {
-		remote = "cd " + shellQuote(f.cwd) + " && " + shellJoin(args) + "; rc=$?; rm -rf " + shellQuote(h.shipped) + "; exit $rc"
-	}
 	h.argv = f.sshArgv(h.Host, remote)
 	h.header = nodeHeader{Env: append([]string(nil), f.env...), Nonce: nonce}
 	if m.conf.token != "" {

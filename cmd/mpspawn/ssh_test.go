@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -327,4 +328,66 @@ func TestSSHDDP(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Errorf("2 hosts × 2 ranks over ssh gave %q (%v); want the single node's %q", got, err, want)
 	}
+}
+
+// TestSSHShipKilled: a driver SIGKILLed in the middle of --ship's copy
+// leaves no copy on the host: the session that holds it ends with the
+// driver, and the host removes the directory.
+func TestSSHShipKilled(t *testing.T) {
+	c := startSSHD(t, 1)
+	dir := t.TempDir()
+	mark, hold := filepath.Join(dir, "copying"), filepath.Join(dir, "hold")
+	if err := syscall.Mkfifo(hold, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// ssh, but the copy of --ship stops after 64 KiB until the test opens
+	// the fifo: the driver is killed while the copy is under way.
+	wrapper := filepath.Join(dir, "ssh-wrapper")
+	script := fmt.Sprintf("#!/bin/sh\ncase \"$*\" in\n*mpspawn-ship*) { head -c 65536; touch %s; cat %s > /dev/null; cat; } | ssh \"$@\" ;;\n*) exec ssh \"$@\" ;;\nesac\n", mark, hold)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := filepath.Glob("/tmp/mpspawn-ship.*")
+	d := c.start(t, dir, "--ssh", wrapper+" -F "+c.config, "--hosts", "node1:1", "--ship", "--no-python", "true")
+	var made []string
+	deadline := time.Now().Add(20 * time.Second)
+	for len(made) == 0 && time.Now().Before(deadline) {
+		after, _ := filepath.Glob("/tmp/mpspawn-ship.*")
+		made = newPaths(before, after)
+		if _, err := os.Stat(mark); err != nil || len(made) == 0 {
+			made = nil
+			time.Sleep(20 * time.Millisecond) // polling, bounded by the deadline
+		}
+	}
+	if len(made) == 0 {
+		t.Fatalf("no copy under way on the host within 20s; stderr:\n%s", d.stderr.String())
+	}
+	_ = d.cmd.Process.Kill()
+	_, _ = d.wait(t)
+	f, err := os.OpenFile(hold, os.O_WRONLY, 0) // lets the wrapper go on: its stdin, the driver's pipe, has ended
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	deadline = time.Now().Add(10 * time.Second)
+	for len(made) > 0 && time.Now().Before(deadline) {
+		after, _ := filepath.Glob("/tmp/mpspawn-ship.*")
+		if made = newPaths(before, after); len(made) > 0 {
+			time.Sleep(20 * time.Millisecond) // polling, bounded by the deadline
+		}
+	}
+	if len(made) > 0 {
+		t.Errorf("the copy stays on the host 10s after the driver was SIGKILLed in the middle of it: %q", made)
+	}
+}
+
+// newPaths are the paths of after not in before.
+func newPaths(before, after []string) []string {
+	var out []string
+	for _, p := range after {
+		if !slices.Contains(before, p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
