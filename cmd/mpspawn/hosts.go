@@ -63,7 +63,7 @@ type fanout struct {
 // driverOnly are the flags the driver keeps to itself: each node gets its
 // own value of them, or none.
 var driverOnly = []string{fHostfile, fHosts, fInclude, fExclude, fSSH, fSSHTime, fEnv, fShip, fRemoteBin, fSSHNode,
-	fNproc, fDryRun, fJSON, fSummaryJSON, fJUnitXML, fRdzvBackend, fRdzvEndpoint, fRdzvID, fRunID, fRdzvConf, fLocalAddr, fQuiet}
+	fNproc, fLogDir, fDryRun, fJSON, fSummaryJSON, fJUnitXML, fRdzvBackend, fRdzvEndpoint, fRdzvID, fRunID, fRdzvConf, fLocalAddr, fQuiet}
 
 // notWithHosts are flags a host list chooses itself.
 var notWithHosts = []string{fNNodes, fNodeRank, fMasterAddr, fMasterPort, fStandalone, fTopology}

@@ -44,6 +44,7 @@ type sshHost struct {
 	hostSlots
 	rank     int     // its position in the host list
 	bin      string  // mpspawn's path there
+	logDir   string  // the private directory its node writes the ranks' files in, or ""
 	keeper   *keeper // the ssh session that holds the copy --ship made there, or nil
 	argv     []string
 	header   nodeHeader

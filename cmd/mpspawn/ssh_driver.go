@@ -79,6 +79,11 @@ func runFanout(ctx context.Context, cfg *config, con console) error {
 		}
 		return f.printDryRun(con.stdout, hosts, cfg)
 	}
+	if cfg.logDir != "" {
+		if err := makeHostsLogDir(cfg.logDir, cfg.logDirArg, cfg.runID); err != nil {
+			return err
+		}
+	}
 	defer f.unship(hosts) // after the job: each host removes what --ship copied
 	if err := f.prepareAll(ctx, hosts); err != nil {
 		return err
@@ -96,7 +101,12 @@ func runFanout(ctx context.Context, cfg *config, con console) error {
 	fmt.Fprintf(con.notes, "mpspawn: starting %s on %d hosts over ssh: %s; rendezvous %s at %s\n", cfg.script, len(hosts), f, cfg.runID, cfg.multi.endpoints[0])
 	r := &sshRun{f: f, con: con, hosts: hosts, grace: cfg.grace, nonce: nonce}
 	sig := r.run()
-	return r.verdict(cfg.script, sig)
+	err := r.verdict(cfg.script, sig)
+	if cfg.logDir != "" {
+		f.gatherLogs(con.stderr, hosts, cfg.logDir, cfg.runID)
+		fmt.Fprintf(con.notes, "mpspawn: the hosts' log files are in %s\n", filepath.Join(cfg.logDirArg, cfg.runID, "<host>"))
+	}
+	return err
 }
 
 // chooseEndpoint picks the c10d endpoint the driver hosts: a free port on
@@ -156,6 +166,9 @@ func (cfg *config) nodeCommand(h *sshHost, nonce string) {
 	}
 	args = append(args, f.progArgs...)
 	remote := "cd " + shellQuote(f.cwd) + " && exec " + shellJoin(args)
+	if cfg.logDir != "" { // the files go to a private directory there, and come here after
+		remote = "cd " + shellQuote(f.cwd) + " && " + remoteLogDir(nonce) + "exec " + shellQuote(args[0]) + ` --` + fLogDir + ` "$d" ` + shellJoin(args[1:])
+	}
 	h.argv = f.sshArgv(h.Host, remote)
 	h.header = nodeHeader{Env: append([]string(nil), f.env...), Nonce: nonce}
 	if m.conf.token != "" {

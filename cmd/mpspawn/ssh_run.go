@@ -182,6 +182,10 @@ func (r *sshRun) line(h *sshHost, line string, isStderr bool) {
 		h.summary = s
 		return
 	}
+	if dir := readLogsLine(strings.TrimSuffix(line, "\n"), r.nonce); dir != "" {
+		h.logDir = dir
+		return
+	}
 	if !strings.HasPrefix(line, "["+h.Host+":") {
 		h.lastLine = strings.TrimSpace(line)
 		if rest, ok := strings.CutPrefix(line, "mpspawn: "); ok {

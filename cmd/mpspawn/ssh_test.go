@@ -391,3 +391,69 @@ func newPaths(before, after []string) []string {
 	}
 	return out
 }
+
+// TestSSHLogDir: --log-dir with a host list gathers every host's files on
+// the driver, in --log-dir/<run-id>/<host>/, and leaves none on the hosts;
+// a host whose copy fails is one warning line saying where its files are.
+func TestSSHLogDir(t *testing.T) {
+	c := startSSHD(t, 2)
+	rank := `echo out-of-rank-$RANK; echo err-of-rank-$RANK >&2`
+	t.Run("gathered", func(t *testing.T) {
+		dir := t.TempDir()
+		before, _ := filepath.Glob("/tmp/mpspawn-logs.*")
+		d := c.start(t, dir, "--hosts", "node1:1,node2:1", "--remote-mpspawn", c.bin, "--rdzv-id", "logs1", "--log-dir", "logs", "--redirects", "3", "--no-python", "sh", "-c", rank)
+		_, code := d.wait(t)
+		if code != 0 || strings.Contains(d.stderr.String(), "warning") {
+			t.Errorf("driver exited %d; want 0 and no warning; stderr:\n%s", code, d.stderr.String())
+		}
+		for host, r := range map[string]string{"node1": "0", "node2": "1"} { // local rank 0 on both hosts
+			for file, want := range map[string]string{"stdout.log": "out-of-rank-" + r + "\n", "stderr.log": "err-of-rank-" + r + "\n"} {
+				p := filepath.Join(dir, "logs", "logs1", host, "attempt_0", "0", file)
+				if got, err := os.ReadFile(p); err != nil || string(got) != want {
+					t.Errorf("%s: %q, %v; want %q", p, got, err, want)
+				}
+			}
+		}
+		if after, _ := filepath.Glob("/tmp/mpspawn-logs.*"); len(newPaths(before, after)) > 0 {
+			t.Errorf("log directories left on the hosts: %q", newPaths(before, after))
+		}
+	})
+	t.Run("not copied", func(t *testing.T) {
+		dir := t.TempDir()
+		// ssh, but every copy of the logs fails.
+		wrapper := filepath.Join(dir, "ssh-wrapper")
+		if err := os.WriteFile(wrapper, []byte("#!/bin/sh\ncase \"$*\" in\n*'tar -cf'*) echo 'copy refused' >&2; exit 255 ;;\nesac\nexec ssh \"$@\"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := filepath.Glob("/tmp/mpspawn-logs.*")
+		d := c.start(t, dir, "--ssh", wrapper+" -F "+c.config, "--hosts", "node1:1,node2:1", "--remote-mpspawn", c.bin, "--rdzv-id", "logs2", "--log-dir", "logs", "--redirects", "3", "--no-python", "sh", "-c", rank)
+		_, code := d.wait(t)
+		after, _ := filepath.Glob("/tmp/mpspawn-logs.*")
+		left := newPaths(before, after)
+		for _, p := range left {
+			defer os.RemoveAll(p)
+		}
+		var warnings []string
+		for _, line := range strings.Split(d.stderr.String(), "\n") {
+			if strings.HasPrefix(line, "mpspawn: warning: ") {
+				warnings = append(warnings, line)
+			}
+		}
+		if code != 0 || len(warnings) != 2 || len(left) != 2 {
+			t.Fatalf("driver exited %d with %d warnings, %d directories left on the hosts; want 0, and one warning per host, each host's files kept; stderr:\n%s", code, len(warnings), len(left), d.stderr.String())
+		}
+		slices.Sort(warnings) // the hosts' copies end in any order
+		for i, host := range []string{"node1", "node2"} {
+			w := warnings[i]
+			prefix := "mpspawn: warning: host " + host + ": its log files were not copied here (ssh failed: copy refused): they are at " + host + ":"
+			where, ok := strings.CutPrefix(w, prefix)
+			if !ok {
+				t.Errorf("warning %q; want it to start %q", w, prefix)
+				continue
+			}
+			if b, err := os.ReadFile(filepath.Join(where, "attempt_0", "0", "stdout.log")); err != nil || !strings.HasPrefix(string(b), "out-of-rank-") {
+				t.Errorf("%s: the files the warning names: %q, %v", where, b, err)
+			}
+		}
+	})
+}
