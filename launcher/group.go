@@ -74,6 +74,8 @@ type rankProc struct {
 	stopped   bool
 	abandoned bool // not seen to exit KillWait after SIGKILL
 	usage     usage
+
+	live rankLive // what Snapshot reads: the last line and the exit
 }
 
 // process is a started rank process: a child of the launcher (spawn) or of
@@ -350,6 +352,7 @@ func (s *supervisor) exited(e exitReport) {
 		r.ExitCode = e.ws.ExitStatus()
 	}
 	r.Stopped = rp.stopped || rp.lost != nil
+	rp.live.setExit(r)
 	s.live--
 	if rp.lost != nil {
 		s.stop(rp.lost, syscall.SIGKILL) // not the rank's failure: the job's

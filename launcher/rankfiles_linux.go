@@ -53,7 +53,7 @@ func (rp *rankProc) openFiles() (files []*os.File, release func(), err error) {
 		}
 		go func() {
 			defer rp.relays.Done()
-			relayLines(src, w)
+			relayLines(src, lastLineWriter{w, &rp.live})
 		}()
 	}
 	return append(files, s.ExtraFiles...), release, nil

@@ -66,6 +66,12 @@ type Job struct {
 	// discards them.
 	Notes io.Writer
 
+	// Started, when not nil, is called each round once every rank has
+	// started, with their Group and the restarts spent (a live view
+	// attaches to it: package live); the function it returns is called
+	// once every rank has exited.
+	Started func(g *launcher.Group, attempt int) (done func())
+
 	tails    []*launcher.Tail // each local rank's stderr, kept by Specs
 	ompNoted bool             // noteOMP has spoken
 }
@@ -265,6 +271,9 @@ func (j *Job) Run(ctx context.Context) (*launcher.Result, error) {
 				j.note("warning: %s", leak)
 			}
 		}()
+	}
+	if j.Started != nil {
+		defer j.Started(g, j.Attempt)()
 	}
 	forwarded := make(chan struct{})
 	go func() {

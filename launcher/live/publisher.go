@@ -1,0 +1,197 @@
+package live
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mpspawn/mpspawn/launcher"
+)
+
+// Interval is how often a Publisher samples the ranks and writes its file.
+const Interval = time.Second
+
+// RemoteEvery is how many intervals pass between two Remote calls.
+const RemoteEvery = 3
+
+// remoteLine bounds each rank's last line in what Remote gets.
+const remoteLine = 120
+
+// A Publisher publishes one launcher's job (State) while its ranks run:
+// Attach starts sampling a Group (each round's, in turn), Close removes
+// the file. Its zero value is not usable; fill Info and call Open.
+type Publisher struct {
+	// Info is the job's identity, copied into every State (Ranks, Updated,
+	// Attempt, Version, Pid and StartTicks are the Publisher's).
+	Info State
+	// Remote, when not nil, gets the State as JSON every few intervals
+	// (RemoteEvery), its last lines cut short: the node's summary that
+	// other nodes show. Its error is ignored; the next call tries again.
+	Remote func(ctx context.Context, summary []byte) error
+
+	dir  string
+	mu   sync.Mutex // guards stop
+	stop func()
+}
+
+// Open makes the state directory (see the package doc) and readies p.
+// Nothing is written until Attach.
+func (p *Publisher) Open() error {
+	dir, err := stateDir()
+	if err != nil {
+		return err
+	}
+	p.dir = dir
+	p.Info.Version, p.Info.Pid, p.Info.StartTicks = Version, os.Getpid(), StartTicks(os.Getpid())
+	if p.Info.Started.IsZero() {
+		p.Info.Started = time.Now()
+	}
+	return nil
+}
+
+// Path is the file p writes.
+func (p *Publisher) Path() string { return fileName(p.dir, p.Info.Pid) }
+
+// Attach publishes g's ranks, as attempt (restarts spent), every Interval
+// from now until detach is called: call it once the ranks have started,
+// so that it adds nothing to their start. It publishes once before it
+// returns. detach publishes the ranks' last state and stops sampling.
+func (p *Publisher) Attach(ctx context.Context, g *launcher.Group, attempt int) (detach func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &sampler{p: p, g: g, attempt: attempt}
+	s.tick(ctx, time.Now())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(Interval)
+		defer t.Stop()
+		for {
+			select {
+			case now := <-t.C:
+				s.tick(ctx, now)
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			cancel()
+			<-done
+			s.tick(context.Background(), time.Now())
+		})
+	}
+}
+
+// Close removes p's file.
+func (p *Publisher) Close() {
+	if p.dir != "" {
+		_ = os.Remove(p.Path())
+	}
+}
+
+// sampler is one Attach's state between ticks.
+type sampler struct {
+	p       *Publisher
+	g       *launcher.Group
+	attempt int
+	snap    []launcher.RankState
+	prev    []procSample // by index in snap
+	state   State
+	ages    []float64
+	buf     [1024]byte
+	ticks   int
+}
+
+// procSample is a rank's CPU time when last sampled.
+type procSample struct {
+	pid   int
+	ticks uint64
+	at    time.Time
+}
+
+// tick samples the ranks and writes the file (and, every RemoteEvery
+// ticks, calls Remote).
+func (s *sampler) tick(ctx context.Context, now time.Time) {
+	s.snap = s.g.Snapshot(s.snap)
+	if len(s.prev) != len(s.snap) {
+		s.prev = make([]procSample, len(s.snap))
+	}
+	s.state = s.p.Info
+	s.state.Attempt, s.state.Updated, s.state.IntervalMS = s.attempt, now, int(Interval/time.Millisecond)
+	s.state.Ranks = slices.Grow(s.state.Ranks[:0], len(s.snap))
+	for i := range s.snap {
+		s.state.Ranks = append(s.state.Ranks, s.rank(i, now))
+	}
+	s.ages = markStragglers(s.state.Ranks, s.ages)
+	data, err := json.Marshal(&s.state)
+	if err != nil {
+		return
+	}
+	_ = writeFile(s.p.dir, s.p.Info.Pid, data)
+	if s.p.Remote != nil && s.ticks%RemoteEvery == 0 {
+		if sum, err := json.Marshal(summary(&s.state)); err == nil {
+			_ = s.p.Remote(ctx, sum)
+		}
+	}
+	s.ticks++
+}
+
+// rank is rank i of the snapshot, sampled.
+func (s *sampler) rank(i int, now time.Time) Rank {
+	st := &s.snap[i]
+	r := Rank{Rank: st.Rank, LocalRank: st.LocalRank, Node: s.p.Info.NodeRank, Pid: st.Pid, LastLine: st.LastLine, Restarts: s.attempt}
+	last := st.LastOutput
+	if last.IsZero() {
+		last = st.Started
+	}
+	r.OutputAgeS = roundTenth(now.Sub(last).Seconds())
+	if st.Exited {
+		exitOf(&r, st)
+		return r
+	}
+	ps, ok := readStat(st.Pid, s.buf[:])
+	if !ok {
+		r.State = "unknown"
+		return r
+	}
+	r.State, r.Threads, r.RSSBytes = stateName(ps.state), ps.threads, ps.rssPages*pageSize
+	if prev := s.prev[i]; prev.pid == st.Pid && now.After(prev.at) {
+		used := float64(ps.ticks-prev.ticks) / clockTicks
+		r.CPUPercent = roundTenth(100 * used / now.Sub(prev.at).Seconds())
+	}
+	s.prev[i] = procSample{pid: st.Pid, ticks: ps.ticks, at: now}
+	return r
+}
+
+func roundTenth(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
+
+// summary is st as Remote gets it: each last line cut to 120 bytes.
+func summary(st *State) *State {
+	sum := *st
+	sum.Ranks = make([]Rank, len(st.Ranks))
+	for i, r := range st.Ranks {
+		if len(r.LastLine) > remoteLine {
+			r.LastLine = cutString(r.LastLine, remoteLine)
+		}
+		sum.Ranks[i] = r
+	}
+	return &sum
+}
+
+// cutString cuts s to at most n bytes, at a rune boundary.
+func cutString(s string, n int) string {
+	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
+}
+
+// sortByPid sorts states by launcher pid.
+func sortByPid(sts []*State) {
+	slices.SortFunc(sts, func(a, b *State) int { return a.Pid - b.Pid })
+}
