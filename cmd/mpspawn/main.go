@@ -96,7 +96,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 	return &cli.App{
 		Name:      "mpspawn",
 		Usage:     "launch one process per rank, torchrun-compatible, fast to start and fast to fail",
-		UsageText: "mpspawn [flags] SCRIPT [ARGS...]\nmpspawn --no-python [flags] PROGRAM [ARGS...]\nmpspawn -m [flags] MODULE [ARGS...]\nmpspawn gpus [--json]",
+		UsageText: "mpspawn [flags] SCRIPT [ARGS...]\nmpspawn --no-python [flags] PROGRAM [ARGS...]\nmpspawn -m [flags] MODULE [ARGS...]\nmpspawn gpus [--json]\nmpspawn status [PID|RUN_ID] [--json]\nmpspawn top [PID|RUN_ID]",
 		Description: "Starts --nproc-per-node ranks of SCRIPT (run as PYTHON -u SCRIPT ARGS) with torchrun's\n" +
 			"environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...). When a rank fails,\n" +
 			"every other rank's process group gets SIGTERM, then SIGKILL after --grace-period, and mpspawn\n" +
@@ -109,7 +109,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			"2 bad usage, or any other error before a rank started; 130/143 when mpspawn itself got\n" +
 			"SIGINT/SIGTERM.",
 		Flags:                  flags(),
-		Commands:               []*cli.Command{gpusCommand(), completionCommand(), manCommand()},
+		Commands:               []*cli.Command{gpusCommand(), statusCommand(), topCommand(), completionCommand(), manCommand()},
 		Action:                 action,
 		Writer:                 stdout,
 		ErrWriter:              stderr,

@@ -40,6 +40,9 @@ type State struct {
 	// Gone is set by a reader, never published: the node stopped
 	// publishing (its record expired with its lease).
 	Gone bool `json:"gone,omitempty"`
+	// NodeStates, set by a reader that merged the states of a job's
+	// nodes into one, holds each node's state without its ranks.
+	NodeStates []State `json:"node_states,omitempty"`
 }
 
 // Rank is one rank of a State.
