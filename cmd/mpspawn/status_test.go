@@ -1,0 +1,184 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mpspawn/mpspawn/launcher/live"
+)
+
+// liveScript is a rank that says it is up (a pid file), waits for DIR/go,
+// then does what its rank says: 0 spins, 1 allocates 256 MiB, 2 goes
+// silent, 3 exits 0.
+func liveScript(dir string) string {
+	return `echo rank $RANK up; echo $$ > ` + dir + `/pid$RANK
+i=0; while [ ! -e ` + dir + `/go ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
+case $RANK in
+0) echo spinning; while :; do :; done;;
+1) exec python3 -c 'import time; b = b"x" * (256 << 20); print("allocated", flush=True); time.sleep(600)';;
+2) exec sleep 600;;
+*) echo done; exit 0;;
+esac`
+}
+
+// startLiveJob starts a 4-rank job of liveScript and waits (bounded) for
+// every rank's pid file.
+func startLiveJob(t *testing.T, extra ...string) (*node, string) {
+	t.Helper()
+	dir := t.TempDir()
+	args := append(extra, "--nproc-per-node", "4", "--no-python", "sh", "-c", liveScript(dir))
+	n := startNode(t, args...)
+	deadline := time.Now().Add(30 * time.Second)
+	for r := range 4 {
+		for !fileExists(filepath.Join(dir, fmt.Sprintf("pid%d", r))) {
+			if time.Now().After(deadline) {
+				t.Fatalf("rank %d did not start; stderr:\n%s", r, n.stderr.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return n, dir
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// statusJSON runs mpspawn status --json PID in this process.
+func statusJSON(t *testing.T, pid int) *live.State {
+	t.Helper()
+	var out, errb bytes.Buffer
+	if code := run([]string{"mpspawn", "status", "--json", strconv.Itoa(pid)}, &out, &errb); code != 0 {
+		t.Fatalf("mpspawn status --json %d exited %d: %s", pid, code, errb.String())
+	}
+	var st live.State
+	if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+		t.Fatalf("status --json: %v: %s", err, out.String())
+	}
+	return &st
+}
+
+// waitState polls status --json (each state is a second's sample) until
+// ok holds, at most d.
+func waitState(t *testing.T, pid int, d time.Duration, what string, ok func(*live.State) bool) *live.State {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st := statusJSON(t, pid)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			b, _ := json.MarshalIndent(st, "", " ")
+			t.Fatalf("%s: not seen within %v; last state:\n%s", what, d, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestStatusJSONLiveJob(t *testing.T) {
+	n, dir := startLiveJob(t)
+	pid := n.cmd.Process.Pid
+	st := waitState(t, pid, 10*time.Second, "4 ranks, last lines", func(st *live.State) bool {
+		return len(st.Ranks) == 4 && st.Ranks[3].LastLine == "rank 3 up"
+	})
+	if st.Pid != pid || st.RunID == "" {
+		t.Errorf("state pid %d run %q; want %d and a run id", st.Pid, st.RunID, pid)
+	}
+	rss1 := st.Ranks[1].RSSBytes
+	for r, rk := range st.Ranks {
+		want, _ := strconv.Atoi(strings.TrimSpace(readLine(t, filepath.Join(dir, fmt.Sprintf("pid%d", r)))))
+		if rk.Rank != r || rk.Pid != want || rk.ExitCode != nil || rk.RSSBytes <= 0 || rk.Threads < 1 {
+			t.Errorf("rank %d = %+v; want pid %d alive with RSS and threads", r, rk, want)
+		}
+		if syscall.Kill(rk.Pid, 0) != nil {
+			t.Errorf("rank %d pid %d is not alive", r, rk.Pid)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st = waitState(t, pid, 20*time.Second, "rank 0 spins, rank 1 allocates, rank 3 exits 0", func(st *live.State) bool {
+		r := st.Ranks
+		return r[0].CPUPercent > 20 && r[1].RSSBytes > rss1+200<<20 && r[3].ExitCode != nil && *r[3].ExitCode == 0
+	})
+	age := st.Ranks[2].OutputAgeS
+	waitState(t, pid, 10*time.Second, "rank 2's output age grows", func(st *live.State) bool {
+		return st.Ranks[2].OutputAgeS >= age+1.5 && st.Ranks[2].LastLine == "rank 2 up"
+	})
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	n.wait(t)
+	if fileExists(filepath.Join("/tmp", fmt.Sprintf("mpspawn-%d", os.Geteuid()), fmt.Sprintf("%d.json", pid))) {
+		t.Errorf("state file of pid %d left after exit", pid)
+	}
+}
+
+func TestStatusListAndTable(t *testing.T) {
+	n, _ := startLiveJob(t)
+	pid := n.cmd.Process.Pid
+	if !n.stderr.waitFor(fmt.Sprintf("mpspawn: pid %d, run id ", pid), 10*time.Second) {
+		t.Fatalf("no start line; stderr:\n%s", n.stderr.String())
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"mpspawn", "status"}, &out, &errb); code != 0 || !strings.Contains(out.String(), fmt.Sprintf("%8d  ", pid)) ||
+		!strings.Contains(out.String(), "4/4") {
+		t.Errorf("mpspawn status = %d, %q; want a line for pid %d with 4/4 ranks", code, out.String(), pid)
+	}
+	out.Reset()
+	if code := run([]string{"mpspawn", "status", strconv.Itoa(pid)}, &out, &errb); code != 0 || strings.Count(out.String(), "rank ") < 4 ||
+		!strings.Contains(out.String(), "RANK  LR NODE") {
+		t.Errorf("mpspawn status %d = %d, %q; want the table of 4 ranks", pid, code, out.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"mpspawn", "status", "1"}, &out, &errb); code != 2 || strings.Count(errb.String(), "\n") != 1 {
+		t.Errorf("mpspawn status 1 = %d, %q; want exit 2 and one line", code, errb.String())
+	}
+}
+
+// TestStatusOtherUser: a job of root, asked about by user nobody, is
+// refused in one line: the state directory is root's, mode 0700.
+func TestStatusOtherUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run status as another user")
+	}
+	n, _ := startLiveJob(t)
+	pid := n.cmd.Process.Pid
+	statusJSON(t, pid) // published
+	bin := filepath.Join(os.TempDir(), fmt.Sprintf("mpspawn-status-test-%d", os.Getpid()))
+	copyExe(t, bin)
+	c := exec.Command(bin, "status", strconv.Itoa(pid))
+	c.Args[0] = "mpspawn"
+	c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	c.Env = []string{"PATH=/usr/bin:/bin"}
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	want := fmt.Sprintf("mpspawn: error: status: job %d belongs to user 0, whose files this user may not read\n", pid)
+	if c.ProcessState == nil || c.ProcessState.ExitCode() != 2 || errb.String() != want || out.Len() != 0 {
+		t.Errorf("status %d as nobody: %v, stdout %q, stderr %q; want exit 2 and %q", pid, err, out.String(), errb.String(), want)
+	}
+}
+
+// copyExe copies the test binary where user nobody can run it; removed
+// at the end of the test.
+func copyExe(t *testing.T, dst string) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(dst) })
+}
