@@ -182,3 +182,62 @@ func copyExe(t *testing.T, dst string) {
 	}
 	t.Cleanup(func() { os.Remove(dst) })
 }
+
+// TestTopInTmux runs mpspawn top in a detached tmux session of its own
+// server (80x24), reads the screen, switches the order and quits with q.
+func TestTopInTmux(t *testing.T) {
+	tmux, err := exec.LookPath("tmux")
+	if err != nil {
+		t.Skip("no tmux")
+	}
+	n, _ := startLiveJob(t)
+	pid := n.cmd.Process.Pid
+	statusJSON(t, pid)
+	sock := fmt.Sprintf("mpspawn-top-%d", os.Getpid())
+	tm := func(args ...string) string {
+		out, err := exec.Command(tmux, append([]string{"-L", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %q: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	bin := filepath.Join(t.TempDir(), "mpspawn")
+	copyExe(t, bin)
+	exited := filepath.Join(t.TempDir(), "exited")
+	tm("new-session", "-d", "-s", "top", "-x", "80", "-y", "24", fmt.Sprintf("%s top %d; echo $? > %s; sleep 600", bin, pid, exited))
+	t.Cleanup(func() { _ = exec.Command(tmux, "-L", sock, "kill-server").Run() })
+	screen := waitScreen(t, func() string { return tm("capture-pane", "-p", "-t", "top") }, "rank 3 up")
+	for _, want := range []string{"RANK  LR NODE", "sorted by CPU", fmt.Sprintf("pid %d ", pid)} {
+		if !strings.Contains(screen, want) {
+			t.Errorf("top screen lacks %q:\n%s", want, screen)
+		}
+	}
+	for _, l := range strings.Split(screen, "\n") {
+		if len([]rune(l)) > 80 {
+			t.Errorf("line over 80 columns: %q", l)
+		}
+	}
+	tm("send-keys", "-t", "top", "o")
+	waitScreen(t, func() string { return tm("capture-pane", "-p", "-t", "top") }, "sorted by output age")
+	tm("send-keys", "-t", "top", "q")
+	waitScreen(t, func() string {
+		b, _ := os.ReadFile(exited)
+		return string(b)
+	}, "0\n")
+}
+
+// waitScreen calls read until what it returns holds want, at most 15 s.
+func waitScreen(t *testing.T, read func() string, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		s := read()
+		if strings.Contains(s, want) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%q not seen in 15s; last:\n%s", want, s)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
