@@ -197,11 +197,11 @@ func jobLine(st *live.State, now time.Time) string {
 	if st.Gone {
 		return fmt.Sprintf("node %d %s: gone (no status for %s)", st.NodeRank, st.Host, formatAge(now.Sub(st.Updated).Seconds()))
 	}
-	node := fmt.Sprintf("node %d/%d", st.NodeRank, st.Nodes)
+	line := fmt.Sprintf("pid %d %s up %s try %d", st.Pid, st.RunID, formatAge(now.Sub(st.Started).Seconds()), st.Attempt)
 	if st.Nodes > 1 {
-		node += " " + st.Host
+		line += fmt.Sprintf(" node %d/%d %s", st.NodeRank, st.Nodes, st.Host)
 	}
-	line := fmt.Sprintf("pid %d %s up %s try %d %s: %s", st.Pid, st.RunID, formatAge(now.Sub(st.Started).Seconds()), st.Attempt, node, strings.Join(parts, ", "))
+	line += ": " + strings.Join(parts, ", ")
 	if slowest >= 0 {
 		line += fmt.Sprintf("; slowest r%d %s", st.Ranks[slowest].Rank, formatAge(st.Ranks[slowest].OutputAgeS))
 	}
