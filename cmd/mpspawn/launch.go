@@ -47,7 +47,7 @@ func (p *plan) launch(ctx context.Context, con console) error {
 	job := p.job(rendezvous.Membership{NProcPerNode: p.nproc})
 	job.LogDir, job.ScratchDir, job.Output, job.Notes = logDir, scratch, p.newOutput(con), con.mixed
 	p.diag.options(&job.Options, scratch)
-	unpublish := p.publishLive(ctx, job, con.notes, nil)
+	unpublish := p.publishLive(ctx, job, con.notes, rdzv)
 	defer unpublish()
 	stopNotes := noteStops(con.stderr, job.NProcPerNode, p.grace)
 	ctx, unwatch := p.watchGPUs(ctx, con.notes)

@@ -16,9 +16,12 @@ import (
 // they have started (package live), and says once who this launcher is
 // (noteStart). remote, when not nil, also gets the node's summary for the
 // other nodes. close removes the state file; call it at the end.
-func (p *plan) publishLive(ctx context.Context, j *job.Job, notes io.Writer, remote func(context.Context, []byte) error) (close func()) {
+func (p *plan) publishLive(ctx context.Context, j *job.Job, notes io.Writer, rdzv any) (close func()) {
 	host, _ := os.Hostname()
-	pub := &live.Publisher{Info: live.State{RunID: p.runID, Host: host, MaxRestarts: p.multi.maxRestarts}, Remote: remote}
+	pub := &live.Publisher{Info: live.State{RunID: p.runID, Host: host, MaxRestarts: p.multi.maxRestarts}}
+	if r, ok := rdzv.(statusPublisher); ok {
+		pub.Remote, pub.Peers = r.PublishStatus, r.StatusRecords
+	}
 	if p.logDir != "" {
 		pub.Info.LogDir = filepath.Join(p.logDir, p.runID)
 	}
@@ -45,6 +48,13 @@ func (p *plan) publishLive(ctx context.Context, j *job.Job, notes io.Writer, rem
 			pub.Close()
 		}
 	}
+}
+
+// statusPublisher is a rendezvous that carries the nodes' status
+// summaries (etcd, and c10d on it).
+type statusPublisher interface {
+	PublishStatus(ctx context.Context, summary []byte) error
+	StatusRecords(ctx context.Context) ([][]byte, error)
 }
 
 // noteStart says, once the ranks have started, who this launcher is: its

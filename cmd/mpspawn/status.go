@@ -76,7 +76,7 @@ func findJob(arg string) ([]*live.State, error) {
 		case err != nil:
 			return nil, err
 		}
-		return []*live.State{st}, nil
+		return withPeers(st), nil
 	}
 	jobs, err := live.List()
 	if err != nil {
@@ -84,10 +84,19 @@ func findJob(arg string) ([]*live.State, error) {
 	}
 	for _, st := range jobs {
 		if st.RunID == arg {
-			return []*live.State{st}, nil
+			return withPeers(st), nil
 		}
 	}
 	return nil, usagef("status: no mpspawn job with pid or run id %q on this machine", arg)
+}
+
+// withPeers is st and the other nodes' states it holds, one per node.
+func withPeers(st *live.State) []*live.State {
+	sts := []*live.State{st}
+	for i := range st.Peers {
+		sts = append(sts, &st.Peers[i])
+	}
+	return sts
 }
 
 // writeJobs writes one line per job.
@@ -110,10 +119,11 @@ func merged(sts []*live.State) *live.State {
 		return sts[0]
 	}
 	m := *sts[0]
+	m.Peers = nil
 	m.Ranks = rankRows(sts, byRank)
 	for _, st := range sts {
 		n := *st
-		n.Ranks = nil
+		n.Ranks, n.Peers = nil, nil
 		m.NodeStates = append(m.NodeStates, n)
 	}
 	return &m

@@ -43,6 +43,9 @@ type State struct {
 	// NodeStates, set by a reader that merged the states of a job's
 	// nodes into one, holds each node's state without its ranks.
 	NodeStates []State `json:"node_states,omitempty"`
+	// Peers holds the other nodes' states as this node last read them
+	// (Publisher.Peers), with Gone set on one that stopped publishing.
+	Peers []State `json:"peers,omitempty"`
 }
 
 // Rank is one rank of a State.

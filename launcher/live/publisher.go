@@ -31,10 +31,13 @@ type Publisher struct {
 	// (RemoteEvery), its last lines cut short: the node's summary that
 	// other nodes show. Its error is ignored; the next call tries again.
 	Remote func(ctx context.Context, summary []byte) error
+	// Peers, when not nil, returns every node's summary (what their
+	// Remote published) when Remote is called; the other nodes' go into
+	// State.Peers, and a node that was there and is no more stays as Gone.
+	Peers func(ctx context.Context) ([][]byte, error)
 
-	dir  string
-	mu   sync.Mutex // guards stop
-	stop func()
+	dir   string
+	peers []State // the other nodes as last read, kept from round to round (one sampler at a time)
 }
 
 // Open makes the state directory (see the package doc) and readies p.
@@ -128,17 +131,19 @@ func (s *sampler) tick(ctx context.Context, now time.Time) {
 		s.state.Ranks = append(s.state.Ranks, s.rank(i, now))
 	}
 	s.ages = markStragglers(s.state.Ranks, s.ages)
+	if s.p.Remote != nil && s.ticks%RemoteEvery == 0 {
+		if sum, err := json.Marshal(summary(&s.state)); err == nil {
+			_ = s.p.Remote(ctx, sum)
+		}
+		s.readPeers(ctx)
+	}
+	s.ticks++
+	s.state.Peers = s.p.peers
 	data, err := json.Marshal(&s.state)
 	if err != nil {
 		return
 	}
 	_ = writeFile(s.p.dir, s.p.Info.Pid, data)
-	if s.p.Remote != nil && s.ticks%RemoteEvery == 0 {
-		if sum, err := json.Marshal(summary(&s.state)); err == nil {
-			_ = s.p.Remote(ctx, sum)
-		}
-	}
-	s.ticks++
 }
 
 // rank is rank i of the snapshot, sampled.
@@ -194,4 +199,36 @@ func cutString(s string, n int) string {
 // sortByPid sorts states by launcher pid.
 func sortByPid(sts []*State) {
 	slices.SortFunc(sts, func(a, b *State) int { return a.Pid - b.Pid })
+}
+
+// readPeers reads the other nodes' summaries: each must parse as a State
+// of this run and version; a node seen before and missing now is kept,
+// Gone.
+func (s *sampler) readPeers(ctx context.Context) {
+	if s.p.Peers == nil {
+		return
+	}
+	recs, err := s.p.Peers(ctx)
+	if err != nil {
+		return // kept as last read; tried again next time
+	}
+	seen := map[int]bool{}
+	var peers []State
+	for _, rec := range recs {
+		var st State
+		if json.Unmarshal(rec, &st) != nil || st.Version != Version || st.RunID != s.p.Info.RunID || st.NodeRank == s.p.Info.NodeRank || seen[st.NodeRank] {
+			continue
+		}
+		st.Peers, st.NodeStates, st.Gone = nil, nil, false
+		seen[st.NodeRank] = true
+		peers = append(peers, st)
+	}
+	for _, old := range s.p.peers {
+		if !seen[old.NodeRank] {
+			old.Gone, old.Ranks = true, nil
+			peers = append(peers, old)
+		}
+	}
+	slices.SortFunc(peers, func(a, b State) int { return a.NodeRank - b.NodeRank })
+	s.p.peers = peers
 }
