@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mpspawn/mpspawn/internal/etcdtest"
 	"github.com/mpspawn/mpspawn/launcher/live"
 )
 
@@ -239,5 +240,56 @@ func waitScreen(t *testing.T, read func() string, want string) string {
 			t.Fatalf("%q not seen in 15s; last:\n%s", want, s)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestStatusTwoNodes: two nodes on loopback through etcd (elastic 1:2):
+// status on one node shows the other's ranks; once that one is SIGKILLed, it is
+// shown as gone within the lease TTL (and a publishing interval), while
+// node 0 runs its ranks again (a restart).
+func TestStatusTwoNodes(t *testing.T) {
+	srv := etcdtest.Start(t)
+	var nodes []*node
+	for _, addr := range []string{"127.0.0.2", "127.0.0.3"} {
+		args := etcdArgs(srv, "live", addr, "1:2", "--nproc-per-node", "2", "--max-restarts", "3", "--no-python", "sh", "-c", "echo rank $RANK up; exec sleep 60")
+		nodes = append(nodes, startNode(t, args...))
+	}
+	var n0, n1 *node
+	st := waitNodes(t, nodes, func(st *live.State) bool { return len(st.Peers) == 1 && len(st.Peers[0].Ranks) == 2 }, "node 1's ranks")
+	for _, n := range nodes {
+		if n.cmd.Process.Pid == st.Pid {
+			n0 = n
+		} else {
+			n1 = n
+		}
+	}
+	peer := st.Peers[0]
+	if other := 1 - st.NodeRank; peer.NodeRank != other || peer.Ranks[0].Node != other || peer.Ranks[0].Rank != 2*other || syscall.Kill(peer.Ranks[0].Pid, 0) != nil {
+		t.Errorf("peer of node %d = %+v; want the other node with its live ranks", st.NodeRank, peer)
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"mpspawn", "status", strconv.Itoa(st.Pid)}, &out, &errb); code != 0 || strings.Count(out.String(), "\n") != 7 || !strings.Contains(out.String(), "\n   3   1    1 ") || !strings.Contains(out.String(), "\n   0   0    0 ") {
+		t.Errorf("status = %d, %q; want the 4 ranks of both nodes", code, out.String())
+	}
+	_ = n1.cmd.Process.Kill()
+	<-n1.done
+	waitNodes(t, []*node{n0}, func(st *live.State) bool { return len(st.Peers) == 1 && st.Peers[0].Gone }, "node 1 gone")
+}
+
+// waitNodes polls the state of each node until ok holds for one, at
+// most 30 s, and returns that state.
+func waitNodes(t *testing.T, nodes []*node, ok func(*live.State) bool, what string) *live.State {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, n := range nodes {
+			if st, err := live.Read(n.cmd.Process.Pid); err == nil && ok(st) {
+				return st
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not seen in 30s; stderr:\n%s", what, nodes[0].stderr.String())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

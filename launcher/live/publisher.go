@@ -65,7 +65,7 @@ func (p *Publisher) Path() string { return fileName(p.dir, p.Info.Pid) }
 func (p *Publisher) Attach(ctx context.Context, g *launcher.Group, attempt int) (detach func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &sampler{p: p, g: g, attempt: attempt}
-	s.tick(ctx, time.Now())
+	s.tick(ctx, time.Now(), false)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -74,7 +74,7 @@ func (p *Publisher) Attach(ctx context.Context, g *launcher.Group, attempt int) 
 		for {
 			select {
 			case now := <-t.C:
-				s.tick(ctx, now)
+				s.tick(ctx, now, false)
 			case <-ctx.Done():
 				return
 			}
@@ -85,7 +85,10 @@ func (p *Publisher) Attach(ctx context.Context, g *launcher.Group, attempt int) 
 		once.Do(func() {
 			cancel()
 			<-done
-			s.tick(context.Background(), time.Now())
+			// Bounded: etcd may be what is gone.
+			fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer fcancel()
+			s.tick(fctx, time.Now(), true)
 		})
 	}
 }
@@ -118,8 +121,9 @@ type procSample struct {
 }
 
 // tick samples the ranks and writes the file (and, every RemoteEvery
-// ticks, calls Remote).
-func (s *sampler) tick(ctx context.Context, now time.Time) {
+// ticks, calls Remote and reads the peers; last, once the ranks have
+// exited, reads the peers again).
+func (s *sampler) tick(ctx context.Context, now time.Time, last bool) {
 	s.snap = s.g.Snapshot(s.snap)
 	if len(s.prev) != len(s.snap) {
 		s.prev = make([]procSample, len(s.snap))
@@ -135,6 +139,8 @@ func (s *sampler) tick(ctx context.Context, now time.Time) {
 		if sum, err := json.Marshal(summary(&s.state)); err == nil {
 			_ = s.p.Remote(ctx, sum)
 		}
+		s.readPeers(ctx)
+	} else if last {
 		s.readPeers(ctx)
 	}
 	s.ticks++
