@@ -135,8 +135,8 @@ func TestStatusListAndTable(t *testing.T) {
 		t.Errorf("mpspawn status = %d, %q; want a line for pid %d with 4/4 ranks", code, out.String(), pid)
 	}
 	out.Reset()
-	if code := run([]string{"mpspawn", "status", strconv.Itoa(pid)}, &out, &errb); code != 0 || strings.Count(out.String(), "rank ") < 4 ||
-		!strings.Contains(out.String(), "RANK  LR NODE") {
+	if code := run([]string{"mpspawn", "status", strconv.Itoa(pid)}, &out, &errb); code != 0 || strings.Count(out.String(), "\n") != 6 ||
+		!strings.Contains(out.String(), "\nRANK  LR NODE") || !strings.Contains(out.String(), "\n   3   3    0 ") {
 		t.Errorf("mpspawn status %d = %d, %q; want the table of 4 ranks", pid, code, out.String())
 	}
 	out.Reset()
