@@ -89,8 +89,17 @@ func waitState(t *testing.T, pid int, d time.Duration, what string, ok func(*liv
 func TestStatusJSONLiveJob(t *testing.T) {
 	n, dir := startLiveJob(t)
 	pid := n.cmd.Process.Pid
-	st := waitState(t, pid, 10*time.Second, "4 ranks, last lines", func(st *live.State) bool {
-		return len(st.Ranks) == 4 && st.Ranks[3].LastLine == "rank 3 up"
+	st := waitState(t, pid, 10*time.Second, "4 ranks up, sampled", func(st *live.State) bool {
+		if len(st.Ranks) != 4 {
+			return false
+		}
+		for r, rk := range st.Ranks {
+			// A rank sampled while it executes its program has no RSS yet.
+			if rk.LastLine != fmt.Sprintf("rank %d up", r) || rk.RSSBytes == 0 {
+				return false
+			}
+		}
+		return true
 	})
 	if st.Pid != pid || st.RunID == "" {
 		t.Errorf("state pid %d run %q; want %d and a run id", st.Pid, st.RunID, pid)
