@@ -194,6 +194,9 @@ func jobLine(st *live.State, now time.Time) string {
 	for _, s := range order {
 		parts = append(parts, fmt.Sprintf("%d %s", counts[s], shortState(s)))
 	}
+	if st.Gone && st.Updated.IsZero() {
+		return fmt.Sprintf("node %d: gone (no status record: it stopped publishing, or never did)", st.NodeRank)
+	}
 	if st.Gone {
 		return fmt.Sprintf("node %d %s: gone (no status for %s)", st.NodeRank, st.Host, formatAge(now.Sub(st.Updated).Seconds()))
 	}

@@ -119,8 +119,8 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	if strings.ContainsFunc(m.localAddr, func(r rune) bool { return r == '/' || r == ',' || r <= ' ' }) {
 		return usagef("--local-addr %q: want a host name or IP address", m.localAddr)
 	}
-	if m.conf.token != "" && m.backend != "c10d" {
-		return usagef("--rdzv-conf token: only --rdzv-backend c10d takes a token (it protects the etcd server a node hosts); with --rdzv-backend %s use the etcd's own authentication and TLS (cacert, cert, key)", m.backend)
+	if err := m.checkToken(); err != nil {
+		return err
 	}
 	ep := c.String(fRdzvEndpoint)
 	if !m.dynamic() {
@@ -138,6 +138,30 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	if ep == "" {
 		return usagef("--rdzv-backend %s needs --rdzv-endpoint HOST:PORT (the etcd servers)", m.backend)
 	}
+	if err := m.clientSetup(ep); err != nil {
+		return err
+	}
+	if !c.IsSet(fRdzvID) && !c.IsSet(fRunID) && !slurm { // under SLURM: <job>.<step>
+		return usagef("--rdzv-backend %s needs --rdzv-id ID: every node of the job passes the same one", m.backend)
+	}
+	cfg.rdzv.NNodes = m.maxNodes
+	cfg.rdzv.NodeRank = 0 // given by the rendezvous
+	return nil
+}
+
+// checkToken refuses a token with a backend other than c10d.
+func (m *multinode) checkToken() error {
+	if m.conf.token != "" && m.backend != "c10d" {
+		return usagef("--rdzv-conf token: only --rdzv-backend c10d takes a token (it protects the etcd server a node hosts); with --rdzv-backend %s use the etcd's own authentication and TLS (cacert, cert, key)", m.backend)
+	}
+	return nil
+}
+
+// clientSetup reads what an etcd client of the run needs, after m.backend
+// and m.conf: the endpoints ep, c10d's token from the environment when
+// --rdzv-conf has none, and the TLS configuration. The nodes of a job
+// and mpspawn status --rdzv-endpoint share it.
+func (m *multinode) clientSetup(ep string) error {
 	for _, e := range strings.Split(ep, ",") {
 		host, port, err := net.SplitHostPort(strings.TrimSpace(e))
 		if p, perr := strconv.Atoi(port); err != nil || perr != nil || host == "" || p < 1 || p > 65535 {
@@ -145,21 +169,15 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 		}
 		m.endpoints = append(m.endpoints, strings.TrimSpace(e))
 	}
-	if !c.IsSet(fRdzvID) && !c.IsSet(fRunID) && !slurm { // under SLURM: <job>.<step>
-		return usagef("--rdzv-backend %s needs --rdzv-id ID: every node of the job passes the same one", m.backend)
-	}
 	if m.backend == "c10d" && len(m.endpoints) != 1 {
 		return usagef("--rdzv-backend c10d takes one --rdzv-endpoint HOST:PORT (the node that runs the etcd server); for an etcd cluster use --rdzv-backend etcd")
 	}
 	if m.backend == "c10d" && m.conf.token == "" {
 		m.conf.token = strings.TrimSpace(os.Getenv(envRdzvToken))
 	}
-	if m.tls, err = m.conf.tlsConfig(); err != nil {
-		return err
-	}
-	cfg.rdzv.NNodes = m.maxNodes
-	cfg.rdzv.NodeRank = 0 // given by the rendezvous
-	return nil
+	var err error
+	m.tls, err = m.conf.tlsConfig()
+	return err
 }
 
 // staticEndpoint reads torchrun's static --rdzv-endpoint: the master's
@@ -332,18 +350,24 @@ func (h *hostingRendezvous) Close() error {
 // openEtcd joins the etcd rendezvous at the endpoints.
 func (p *plan) openEtcd(ctx context.Context, notes io.Writer) (*etcd.Rendezvous, error) {
 	m := &p.multi
-	ec := etcd.Config{
-		Endpoints: m.endpoints, RunID: p.runID, MinNodes: m.minNodes, MaxNodes: m.maxNodes,
-		NProc: p.nproc, LocalAddr: m.localAddr,
-		JoinTimeout: m.conf.join, LastCallTimeout: m.conf.lastCall, CloseTimeout: m.conf.close,
-		ConnectTimeout: m.conf.connect, LeaseTTL: m.conf.lease, TLS: m.tls, Notes: notes,
-	}
-	p.c10dClient(&ec)
+	ec := p.etcdClient()
+	ec.MinNodes, ec.MaxNodes, ec.NProc, ec.LocalAddr = m.minNodes, m.maxNodes, p.nproc, m.localAddr
+	ec.JoinTimeout, ec.LastCallTimeout, ec.CloseTimeout = m.conf.join, m.conf.lastCall, m.conf.close
+	ec.LeaseTTL, ec.Notes = m.conf.lease, notes
 	r, err := etcd.New(ctx, ec) // bounded by connect_timeout
 	if err != nil {
 		return nil, p.c10dUnreachable(err)
 	}
 	return r, nil
+}
+
+// etcdClient is how a client of the run reaches etcd: its endpoints,
+// run id, connect_timeout, TLS and (c10d) credentials.
+func (cfg *config) etcdClient() etcd.Config {
+	m := &cfg.multi
+	ec := etcd.Config{Endpoints: m.endpoints, RunID: cfg.runID, ConnectTimeout: m.conf.connect, TLS: m.tls}
+	cfg.c10dClient(&ec)
+	return ec
 }
 
 // describeEtcd words an etcd client error for one line.

@@ -16,15 +16,17 @@ func statusCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "status",
 		Usage:     "show the mpspawn jobs running on this machine, or one job's ranks",
-		UsageText: "mpspawn status [PID|RUN_ID] [--json]",
+		UsageText: "mpspawn status [PID|RUN_ID] [--json]\nmpspawn status --rdzv-endpoint HOST:PORT --rdzv-id ID [--rdzv-backend etcd|c10d] [--rdzv-conf K=V,...] [--json]",
 		Description: "With no argument, one line per mpspawn job this user runs on this machine: pid, run id,\n" +
 			"ranks alive/total, age, attempt. With a launcher's pid or a run id, a table of the job's\n" +
 			"ranks: state, CPU % over the last second, RSS, threads, seconds since the last output\n" +
 			"line (! marks a straggler: over 5x its peers' median and over 30 s), that line, restarts.\n" +
 			"--json prints the same as one object (docs/diagnosis.md). It reads the state file each\n" +
 			"launcher writes every second; a job of another user is shown only if that user's files\n" +
-			"allow it.",
-		Flags:  []cli.Flag{&cli.BoolFlag{Name: fJSON, Usage: "print one JSON object"}},
+			"allow it. With --rdzv-endpoint and --rdzv-id (and the job's --rdzv-backend and --rdzv-conf),\n" +
+			"on any machine that reaches the job's etcd, every node's ranks as the nodes publish them\n" +
+			"there every 3 s, and a line for a node that stopped publishing.",
+		Flags:  append([]cli.Flag{&cli.BoolFlag{Name: fJSON, Usage: "print one JSON object"}}, remoteFlags()...),
 		Action: statusAction,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}
@@ -37,7 +39,7 @@ func statusAction(c *cli.Context) error {
 		return usagef("status: unexpected argument %q", c.Args().Get(1))
 	}
 	w, now := c.App.Writer, time.Now()
-	if c.NArg() == 0 {
+	if c.NArg() == 0 && !c.IsSet(fRdzvEndpoint) {
 		jobs, err := live.List()
 		if err != nil {
 			return err
@@ -48,7 +50,11 @@ func statusAction(c *cli.Context) error {
 		writeJobs(w, jobs, now)
 		return nil
 	}
-	sts, err := findJob(c.Args().First())
+	src, err := sourceOf(c, c.Args().First())
+	if err != nil {
+		return err
+	}
+	sts, err := src(c.Context)
 	if err != nil {
 		return err
 	}
@@ -118,8 +124,15 @@ func merged(sts []*live.State) *live.State {
 	if len(sts) == 1 {
 		return sts[0]
 	}
-	m := *sts[0]
-	m.Peers = nil
+	base := sts[0]
+	for _, st := range sts {
+		if !st.Gone {
+			base = st
+			break
+		}
+	}
+	m := *base
+	m.Peers, m.Gone = nil, false
 	m.Ranks = rankRows(sts, byRank)
 	for _, st := range sts {
 		n := *st

@@ -21,12 +21,14 @@ func topCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "top",
 		Usage:     "show a job's ranks live, refreshed every second",
-		UsageText: "mpspawn top [PID|RUN_ID]",
+		UsageText: "mpspawn top [PID|RUN_ID]\nmpspawn top --rdzv-endpoint HOST:PORT --rdzv-id ID [--rdzv-backend etcd|c10d] [--rdzv-conf K=V,...]",
 		Description: "The table of mpspawn status PID, refreshed every second, with one line per job (node)\n" +
 			"above it: elapsed time, ranks by state, the slowest rank's output age. Keys: c sorts by\n" +
 			"CPU, o by output age, r by rank; q quits. With no argument it shows this user's only\n" +
 			"job (or asks which). No colours when NO_COLOR is set or stdout is not a terminal; then\n" +
-			"each refresh is printed below the last.",
+			"each refresh is printed below the last. With --rdzv-endpoint and --rdzv-id, every node's\n" +
+			"ranks as read from the job's etcd (see mpspawn status).",
+		Flags:  remoteFlags(),
 		Action: topAction,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
 			return usageError{err}
@@ -36,7 +38,7 @@ func topCommand() *cli.Command {
 
 // topView is what top shows and how.
 type topView struct {
-	arg   string
+	src   jobSource
 	key   sortKey
 	tty   bool // stdout is a terminal: redraw in place
 	color bool
@@ -50,7 +52,7 @@ func topAction(c *cli.Context) error {
 		return usagef("top: unexpected argument %q", c.Args().Get(1))
 	}
 	arg := c.Args().First()
-	if arg == "" {
+	if arg == "" && !c.IsSet(fRdzvEndpoint) {
 		jobs, err := live.List()
 		if err != nil {
 			return err
@@ -61,10 +63,14 @@ func topAction(c *cli.Context) error {
 		}
 		arg = fmt.Sprint(jobs[0].Pid)
 	}
-	if _, err := findJob(arg); err != nil {
+	src, err := sourceOf(c, arg)
+	if err != nil {
 		return err
 	}
-	v := &topView{arg: arg, key: byCPU, w: c.App.Writer}
+	if _, err := src(c.Context); err != nil {
+		return err
+	}
+	v := &topView{src: src, key: byCPU, w: c.App.Writer}
 	if f, ok := c.App.Writer.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		v.tty, v.out = true, f
 		v.color = os.Getenv("NO_COLOR") == ""
@@ -89,7 +95,7 @@ func (v *topView) loop(ctx context.Context, keys <-chan byte) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		sts, err := findJob(v.arg)
+		sts, err := v.src(ctx)
 		var ue usageError
 		if errors.As(err, &ue) {
 			v.print("mpspawn top: the job has ended\n")

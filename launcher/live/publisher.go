@@ -136,7 +136,7 @@ func (s *sampler) tick(ctx context.Context, now time.Time, last bool) {
 	}
 	s.ages = markStragglers(s.state.Ranks, s.ages)
 	if s.p.Remote != nil && s.ticks%RemoteEvery == 0 {
-		if sum, err := json.Marshal(summary(&s.state)); err == nil {
+		if sum, err := json.Marshal(summary(&s.state, s.p.peers)); err == nil {
 			_ = s.p.Remote(ctx, sum)
 		}
 		s.readPeers(ctx)
@@ -181,9 +181,11 @@ func (s *sampler) rank(i int, now time.Time) Rank {
 
 func roundTenth(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
 
-// summary is st as Remote gets it: each last line cut to 120 bytes.
-func summary(st *State) *State {
+// summary is st as Remote gets it: each last line cut to 120 bytes, and
+// the peers seen gone.
+func summary(st *State, peers []State) *State {
 	sum := *st
+	sum.Peers = goneOnly(peers)
 	sum.Ranks = make([]Rank, len(st.Ranks))
 	for i, r := range st.Ranks {
 		if len(r.LastLine) > remoteLine {
@@ -221,11 +223,11 @@ func (s *sampler) readPeers(ctx context.Context) {
 	seen := map[int]bool{}
 	var peers []State
 	for _, rec := range recs {
-		var st State
-		if json.Unmarshal(rec, &st) != nil || st.Version != Version || st.RunID != s.p.Info.RunID || st.NodeRank == s.p.Info.NodeRank || seen[st.NodeRank] {
+		st, err := ParseSummary(rec, s.p.Info.RunID)
+		if err != nil || st.NodeRank == s.p.Info.NodeRank || seen[st.NodeRank] {
 			continue
 		}
-		st.Peers, st.NodeStates, st.Gone = nil, nil, false
+		st.Peers = nil
 		seen[st.NodeRank] = true
 		peers = append(peers, st)
 	}
