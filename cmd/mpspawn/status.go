@@ -38,6 +38,9 @@ func statusAction(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return usagef("status: unexpected argument %q", c.Args().Get(1))
 	}
+	if err := checkRemoteFlags(c); err != nil {
+		return err
+	}
 	w, now := c.App.Writer, time.Now()
 	if c.NArg() == 0 && !c.IsSet(fRdzvEndpoint) {
 		jobs, err := live.List()

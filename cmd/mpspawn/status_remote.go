@@ -33,11 +33,6 @@ type jobSource func(ctx context.Context) ([]*live.State, error)
 // (findJob of arg, a pid or run id).
 func sourceOf(c *cli.Context, arg string) (jobSource, error) {
 	if !c.IsSet(fRdzvEndpoint) {
-		for _, f := range []string{fRdzvID, fRdzvBackend, fRdzvConf} {
-			if c.IsSet(f) {
-				return nil, usagef("%s: --%s goes with --rdzv-endpoint", c.Command.Name, f)
-			}
-		}
 		return func(context.Context) ([]*live.State, error) { return findJob(arg) }, nil
 	}
 	ec, err := remoteConfig(c)
@@ -45,6 +40,19 @@ func sourceOf(c *cli.Context, arg string) (jobSource, error) {
 		return nil, err
 	}
 	return func(ctx context.Context) ([]*live.State, error) { return readRemote(ctx, ec) }, nil
+}
+
+// checkRemoteFlags refuses a rendezvous flag without --rdzv-endpoint.
+func checkRemoteFlags(c *cli.Context) error {
+	if c.IsSet(fRdzvEndpoint) {
+		return nil
+	}
+	for _, f := range []string{fRdzvID, fRdzvBackend, fRdzvConf} {
+		if c.IsSet(f) {
+			return usagef("%s: --%s goes with --rdzv-endpoint", c.Command.Name, f)
+		}
+	}
+	return nil
 }
 
 // remoteConfig validates the rendezvous flags into an etcd client's

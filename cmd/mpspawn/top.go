@@ -51,6 +51,9 @@ func topAction(c *cli.Context) error {
 	if c.NArg() > 1 {
 		return usagef("top: unexpected argument %q", c.Args().Get(1))
 	}
+	if err := checkRemoteFlags(c); err != nil {
+		return err
+	}
 	arg := c.Args().First()
 	if arg == "" && !c.IsSet(fRdzvEndpoint) {
 		jobs, err := live.List()
