@@ -171,12 +171,21 @@ func (s *sampler) rank(i int, now time.Time) Rank {
 		return r
 	}
 	r.State, r.Threads, r.RSSBytes = stateName(ps.state), ps.threads, ps.rssPages*pageSize
-	if prev := s.prev[i]; prev.pid == st.Pid && now.After(prev.at) {
-		used := float64(ps.ticks-prev.ticks) / clockTicks
-		r.CPUPercent = roundTenth(100 * used / now.Sub(prev.at).Seconds())
-	}
-	s.prev[i] = procSample{pid: st.Pid, ticks: ps.ticks, at: now}
+	cur := procSample{pid: st.Pid, ticks: ps.ticks, at: now}
+	r.CPUPercent = cpuPercent(s.prev[i], cur)
+	s.prev[i] = cur
 	return r
+}
+
+// cpuPercent is the CPU a process used between two samples, in percent
+// of one core, to a tenth; 0 when prev is not an earlier sample of the
+// same process.
+func cpuPercent(prev, cur procSample) float64 {
+	if prev.pid != cur.pid || !cur.at.After(prev.at) || cur.ticks < prev.ticks {
+		return 0
+	}
+	used := float64(cur.ticks-prev.ticks) / clockTicks
+	return roundTenth(100 * used / cur.at.Sub(prev.at).Seconds())
 }
 
 func roundTenth(v float64) float64 { return float64(int64(v*10+0.5)) / 10 }
