@@ -53,31 +53,24 @@ func (e *Rendezvous) Next(ctx context.Context) (rendezvous.Round, error) {
 	}
 }
 
-// firstRound reads the run and picks the round a new node joins: the
-// newest one that has not started, or the one after the newest started.
+// firstRound picks the round a new node joins: the newest one that has
+// not started, or the one after the newest started. It reads two keys
+// and one members record, whatever the number of nodes.
 func (e *Rendezvous) firstRound(ctx context.Context) (int, error) {
-	resp, err := e.cli.Get(ctx, e.prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.key("closed"), clientv3.WithKeysOnly()),
+		clientv3.OpGet(e.key("r")+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+			clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(1))).Commit()
 	if err != nil {
 		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read run %s: %w", e.cfg.RunID, err))
 	}
-	newest, started := 0, false
-	for _, kv := range resp.Kvs {
-		if string(kv.Key) == e.key("closed") {
-			return 0, e.closedError(ctx)
-		}
-		n, rest, ok := e.parseRoundKey(string(kv.Key))
-		if !ok {
-			continue
-		}
-		if n > newest {
-			newest, started = n, false
-		}
-		if n == newest && rest == "members" {
-			started = true
-		}
+	if len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+		return 0, e.closedError(ctx)
 	}
-	if !started {
-		return newest, nil
+	newest := 0
+	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		if n, _, ok := e.parseRoundKey(string(kvs[0].Key)); ok {
+			newest = n
+		}
 	}
 	// The newest round started if its members are what the round's own
 	// protocol wrote; a forged value does not move this node on.
@@ -124,21 +117,36 @@ func (e *Rendezvous) ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// joinState is a round's nodes as this node waits for it to start.
+// joinState is a round's state as this node waits for it to start. Only
+// the round's coordinator follows the nodes joining; the others follow
+// the coordination, the members and the run's end.
 type joinState struct {
-	joined  map[string]joinRecord // by id, verified
-	members *members
+	n     int
+	coord string // the round's coordinator's id; "" none, "?" claimed by another, not yet seen
+	// coordBad is the revision of a coord value that failed verification:
+	// a node may claim the coordination over it.
+	coordBad int64
+	isCoord  bool
+	joined   map[string]joinRecord // the coordinator's: the nodes joined, by id, verified
+	seen     int64                 // the coordinator's: join keys known up to this revision
+	tried    int64                 // the coordinator's: seen when it last tried to start the round
+	members  *members
 	// badMembers is the revision of a members value that failed
 	// verification: the round's own protocol may write over it.
 	badMembers int64
 	closed     bool
+
+	shown   int       // the coordinator's: the number of nodes its last status line showed
+	shownAt time.Time // and when
 }
 
-// join puts this node into round n and waits for the round's members.
+// join puts this node into round n and waits for the round's members: it
+// watches the round's members and coordination and the run's end (three
+// keys), joins, and claims the coordination if nobody holds it.
 func (e *Rendezvous) join(ctx context.Context, n int, deadline time.Time) (rendezvous.Round, error) {
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	events, err := e.syncedWatch(wctx)
+	events, err := e.watchKeys(wctx, 0, watchSpec{key: e.roundKey(n, "members")}, watchSpec{key: e.roundKey(n, "coord"), noPut: true}, watchSpec{key: e.key("closed")})
 	if err != nil {
 		return rendezvous.Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: watch run %s: %w", e.cfg.RunID, err))
 	}
@@ -146,18 +154,20 @@ func (e *Rendezvous) join(ctx context.Context, n int, deadline time.Time) (rende
 	if err != nil {
 		return rendezvous.Round{}, err
 	}
-	_, kvs, floor, err := e.readRun(ctx, rev, e.wantJoin(n)) // events up to floor are in the read
+	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n, "coord"), clientv3.WithRev(rev)),
+		clientv3.OpGet(e.roundKey(n, "members"), clientv3.WithRev(rev)), clientv3.OpGet(e.key("closed"), clientv3.WithRev(rev))).Commit()
 	if err != nil {
 		return rendezvous.Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
 	}
-	st := &joinState{joined: map[string]joinRecord{}}
-	slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.ModRevision, b.ModRevision) })
-	for _, kv := range kvs {
-		if err := e.applyJoin(ctx, st, n, kv, false); err != nil {
-			return rendezvous.Round{}, err
+	st := &joinState{n: n}
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			if err := e.applyJoin(ctx, st, kv, false); err != nil {
+				return rendezvous.Round{}, err
+			}
 		}
 	}
-	return e.waitRound(ctx, n, deadline, st, events, floor)
+	return e.waitRound(ctx, wctx, deadline, st, events, rev)
 }
 
 // putJoin writes this node's join record of round n, on its lease, and
@@ -178,67 +188,172 @@ func (e *Rendezvous) putJoin(ctx context.Context, n int) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// waitRound waits for round n to start, following the run's events from
-// revision floor on.
-func (e *Rendezvous) waitRound(ctx context.Context, n int, deadline time.Time, st *joinState, events clientv3.WatchChan, floor int64) (rendezvous.Round, error) {
-	var lastCall *time.Timer
-	var lastCallC <-chan time.Time
-	defer func() {
-		if lastCall != nil {
-			lastCall.Stop()
-		}
-	}()
-	shown := ""
+// waitRound waits for round st.n to start, following events (members,
+// coordination, the run's end) from revision floor on, and, while this
+// node coordinates, the round's joins.
+func (e *Rendezvous) waitRound(ctx, wctx context.Context, deadline time.Time, st *joinState, events <-chan clientv3.WatchResponse, floor int64) (rendezvous.Round, error) {
+	lc := &lastCall{}
+	defer lc.stop()
+	var joins <-chan clientv3.WatchResponse // the coordinator's
 	for {
 		switch {
 		case st.members != nil:
 			// Before closed: a round this node is in runs even if it
 			// failed and closed the run at once (its watch sees that).
-			return e.startRound(n, st.members)
+			return e.startRound(ctx, st.n, st.members)
 		case st.closed:
 			return rendezvous.Round{}, e.closedError(ctx)
 		}
-		if who := strings.Join(addrs(sortedNodes(st.joined)), ", "); who != shown {
-			shown = who
-			fmt.Fprintln(e.cfg.Notes, e.status(st, deadline))
-		}
-		switch {
-		case len(st.joined) >= e.cfg.MaxNodes:
-			if err := e.createMembers(ctx, n, st); err != nil {
-				return rendezvous.Round{}, err
-			}
-		case len(st.joined) >= e.cfg.MinNodes && lastCall == nil:
-			lastCall = time.NewTimer(e.cfg.LastCallTimeout)
-			lastCallC = lastCall.C
-		case len(st.joined) < e.cfg.MinNodes && lastCall != nil:
-			lastCall.Stop()
-			lastCall, lastCallC = nil, nil
+		if err := e.coordinate(ctx, wctx, st, deadline, lc, &joins); err != nil {
+			return rendezvous.Round{}, err
 		}
 		select {
 		case wr, ok := <-events:
-			if !ok || wr.Err() != nil {
-				if ctx.Err() != nil {
-					return rendezvous.Round{}, e.joinTimeout(ctx, st)
-				}
-				// The watch broke (etcd restarted): read the round again.
-				return e.join(ctx, n, deadline)
+			if err := e.applyEvents(ctx, st, wr, ok, floor); err != nil {
+				return e.rejoin(ctx, st, deadline, err)
 			}
-			for _, ev := range wr.Events {
-				if ev.Kv.ModRevision > floor {
-					if err := e.applyJoin(ctx, st, n, ev.Kv, ev.Type == clientv3.EventTypeDelete); err != nil {
-						return rendezvous.Round{}, err
-					}
-				}
+		case wr, ok := <-joins:
+			if err := e.applyEvents(ctx, st, wr, ok, st.seen); err != nil {
+				return e.rejoin(ctx, st, deadline, err)
 			}
-		case <-lastCallC:
-			lastCall, lastCallC = nil, nil
-			if err := e.createMembers(ctx, n, st); err != nil {
+		case <-lc.c:
+			lc.stop()
+			if err := e.createMembers(ctx, st); err != nil {
 				return rendezvous.Round{}, err
 			}
 		case <-ctx.Done():
 			return rendezvous.Round{}, e.joinTimeout(ctx, st)
 		}
 	}
+}
+
+// errWatchBroken is a watch that ended (etcd restarted, or compacted the
+// history it resumes from).
+var errWatchBroken = errors.New("rendezvous: watch broken")
+
+// rejoin handles an error of applyEvents: a broken watch reads the round
+// again, anything else ends the wait.
+func (e *Rendezvous) rejoin(ctx context.Context, st *joinState, deadline time.Time, err error) (rendezvous.Round, error) {
+	switch {
+	case !errors.Is(err, errWatchBroken):
+		return rendezvous.Round{}, err
+	case ctx.Err() != nil:
+		return rendezvous.Round{}, e.joinTimeout(ctx, st)
+	}
+	return e.join(ctx, st.n, deadline)
+}
+
+// applyEvents applies one watch response's events after revision floor.
+func (e *Rendezvous) applyEvents(ctx context.Context, st *joinState, wr clientv3.WatchResponse, ok bool, floor int64) error {
+	if !ok || wr.Err() != nil || wr.CompactRevision != 0 {
+		return errWatchBroken
+	}
+	for _, ev := range wr.Events {
+		if ev.Kv.ModRevision > floor {
+			if err := e.applyJoin(ctx, st, ev.Kv, ev.Type == clientv3.EventTypeDelete); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// lastCall is the timer that starts an elastic round LastCallTimeout
+// after MinNodes joined.
+type lastCall struct {
+	t *time.Timer
+	c <-chan time.Time
+}
+
+func (l *lastCall) stop() {
+	if l.t != nil {
+		l.t.Stop()
+	}
+	l.t, l.c = nil, nil
+}
+
+// coordinate claims the round's coordination when nobody holds it and,
+// while this node holds it, says how many nodes joined (at most once a
+// second: a status line is O(N) to write) and starts the round at
+// MaxNodes, or LastCallTimeout after MinNodes.
+func (e *Rendezvous) coordinate(ctx, wctx context.Context, st *joinState, deadline time.Time, lc *lastCall, joins *<-chan clientv3.WatchResponse) error {
+	if st.coord == "" {
+		won, err := e.claim(ctx, st)
+		if err != nil || !won {
+			return err
+		}
+	}
+	if !st.isCoord {
+		return nil
+	}
+	if st.joined == nil {
+		ch, err := e.followJoins(ctx, wctx, st)
+		if err != nil {
+			return err
+		}
+		*joins = ch
+	}
+	if k := len(st.joined); k != st.shown && time.Since(st.shownAt) >= time.Second {
+		st.shown, st.shownAt = k, time.Now()
+		fmt.Fprintln(e.cfg.Notes, e.status(st, deadline))
+	}
+	switch k := len(st.joined); {
+	case k >= e.cfg.MaxNodes && st.tried != st.seen:
+		// Once per change: a try that failed waits for what changed.
+		st.tried = st.seen
+		return e.createMembers(ctx, st)
+	case k >= e.cfg.MinNodes && lc.t == nil:
+		lc.t = time.NewTimer(e.cfg.LastCallTimeout)
+		lc.c = lc.t.C
+	case k < e.cfg.MinNodes && lc.t != nil:
+		lc.stop()
+	}
+	return nil
+}
+
+// claim takes round st.n's coordination, on this node's lease, unless
+// another node holds it (or a value that failed verification changed).
+func (e *Rendezvous) claim(ctx context.Context, st *joinState) (bool, error) {
+	k := e.roundKey(st.n, "coord")
+	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", st.coordBad)).
+		Then(clientv3.OpPut(k, e.self.ID, clientv3.WithLease(e.lease))).Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return false, e.ctxErr(ctx, fmt.Errorf("rendezvous: coordinate round %d: %w", st.n, err))
+	}
+	if !resp.Succeeded {
+		// The watch leaves out the coordination's puts: the answer says
+		// who holds it.
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			return false, e.applyCoord(ctx, st, kvs[0])
+		}
+		return false, nil // gone since: claim again at the next event
+	}
+	st.coord, st.isCoord = e.self.ID, true
+	return true, nil
+}
+
+// followJoins starts the coordinator's watch of round st.n's joins, then
+// reads the joins there are (bounded: see readRun).
+func (e *Rendezvous) followJoins(ctx, wctx context.Context, st *joinState) (<-chan clientv3.WatchResponse, error) {
+	jp := e.roundKey(st.n, "join") + "/"
+	ch, err := e.watchKeys(wctx, 0, watchSpec{key: jp, prefix: true})
+	if err != nil {
+		return nil, e.ctxErr(ctx, fmt.Errorf("rendezvous: watch round %d: %w", st.n, err))
+	}
+	_, kvs, at, err := e.readRun(ctx, 0, jp, func(kv *mvccpb.KeyValue) bool {
+		return e.onOwnLease(strings.TrimPrefix(string(kv.Key), jp), kv)
+	})
+	if err != nil {
+		return nil, e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", st.n, err))
+	}
+	st.joined, st.seen = map[string]joinRecord{}, at
+	slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.ModRevision, b.ModRevision) })
+	for _, kv := range kvs {
+		if err := e.applyJoin(ctx, st, kv, false); err != nil {
+			return nil, err
+		}
+	}
+	return ch, nil
 }
 
 func (e *Rendezvous) joinTimeout(ctx context.Context, st *joinState) error {
@@ -248,39 +363,46 @@ func (e *Rendezvous) joinTimeout(ctx context.Context, st *joinState) error {
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return ctx.Err()
 	}
-	return &JoinTimeoutError{RunID: e.cfg.RunID, Joined: addrs(sortedNodes(st.joined)), MinNodes: e.cfg.MinNodes, Timeout: e.cfg.JoinTimeout}
+	joined := []string{e.self.Addr}
+	if st.isCoord {
+		joined = addrs(sortedNodes(st.joined))
+	}
+	return &JoinTimeoutError{RunID: e.cfg.RunID, Joined: joined, MinNodes: e.cfg.MinNodes, Timeout: e.cfg.JoinTimeout}
 }
 
-// applyJoin applies one key of the run to the state of round n. A key
+// applyJoin applies one key of the run to the state of round st.n. A key
 // that fails verification is ignored with a warning; a node started for
 // another number of nodes is an *NNodesError.
-func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, n int, kv *mvccpb.KeyValue, deleted bool) error {
+func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, kv *mvccpb.KeyValue, deleted bool) error {
 	key := string(kv.Key)
 	if key == e.key("closed") && !deleted {
 		st.closed = true
 		return nil
 	}
 	rn, rest, ok := e.parseRoundKey(key)
-	if !ok || rn != n {
+	if !ok || rn != st.n {
 		return nil
 	}
-	switch id, isJoin := strings.CutPrefix(rest, "join/"); {
-	case isJoin && deleted:
-		delete(st.joined, id)
-	case isJoin:
-		j, err := parseJoin(id, kv)
-		if err != nil {
-			e.warnIgnored(key, err)
-			return nil
+	if id, isJoin := parseRoundID(rest, "join"); isJoin {
+		if st.isCoord {
+			st.seen = max(st.seen, kv.ModRevision)
+			return e.applyJoinRecord(st, id, kv, deleted)
 		}
-		if j.MinNodes != e.cfg.MinNodes || j.MaxNodes != e.cfg.MaxNodes {
-			return &NNodesError{RunID: e.cfg.RunID, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes,
-				Addr: j.Addr, OtherMin: j.MinNodes, OtherMax: j.MaxNodes}
-		}
-		j.rev = kv.ModRevision
-		st.joined[id] = j
+		return nil
+	}
+	switch {
+	case rest == "coord" && deleted:
+		// Its holder's lease went: any node may claim it (this one
+		// again, if a writer deleted it under it).
+		st.coord, st.coordBad, st.isCoord, st.joined = "", 0, false, nil
+	case rest == "coord":
+		return e.applyCoord(ctx, st, kv)
 	case rest == "members" && !deleted:
-		m, err := e.verifyMembers(ctx, n, kv, st.joined)
+		var joined map[string]joinRecord
+		if st.isCoord {
+			joined = st.joined
+		}
+		m, err := e.verifyMembers(ctx, st.n, kv, joined)
 		var ne *NNodesError
 		switch {
 		case errors.As(err, &ne):
@@ -295,141 +417,66 @@ func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, n int, kv *mv
 	return nil
 }
 
-// createMembers starts round n with the nodes joined, unless another node
-// started it first (the transaction creates the key once, or writes over
-// a members value that failed verification) or a node's join record
-// changed since this node read it.
-func (e *Rendezvous) createMembers(ctx context.Context, n int, st *joinState) error {
-	restart, err := e.restartCount(ctx, n)
+// applyJoinRecord applies, at the coordinator, node id's join record kv.
+func (e *Rendezvous) applyJoinRecord(st *joinState, id string, kv *mvccpb.KeyValue, deleted bool) error {
+	if deleted {
+		delete(st.joined, id)
+		return nil
+	}
+	j, err := parseJoin(id, kv)
 	if err != nil {
+		e.warnIgnored(string(kv.Key), err)
+		return nil
+	}
+	if err := e.sameNNodes(j); err != nil {
 		return err
 	}
-	m := members{Nodes: sortedNodes(st.joined), Restart: restart, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes}
-	if len(m.Nodes) > e.cfg.MaxNodes {
-		m.Nodes = m.Nodes[:e.cfg.MaxNodes]
-	}
-	b, _ := json.Marshal(m)
-	k := e.roundKey(n, "members")
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", st.badMembers)}
-	for _, node := range m.Nodes {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(e.roundKey(n, "join", node.ID)), "=", st.joined[node.ID].rev))
-	}
-	_, err = e.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(k, string(b))).Commit()
-	if err != nil {
-		return e.ctxErr(ctx, fmt.Errorf("rendezvous: start round %d: %w", n, err))
+	j.rev = kv.ModRevision
+	st.joined[id] = j
+	return nil
+}
+
+// sameNNodes is an *NNodesError when node j was started for another
+// number of nodes than this one.
+func (e *Rendezvous) sameNNodes(j joinRecord) error {
+	if j.MinNodes != e.cfg.MinNodes || j.MaxNodes != e.cfg.MaxNodes {
+		return &NNodesError{RunID: e.cfg.RunID, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes,
+			Addr: j.Addr, OtherMin: j.MinNodes, OtherMax: j.MaxNodes}
 	}
 	return nil
 }
 
-// restartCount is round n's TORCHELASTIC_RESTART_COUNT: the previous
-// round's, plus one if that round failed (a change of membership spends
-// no restart). The previous round is the one this node ran, or else its
-// members verified; a failure counts once verified against them.
-func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
-	if n == 0 {
-		return 0, nil
+// applyCoord applies round st.n's coordination record kv: the id of the
+// node that holds it, on that node's lease. Another node's coordination
+// is checked once against its join record (one read): a coordinator
+// started for another number of nodes is an *NNodesError here too.
+func (e *Rendezvous) applyCoord(ctx context.Context, st *joinState, kv *mvccpb.KeyValue) error {
+	id := string(kv.Value)
+	if len(id) > maxJoinValue || kv.Lease == 0 || kv.Lease != leaseOf(id) {
+		e.warnIgnored(string(kv.Key), errors.New("not a node id on that node's lease"))
+		st.coord, st.coordBad = "", kv.ModRevision
+		return nil
 	}
-	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n-1, "members")), clientv3.OpGet(e.roundKey(n-1, "fail"))).Commit()
+	if id == e.self.ID {
+		st.coord, st.isCoord = id, true
+		return nil
+	}
+	st.coord = id
+	resp, err := e.cli.Get(ctx, e.roundKey(st.n, "join", id))
 	if err != nil {
-		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", n-1, err))
+		return e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", st.n, err))
 	}
-	prev := e.last
-	if prev.Number != n-1 || prev.Hosts == nil {
-		kvs := resp.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 {
-			return 0, nil
-		}
-		m, err := e.verifyMembers(ctx, n-1, kvs[0], nil)
-		if err != nil {
-			e.warnIgnored(string(kvs[0].Key), err)
-			return 0, nil
-		}
-		prev = roundOf(n-1, m, 0)
+	if len(resp.Kvs) == 0 {
+		return nil // gone already: its coordination goes with its lease
 	}
-	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-		if _, err := parseFailure(kvs[0], prev, 0); err != nil {
-			e.warnIgnored(string(kvs[0].Key), err)
-			return prev.Restart, nil
-		}
-		return prev.Restart + 1, nil
+	j, err := parseJoin(id, resp.Kvs[0])
+	if err != nil {
+		e.warnIgnored(string(resp.Kvs[0].Key), err)
+		return nil
 	}
-	return prev.Restart, nil
-}
-
-// roundOf is round n with members m, as node i of them sees it.
-func roundOf(n int, m *members, i int) rendezvous.Round {
-	r := rendezvous.Round{Number: n, Restart: m.Restart, Hosts: m.Nodes}
-	r.NNodes, r.NodeRank, r.NProcPerNode = len(m.Nodes), i, m.Nodes[i].NProc
-	for j, node := range m.Nodes {
-		if j < i {
-			r.FirstRank += node.NProc
-		}
-		r.WorldSize += node.NProc
+	if err := e.sameNNodes(j); err != nil {
+		return err
 	}
-	r.MasterAddr, r.MasterPort = m.Nodes[0].Addr, m.Nodes[0].Port
-	return r
-}
-
-// startRound turns round n's members into this node's Round and starts
-// watching the round.
-func (e *Rendezvous) startRound(n int, m *members) (rendezvous.Round, error) {
-	i := slices.IndexFunc(m.Nodes, func(x rendezvous.Node) bool { return x.ID == e.self.ID })
-	if i < 0 {
-		return rendezvous.Round{}, errTooLate
-	}
-	r := roundOf(n, m, i)
-	e.round, e.last = n, r
-	e.cur = e.watchRound(r)
-	return r, nil
-}
-
-// status is the line that shows the nodes waiting for a round.
-func (e *Rendezvous) status(st *joinState, deadline time.Time) string {
-	want := fmt.Sprint(e.cfg.MaxNodes)
-	if e.cfg.MinNodes != e.cfg.MaxNodes {
-		want = fmt.Sprintf("%d (at least %d)", e.cfg.MaxNodes, e.cfg.MinNodes)
-	}
-	left := time.Until(deadline).Round(time.Second)
-	return fmt.Sprintf("mpspawn: rendezvous %s: %d/%s nodes (%s), waiting up to %v",
-		e.cfg.RunID, len(st.joined), want, strings.Join(addrs(sortedNodes(st.joined)), ", "), left)
-}
-
-// sortedNodes orders nodes by id: node ranks are the same on every node,
-// and stay the same across rounds while the nodes do.
-func sortedNodes(nodes map[string]joinRecord) []rendezvous.Node {
-	out := make([]rendezvous.Node, 0, len(nodes))
-	for _, n := range nodes {
-		out = append(out, n.Node)
-	}
-	slices.SortFunc(out, func(a, b rendezvous.Node) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-func addrs(nodes []rendezvous.Node) []string {
-	out := make([]string, len(nodes))
-	for i, n := range nodes {
-		out[i] = n.Addr
-	}
-	return out
-}
-
-// syncedWatch watches the whole run from now on and returns once etcd has
-// created the watch. A watch from an older revision would do without the
-// read that follows it, but etcd catches up such watches only every
-// 100 ms; one created first, with a read after it, is told of every change
-// at once.
-func (e *Rendezvous) syncedWatch(ctx context.Context) (clientv3.WatchChan, error) {
-	events := e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
-	select {
-	case wr, ok := <-events:
-		if !ok {
-			return nil, ctx.Err()
-		}
-		if err := wr.Err(); err != nil {
-			return nil, err
-		}
-		return events, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	fmt.Fprintf(e.cfg.Notes, "mpspawn: rendezvous %s: joined; node %s gathers the nodes\n", e.cfg.RunID, j.Addr)
+	return nil
 }

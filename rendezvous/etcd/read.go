@@ -8,24 +8,25 @@ import (
 
 	"github.com/mpspawn/mpspawn/rendezvous"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // readBatch is how many values one request of a bounded read fetches.
-const readBatch = 16
+const readBatch = 64
 
-// readRun reads the run's keys at revision rev (0: the newest) in a
+// readRun reads the keys from prefix on at revision rev (0: the newest) in a
 // bounded way: it lists the keys alone (at most maxKeysRead), then fetches
 // the values of those that want selects from the listing (key, lease), a
-// few at a time, so that values nobody reads (however many, however
+// batch at a time, so that values nobody reads (however many, however
 // large) cost nothing. It returns the listing, the values fetched and the
 // revision read.
-func (e *Rendezvous) readRun(ctx context.Context, rev int64, want func(kv *mvccpb.KeyValue) bool) (keys, kvs []*mvccpb.KeyValue, at int64, err error) {
+func (e *Rendezvous) readRun(ctx context.Context, rev int64, prefix string, want func(kv *mvccpb.KeyValue) bool) (keys, kvs []*mvccpb.KeyValue, at int64, err error) {
 	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(maxKeysRead)}
 	if rev > 0 {
 		opts = append(opts, clientv3.WithRev(rev))
 	}
-	resp, err := e.cli.Get(ctx, e.prefix, opts...)
+	resp, err := e.cli.Get(ctx, prefix, opts...)
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -34,7 +35,7 @@ func (e *Rendezvous) readRun(ctx context.Context, rev int64, want func(kv *mvccp
 		at = rev
 	}
 	if resp.More {
-		e.warnIgnored(e.prefix, fmt.Errorf("the run holds more than %d keys: only the first %d are read", maxKeysRead, maxKeysRead))
+		e.warnIgnored(prefix, fmt.Errorf("more than %d keys: only the first %d are read", maxKeysRead, maxKeysRead))
 	}
 	var sel []string
 	for _, kv := range resp.Kvs {
@@ -66,22 +67,6 @@ func (e *Rendezvous) roundPart(kv *mvccpb.KeyValue) (int, string, bool) {
 	return e.parseRoundKey(string(kv.Key))
 }
 
-// wantJoin selects the keys that joining round n reads: the round's join
-// records on their nodes' leases, its members, the run's end.
-func (e *Rendezvous) wantJoin(n int) func(kv *mvccpb.KeyValue) bool {
-	return func(kv *mvccpb.KeyValue) bool {
-		if string(kv.Key) == e.key("closed") {
-			return true
-		}
-		rn, rest, ok := e.roundPart(kv)
-		if !ok || rn != n {
-			return false
-		}
-		id, isJoin := strings.CutPrefix(rest, "join/")
-		return rest == "members" || isJoin && e.onOwnLease(id, kv)
-	}
-}
-
 // onOwnLease reports whether the join key kv of node id is on the lease
 // that the id names; it warns when not (its value is then never read).
 func (e *Rendezvous) onOwnLease(id string, kv *mvccpb.KeyValue) bool {
@@ -96,69 +81,64 @@ func (e *Rendezvous) onOwnLease(id string, kv *mvccpb.KeyValue) bool {
 	return false
 }
 
-// wantRound selects the keys that watching round r reads: its failure,
-// its members' done marks, join records of the next round on their nodes'
-// leases, the run's end. (Its members' join keys need no value: the
-// listing says whether they are there.)
-func (e *Rendezvous) wantRound(r rendezvous.Round, isMember func(string) bool) func(kv *mvccpb.KeyValue) bool {
-	return func(kv *mvccpb.KeyValue) bool {
-		if string(kv.Key) == e.key("closed") {
-			return true
-		}
-		rn, rest, ok := e.roundPart(kv)
-		switch {
-		case !ok:
-			return false
-		case rn == r.Number && rest == "fail":
-			return true
-		case rn == r.Number && strings.HasPrefix(rest, "done/"):
-			return isMember(strings.TrimPrefix(rest, "done/"))
-		case rn == r.Number+1 && strings.HasPrefix(rest, "join/"):
-			return e.onOwnLease(strings.TrimPrefix(rest, "join/"), kv)
-		}
-		return false
-	}
-}
-
-// joinsAt reads the verified join records of round n at revision rev.
-func (e *Rendezvous) joinsAt(ctx context.Context, n int, rev int64) (map[string]joinRecord, error) {
-	want := e.wantJoin(n)
-	_, kvs, _, err := e.readRun(ctx, rev, func(kv *mvccpb.KeyValue) bool {
-		_, rest, _ := e.roundPart(kv)
-		return strings.HasPrefix(rest, "join/") && want(kv)
-	})
-	if err != nil {
-		return nil, err
-	}
-	joined := map[string]joinRecord{}
-	for _, kv := range kvs {
-		_, rest, _ := e.roundPart(kv)
-		id := strings.TrimPrefix(rest, "join/")
-		if j, err := parseJoin(id, kv); err == nil {
-			joined[id] = j
-		}
-	}
-	return joined, nil
-}
-
-// verifyMembers verifies round n's members key kv against the nodes that
-// had joined the round when it was written (joined, when it holds every
-// member; else read at the key's revision).
+// verifyMembers verifies round n's members key kv. The coordinator that
+// wrote them passes the nodes it saw join (joined): every member must be
+// one of them, as it joined. Any other node checks the record's shape,
+// its own entry, and that the coordinator it names held the round's
+// coordination and had joined, as the record states it, when the record
+// was written: two reads, whatever the number of nodes.
 func (e *Rendezvous) verifyMembers(ctx context.Context, n int, kv *mvccpb.KeyValue, joined map[string]joinRecord) (*members, error) {
-	m, err := parseMembers(kv.Value, joined, e.cfg.MinNodes, e.cfg.MaxNodes)
-	if err != nil {
-		at, rerr := e.joinsAt(ctx, n, kv.ModRevision)
-		if rerr != nil {
-			return nil, rerr
-		}
-		m, err = parseMembers(kv.Value, at, e.cfg.MinNodes, e.cfg.MaxNodes)
-	}
+	m, ci, err := parseMembers(kv.Value, e.cfg.MinNodes, e.cfg.MaxNodes)
 	if err != nil {
 		return nil, err
 	}
 	if m.MinNodes != e.cfg.MinNodes || m.MaxNodes != e.cfg.MaxNodes {
 		return nil, &NNodesError{RunID: e.cfg.RunID, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes,
-			Addr: m.Nodes[0].Addr, OtherMin: m.MinNodes, OtherMax: m.MaxNodes}
+			Addr: m.Nodes[ci].Addr, OtherMin: m.MinNodes, OtherMax: m.MaxNodes}
 	}
-	return m, nil
+	if joined != nil {
+		for _, node := range m.Nodes {
+			if j, ok := joined[node.ID]; !ok || j.Node != node {
+				return nil, fmt.Errorf("node %.80q is not a node that joined the round", node.ID)
+			}
+		}
+		return m, nil
+	}
+	for _, node := range m.Nodes {
+		if node.ID == e.self.ID && node != e.self {
+			return nil, errors.New("this node's entry is not as it joined")
+		}
+	}
+	return m, e.checkCoord(ctx, n, kv.ModRevision, m.Nodes[ci])
+}
+
+// checkCoord checks that node c held round n's coordination, on its
+// lease, and had joined the round as stated, at revision rev (or, that
+// history compacted, still now, since before rev).
+func (e *Rendezvous) checkCoord(ctx context.Context, n int, rev int64, c rendezvous.Node) error {
+	ck, jk := e.roundKey(n, "coord"), e.roundKey(n, "join", c.ID)
+	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(ck, clientv3.WithRev(rev)), clientv3.OpGet(jk, clientv3.WithRev(rev))).Commit()
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		resp, err = e.cli.Txn(ctx).Then(clientv3.OpGet(ck), clientv3.OpGet(jk)).Commit()
+	}
+	if err != nil {
+		return fmt.Errorf("read its coordinator: %w", err)
+	}
+	coord, join := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	switch {
+	case len(coord) == 0 || string(coord[0].Value) != c.ID || coord[0].Lease != leaseOf(c.ID) || coord[0].CreateRevision > rev:
+		return fmt.Errorf("coordinator %.80q is not a node that joined the round (it did not hold the round's coordination)", c.ID)
+	case len(join) == 0 || join[0].ModRevision > rev:
+		return fmt.Errorf("coordinator %.80q is not a node that joined the round", c.ID)
+	}
+	j, err := parseJoin(c.ID, join[0])
+	if err != nil || j.Node != c {
+		return fmt.Errorf("coordinator %.80q is not a node that joined the round as its join record states", c.ID)
+	}
+	return nil
+}
+
+// parseRoundID splits rest ("join/<id>", "done/<id>") of a round's key.
+func parseRoundID(rest, kind string) (string, bool) {
+	return strings.CutPrefix(rest, kind+"/")
 }

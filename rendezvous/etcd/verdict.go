@@ -88,7 +88,7 @@ func (e *Rendezvous) tombTTL() time.Duration {
 // deleteLeaseless deletes the run's keys that are on no lease, a batch
 // at a time.
 func (e *Rendezvous) deleteLeaseless(ctx context.Context) error {
-	keys, _, _, err := e.readRun(ctx, 0, func(*mvccpb.KeyValue) bool { return false })
+	keys, _, _, err := e.readRun(ctx, 0, e.prefix, func(*mvccpb.KeyValue) bool { return false })
 	if err != nil {
 		return fmt.Errorf("rendezvous: clean up run %s: %w", e.cfg.RunID, err)
 	}

@@ -40,14 +40,6 @@ type joinRecord struct {
 	rev int64 // the revision of the key it was read from
 }
 
-// members is the value of r/<round>/members.
-type members struct {
-	Nodes    []rendezvous.Node `json:"nodes"`
-	Restart  int               `json:"restart"`
-	MinNodes int               `json:"min_nodes"`
-	MaxNodes int               `json:"max_nodes"`
-}
-
 // strictJSON decodes b into v: a value over max bytes, unknown fields and
 // trailing data are errors.
 func strictJSON(b []byte, max int, v any) error {
@@ -137,32 +129,6 @@ func parseJoin(id string, kv *mvccpb.KeyValue) (joinRecord, error) {
 		return j, fmt.Errorf("nodes %d:%d out of range", j.MinNodes, j.MaxNodes)
 	}
 	return j, checkNode(j.Node)
-}
-
-// parseMembers verifies a round's members against the nodes that had
-// joined it when the members were written (joined): every member is a
-// node that joined, as it joined, once, in id order, and their number is
-// the job's.
-func parseMembers(value []byte, joined map[string]joinRecord, minN, maxN int) (*members, error) {
-	var m members
-	if err := strictJSON(value, maxMembersValue, &m); err != nil {
-		return nil, err
-	}
-	switch {
-	case len(m.Nodes) < minN || len(m.Nodes) > maxN:
-		return nil, fmt.Errorf("%d nodes, not between %d and %d", len(m.Nodes), minN, maxN)
-	case m.Restart < 0 || m.Restart > maxRestart:
-		return nil, fmt.Errorf("restart %d out of range", m.Restart)
-	}
-	for i, n := range m.Nodes {
-		if i > 0 && m.Nodes[i-1].ID >= n.ID {
-			return nil, fmt.Errorf("node %.80q out of order", n.ID)
-		}
-		if j, ok := joined[n.ID]; !ok || j.Node != n {
-			return nil, fmt.Errorf("node %.80q is not a node that joined the round", n.ID)
-		}
-	}
-	return &m, nil
 }
 
 // parseFailure verifies a round's failure record: it is from a member of

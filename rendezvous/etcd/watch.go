@@ -16,26 +16,37 @@ import (
 
 // roundWatch watches a started round for what ends it elsewhere: its
 // failure, a member's lease going (a lost node), a node joining the next
-// round while the job is below MaxNodes, the run's end. It owns one
-// goroutine, stopped by stopWatch.
+// round while the job is below MaxNodes, the run's end. Node rank 0, the
+// round's aggregator, watches the members' join and done keys and the
+// next round's joins, and publishes what every node must hear as one key
+// each (agg/alldone, agg/change, or the round's fail); every other node
+// watches those, the round's fail, the run's end, the aggregator's join
+// key (its loss) and its own done key: a few events a node, whatever the
+// number of nodes. It owns one goroutine, stopped by stopWatch.
 type roundWatch struct {
 	round    rendezvous.Round
 	nodeRank int
+	agg      string               // the aggregator's id
 	stopc    chan rendezvous.Stop // receives once: Stopped's reader takes it
 	stopped  chan struct{}        // closed once first is set: any number of readers
 	first    rendezvous.Stop      // the round's stop, once stopped is closed
 	allDone  chan struct{}        // closed once every member is done
+	ready    chan struct{}        // closed once the watch is in place
 	cancel   context.CancelFunc
 	done     chan struct{}
 
-	stopOnce sync.Once
+	stopOnce  sync.Once
+	readyOnce sync.Once
 	// owned by the watch goroutine
-	members map[string]rendezvous.Node
-	isDone  map[string]bool
-	failed  bool
+	members   map[string]rendezvous.Node
+	isDone    map[string]bool
+	doneCount int
+	failed    bool
 
 	allDoneClosed bool
 }
+
+func (w *roundWatch) isAgg(e *Rendezvous) bool { return w.agg == e.self.ID }
 
 // watchRound starts watching round r: it reads the run's keys, then
 // follows their changes from the revision after that read.
@@ -48,9 +59,9 @@ func (e *Rendezvous) watchRound(r rendezvous.Round) *roundWatch {
 func (e *Rendezvous) watchRoundFrom(r rendezvous.Round, rev int64) *roundWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &roundWatch{
-		round: r, nodeRank: r.NodeRank,
+		round: r, nodeRank: r.NodeRank, agg: r.Hosts[0].ID,
 		stopc: make(chan rendezvous.Stop, 1), stopped: make(chan struct{}), allDone: make(chan struct{}),
-		cancel: cancel, done: make(chan struct{}),
+		ready: make(chan struct{}), cancel: cancel, done: make(chan struct{}),
 		members: map[string]rendezvous.Node{}, isDone: map[string]bool{},
 	}
 	for _, n := range r.Hosts {
@@ -104,24 +115,24 @@ func (w *roundWatch) stop(s rendezvous.Stop) {
 	})
 }
 
-// watch follows the run's keys for round w from revision rev (0: read
-// them first). A broken watch (etcd restarting) resumes from the last
-// revision seen; one that cannot resume because etcd compacted its history
-// past that revision reads the keys again instead, so that no change in
-// between goes unseen.
+// watch follows round w's keys from revision rev (0: read them first). A
+// broken watch (etcd restarting) resumes from the last revision seen; one
+// that cannot resume because etcd compacted its history past that
+// revision reads the keys again instead, so that no change in between
+// goes unseen.
 func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
-	var events clientv3.WatchChan
+	defer w.readyOnce.Do(func() { close(w.ready) })
 	floor := rev - 1 // changes up to here are known
 	for ctx.Err() == nil {
+		actx, acancel := context.WithCancel(ctx)
+		var events <-chan clientv3.WatchResponse
 		if rev == 0 {
-			if events, floor = e.readRound(ctx, w); ctx.Err() != nil {
-				return
-			}
+			events, floor = e.readRound(actx, w)
 			rev = floor + 1
+		} else {
+			events, _ = e.watchKeys(actx, rev, e.roundSpecs(w)...)
 		}
-		if events == nil {
-			events = e.cli.Watch(clientv3.WithRequireLeader(ctx), e.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
-		}
+		w.readyOnce.Do(func() { close(w.ready) })
 		for wr := range events {
 			if wr.CompactRevision != 0 {
 				rev = 0 // the history from rev is gone: read the keys again
@@ -138,7 +149,7 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 				rev = max(rev, ev.Kv.ModRevision+1)
 			}
 		}
-		events = nil
+		acancel()
 		if ctx.Err() == nil {
 			// Not a spin: the client waits for a connection before the
 			// next watch answers.
@@ -150,25 +161,36 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 	}
 }
 
-// readRound starts a watch, then reads the run's keys (bounded: see
-// readRun) and applies them to round w; it returns the watch (nil if etcd
-// refused it: the caller makes one) and the revision of the read, which
-// the watch's events up to are already applied.
-func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (clientv3.WatchChan, int64) {
-	isMember := func(id string) bool { _, ok := w.members[id]; return ok }
-	want := e.wantRound(w.round, isMember)
-	events, err := e.syncedWatch(ctx)
-	var keys, kvs []*mvccpb.KeyValue
-	var rev int64
-	if err == nil {
-		keys, kvs, rev, err = e.readRun(ctx, 0, want)
+// roundSpecs are the keys that watching round w follows.
+func (e *Rendezvous) roundSpecs(w *roundWatch) []watchSpec {
+	n := w.round.Number
+	specs := []watchSpec{{key: e.roundKey(n, "fail"), noDelete: true}, {key: e.key("closed"), noDelete: true}}
+	if w.isAgg(e) {
+		return append(specs,
+			watchSpec{key: e.roundKey(n, "done") + "/", prefix: true, noDelete: true},
+			watchSpec{key: e.roundKey(n, "join") + "/", prefix: true, noPut: true},
+			watchSpec{key: e.roundKey(n+1, "join") + "/", prefix: true, noDelete: true})
 	}
+	return append(specs,
+		watchSpec{key: e.roundKey(n, "agg") + "/", prefix: true, noDelete: true},
+		watchSpec{key: e.roundKey(n, "done", e.self.ID), noDelete: true},
+		watchSpec{key: e.roundKey(n, "join", w.agg), noPut: true})
+}
+
+// readRound reads the keys round w's watches follow (bounded: see
+// readRun), applies them, and starts the watches from the revision after
+// the read (etcd may take up to 100 ms to catch such a watch up, but the
+// node need not wait for each watch's creation). It returns the watch (nil
+// if etcd refused it: the caller makes one) and the revision of the read.
+func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (<-chan clientv3.WatchResponse, int64) {
+	keys, kvs, rev, err := e.readRoundKeys(ctx, w)
 	for err != nil { // etcd away: read again
-		if ctx.Err() != nil {
+		select {
+		case <-ctx.Done():
 			return nil, 0
+		case <-time.After(10 * time.Millisecond):
 		}
-		events = nil
-		keys, kvs, rev, err = e.readRun(ctx, 0, want)
+		keys, kvs, rev, err = e.readRoundKeys(ctx, w)
 	}
 	present := map[string]bool{}
 	for _, kv := range keys {
@@ -179,11 +201,75 @@ func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (clientv3.Wat
 	}
 	for id := range w.members {
 		// A member lost between the round's start and this read.
-		if k := e.roundKey(w.round.Number, "join", id); !present[k] {
+		if k := e.roundKey(w.round.Number, "join", id); !present[k] && (id == w.agg || w.isAgg(e)) {
 			e.applyRound(ctx, w, &mvccpb.KeyValue{Key: []byte(k)}, true)
 		}
 	}
+	w.readyOnce.Do(func() { close(w.ready) })
+	events, _ := e.watchKeys(ctx, rev+1, e.roundSpecs(w)...)
 	return events, rev
+}
+
+// readRoundKeys reads what round w's watches follow: for the aggregator,
+// the round's keys and the next round's joins (the members' join keys
+// listed only); for any other node, a few keys. keys are those whose
+// presence counts (join keys), kvs those to apply.
+func (e *Rendezvous) readRoundKeys(ctx context.Context, w *roundWatch) (keys, kvs []*mvccpb.KeyValue, rev int64, err error) {
+	n := w.round.Number
+	if !w.isAgg(e) {
+		resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n, "fail")), clientv3.OpGet(e.key("closed")),
+			clientv3.OpGet(e.roundKey(n, "agg")+"/", clientv3.WithPrefix()), clientv3.OpGet(e.roundKey(n, "done", e.self.ID)),
+			clientv3.OpGet(e.roundKey(n, "join", w.agg), clientv3.WithKeysOnly())).Commit()
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		for i, r := range resp.Responses {
+			if i == 4 {
+				keys = r.GetResponseRange().Kvs
+			} else {
+				kvs = append(kvs, r.GetResponseRange().Kvs...)
+			}
+		}
+		return keys, kvs, resp.Header.Revision, nil
+	}
+	keys, kvs, rev, err = e.readRun(ctx, 0, e.roundKey(n)+"/", e.wantRound(w))
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	jp := e.roundKey(n+1, "join") + "/"
+	_, next, _, err := e.readRun(ctx, rev, jp, func(kv *mvccpb.KeyValue) bool {
+		return e.onOwnLease(strings.TrimPrefix(string(kv.Key), jp), kv)
+	})
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	resp, err := e.cli.Get(ctx, e.key("closed"), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return keys, append(append(kvs, next...), resp.Kvs...), rev, nil
+}
+
+// wantRound selects the keys of its round whose values the aggregator
+// reads: the failure, the members' done marks, and join records of
+// non-members on their nodes' leases (read to warn of them; the members'
+// need no value: the listing says whether they are there).
+func (e *Rendezvous) wantRound(w *roundWatch) func(kv *mvccpb.KeyValue) bool {
+	return func(kv *mvccpb.KeyValue) bool {
+		_, rest, _ := e.roundPart(kv)
+		if rest == "fail" {
+			return true
+		}
+		if id, ok := parseRoundID(rest, "done"); ok {
+			_, member := w.members[id]
+			return member
+		}
+		if id, ok := parseRoundID(rest, "join"); ok {
+			_, member := w.members[id]
+			return !member && e.onOwnLease(id, kv)
+		}
+		return false
+	}
 }
 
 // applyRound applies one key of the run to the watched round. A key that
@@ -203,43 +289,108 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.K
 	n := w.round.Number
 	switch {
 	case rn == n && rest == "fail" && !deleted:
-		if w.failed {
-			return // the round's failure is known (the run's closer writes it again)
-		}
-		f, err := parseFailure(kv, w.round, 0)
-		if err != nil {
-			e.warnIgnored(key, err)
-			return
-		}
-		w.failed = true
-		w.stop(rendezvous.Stop{Failure: &f})
+		e.applyFail(w, kv)
+	case rn == n && strings.HasPrefix(rest, "agg/") && !deleted:
+		e.applyAgg(w, kv, strings.TrimPrefix(rest, "agg/"))
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
-		id := strings.TrimPrefix(rest, "done/")
-		if _, member := w.members[id]; !member || len(kv.Value) != 0 || kv.Lease != leaseOf(id) {
-			e.warnIgnored(key, errors.New("not a member's done mark (on its lease)"))
-			return
-		}
-		w.isDone[id] = true
-		if !w.allDoneClosed && len(w.isDone) >= len(w.members) && w.allMembersDone() {
-			w.allDoneClosed = true // keys read again (compacted history) apply again
-			close(w.allDone)
-		}
+		e.applyDone(ctx, w, kv, strings.TrimPrefix(rest, "done/"))
 	case rn == n && strings.HasPrefix(rest, "join/") && deleted:
 		e.memberGone(ctx, w, strings.TrimPrefix(rest, "join/"))
-	case rn == n+1 && strings.HasPrefix(rest, "join/") && !deleted:
-		id := strings.TrimPrefix(rest, "join/")
-		if _, member := w.members[id]; member || w.failed || len(w.members) >= e.cfg.MaxNodes {
+	case rn == n && strings.HasPrefix(rest, "join/") && w.isAgg(e):
+		if id := strings.TrimPrefix(rest, "join/"); e.onOwnLease(id, kv) {
+			if _, err := parseJoin(id, kv); err != nil {
+				e.warnIgnored(key, err)
+			}
+		}
+	case rn == n+1 && strings.HasPrefix(rest, "join/") && !deleted && w.isAgg(e):
+		e.applyNextJoin(ctx, w, kv, strings.TrimPrefix(rest, "join/"))
+	}
+}
+
+func (e *Rendezvous) applyFail(w *roundWatch, kv *mvccpb.KeyValue) {
+	if w.failed {
+		return // the round's failure is known (the run's closer writes it again)
+	}
+	f, err := parseFailure(kv, w.round, 0)
+	if err != nil {
+		e.warnIgnored(string(kv.Key), err)
+		return
+	}
+	w.failed = true
+	w.stop(rendezvous.Stop{Failure: &f})
+}
+
+// applyAgg applies a key the aggregator published: every member done
+// (alldone), or a node waiting to join the next round (change, its
+// address).
+func (e *Rendezvous) applyAgg(w *roundWatch, kv *mvccpb.KeyValue, what string) {
+	var err error
+	switch {
+	case kv.Lease == 0 || kv.Lease != leaseOf(w.agg):
+		err = errors.New("not on the round's aggregator's lease")
+	case what == "alldone" && len(kv.Value) == 0:
+		w.closeAllDone()
+		return
+	case what == "change":
+		addr := string(kv.Value)
+		if err = checkName("addr", addr); err == nil {
+			w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", addr)})
 			return
 		}
-		j, err := parseJoin(id, kv)
-		if err == nil && (j.MinNodes != e.cfg.MinNodes || j.MaxNodes != e.cfg.MaxNodes) {
-			err = fmt.Errorf("node %s wants %s nodes, this job %s", j.Addr, nodesSpec(j.MinNodes, j.MaxNodes), nodesSpec(e.cfg.MinNodes, e.cfg.MaxNodes))
-		}
-		if err != nil {
-			e.warnIgnored(key, err)
-			return
-		}
-		w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", j.Addr)})
+	default:
+		err = errors.New("not a key of the round's aggregator")
+	}
+	e.warnIgnored(string(kv.Key), err)
+}
+
+// applyDone applies node id's done mark: the aggregator counts it and,
+// once every member is done, publishes that; any other node watches only
+// its own, to warn of one it did not write.
+func (e *Rendezvous) applyDone(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue, id string) {
+	if _, member := w.members[id]; !member || len(kv.Value) != 0 || kv.Lease != leaseOf(id) {
+		e.warnIgnored(string(kv.Key), errors.New("not a member's done mark (on its lease)"))
+		return
+	}
+	if !w.isAgg(e) || w.isDone[id] {
+		return
+	}
+	w.isDone[id] = true
+	w.doneCount++
+	if w.doneCount == len(w.members) && !w.allDoneClosed {
+		// Best effort: a node that does not hear it stays unconfirmed.
+		_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "agg", "alldone"), "", clientv3.WithLease(e.lease))
+		w.closeAllDone()
+	}
+}
+
+// applyNextJoin applies, at the aggregator, node id's join record of the
+// next round: a node waiting to join while the job is below MaxNodes
+// stops the round, on every node (agg/change).
+func (e *Rendezvous) applyNextJoin(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue, id string) {
+	if _, member := w.members[id]; member || w.failed || len(w.members) >= e.cfg.MaxNodes {
+		return
+	}
+	j, err := parseJoin(id, kv)
+	if err == nil && (j.MinNodes != e.cfg.MinNodes || j.MaxNodes != e.cfg.MaxNodes) {
+		err = fmt.Errorf("node %s wants %s nodes, this job %s", j.Addr, nodesSpec(j.MinNodes, j.MaxNodes), nodesSpec(e.cfg.MinNodes, e.cfg.MaxNodes))
+	}
+	if err != nil {
+		e.warnIgnored(string(kv.Key), err)
+		return
+	}
+	select {
+	case <-w.stopped:
+		return
+	default:
+	}
+	_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "agg", "change"), j.Addr, clientv3.WithLease(e.lease))
+	w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", j.Addr)})
+}
+
+func (w *roundWatch) closeAllDone() {
+	if !w.allDoneClosed {
+		w.allDoneClosed = true // keys read again (compacted history) apply again
+		close(w.allDone)
 	}
 }
 
@@ -267,7 +418,7 @@ func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *mvccpb.
 // before it is done, while the round has no failure, is lost.
 func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string) {
 	node, member := w.members[id]
-	if !member || w.isDone[id] || w.failed || e.leaseLost.Load() {
+	if !member || w.isDone[id] || w.allDoneClosed || w.failed || e.leaseLost.Load() {
 		return
 	}
 	select {
@@ -284,18 +435,4 @@ func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string) {
 	}
 	w.failed = true
 	w.stop(rendezvous.Stop{Failure: &f})
-}
-
-func (w *roundWatch) allMembersDone() bool {
-	for id := range w.members {
-		if !w.isDone[id] {
-			return false
-		}
-	}
-	select {
-	case <-w.allDone:
-		return false // closed already
-	default:
-	}
-	return true
 }
