@@ -82,7 +82,7 @@ func (e *Rendezvous) firstRound(ctx context.Context) (int, error) {
 	if len(mresp.Kvs) == 0 {
 		return newest, nil
 	}
-	_, err = e.verifyMembers(ctx, newest, mresp.Kvs[0], nil)
+	_, err = e.verifyMembers(ctx, newest, mresp.Kvs[0], nil, "")
 	var ne *NNodesError
 	switch {
 	case errors.As(err, &ne):
@@ -130,7 +130,8 @@ type joinState struct {
 	joined   map[string]joinRecord // the coordinator's: the nodes joined, by id, verified
 	seen     int64                 // the coordinator's: join keys known up to this revision
 	tried    int64                 // the coordinator's: seen when it last tried to start the round
-	members  *members
+	members    *members
+	membersRev int64
 	// badMembers is the revision of a members value that failed
 	// verification: the round's own protocol may write over it.
 	badMembers int64
@@ -200,7 +201,7 @@ func (e *Rendezvous) waitRound(ctx, wctx context.Context, deadline time.Time, st
 		case st.members != nil:
 			// Before closed: a round this node is in runs even if it
 			// failed and closed the run at once (its watch sees that).
-			return e.startRound(ctx, st.n, st.members)
+			return e.startRound(ctx, st.n, st.members, st.membersRev)
 		case st.closed:
 			return rendezvous.Round{}, e.closedError(ctx)
 		}
@@ -402,7 +403,7 @@ func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, kv *mvccpb.Ke
 		if st.isCoord {
 			joined = st.joined
 		}
-		m, err := e.verifyMembers(ctx, st.n, kv, joined)
+		m, err := e.verifyMembers(ctx, st.n, kv, joined, st.coord)
 		var ne *NNodesError
 		switch {
 		case errors.As(err, &ne):
@@ -411,7 +412,7 @@ func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, kv *mvccpb.Ke
 			e.warnIgnored(key, err)
 			st.badMembers = kv.ModRevision
 		default:
-			st.members = m
+			st.members, st.membersRev = m, kv.ModRevision
 		}
 	}
 	return nil

@@ -143,10 +143,15 @@ func (e *Rendezvous) createMembers(ctx context.Context, st *joinState) error {
 	m := members{Nodes: nodes, Restart: restart, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes, Coord: e.self.ID}
 	b := m.encode()
 	k, jp := e.roundKey(st.n, "members"), e.roundKey(st.n, "join")+"/"
+	// A member's join key deleted since seen is the aggregator's to find
+	// (it reads them at the round's start), but the aggregator's own must
+	// be there: the others hear of its loss only from the members' write
+	// on.
 	_, err = e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", st.badMembers),
 		clientv3.Compare(clientv3.Value(e.roundKey(st.n, "coord")), "=", e.self.ID),
-		clientv3.Compare(clientv3.ModRevision(jp), "<", st.seen+1).WithPrefix()).
-		Then(clientv3.OpPut(k, string(b))).Commit()
+		clientv3.Compare(clientv3.ModRevision(jp), "<", st.seen+1).WithPrefix(),
+		clientv3.Compare(clientv3.CreateRevision(e.roundKey(st.n, "join", nodes[0].ID)), ">", 0)).
+		Then(clientv3.OpPut(k, string(b), clientv3.WithLease(e.lease))).Commit()
 	if err != nil {
 		return e.ctxErr(ctx, fmt.Errorf("rendezvous: start round %d: %w", st.n, err))
 	}
@@ -171,7 +176,7 @@ func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
 		if len(kvs) == 0 {
 			return 0, nil
 		}
-		m, err := e.verifyMembers(ctx, n-1, kvs[0], nil)
+		m, err := e.verifyMembers(ctx, n-1, kvs[0], nil, "")
 		if err != nil {
 			e.warnIgnored(string(kvs[0].Key), err)
 			return 0, nil
@@ -202,10 +207,11 @@ func roundOf(n int, m *members, i int) rendezvous.Round {
 	return r
 }
 
-// startRound turns round n's members into this node's Round, says so in
-// one line, and starts watching the round: Next returns once the watch is
-// in place.
-func (e *Rendezvous) startRound(ctx context.Context, n int, m *members) (rendezvous.Round, error) {
+// startRound turns round n's members, written at revision rev, into this
+// node's Round, says so in one line, and starts watching the round: the
+// aggregator reads the round first (Next returns after that read), any
+// other node watches from the members' revision on.
+func (e *Rendezvous) startRound(ctx context.Context, n int, m *members, rev int64) (rendezvous.Round, error) {
 	i := slices.IndexFunc(m.Nodes, func(x rendezvous.Node) bool { return x.ID == e.self.ID })
 	if i < 0 {
 		return rendezvous.Round{}, errTooLate
@@ -213,7 +219,11 @@ func (e *Rendezvous) startRound(ctx context.Context, n int, m *members) (rendezv
 	r := roundOf(n, m, i)
 	e.round, e.last = n, r
 	fmt.Fprintf(e.cfg.Notes, "mpspawn: rendezvous %s: %d/%s nodes (%s), round %d starts\n", e.cfg.RunID, len(m.Nodes), e.wantNodes(), addrList(m.Nodes), n)
-	e.cur = e.watchRound(r)
+	if i == 0 {
+		e.cur = e.watchRound(r)
+	} else {
+		e.cur = e.watchRoundFrom(r, rev+1)
+	}
 	select {
 	case <-e.cur.ready:
 	case <-ctx.Done():

@@ -11,6 +11,7 @@ import (
 type watchSpec struct {
 	key    string
 	prefix bool
+	end    string // a range's end; "" a key, or a prefix
 	// noPut, noDelete: etcd leaves out those events (of keys whose puts,
 	// or deletes, tell this node nothing).
 	noPut, noDelete bool
@@ -30,6 +31,9 @@ func (e *Rendezvous) watchKeys(ctx context.Context, rev int64, specs ...watchSpe
 		opts := []clientv3.OpOption{}
 		if s.prefix {
 			opts = append(opts, clientv3.WithPrefix())
+		}
+		if s.end != "" {
+			opts = append(opts, clientv3.WithRange(s.end))
 		}
 		if s.noPut {
 			opts = append(opts, clientv3.WithFilterPut())

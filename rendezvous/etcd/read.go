@@ -84,10 +84,12 @@ func (e *Rendezvous) onOwnLease(id string, kv *mvccpb.KeyValue) bool {
 // verifyMembers verifies round n's members key kv. The coordinator that
 // wrote them passes the nodes it saw join (joined): every member must be
 // one of them, as it joined. Any other node checks the record's shape,
-// its own entry, and that the coordinator it names held the round's
-// coordination and had joined, as the record states it, when the record
-// was written: two reads, whatever the number of nodes.
-func (e *Rendezvous) verifyMembers(ctx context.Context, n int, kv *mvccpb.KeyValue, joined map[string]joinRecord) (*members, error) {
+// its own entry, that the record is on the lease of the coordinator it
+// names, and that this coordinator held the round's coordination and
+// had joined, as the record states it, when the record was written: no
+// read when it is the coordinator this node knows (coord), else two,
+// whatever the number of nodes.
+func (e *Rendezvous) verifyMembers(ctx context.Context, n int, kv *mvccpb.KeyValue, joined map[string]joinRecord, coord string) (*members, error) {
 	m, ci, err := parseMembers(kv.Value, e.cfg.MinNodes, e.cfg.MaxNodes)
 	if err != nil {
 		return nil, err
@@ -108,6 +110,12 @@ func (e *Rendezvous) verifyMembers(ctx context.Context, n int, kv *mvccpb.KeyVal
 		if node.ID == e.self.ID && node != e.self {
 			return nil, errors.New("this node's entry is not as it joined")
 		}
+	}
+	if kv.Lease == 0 || kv.Lease != leaseOf(m.Coord) {
+		return nil, fmt.Errorf("coordinator %.80q is not a node that joined the round (the record is not on its lease)", m.Coord)
+	}
+	if m.Coord == coord {
+		return m, nil
 	}
 	return m, e.checkCoord(ctx, n, kv.ModRevision, m.Nodes[ci])
 }

@@ -201,6 +201,9 @@ func (e *Rendezvous) Finish(ctx context.Context) (*rendezvous.Stop, error) {
 	for {
 		select {
 		case <-w.allDone:
+			// The round is over: nothing this node could hear of it
+			// changes the verdict (End confirms the run's close).
+			e.stopWatch()
 			return nil, nil
 		case <-stopped:
 			if s := w.first; s.Failure != nil || s.Reason == rendezvous.ReasonClosed {

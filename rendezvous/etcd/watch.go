@@ -19,7 +19,7 @@ import (
 // round while the job is below MaxNodes, the run's end. Node rank 0, the
 // round's aggregator, watches the members' join and done keys and the
 // next round's joins, and publishes what every node must hear as one key
-// each (agg/alldone, agg/change, or the round's fail); every other node
+// each (flag/alldone, flag/change, or the round's fail); every other node
 // watches those, the round's fail, the run's end, the aggregator's join
 // key (its loss) and its own done key: a few events a node, whatever the
 // number of nodes. It owns one goroutine, stopped by stopWatch.
@@ -164,7 +164,9 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 // roundSpecs are the keys that watching round w follows.
 func (e *Rendezvous) roundSpecs(w *roundWatch) []watchSpec {
 	n := w.round.Number
-	specs := []watchSpec{{key: e.roundKey(n, "fail"), noDelete: true}, {key: e.key("closed"), noDelete: true}}
+	// The round's fail and the aggregator's flag/ keys are one range.
+	fail := watchSpec{key: e.roundKey(n, "fail"), end: e.roundKey(n, "flag0"), noDelete: true}
+	specs := []watchSpec{fail, {key: e.key("closed"), noDelete: true}}
 	if w.isAgg(e) {
 		return append(specs,
 			watchSpec{key: e.roundKey(n, "done") + "/", prefix: true, noDelete: true},
@@ -172,7 +174,6 @@ func (e *Rendezvous) roundSpecs(w *roundWatch) []watchSpec {
 			watchSpec{key: e.roundKey(n+1, "join") + "/", prefix: true, noDelete: true})
 	}
 	return append(specs,
-		watchSpec{key: e.roundKey(n, "agg") + "/", prefix: true, noDelete: true},
 		watchSpec{key: e.roundKey(n, "done", e.self.ID), noDelete: true},
 		watchSpec{key: e.roundKey(n, "join", w.agg), noPut: true})
 }
@@ -218,7 +219,7 @@ func (e *Rendezvous) readRoundKeys(ctx context.Context, w *roundWatch) (keys, kv
 	n := w.round.Number
 	if !w.isAgg(e) {
 		resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n, "fail")), clientv3.OpGet(e.key("closed")),
-			clientv3.OpGet(e.roundKey(n, "agg")+"/", clientv3.WithPrefix()), clientv3.OpGet(e.roundKey(n, "done", e.self.ID)),
+			clientv3.OpGet(e.roundKey(n, "flag")+"/", clientv3.WithPrefix()), clientv3.OpGet(e.roundKey(n, "done", e.self.ID)),
 			clientv3.OpGet(e.roundKey(n, "join", w.agg), clientv3.WithKeysOnly())).Commit()
 		if err != nil {
 			return nil, nil, 0, err
@@ -290,8 +291,8 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.K
 	switch {
 	case rn == n && rest == "fail" && !deleted:
 		e.applyFail(w, kv)
-	case rn == n && strings.HasPrefix(rest, "agg/") && !deleted:
-		e.applyAgg(w, kv, strings.TrimPrefix(rest, "agg/"))
+	case rn == n && strings.HasPrefix(rest, "flag/") && !deleted:
+		e.applyFlag(w, kv, strings.TrimPrefix(rest, "flag/"))
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
 		e.applyDone(ctx, w, kv, strings.TrimPrefix(rest, "done/"))
 	case rn == n && strings.HasPrefix(rest, "join/") && deleted:
@@ -320,10 +321,10 @@ func (e *Rendezvous) applyFail(w *roundWatch, kv *mvccpb.KeyValue) {
 	w.stop(rendezvous.Stop{Failure: &f})
 }
 
-// applyAgg applies a key the aggregator published: every member done
-// (alldone), or a node waiting to join the next round (change, its
-// address).
-func (e *Rendezvous) applyAgg(w *roundWatch, kv *mvccpb.KeyValue, what string) {
+// applyFlag applies a key the aggregator published: every member done
+// (flag/alldone), or a node waiting to join the next round (flag/change,
+// its address).
+func (e *Rendezvous) applyFlag(w *roundWatch, kv *mvccpb.KeyValue, what string) {
 	var err error
 	switch {
 	case kv.Lease == 0 || kv.Lease != leaseOf(w.agg):
@@ -358,14 +359,14 @@ func (e *Rendezvous) applyDone(ctx context.Context, w *roundWatch, kv *mvccpb.Ke
 	w.doneCount++
 	if w.doneCount == len(w.members) && !w.allDoneClosed {
 		// Best effort: a node that does not hear it stays unconfirmed.
-		_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "agg", "alldone"), "", clientv3.WithLease(e.lease))
+		_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "alldone"), "", clientv3.WithLease(e.lease))
 		w.closeAllDone()
 	}
 }
 
 // applyNextJoin applies, at the aggregator, node id's join record of the
 // next round: a node waiting to join while the job is below MaxNodes
-// stops the round, on every node (agg/change).
+// stops the round, on every node (flag/change).
 func (e *Rendezvous) applyNextJoin(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue, id string) {
 	if _, member := w.members[id]; member || w.failed || len(w.members) >= e.cfg.MaxNodes {
 		return
@@ -383,7 +384,7 @@ func (e *Rendezvous) applyNextJoin(ctx context.Context, w *roundWatch, kv *mvccp
 		return
 	default:
 	}
-	_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "agg", "change"), j.Addr, clientv3.WithLease(e.lease))
+	_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "change"), j.Addr, clientv3.WithLease(e.lease))
 	w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", j.Addr)})
 }
 
