@@ -42,11 +42,18 @@ type roundWatch struct {
 	isDone    map[string]bool
 	doneCount int
 	failed    bool
+	// solo is set once the aggregator left done before every member was
+	// (its close_timeout spent): this node then follows the members'
+	// done marks and leases itself, as the aggregator did, publishing
+	// nothing (O(N) events a node, but only in that case); rewatch asks
+	// the watch to start again so.
+	solo, rewatch bool
 
 	allDoneClosed bool
 }
 
-func (w *roundWatch) isAgg(e *Rendezvous) bool { return w.agg == e.self.ID }
+// isAgg reports whether this node follows the members' keys itself.
+func (w *roundWatch) isAgg(e *Rendezvous) bool { return w.agg == e.self.ID || w.solo }
 
 // watchRound starts watching round r: it reads the run's keys, then
 // follows their changes from the revision after that read.
@@ -147,6 +154,10 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 				}
 				e.applyRound(ctx, w, ev.Kv, ev.Type == clientv3.EventTypeDelete)
 				rev = max(rev, ev.Kv.ModRevision+1)
+			}
+			if w.rewatch {
+				w.rewatch, rev = false, 0
+				break
 			}
 		}
 		acancel()
@@ -296,7 +307,7 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.K
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
 		e.applyDone(ctx, w, kv, strings.TrimPrefix(rest, "done/"))
 	case rn == n && strings.HasPrefix(rest, "join/") && deleted:
-		e.memberGone(ctx, w, strings.TrimPrefix(rest, "join/"))
+		e.memberGone(ctx, w, strings.TrimPrefix(rest, "join/"), kv.ModRevision)
 	case rn == n && strings.HasPrefix(rest, "join/") && w.isAgg(e):
 		if id := strings.TrimPrefix(rest, "join/"); e.onOwnLease(id, kv) {
 			if _, err := parseJoin(id, kv); err != nil {
@@ -358,8 +369,10 @@ func (e *Rendezvous) applyDone(ctx context.Context, w *roundWatch, kv *mvccpb.Ke
 	w.isDone[id] = true
 	w.doneCount++
 	if w.doneCount == len(w.members) && !w.allDoneClosed {
-		// Best effort: a node that does not hear it stays unconfirmed.
-		_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "alldone"), "", clientv3.WithLease(e.lease))
+		if !w.solo {
+			// Best effort: a node that does not hear it stays unconfirmed.
+			_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "alldone"), "", clientv3.WithLease(e.lease))
+		}
 		w.closeAllDone()
 	}
 }
@@ -384,7 +397,9 @@ func (e *Rendezvous) applyNextJoin(ctx context.Context, w *roundWatch, kv *mvccp
 		return
 	default:
 	}
-	_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "change"), j.Addr, clientv3.WithLease(e.lease))
+	if !w.solo {
+		_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "change"), j.Addr, clientv3.WithLease(e.lease))
+	}
 	w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", j.Addr)})
 }
 
@@ -415,9 +430,10 @@ func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *mvccpb.
 	w.stop(rendezvous.Stop{Reason: rendezvous.ReasonClosed})
 }
 
-// memberGone handles the join key of node id going: a member that goes
-// before it is done, while the round has no failure, is lost.
-func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string) {
+// memberGone handles the join key of node id going, at revision rev (0:
+// unknown): a member that goes before it is done, while the round has no
+// failure, is lost.
+func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string, rev int64) {
 	node, member := w.members[id]
 	if !member || w.isDone[id] || w.allDoneClosed || w.failed || e.leaseLost.Load() {
 		return
@@ -426,6 +442,9 @@ func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string) {
 	case <-w.stopped:
 		return // the round has ended (the run was closed, say): nodes leave
 	default:
+	}
+	if id == w.agg && !w.isAgg(e) && rev > 1 && e.aggLeftDone(ctx, w, rev-1) {
+		return
 	}
 	rank := slices.IndexFunc(w.round.Hosts, func(h rendezvous.Node) bool { return h.ID == id })
 	f := rendezvous.Failure{NodeRank: rank, Host: node.Host, Addr: node.Addr, Rank: -1, LocalRank: -1,
@@ -436,4 +455,30 @@ func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string) {
 	}
 	w.failed = true
 	w.stop(rendezvous.Stop{Failure: &f})
+}
+
+// aggLeftDone reads whether the aggregator, whose lease went after
+// revision rev, left done: with every member done (its flag/alldone,
+// which this node may not have heard yet), or alone done (its
+// close_timeout spent), when this node follows the members itself from
+// then on (solo).
+func (e *Rendezvous) aggLeftDone(ctx context.Context, w *roundWatch, rev int64) bool {
+	n := w.round.Number
+	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n, "flag", "alldone"), clientv3.WithRev(rev)),
+		clientv3.OpGet(e.roundKey(n, "done", w.agg), clientv3.WithRev(rev))).Commit()
+	if err != nil {
+		return false
+	}
+	lease := leaseOf(w.agg)
+	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && kvs[0].Lease == lease && len(kvs[0].Value) == 0 {
+		w.closeAllDone()
+		return true
+	}
+	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 && kvs[0].Lease == lease && len(kvs[0].Value) == 0 {
+		w.isDone[w.agg] = true
+		w.doneCount++
+		w.solo, w.rewatch = true, true
+		return true
+	}
+	return false
 }
