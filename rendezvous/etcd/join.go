@@ -125,11 +125,11 @@ type joinState struct {
 	coord string // the round's coordinator's id; "" none, "?" claimed by another, not yet seen
 	// coordBad is the revision of a coord value that failed verification:
 	// a node may claim the coordination over it.
-	coordBad int64
-	isCoord  bool
-	joined   map[string]joinRecord // the coordinator's: the nodes joined, by id, verified
-	seen     int64                 // the coordinator's: join keys known up to this revision
-	tried    int64                 // the coordinator's: seen when it last tried to start the round
+	coordBad   int64
+	isCoord    bool
+	joined     map[string]joinRecord // the coordinator's: the nodes joined, by id, verified
+	seen       int64                 // the coordinator's: join keys known up to this revision
+	tried      int64                 // the coordinator's: seen when it last tried to start the round
 	members    *members
 	membersRev int64
 	// badMembers is the revision of a members value that failed
