@@ -93,16 +93,15 @@ func parseMemberLines(s string, capacity int) ([]rendezvous.Node, error) {
 			return nil, errors.New("not a valid record: a node line without its end")
 		}
 		s = rest
-		f := strings.SplitN(line, " ", 4)
-		if len(f) != 4 {
+		id, rest, ok1 := strings.Cut(line, " ")
+		np, rest, ok2 := strings.Cut(rest, " ")
+		pt, host, ok3 := strings.Cut(rest, " ")
+		nproc, err1 := strconv.Atoi(np)
+		port, err2 := strconv.Atoi(pt)
+		if !ok1 || !ok2 || !ok3 || err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("not a valid record: node line %.80q", line)
 		}
-		nproc, err1 := strconv.Atoi(f[1])
-		port, err2 := strconv.Atoi(f[2])
-		if err := errors.Join(err1, err2); err != nil {
-			return nil, fmt.Errorf("not a valid record: node line %.80q: %w", line, err)
-		}
-		nodes = append(nodes, rendezvous.Node{ID: f[0], Addr: addrOfID(f[0]), Host: f[3], NProc: nproc, Port: port})
+		nodes = append(nodes, rendezvous.Node{ID: id, Addr: addrOfID(id), Host: host, NProc: nproc, Port: port})
 	}
 	return nodes, nil
 }

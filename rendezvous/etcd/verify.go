@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -79,7 +79,7 @@ func leaseOf(id string) int64 {
 
 // checkName checks a host name or an IP address.
 func checkName(what, s string) error {
-	if net.ParseIP(s) != nil {
+	if a, err := netip.ParseAddr(s); err == nil && a.Zone() == "" {
 		return nil
 	}
 	ok := s != "" && len(s) <= maxNameLen && s[0] != '-' && s[0] != '.'

@@ -52,6 +52,20 @@ type roundWatch struct {
 	allDoneClosed bool
 }
 
+// addMembers fills the members w follows: every one at the aggregator
+// (and solo), else the aggregator and this node (an O(N) map a node would
+// cost O(N²) in a simulation of N nodes, for nothing).
+func (w *roundWatch) addMembers(e *Rendezvous) {
+	if w.isAgg(e) {
+		for _, n := range w.round.Hosts {
+			w.members[n.ID] = n
+		}
+		return
+	}
+	w.members[w.agg] = w.round.Hosts[0]
+	w.members[e.self.ID] = w.round.Hosts[w.nodeRank]
+}
+
 // isAgg reports whether this node follows the members' keys itself.
 func (w *roundWatch) isAgg(e *Rendezvous) bool { return w.agg == e.self.ID || w.solo }
 
@@ -71,9 +85,7 @@ func (e *Rendezvous) watchRoundFrom(r rendezvous.Round, rev int64) *roundWatch {
 		ready: make(chan struct{}), cancel: cancel, done: make(chan struct{}),
 		members: map[string]rendezvous.Node{}, isDone: map[string]bool{},
 	}
-	for _, n := range r.Hosts {
-		w.members[n.ID] = n
-	}
+	w.addMembers(e)
 	var wg sync.WaitGroup
 	wg.Go(func() { e.watch(ctx, w, rev) })
 	wg.Go(func() { e.watchLost(ctx, w) })
@@ -478,6 +490,7 @@ func (e *Rendezvous) aggLeftDone(ctx context.Context, w *roundWatch, rev int64) 
 		w.isDone[w.agg] = true
 		w.doneCount++
 		w.solo, w.rewatch = true, true
+		w.addMembers(e)
 		return true
 	}
 	return false
