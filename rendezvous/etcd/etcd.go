@@ -146,11 +146,20 @@ var _ rendezvous.Rendezvous = (*Rendezvous)(nil)
 //
 // Keys, under Prefix + RunID + "/":
 //
-//	r/<round>/join/<node>  the node's Node, on its lease
-//	r/<round>/members      the round's nodes by node rank, and its restart count
-//	r/<round>/fail         the round's first Failure
-//	r/<round>/done/<node>  the node's ranks all succeeded
-//	closed                 the run's end: "succeeded" or "failed"
+//	r/<round>/join/<node>     the node's Node, on its lease
+//	r/<round>/coord           the id of the node that coordinates the round, on its lease
+//	r/<round>/members         the round's nodes by node rank, its restart count
+//	                          and coordinator, on the coordinator's lease
+//	r/<round>/fail            the round's first Failure
+//	r/<round>/done/<node>     the node's ranks all succeeded
+//	r/<round>/flag/alldone    node 0 (the aggregator): every member is done
+//	r/<round>/flag/change     node 0: a node is waiting to join the next round
+//	closed                    the run's end: "succeeded" or "failed"
+//
+// Only the coordinator follows the joins, and only node 0 the members'
+// done marks and leases: every other node hears of a round's start, its
+// failure, its end and every member done with one event each, so that the
+// job's etcd traffic is O(N) events, not O(N²).
 //
 // A Rendezvous is used by one launcher goroutine at a time, except Stopped's
 // channel.
