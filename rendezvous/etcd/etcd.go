@@ -177,6 +177,7 @@ type Rendezvous struct {
 
 	round int              // the current round's number; -1 before the first
 	last  rendezvous.Round // the round this node last started
+	mem   *members         // and its members
 	cur   *roundWatch      // the current round's watcher, nil between rounds
 
 	warned sync.Map // keys ignored with a warning already

@@ -82,7 +82,7 @@ func (e *Rendezvous) firstRound(ctx context.Context) (int, error) {
 	if len(mresp.Kvs) == 0 {
 		return newest, nil
 	}
-	_, err = e.verifyMembers(ctx, newest, mresp.Kvs[0], nil, "")
+	_, err = e.verifyMembers(ctx, newest, mresp.Kvs[0], nil, "", false)
 	var ne *NNodesError
 	switch {
 	case errors.As(err, &ne):
@@ -125,13 +125,14 @@ type joinState struct {
 	coord string // the round's coordinator's id; "" none, "?" claimed by another, not yet seen
 	// coordBad is the revision of a coord value that failed verification:
 	// a node may claim the coordination over it.
-	coordBad   int64
-	isCoord    bool
-	joined     map[string]joinRecord // the coordinator's: the nodes joined, by id, verified
-	seen       int64                 // the coordinator's: join keys known up to this revision
-	tried      int64                 // the coordinator's: seen when it last tried to start the round
-	members    *members
-	membersRev int64
+	coordBad    int64
+	isCoord     bool
+	joined      map[string]joinRecord // the coordinator's: the nodes joined, by id, verified
+	seen        int64                 // the coordinator's: join keys known up to this revision
+	tried       int64                 // the coordinator's: seen when it last tried to start the round
+	members     *members
+	rank, first int      // this node's place in them
+	wrote       *members // the coordinator's: the members it wrote
 	// badMembers is the revision of a members value that failed
 	// verification: the round's own protocol may write over it.
 	badMembers int64
@@ -201,7 +202,7 @@ func (e *Rendezvous) waitRound(ctx, wctx context.Context, deadline time.Time, st
 		case st.members != nil:
 			// Before closed: a round this node is in runs even if it
 			// failed and closed the run at once (its watch sees that).
-			return e.startRound(ctx, st.n, st.members, st.membersRev)
+			return e.startRound(ctx, st.n, st.members, st.rank, st.first)
 		case st.closed:
 			return rendezvous.Round{}, e.closedError(ctx)
 		}
@@ -399,20 +400,23 @@ func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, kv *mvccpb.Ke
 	case rest == "coord":
 		return e.applyCoord(ctx, st, kv)
 	case rest == "members" && !deleted:
-		var joined map[string]joinRecord
+		var own *members
 		if st.isCoord {
-			joined = st.joined
+			own = st.wrote
 		}
-		m, err := e.verifyMembers(ctx, st.n, kv, joined, st.coord)
+		m, err := e.verifyMembers(ctx, st.n, kv, own, st.coord, true)
+		if err == nil {
+			st.rank, st.first, err = e.placeSelf(ctx, st.n, m)
+		}
 		var ne *NNodesError
 		switch {
-		case errors.As(err, &ne):
+		case errors.As(err, &ne) || errors.Is(err, errTooLate):
 			return err
 		case err != nil:
 			e.warnIgnored(key, err)
 			st.badMembers = kv.ModRevision
 		default:
-			st.members, st.membersRev = m, kv.ModRevision
+			st.members = m
 		}
 	}
 	return nil

@@ -8,80 +8,108 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// members is the value of r/<round>/members: the round's nodes, in id
-// order, written by Coord, the round's coordinator, one of them.
-//
-// Every node reads it once a round, so that its size and its parse are
-// paid N times: it is a JSON header line, then one line a node, "ID NPROC
-// PORT HOST" (the address is the id's own prefix), about half the bytes
-// of the nodes as JSON and a tenth of the parse.
+// members is the value of r/<round>/members: the round's header, written
+// by Coord, the round's coordinator, on its lease, in one transaction with
+// the shards r/<round>/members/<k>: the nodes in id order, Shard a shard,
+// one line a node, "ID NPROC PORT HOST" (the address is the id's own
+// prefix). The header says each shard's first id and first global rank:
+// a node reads the header and its own shard, O(N/Shard + Shard) bytes, not
+// the O(N) of every member (which made a round's start O(N²) bytes);
+// node 0, which aggregates, reads them all.
 type members struct {
-	Nodes    []rendezvous.Node `json:"-"`
-	Count    int               `json:"count"`
-	Restart  int               `json:"restart"`
-	MinNodes int               `json:"min_nodes"`
-	MaxNodes int               `json:"max_nodes"`
-	Coord    string            `json:"coord"`
+	Count    int             `json:"count"`
+	Restart  int             `json:"restart"`
+	MinNodes int             `json:"min_nodes"`
+	MaxNodes int             `json:"max_nodes"`
+	Coord    string          `json:"coord"`
+	World    int             `json:"world"`
+	Shard    int             `json:"shard"`
+	Firsts   []string        `json:"firsts"`
+	Ranks    []int           `json:"first_ranks"`
+	Node0    rendezvous.Node `json:"node0"`
 	// Legacy is a "nodes" field, which no members record of this
-	// protocol has: a record with one names no coordinator among its
-	// (line) nodes, and is refused as such.
+	// protocol has: such a record names no coordinator among its nodes,
+	// and is refused as such.
 	Legacy json.RawMessage `json:"nodes,omitempty"`
+
+	// Nodes is every member, once this node has them all (the
+	// coordinator, node 0); else shards holds those read.
+	Nodes  []rendezvous.Node `json:"-"`
+	rev    int64             // the header's revision
+	mu     sync.Mutex
+	shards map[int][]rendezvous.Node
 }
 
-// encode is m's value.
-func (m *members) encode() []byte {
-	m.Count = len(m.Nodes)
-	b, _ := json.Marshal(m)
-	b = append(b, '\n')
-	for _, n := range m.Nodes {
-		b = fmt.Appendf(b, "%s %d %d %s\n", n.ID, n.NProc, n.Port, n.Host)
+// encode is m's header and shards; m.Nodes is every member.
+func (m *members) encode() (head []byte, shards [][]byte) {
+	m.Count, m.Node0, m.World = len(m.Nodes), m.Nodes[0], 0
+	m.Shard = max(shardMin, (m.Count+maxShards-1)/maxShards)
+	m.Firsts, m.Ranks = nil, nil
+	for i, n := range m.Nodes {
+		if i%m.Shard == 0 {
+			m.Firsts, m.Ranks = append(m.Firsts, n.ID), append(m.Ranks, m.World)
+			shards = append(shards, nil)
+		}
+		shards[len(shards)-1] = fmt.Appendf(shards[len(shards)-1], "%s %d %d %s\n", n.ID, n.NProc, n.Port, n.Host)
+		m.World += n.NProc
 	}
-	return b
+	head, _ = json.Marshal(m)
+	return head, shards
 }
 
-// parseMembers parses a round's members strictly and checks their shape:
-// the coordinator that wrote them is one of them, their number is the
-// job's, every member is a well-formed node, once, in id order. It
-// returns the coordinator's index. Whether the members are nodes that
-// joined is verifyMembers' part.
-func parseMembers(value []byte, minN, maxN int) (*members, int, error) {
-	if len(value) > maxMembersValue {
-		return nil, 0, fmt.Errorf("value of %d bytes, over the %d allowed", len(value), maxMembersValue)
+// parseMembers parses a round's members header strictly and checks its
+// shape: its coordinator, number of nodes (the job's), shards (first ids
+// in order, first ranks rising by at least a rank a node) and node 0.
+// Whether the members are nodes that joined is verifyMembers' part.
+func parseMembers(value []byte, minN, maxN int) (*members, error) {
+	m := &members{}
+	if err := strictJSON(value, maxMembersValue, m); err != nil {
+		return nil, err
 	}
-	head, lines, _ := strings.Cut(string(value), "\n")
-	var m members
-	if err := strictJSON([]byte(head), maxMembersValue, &m); err != nil {
-		return nil, 0, err
+	nshards := 0
+	if m.Shard > 0 {
+		nshards = (m.Count + m.Shard - 1) / m.Shard
 	}
-	nodes, err := parseMemberLines(lines, min(m.Count, maxN))
-	if err != nil {
-		return nil, 0, err
-	}
-	m.Nodes = nodes
-	coord := slices.IndexFunc(nodes, func(n rendezvous.Node) bool { return n.ID == m.Coord })
 	switch {
-	case coord < 0 || m.Legacy != nil:
-		return nil, 0, fmt.Errorf("coordinator %.80q is not a node that joined the round", m.Coord)
-	case len(nodes) != m.Count || len(nodes) < minN || len(nodes) > maxN:
-		return nil, 0, fmt.Errorf("%d nodes (count %d), not between %d and %d", len(nodes), m.Count, minN, maxN)
+	case m.Coord == "" || m.Legacy != nil:
+		return nil, fmt.Errorf("coordinator %.80q is not a node that joined the round", m.Coord)
+	case m.Count < minN || m.Count > maxN:
+		return nil, fmt.Errorf("%d nodes, not between %d and %d", m.Count, minN, maxN)
 	case m.Restart < 0 || m.Restart > maxRestart:
-		return nil, 0, fmt.Errorf("restart %d out of range", m.Restart)
+		return nil, fmt.Errorf("restart %d out of range", m.Restart)
+	case m.Shard < 1 || nshards > maxShards || len(m.Firsts) != nshards || len(m.Ranks) != nshards:
+		return nil, fmt.Errorf("shards of %d for %d nodes: %d first ids, %d first ranks", m.Shard, m.Count, len(m.Firsts), len(m.Ranks))
+	case m.Firsts[0] != m.Node0.ID || m.Ranks[0] != 0:
+		return nil, errors.New("node 0 is not the first shard's first node")
 	}
-	for i, n := range nodes {
-		if i > 0 && nodes[i-1].ID >= n.ID {
-			return nil, 0, fmt.Errorf("node %.80q out of order", n.ID)
+	for k := range nshards {
+		size := min(m.Shard, m.Count-k*m.Shard)
+		if k > 0 && (m.Firsts[k] <= m.Firsts[k-1] || m.Ranks[k]-m.Ranks[k-1] < m.Shard) {
+			return nil, fmt.Errorf("shard %d out of order", k)
 		}
-		if err := checkNode(n); err != nil {
-			return nil, 0, fmt.Errorf("node %.80q is not a node that joined the round: %w", n.ID, err)
+		if end := m.endRank(k); end-m.Ranks[k] < size || end-m.Ranks[k] > size*maxNProc {
+			return nil, fmt.Errorf("shard %d: ranks %d to %d for %d nodes", k, m.Ranks[k], end, size)
 		}
 	}
-	return &m, coord, nil
+	if err := checkNode(m.Node0); err != nil {
+		return nil, fmt.Errorf("node 0 %.80q: %w", m.Node0.ID, err)
+	}
+	return m, nil
+}
+
+// endRank is the global rank after shard k's nodes.
+func (m *members) endRank(k int) int {
+	if k+1 < len(m.Ranks) {
+		return m.Ranks[k+1]
+	}
+	return m.World
 }
 
 // parseMemberLines parses the node lines of a members value.
@@ -139,8 +167,9 @@ func (e *Rendezvous) createMembers(ctx context.Context, st *joinState) error {
 		}
 		nodes = keep
 	}
-	m := members{Nodes: nodes, Restart: restart, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes, Coord: e.self.ID}
-	b := m.encode()
+	m := &members{Nodes: nodes, Restart: restart, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes, Coord: e.self.ID}
+	head, shards := m.encode()
+	st.wrote = m
 	k, jp := e.roundKey(st.n, "members"), e.roundKey(st.n, "join")+"/"
 	// A member's join key deleted since seen is the aggregator's to find
 	// (it reads them at the round's start), but the aggregator's own must
@@ -150,7 +179,7 @@ func (e *Rendezvous) createMembers(ctx context.Context, st *joinState) error {
 		clientv3.Compare(clientv3.Value(e.roundKey(st.n, "coord")), "=", e.self.ID),
 		clientv3.Compare(clientv3.ModRevision(jp), "<", st.seen+1).WithPrefix(),
 		clientv3.Compare(clientv3.CreateRevision(e.roundKey(st.n, "join", nodes[0].ID)), ">", 0)).
-		Then(clientv3.OpPut(k, string(b), clientv3.WithLease(e.lease))).Commit()
+		Then(e.membersOps(st.n, head, shards)...).Commit()
 	if err != nil {
 		return e.ctxErr(ctx, fmt.Errorf("rendezvous: start round %d: %w", st.n, err))
 	}
@@ -169,21 +198,21 @@ func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
 	if err != nil {
 		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", n-1, err))
 	}
-	prev := e.last
-	if prev.Number != n-1 || prev.Hosts == nil {
+	prev, pm := e.last, e.mem
+	if prev.Number != n-1 || pm == nil {
 		kvs := resp.Responses[0].GetResponseRange().Kvs
 		if len(kvs) == 0 {
 			return 0, nil
 		}
-		m, err := e.verifyMembers(ctx, n-1, kvs[0], nil, "")
+		m, err := e.verifyMembers(ctx, n-1, kvs[0], nil, "", false)
 		if err != nil {
 			e.warnIgnored(string(kvs[0].Key), err)
 			return 0, nil
 		}
-		prev = roundOf(n-1, m, 0)
+		prev, pm = rendezvous.Round{Number: n - 1, Restart: m.Restart}, m
 	}
 	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
-		if _, err := parseFailure(kvs[0], prev, 0); err != nil {
+		if _, err := e.parseFailure(ctx, kvs[0], pm, n-1, 0); err != nil {
 			e.warnIgnored(string(kvs[0].Key), err)
 			return prev.Restart, nil
 		}
@@ -192,36 +221,24 @@ func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
 	return prev.Restart, nil
 }
 
-// roundOf is round n with members m, as node i of them sees it.
-func roundOf(n int, m *members, i int) rendezvous.Round {
+// startRound turns round n's members into this node's Round, at node
+// rank i with first rank first, says so in one line, and starts watching
+// the round: node 0 reads the round first (Next returns after that read),
+// any other node watches from the members' revision on.
+func (e *Rendezvous) startRound(ctx context.Context, n int, m *members, i, first int) (rendezvous.Round, error) {
 	r := rendezvous.Round{Number: n, Restart: m.Restart, Hosts: m.Nodes}
-	r.NNodes, r.NodeRank, r.NProcPerNode = len(m.Nodes), i, m.Nodes[i].NProc
-	for j, node := range m.Nodes {
-		if j < i {
-			r.FirstRank += node.NProc
-		}
-		r.WorldSize += node.NProc
+	r.NNodes, r.NodeRank, r.NProcPerNode, r.FirstRank, r.WorldSize = m.Count, i, e.self.NProc, first, m.World
+	r.MasterAddr, r.MasterPort = m.Node0.Addr, m.Node0.Port
+	e.round, e.last, e.mem = n, r, m
+	shown := []rendezvous.Node{m.Node0}
+	if m.Nodes != nil {
+		shown = m.Nodes
 	}
-	r.MasterAddr, r.MasterPort = m.Nodes[0].Addr, m.Nodes[0].Port
-	return r
-}
-
-// startRound turns round n's members, written at revision rev, into this
-// node's Round, says so in one line, and starts watching the round: the
-// aggregator reads the round first (Next returns after that read), any
-// other node watches from the members' revision on.
-func (e *Rendezvous) startRound(ctx context.Context, n int, m *members, rev int64) (rendezvous.Round, error) {
-	i := slices.IndexFunc(m.Nodes, func(x rendezvous.Node) bool { return x.ID == e.self.ID })
-	if i < 0 {
-		return rendezvous.Round{}, errTooLate
-	}
-	r := roundOf(n, m, i)
-	e.round, e.last = n, r
-	fmt.Fprintf(e.cfg.Notes, "mpspawn: rendezvous %s: %d/%s nodes (%s), round %d starts\n", e.cfg.RunID, len(m.Nodes), e.wantNodes(), addrList(m.Nodes), n)
+	fmt.Fprintf(e.cfg.Notes, "mpspawn: rendezvous %s: %d/%s nodes (%s), round %d starts\n", e.cfg.RunID, m.Count, e.wantNodes(), addrListOf(shown, m.Count), n)
 	if i == 0 {
 		e.cur = e.watchRound(r)
 	} else {
-		e.cur = e.watchRoundFrom(r, rev+1)
+		e.cur = e.watchRoundFrom(r, m.rev+1)
 	}
 	select {
 	case <-e.cur.ready:
@@ -246,11 +263,14 @@ func (e *Rendezvous) status(st *joinState, deadline time.Time) string {
 }
 
 // addrList is the nodes' addresses for a status line: the first few.
-func addrList(nodes []rendezvous.Node) string {
+func addrList(nodes []rendezvous.Node) string { return addrListOf(nodes, len(nodes)) }
+
+// addrListOf is addrList of the first of count nodes.
+func addrListOf(nodes []rendezvous.Node, count int) string {
 	const show = 8
 	s := strings.Join(addrs(nodes[:min(show, len(nodes))]), ", ")
-	if len(nodes) > show {
-		s += fmt.Sprintf(" and %d more", len(nodes)-show)
+	if count > min(show, len(nodes)) {
+		s += fmt.Sprintf(" and %d more", count-min(show, len(nodes)))
 	}
 	return s
 }

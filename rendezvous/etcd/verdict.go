@@ -50,7 +50,7 @@ func (e *Rendezvous) close(ctx context.Context, status string) (string, error) {
 	if e.round >= 0 {
 		fk := e.roundKey(e.round, "fail")
 		if resp, err := e.cli.Get(ctx, fk); err == nil && len(resp.Kvs) > 0 {
-			if _, err := parseFailure(resp.Kvs[0], e.last, 0); err == nil {
+			if _, err := e.parseFailure(ctx, resp.Kvs[0], e.mem, e.round, 0); err == nil {
 				ops = append(ops, clientv3.OpPut(fk, string(resp.Kvs[0].Value), clientv3.WithLease(tomb.ID)))
 			}
 		}
@@ -123,14 +123,14 @@ func (e *Rendezvous) Fail(ctx context.Context, f rendezvous.Failure) (rendezvous
 	f.Host, f.Addr = e.self.Host, e.self.Addr
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	first, err := e.publishFailure(ctx, e.last, f)
+	first, err := e.publishFailure(ctx, e.last, e.mem, f)
 	return first, e.lostOr(err)
 }
 
 // publishFailure writes f as round r's failure, on this node's lease, unless
 // the round has one: it then returns that one. A failure record that fails
 // verification does not count: f is written over it.
-func (e *Rendezvous) publishFailure(ctx context.Context, r rendezvous.Round, f rendezvous.Failure) (rendezvous.Failure, error) {
+func (e *Rendezvous) publishFailure(ctx context.Context, r rendezvous.Round, m *members, f rendezvous.Failure) (rendezvous.Failure, error) {
 	k := e.roundKey(r.Number, "fail")
 	f.Message = truncateMessage(f.Message)
 	b, err := json.Marshal(f)
@@ -152,7 +152,7 @@ func (e *Rendezvous) publishFailure(ctx context.Context, r rendezvous.Round, f r
 			bad = 0
 			continue
 		}
-		first, err := parseFailure(kvs[0], r, 0)
+		first, err := e.parseFailure(ctx, kvs[0], m, r.Number, 0)
 		if err == nil {
 			return first, nil
 		}

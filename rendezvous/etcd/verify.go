@@ -131,48 +131,6 @@ func parseJoin(id string, kv *mvccpb.KeyValue) (joinRecord, error) {
 	return j, checkNode(j.Node)
 }
 
-// parseFailure verifies a round's failure record: it is from a member of
-// the round (written on a member's lease, or vouched for by the node that
-// closed the run, whose lease is vouch), names that member, and carries a
-// failure's exit code.
-func parseFailure(kv *mvccpb.KeyValue, r rendezvous.Round, vouch int64) (rendezvous.Failure, error) {
-	var f rendezvous.Failure
-	if !slicesContainsLease(r.Hosts, kv.Lease) && (vouch == 0 || kv.Lease != vouch) {
-		return f, errors.New("not written by a member of the round (not on a member's lease)")
-	}
-	if err := strictJSON(kv.Value, maxFailValue, &f); err != nil {
-		return f, err
-	}
-	switch {
-	case f.NodeRank < 0 || f.NodeRank >= len(r.Hosts):
-		return f, fmt.Errorf("node rank %d out of range [0, %d)", f.NodeRank, len(r.Hosts))
-	case f.Addr != r.Hosts[f.NodeRank].Addr:
-		return f, fmt.Errorf("addr %.80q is not node %d's", f.Addr, f.NodeRank)
-	case f.ExitCode < 1 || f.ExitCode > 255:
-		return f, fmt.Errorf("exit code %d is not a failure's (1 to 255)", f.ExitCode)
-	case f.Signal < 0 || f.Signal > 128:
-		return f, fmt.Errorf("signal %d out of range", f.Signal)
-	case f.Rank < -1 || f.Rank >= r.WorldSize:
-		return f, fmt.Errorf("rank %d out of range [-1, %d)", f.Rank, r.WorldSize)
-	case f.LocalRank < -1 || f.LocalRank >= r.Hosts[f.NodeRank].NProc:
-		return f, fmt.Errorf("local rank %d out of range", f.LocalRank)
-	case len(f.Message) > maxMessage || len(f.Cause) > maxMessage || len(f.Host) > maxNameLen:
-		return f, errors.New("message, cause or host too long")
-	case !utf8.ValidString(f.Message) || !utf8.ValidString(f.Cause) || !utf8.ValidString(f.Host):
-		return f, errors.New("message, cause or host not UTF-8")
-	}
-	return f, nil
-}
-
-func slicesContainsLease(nodes []rendezvous.Node, lease int64) bool {
-	for _, n := range nodes {
-		if lease != 0 && leaseOf(n.ID) == lease {
-			return true
-		}
-	}
-	return false
-}
-
 // truncateMessage bounds a failure's message as this node publishes it,
 // so that the other nodes take it.
 func truncateMessage(s string) string {

@@ -27,6 +27,7 @@ type roundWatch struct {
 	round    rendezvous.Round
 	nodeRank int
 	agg      string               // the aggregator's id
+	m        *members             // the round's members
 	stopc    chan rendezvous.Stop // receives once: Stopped's reader takes it
 	stopped  chan struct{}        // closed once first is set: any number of readers
 	first    rendezvous.Stop      // the round's stop, once stopped is closed
@@ -62,8 +63,8 @@ func (w *roundWatch) addMembers(e *Rendezvous) {
 		}
 		return
 	}
-	w.members[w.agg] = w.round.Hosts[0]
-	w.members[e.self.ID] = w.round.Hosts[w.nodeRank]
+	w.members[w.agg] = w.m.Node0
+	w.members[e.self.ID] = e.self
 }
 
 // isAgg reports whether this node follows the members' keys itself.
@@ -80,7 +81,7 @@ func (e *Rendezvous) watchRound(r rendezvous.Round) *roundWatch {
 func (e *Rendezvous) watchRoundFrom(r rendezvous.Round, rev int64) *roundWatch {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &roundWatch{
-		round: r, nodeRank: r.NodeRank, agg: r.Hosts[0].ID,
+		round: r, nodeRank: r.NodeRank, agg: e.mem.Node0.ID, m: e.mem,
 		stopc: make(chan rendezvous.Stop, 1), stopped: make(chan struct{}), allDone: make(chan struct{}),
 		ready: make(chan struct{}), cancel: cancel, done: make(chan struct{}),
 		members: map[string]rendezvous.Node{}, isDone: map[string]bool{},
@@ -313,7 +314,7 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.K
 	n := w.round.Number
 	switch {
 	case rn == n && rest == "fail" && !deleted:
-		e.applyFail(w, kv)
+		e.applyFail(ctx, w, kv)
 	case rn == n && strings.HasPrefix(rest, "flag/") && !deleted:
 		e.applyFlag(w, kv, strings.TrimPrefix(rest, "flag/"))
 	case rn == n && strings.HasPrefix(rest, "done/") && !deleted:
@@ -331,11 +332,11 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.K
 	}
 }
 
-func (e *Rendezvous) applyFail(w *roundWatch, kv *mvccpb.KeyValue) {
+func (e *Rendezvous) applyFail(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue) {
 	if w.failed {
 		return // the round's failure is known (the run's closer writes it again)
 	}
-	f, err := parseFailure(kv, w.round, 0)
+	f, err := e.parseFailure(ctx, kv, w.m, w.round.Number, 0)
 	if err != nil {
 		e.warnIgnored(string(kv.Key), err)
 		return
@@ -431,7 +432,7 @@ func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *mvccpb.
 	}
 	k := e.roundKey(w.round.Number, "fail")
 	if resp, err := e.cli.Get(ctx, k); err == nil && len(resp.Kvs) > 0 {
-		f, err := parseFailure(resp.Kvs[0], w.round, kv.Lease)
+		f, err := e.parseFailure(ctx, resp.Kvs[0], w.m, w.round.Number, kv.Lease)
 		if err == nil {
 			w.failed = true
 			w.stop(rendezvous.Stop{Failure: &f})
@@ -459,10 +460,19 @@ func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string, r
 		return
 	}
 	rank := slices.IndexFunc(w.round.Hosts, func(h rendezvous.Node) bool { return h.ID == id })
+	if id == w.agg {
+		rank = 0
+	}
 	f := rendezvous.Failure{NodeRank: rank, Host: node.Host, Addr: node.Addr, Rank: -1, LocalRank: -1,
 		ExitCode: rendezvous.LostExitCode, Lost: true, Time: time.Now(),
 		Message: fmt.Sprintf("its etcd lease expired (its launcher died, or lost etcd for longer than the lease TTL %v)", e.cfg.LeaseTTL)}
-	if first, err := e.publishFailure(ctx, w.round, f); err == nil {
+	if w.solo {
+		// Every node following the members hears of it itself.
+		w.failed = true
+		w.stop(rendezvous.Stop{Failure: &f})
+		return
+	}
+	if first, err := e.publishFailure(ctx, w.round, w.m, f); err == nil {
 		f = first
 	}
 	w.failed = true
@@ -489,6 +499,11 @@ func (e *Rendezvous) aggLeftDone(ctx context.Context, w *roundWatch, rev int64) 
 	if kvs := resp.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 && kvs[0].Lease == lease && len(kvs[0].Value) == 0 {
 		w.isDone[w.agg] = true
 		w.doneCount++
+		nodes, err := w.m.all(ctx, e, n)
+		if err != nil {
+			return false
+		}
+		w.round.Hosts = nodes
 		w.solo, w.rewatch = true, true
 		w.addMembers(e)
 		return true
