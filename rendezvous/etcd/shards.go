@@ -115,14 +115,7 @@ func (m *members) shard(ctx context.Context, e *Rendezvous, n, k int) ([]rendezv
 	if s, ok := m.shards[k]; ok {
 		return s, nil
 	}
-	// Serializable first (no consensus round: a thousand nodes read at
-	// once): the shard must be the one written with the header, its
-	// revision says so, so that any etcd member's copy of it will do; one
-	// that lags behind the header is read again, linearizably.
-	resp, err := e.cli.Get(ctx, e.shardKey(n, k), clientv3.WithSerializable())
-	if err == nil && (len(resp.Kvs) == 0 || resp.Kvs[0].ModRevision < m.rev) {
-		resp, err = e.cli.Get(ctx, e.shardKey(n, k))
-	}
+	resp, err := e.readAtMembers(ctx, m, e.shardKey(n, k))
 	if err != nil {
 		return nil, fmt.Errorf("read the members' shard %d: %w", k, err)
 	}
@@ -140,6 +133,24 @@ func (m *members) shard(ctx context.Context, e *Rendezvous, n, k int) ([]rendezv
 	return nodes, nil
 }
 
+// readAtMembers reads key at the revision of the members' header: the
+// shards go with the coordinator's lease, and may have gone since (the
+// coordinator left done first). It reads serializably first (no consensus
+// round: a thousand nodes read at once; the revision makes any etcd
+// member's copy the same), then linearizably (a member lagging behind the
+// revision), and, the revision compacted, now.
+func (e *Rendezvous) readAtMembers(ctx context.Context, m *members, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	at := append(opts[:len(opts):len(opts)], clientv3.WithRev(m.rev))
+	resp, err := e.cli.Get(ctx, key, append(at, clientv3.WithSerializable())...)
+	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+		resp, err = e.cli.Get(ctx, key, at...)
+	}
+	if errors.Is(err, rpctypes.ErrCompacted) {
+		resp, err = e.cli.Get(ctx, key, opts...)
+	}
+	return resp, err
+}
+
 // all is every member of round n, its shards read (once) and verified.
 func (m *members) all(ctx context.Context, e *Rendezvous, n int) ([]rendezvous.Node, error) {
 	m.mu.Lock()
@@ -148,7 +159,7 @@ func (m *members) all(ctx context.Context, e *Rendezvous, n int) ([]rendezvous.N
 		return m.Nodes, nil
 	}
 	p := e.roundKey(n, "members") + "/"
-	resp, err := e.cli.Get(ctx, p, clientv3.WithPrefix(), clientv3.WithLimit(maxShards+1))
+	resp, err := e.readAtMembers(ctx, m, p, clientv3.WithPrefix(), clientv3.WithLimit(maxShards+1))
 	if err != nil {
 		return nil, fmt.Errorf("read the members' shards: %w", err)
 	}
