@@ -148,8 +148,9 @@ var _ rendezvous.Rendezvous = (*Rendezvous)(nil)
 //
 //	r/<round>/join/<node>     the node's Node, on its lease
 //	r/<round>/coord           the id of the node that coordinates the round, on its lease
-//	r/<round>/members         the round's nodes by node rank, its restart count
-//	                          and coordinator, on the coordinator's lease
+//	r/<round>/members         the round's header: restart count, coordinator, node 0,
+//	                          each shard's first id and rank; on the coordinator's lease
+//	r/<round>/members/<k>     shard k of the nodes by node rank, with the header
 //	r/<round>/fail            the round's first Failure
 //	r/<round>/done/<node>     the node's ranks all succeeded
 //	r/<round>/flag/alldone    node 0 (the aggregator): every member is done
