@@ -80,7 +80,7 @@ type Round struct {
 	Membership
 	Number  int    // the round's number, from 0; elastic changes count too
 	Restart int    // restarts spent before this round
-	Hosts   []Node // every node of the round, by node rank
+	Hosts   []Node // every node of the round, by node rank (etcd: on node 0 and the coordinator only, nil elsewhere)
 }
 
 // Node is one node of a round, as it joined.
