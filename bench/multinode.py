@@ -2,6 +2,7 @@
 """Multi-node benchmark: torchrun (c10d) and mpspawn (etcd, c10d) side by side.
 
     python3 bench/multinode.py [--runs N] [--mpspawn bin/mpspawn] [--quick]
+    python3 bench/multinode.py --scale [--scale-nodes 8,16,32,64,128] [--torchrun-nodes 8,16,32]
 
 Two "nodes" on this host, 2 ranks each: separate launcher processes; mpspawn's
 with --local-addr 127.0.0.2 and 127.0.0.3 (torch 1.13's torchrun has no
@@ -21,6 +22,15 @@ etcd), at the default lease TTL (5 s). torchrun is Debian's torch 1.13 with
 --rdzv_backend c10d. Each figure is the median of --runs runs (default 5).
 The script reports, it does not assert: it exits 1 only when a launcher did
 not run as it must.
+
+--scale: N nodes, one launcher process each, one rank of /bin/true a node
+(--no-python): torchrun c10d (/usr/bin/torchrun) at --torchrun-nodes, and
+mpspawn on etcd (a fresh etcd per N) and on c10d at --scale-nodes, each
+mpspawn node with its own --local-addr 127.0.0.x (x from 2). Per run: time
+from the first launcher's start until every launcher exited, exit codes,
+and for etcd the server's CPU seconds and peak RSS (/proc). A run past
+--scale-bound (180 s) is "did not finish" and every process it started is
+killed by pid. --runs defaults to 1 here; figures are medians.
 """
 
 import argparse
@@ -268,12 +278,19 @@ def scenario_kill(kind, mpspawn, endpoint, workdir, bound):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=None, help="runs per figure (default 5; 1 with --scale)")
+    ap.add_argument("--scale", action="store_true", help="N nodes of one launcher process each (see above)")
+    ap.add_argument("--scale-nodes", default="8,16,32,64,128", help="node counts for mpspawn (--scale)")
+    ap.add_argument("--torchrun-nodes", default="8,16,32", help="node counts for torchrun (--scale)")
+    ap.add_argument("--scale-bound", type=float, default=180.0, help="seconds a --scale run may take")
     ap.add_argument("--mpspawn", default=os.path.join(REPO, "bin", "mpspawn"))
     ap.add_argument("--quick", action="store_true", help="3 runs, no DDP job")
     ap.add_argument("--kill-bound", type=float, default=60.0)
     args = ap.parse_args()
-    runs = 3 if args.quick else args.runs
+    if args.scale:
+        import multinode_scale
+        return multinode_scale.main(args, Etcd)
+    runs = 3 if args.quick else (args.runs or 5)
     kinds = ["torchrun", "mpspawn-etcd", "mpspawn-c10d"]
     figures = {k: {"ddp": [], "rdzv": [], "fail": [], "codes": [], "kill": []} for k in kinds}
     baseline = []
