@@ -12,6 +12,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/rendezvous"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -127,6 +128,7 @@ type joinState struct {
 	// a node may claim the coordination over it.
 	coordBad    int64
 	isCoord     bool
+	claimRev    int64                 // the revision at which this node claimed the coordination; 0 unknown
 	joined      map[string]joinRecord // the coordinator's: the nodes joined, by id, verified
 	seen        int64                 // the coordinator's: join keys known up to this revision
 	tried       int64                 // the coordinator's: seen when it last tried to start the round
@@ -330,23 +332,38 @@ func (e *Rendezvous) claim(ctx context.Context, st *joinState) (bool, error) {
 		}
 		return false, nil // gone since: claim again at the next event
 	}
-	st.coord, st.isCoord = e.self.ID, true
+	st.coord, st.isCoord, st.claimRev = e.self.ID, true, resp.Header.Revision
 	return true, nil
 }
 
 // followJoins starts the coordinator's watch of round st.n's joins, then
-// reads the joins there are (bounded: see readRun).
+// reads the joins there are (bounded: see readRun). Both start at the
+// revision of the claim, when known: a node that joined before it and
+// left since (it found the coordinator was started for another number of
+// nodes, say) is still seen, and is refused here too.
 func (e *Rendezvous) followJoins(ctx, wctx context.Context, st *joinState) (<-chan clientv3.WatchResponse, error) {
 	jp := e.roundKey(st.n, "join") + "/"
-	ch, err := e.watchKeys(wctx, 0, watchSpec{key: jp, prefix: true})
-	if err != nil {
-		return nil, e.ctxErr(ctx, fmt.Errorf("rendezvous: watch round %d: %w", st.n, err))
+	want := func(kv *mvccpb.KeyValue) bool { return e.onOwnLease(strings.TrimPrefix(string(kv.Key), jp), kv) }
+	var kvs []*mvccpb.KeyValue
+	var at int64
+	var err error
+	rev := st.claimRev
+	if rev > 0 {
+		if _, kvs, at, err = e.readRun(ctx, rev, jp, want); errors.Is(err, rpctypes.ErrCompacted) {
+			rev, err = 0, nil // history gone: from now on
+		}
 	}
-	_, kvs, at, err := e.readRun(ctx, 0, jp, func(kv *mvccpb.KeyValue) bool {
-		return e.onOwnLease(strings.TrimPrefix(string(kv.Key), jp), kv)
-	})
+	var ch <-chan clientv3.WatchResponse
+	if err == nil && rev > 0 {
+		ch, err = e.watchKeys(wctx, rev+1, watchSpec{key: jp, prefix: true})
+	} else if err == nil {
+		// Watching from now, then reading: nothing falls in between.
+		if ch, err = e.watchKeys(wctx, 0, watchSpec{key: jp, prefix: true}); err == nil {
+			_, kvs, at, err = e.readRun(ctx, 0, jp, want)
+		}
+	}
 	if err != nil {
-		return nil, e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", st.n, err))
+		return nil, e.ctxErr(ctx, fmt.Errorf("rendezvous: follow round %d's joins: %w", st.n, err))
 	}
 	st.joined, st.seen = map[string]joinRecord{}, at
 	slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.ModRevision, b.ModRevision) })
@@ -434,11 +451,28 @@ func (e *Rendezvous) applyJoinRecord(st *joinState, id string, kv *mvccpb.KeyVal
 		return nil
 	}
 	if err := e.sameNNodes(j); err != nil {
+		e.holdFor(string(kv.Key), kv.ModRevision)
 		return err
 	}
 	j.rev = kv.ModRevision
 	st.joined[id] = j
 	return nil
+}
+
+// holdFor keeps this node, the coordinator, in the run until the join key
+// of a node started for another number of nodes is gone, bounded by
+// twice the lease TTL: that node claims the coordination next, finds this
+// node's and leaves saying the same; were this node to leave first, it
+// could become the coordinator of a round that never sees this node's
+// join, and wait out its join_timeout without saying why.
+func (e *Rendezvous) holdFor(key string, rev int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*e.cfg.LeaseTTL)
+	defer cancel()
+	for wr := range e.cli.Watch(ctx, key, clientv3.WithRev(rev+1), clientv3.WithFilterPut()) {
+		if wr.Err() != nil || len(wr.Events) > 0 {
+			return
+		}
+	}
 }
 
 // sameNNodes is an *NNodesError when node j was started for another

@@ -440,7 +440,26 @@ func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *mvccpb.
 		}
 		e.warnIgnored(k, err)
 	}
+	if e.allDoneAt(ctx, w, kv.ModRevision) {
+		// Every member was done when the run closed: the aggregator's
+		// flag/alldone comes on another watch, and may come after.
+		w.closeAllDone()
+		return
+	}
 	w.stop(rendezvous.Stop{Reason: rendezvous.ReasonClosed})
+}
+
+// allDoneAt reads whether round w's aggregator had published that every
+// member is done (flag/alldone, on its lease) at revision rev: the one
+// that closed the run saw it before closing, and the aggregator, its
+// lease gone since, may have taken it away with it.
+func (e *Rendezvous) allDoneAt(ctx context.Context, w *roundWatch, rev int64) bool {
+	resp, err := e.cli.Get(ctx, e.roundKey(w.round.Number, "flag", "alldone"), clientv3.WithRev(rev))
+	if err != nil {
+		return false // compacted, or etcd gone: not confirmed
+	}
+	kvs := resp.Kvs
+	return len(kvs) > 0 && kvs[0].Lease != 0 && kvs[0].Lease == leaseOf(w.agg) && len(kvs[0].Value) == 0
 }
 
 // memberGone handles the join key of node id going, at revision rev (0:
