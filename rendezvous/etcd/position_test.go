@@ -87,7 +87,11 @@ func TestEtcdPositions(t *testing.T) {
 			}
 			cancel()
 			for _, n := range []*testNode{a, b, c} {
-				<-n.Stopped()
+				select {
+				case <-n.Stopped():
+				case <-time.After(10 * time.Second):
+					t.Fatalf("node %s was not stopped by the failure", n.self.Addr)
+				}
 			}
 		}
 	}
