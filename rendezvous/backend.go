@@ -90,6 +90,11 @@ type Node struct {
 	Host  string `json:"host"`  // its host name
 	NProc int    `json:"nproc"` // its ranks
 	Port  int    `json:"port"`  // the master port it reserved, used if it is node 0
+	// Position is the node's place in the job's order of node ranks,
+	// counted from 1 (its line of the host list a driver started it
+	// from); 0: none. The etcd rendezvous orders nodes by position,
+	// those with none after, each by ID.
+	Position int `json:"position,omitempty"`
 }
 
 // Failure is the detail of a failure that ends a round on every node: a

@@ -25,7 +25,10 @@ const (
 	fShip      = "ship"
 	fRemoteBin = "remote-mpspawn"
 	fSSHNode   = "ssh-node" // hidden: this mpspawn was started over ssh by a driver
-	catHosts   = "Many hosts over ssh"
+	// fNodePosition (hidden) is the node's line of the host list, from
+	// 1: the etcd rendezvous gives node ranks in its order.
+	fNodePosition = "node-position"
+	catHosts      = "Many hosts over ssh"
 )
 
 func hostsFlags() []cli.Flag {
@@ -40,6 +43,7 @@ func hostsFlags() []cli.Flag {
 		&cli.BoolFlag{Category: catHosts, Name: fShip, Usage: "copy this mpspawn to a private temporary path on every host for the job (for hosts without mpspawn installed)"},
 		&cli.StringFlag{Category: catHosts, Name: fRemoteBin, Usage: "the mpspawn `PATH` on the hosts; default: this mpspawn's own path where it exists there, else mpspawn on their PATH"},
 		&cli.BoolFlag{Name: fSSHNode, Hidden: true, Usage: "run as one node of a job started over ssh: read the environment from stdin, and stop the ranks when stdin ends"},
+		&cli.IntFlag{Name: fNodePosition, Hidden: true, Usage: "this node's place `N` in the order of node ranks, from 1 (its line of the driver's host list); the etcd rendezvous orders the nodes by it"},
 	}
 }
 
@@ -66,7 +70,7 @@ var driverOnly = []string{fHostfile, fHosts, fInclude, fExclude, fSSH, fSSHTime,
 	fNproc, fLogDir, fDryRun, fJSON, fSummaryJSON, fJUnitXML, fRdzvBackend, fRdzvEndpoint, fRdzvID, fRunID, fRdzvConf, fLocalAddr, fQuiet}
 
 // notWithHosts are flags a host list chooses itself.
-var notWithHosts = []string{fNNodes, fNodeRank, fMasterAddr, fMasterPort, fStandalone, fTopology}
+var notWithHosts = []string{fNNodes, fNodeRank, fNodePosition, fMasterAddr, fMasterPort, fStandalone, fTopology}
 
 // parseFanout reads --hostfile/--hosts and the ssh flags; nil without a
 // host list.

@@ -148,18 +148,39 @@ func TestDryRunHosts(t *testing.T) {
 		"--remote-mpspawn", "/opt/bin/mpspawn", "--env", "WHO=it's me", "--rdzv-endpoint", "10.0.0.1:29400", "--rdzv-id", "job1",
 		"--rdzv-conf", "token=" + token + ",lease_ttl=3", "--dry-run", "--max-restarts", "1", "--no-python", "sh", "-c", "echo $RANK"}, &stdout, &stderr)
 	conf := "join_timeout=600,last_call_timeout=30,close_timeout=30,lease_ttl=3,connect_timeout=5"
-	node := func(host string, nproc string, gpus string) string {
-		remote := "cd " + cwd + " && exec /opt/bin/mpspawn --ssh-node --quiet --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29400 --rdzv-id job1 --nnodes 2 --nproc-per-node " + nproc +
+	node := func(host, pos, nproc, gpus string) string {
+		remote := "cd " + cwd + " && exec /opt/bin/mpspawn --ssh-node --quiet --rdzv-backend c10d --rdzv-endpoint 10.0.0.1:29400 --rdzv-id job1 --nnodes 2 --node-position " + pos + " --nproc-per-node " + nproc +
 			" --rdzv-conf " + conf + " --log-line-prefix-template '[" + host + ":${rank}]: ' --max-restarts 1 --no-python sh -c 'echo $RANK'"
 		return "  command: ssh -p 2222 -o BatchMode=yes -o ConnectTimeout=7 " + host + " " + shellQuote(remote) + "\n" +
 			"  env: NCCL_DEBUG=INFO\n  env: WHO=it's me\n  env: MPSPAWN_RDZV_TOKEN=<secret, sent on stdin>\n  env: CUDA_VISIBLE_DEVICES=" + gpus + "\n"
 	}
 	want := "rendezvous job1: c10d at 10.0.0.1:29400 (served by this machine unless --rdzv-endpoint named one)\n" +
-		"node 0: a\n" + node("a", "2", "0,1") + "node 1: b\n" + node("b", "1", "0")
+		"node 0: a\n" + node("a", "1", "2", "0,1") + "node 1: b\n" + node("b", "2", "1", "0")
 	if code != 0 || stdout.String() != want || stderr.Len() != 0 {
 		t.Errorf("exit %d, stderr %q, stdout:\n%s\nwant exit 0 and stdout:\n%s", code, stderr.String(), stdout.String(), want)
 	}
 	if strings.Contains(stdout.String(), "s3cret") {
 		t.Errorf("the token shows in the dry run:\n%s", stdout.String())
+	}
+}
+
+// TestNodePositionFlag: the hidden --node-position a driver gives each
+// node is refused, in one line and exit 2, without etcd or c10d, out of
+// 1 to --nnodes, and on the driver itself.
+func TestNodePositionFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--nnodes", "2", "--node-position", "1"}, "mpspawn: error: --node-position goes with --rdzv-backend etcd or c10d (static: give --node-rank)\n"},
+		{[]string{"--nnodes", "2", "--rdzv-backend", "etcd", "--rdzv-endpoint", "127.0.0.1:1", "--rdzv-id", "j", "--node-position", "3"}, "mpspawn: error: --node-position 3: want 1 to 2 (--nnodes)\n"},
+		{[]string{"--nnodes", "2", "--rdzv-backend", "etcd", "--rdzv-endpoint", "127.0.0.1:1", "--rdzv-id", "j", "--node-position", "0"}, "mpspawn: error: --node-position 0: want 1 to 2 (--nnodes)\n"},
+		{[]string{"--hosts", "a,b", "--node-position", "1"}, "mpspawn: error: --node-position cannot go with a host list: the hosts' order gives the node ranks, and the rendezvous the master\n"},
+	} {
+		var stdout, stderr bytes.Buffer
+		code := run(append(append([]string{"mpspawn"}, tc.args...), "--dry-run", "--no-python", "true"), &stdout, &stderr)
+		if code != 2 || stderr.String() != tc.want || stdout.Len() != 0 {
+			t.Errorf("%q: exit %d, stderr %q, stdout %q; want exit 2 and only %q", tc.args, code, stderr.String(), stdout.String(), tc.want)
+		}
 	}
 }

@@ -48,6 +48,7 @@ type multinode struct {
 	minNodes, maxNodes int
 	maxRestarts        int
 	localAddr          string
+	position           int // --node-position: the node's line of a driver's host list, from 1; 0 none
 	conf               rdzvConf
 	tls                *tls.Config // from conf's files; nil without TLS
 }
@@ -122,6 +123,9 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	if err := m.checkToken(); err != nil {
 		return err
 	}
+	if err := m.parsePosition(c); err != nil {
+		return err
+	}
 	ep := c.String(fRdzvEndpoint)
 	if !m.dynamic() {
 		return cfg.staticEndpoint(c, ep)
@@ -146,6 +150,22 @@ func (cfg *config) parseMultinode(c *cli.Context) error {
 	}
 	cfg.rdzv.NNodes = m.maxNodes
 	cfg.rdzv.NodeRank = 0 // given by the rendezvous
+	return nil
+}
+
+// parsePosition reads the hidden --node-position a driver gives each
+// node of its host list: from 1 to the number of nodes, with etcd or c10d.
+func (m *multinode) parsePosition(c *cli.Context) error {
+	if !c.IsSet(fNodePosition) {
+		return nil
+	}
+	m.position = c.Int(fNodePosition)
+	switch {
+	case !m.dynamic():
+		return usagef("--%s goes with --rdzv-backend etcd or c10d (static: give --node-rank)", fNodePosition)
+	case m.position < 1 || m.position > m.maxNodes:
+		return usagef("--%s %d: want 1 to %d (--nnodes)", fNodePosition, m.position, m.maxNodes)
+	}
 	return nil
 }
 
@@ -353,7 +373,7 @@ func (p *plan) openEtcd(ctx context.Context, notes io.Writer) (*etcd.Rendezvous,
 	ec := p.etcdClient()
 	ec.MinNodes, ec.MaxNodes, ec.NProc, ec.LocalAddr = m.minNodes, m.maxNodes, p.nproc, m.localAddr
 	ec.JoinTimeout, ec.LastCallTimeout, ec.CloseTimeout = m.conf.join, m.conf.lastCall, m.conf.close
-	ec.LeaseTTL, ec.Notes = m.conf.lease, notes
+	ec.LeaseTTL, ec.Notes, ec.Position = m.conf.lease, notes, m.position
 	r, err := etcd.New(ctx, ec) // bounded by connect_timeout
 	if err != nil {
 		return nil, p.c10dUnreachable(err)

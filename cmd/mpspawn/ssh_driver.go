@@ -156,7 +156,8 @@ func (cfg *config) nodeCommand(h *sshHost, nonce string) {
 		nproc = strconv.Itoa(len(h.Slots))
 	}
 	args := []string{h.bin, "--" + fSSHNode, "--" + fQuiet, "--" + fRdzvBackend, m.backend, "--" + fRdzvEndpoint, m.endpoints[0],
-		"--" + fRdzvID, cfg.runID, "--" + fNNodes, strconv.Itoa(len(f.hosts)), "--" + fNproc, nproc, "--" + fRdzvConf, m.conf.forNodes()}
+		"--" + fRdzvID, cfg.runID, "--" + fNNodes, strconv.Itoa(len(f.hosts)), "--" + fNodePosition, strconv.Itoa(h.rank + 1),
+		"--" + fNproc, nproc, "--" + fRdzvConf, m.conf.forNodes()}
 	if !hasFlag(f.jobArgs, fPrefix, fNoPrefix) {
 		args = append(args, "--"+fPrefix, "["+h.Host+":${rank}]: ")
 	}

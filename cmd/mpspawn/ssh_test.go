@@ -457,3 +457,32 @@ func TestSSHLogDir(t *testing.T) {
 		}
 	})
 }
+
+// TestSSHHostfileOrder: node ranks follow the hostfile's order, not the
+// hosts' addresses: node2 (127.0.0.3), listed first, is node 0 with ranks
+// 0 and 1; node1 (127.0.0.2) node 1 with ranks 2 and 3.
+func TestSSHHostfileOrder(t *testing.T) {
+	c := startSSHD(t, 2)
+	dir := t.TempDir()
+	hostfile := filepath.Join(dir, "hostfile")
+	if err := os.WriteFile(hostfile, []byte("# listed against address order\nnode2 slots=2\nnode1 slots=2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := c.start(t, dir, "--hostfile", hostfile, "--remote-mpspawn", c.bin, "--no-python", "sh", "-c", `echo rank=$RANK group=$GROUP_RANK`)
+	out, code := d.wait(t)
+	var want []string
+	for r, host := range []string{"node2", "node2", "node1", "node1"} {
+		want = append(want, fmt.Sprintf("[%s:%d]: rank=%d group=%d", host, r, r, r/2))
+	}
+	slices.Sort(want)
+	var got []string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "rank=") {
+			got = append(got, line)
+		}
+	}
+	slices.Sort(got) // the hosts' lines come in any order
+	if code != 0 || !slices.Equal(got, want) {
+		t.Errorf("driver exited %d, rank lines %q; want 0 and %q; stderr:\n%s", code, got, want, d.stderr.String())
+	}
+}

@@ -46,6 +46,11 @@ type Config struct {
 
 	LocalAddr string // how the other nodes reach this node (MASTER_ADDR when it is node 0)
 	Host      string // this node's host name, for messages
+	// Position is this node's place in the order of node ranks, from 1
+	// to MaxNodes (a host list's line); 0: none. The coordinator orders
+	// the nodes by position, then those without one, each by id; two
+	// nodes at one position are ordered by id, with a warning.
+	Position int
 
 	JoinTimeout     time.Duration // bound on each round's wait for the nodes
 	LastCallTimeout time.Duration // wait for more nodes once MinNodes joined
@@ -201,6 +206,9 @@ type Rendezvous struct {
 // that this node becomes node 0. It does not join a round: Next does.
 func New(ctx context.Context, cfg Config) (*Rendezvous, error) {
 	cfg.defaults()
+	if cfg.Position < 0 || cfg.Position > cfg.MaxNodes {
+		return nil, fmt.Errorf("rendezvous: this node: position %d out of range [0, %d]", cfg.Position, cfg.MaxNodes)
+	}
 	if cfg.Server != nil {
 		if err := waitServer(ctx, &cfg); err != nil {
 			return nil, err
@@ -223,9 +231,9 @@ func New(ctx context.Context, cfg Config) (*Rendezvous, error) {
 	e.hold = hold
 	e.self = rendezvous.Node{
 		ID:   nodeID(cfg.LocalAddr, os.Getpid(), int64(e.lease)),
-		Addr: cfg.LocalAddr, Host: cfg.Host, NProc: cfg.NProc, Port: port,
+		Addr: cfg.LocalAddr, Host: cfg.Host, NProc: cfg.NProc, Port: port, Position: cfg.Position,
 	}
-	if err := checkNode(e.self); err != nil {
+	if err := checkNode(e.self, cfg.MaxNodes); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("rendezvous: this node: %w", err)
 	}

@@ -1,10 +1,12 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,21 +19,26 @@ import (
 
 // members is the value of r/<round>/members: the round's header, written
 // by Coord, the round's coordinator, on its lease, in one transaction with
-// the shards r/<round>/members/<k>: the nodes in id order, Shard a shard,
-// one line a node, "ID NPROC PORT HOST" (the address is the id's own
-// prefix). The header says each shard's first id and first global rank:
+// the shards r/<round>/members/<k>: the nodes in order (see nodeOrder),
+// Shard a shard, one line a node, "ID NPROC PORT HOST[ POSITION]" (the
+// address is the id's own prefix; the position only where the node has
+// one). The header says each shard's first node (its id, and its position
+// where any node has one) and first global rank:
 // a node reads the header and its own shard, O(N/Shard + Shard) bytes, not
 // the O(N) of every member (which made a round's start O(N²) bytes);
 // node 0, which aggregates, reads them all.
 type members struct {
-	Count    int             `json:"count"`
-	Restart  int             `json:"restart"`
-	MinNodes int             `json:"min_nodes"`
-	MaxNodes int             `json:"max_nodes"`
-	Coord    string          `json:"coord"`
-	World    int             `json:"world"`
-	Shard    int             `json:"shard"`
-	Firsts   []string        `json:"firsts"`
+	Count    int      `json:"count"`
+	Restart  int      `json:"restart"`
+	MinNodes int      `json:"min_nodes"`
+	MaxNodes int      `json:"max_nodes"`
+	Coord    string   `json:"coord"`
+	World    int      `json:"world"`
+	Shard    int      `json:"shard"`
+	Firsts   []string `json:"firsts"`
+	// FirstPos is each shard's first node's position; absent when no
+	// member has one.
+	FirstPos []int           `json:"first_positions,omitempty"`
 	Ranks    []int           `json:"first_ranks"`
 	Node0    rendezvous.Node `json:"node0"`
 	// Legacy is a "nodes" field, which no members record of this
@@ -51,13 +58,22 @@ type members struct {
 func (m *members) encode() (head []byte, shards [][]byte) {
 	m.Count, m.Node0, m.World = len(m.Nodes), m.Nodes[0], 0
 	m.Shard = max(shardMin, (m.Count+maxShards-1)/maxShards)
-	m.Firsts, m.Ranks = nil, nil
+	m.Firsts, m.FirstPos, m.Ranks = nil, nil, nil
+	positions := slices.ContainsFunc(m.Nodes, func(n rendezvous.Node) bool { return n.Position != 0 })
 	for i, n := range m.Nodes {
 		if i%m.Shard == 0 {
 			m.Firsts, m.Ranks = append(m.Firsts, n.ID), append(m.Ranks, m.World)
+			if positions {
+				m.FirstPos = append(m.FirstPos, n.Position)
+			}
 			shards = append(shards, nil)
 		}
-		shards[len(shards)-1] = fmt.Appendf(shards[len(shards)-1], "%s %d %d %s\n", n.ID, n.NProc, n.Port, n.Host)
+		k := len(shards) - 1
+		shards[k] = fmt.Appendf(shards[k], "%s %d %d %s", n.ID, n.NProc, n.Port, n.Host)
+		if n.Position != 0 {
+			shards[k] = fmt.Appendf(shards[k], " %d", n.Position)
+		}
+		shards[k] = append(shards[k], '\n')
 		m.World += n.NProc
 	}
 	head, _ = json.Marshal(m)
@@ -65,8 +81,8 @@ func (m *members) encode() (head []byte, shards [][]byte) {
 }
 
 // parseMembers parses a round's members header strictly and checks its
-// shape: its coordinator, number of nodes (the job's), shards (first ids
-// in order, first ranks rising by at least a rank a node) and node 0.
+// shape: its coordinator, number of nodes (the job's), shards (first
+// nodes in order, first ranks rising by at least a rank a node) and node 0.
 // Whether the members are nodes that joined is verifyMembers' part.
 func parseMembers(value []byte, minN, maxN int) (*members, error) {
 	m := &members{}
@@ -84,24 +100,38 @@ func parseMembers(value []byte, minN, maxN int) (*members, error) {
 		return nil, fmt.Errorf("%d nodes, not between %d and %d", m.Count, minN, maxN)
 	case m.Restart < 0 || m.Restart > maxRestart:
 		return nil, fmt.Errorf("restart %d out of range", m.Restart)
-	case m.Shard < 1 || nshards > maxShards || len(m.Firsts) != nshards || len(m.Ranks) != nshards:
-		return nil, fmt.Errorf("shards of %d for %d nodes: %d first ids, %d first ranks", m.Shard, m.Count, len(m.Firsts), len(m.Ranks))
-	case m.Firsts[0] != m.Node0.ID || m.Ranks[0] != 0:
+	case m.Shard < 1 || nshards > maxShards || len(m.Firsts) != nshards || len(m.Ranks) != nshards ||
+		m.FirstPos != nil && len(m.FirstPos) != nshards:
+		return nil, fmt.Errorf("shards of %d for %d nodes: %d first ids, %d first positions, %d first ranks", m.Shard, m.Count, len(m.Firsts), len(m.FirstPos), len(m.Ranks))
+	case m.first(0) != (rendezvous.Node{ID: m.Node0.ID, Position: m.Node0.Position}) || m.Ranks[0] != 0:
 		return nil, errors.New("node 0 is not the first shard's first node")
 	}
 	for k := range nshards {
 		size := min(m.Shard, m.Count-k*m.Shard)
-		if k > 0 && (m.Firsts[k] <= m.Firsts[k-1] || m.Ranks[k]-m.Ranks[k-1] < m.Shard) {
+		if p := m.first(k).Position; p < 0 || p > maxN {
+			return nil, fmt.Errorf("shard %d: first position %d out of range [0, %d]", k, p, maxN)
+		}
+		if k > 0 && (nodeOrder(m.first(k), m.first(k-1)) <= 0 || m.Ranks[k]-m.Ranks[k-1] < m.Shard) {
 			return nil, fmt.Errorf("shard %d out of order", k)
 		}
 		if end := m.endRank(k); end-m.Ranks[k] < size || end-m.Ranks[k] > size*maxNProc {
 			return nil, fmt.Errorf("shard %d: ranks %d to %d for %d nodes", k, m.Ranks[k], end, size)
 		}
 	}
-	if err := checkNode(m.Node0); err != nil {
+	if err := checkNode(m.Node0, maxN); err != nil {
 		return nil, fmt.Errorf("node 0 %.80q: %w", m.Node0.ID, err)
 	}
 	return m, nil
+}
+
+// first is shard k's first node, as far as the header says: its id and
+// position.
+func (m *members) first(k int) rendezvous.Node {
+	n := rendezvous.Node{ID: m.Firsts[k]}
+	if m.FirstPos != nil {
+		n.Position = m.FirstPos[k]
+	}
+	return n
 }
 
 // endRank is the global rank after shard k's nodes.
@@ -123,13 +153,21 @@ func parseMemberLines(s string, capacity int) ([]rendezvous.Node, error) {
 		s = rest
 		id, rest, ok1 := strings.Cut(line, " ")
 		np, rest, ok2 := strings.Cut(rest, " ")
-		pt, host, ok3 := strings.Cut(rest, " ")
+		pt, rest, ok3 := strings.Cut(rest, " ")
+		host, ps, hasPos := strings.Cut(rest, " ")
 		nproc, err1 := strconv.Atoi(np)
 		port, err2 := strconv.Atoi(pt)
-		if !ok1 || !ok2 || !ok3 || err1 != nil || err2 != nil {
+		pos, err3 := 0, error(nil)
+		if hasPos {
+			// Written only when not 0, and as Itoa writes it.
+			if pos, err3 = strconv.Atoi(ps); err3 == nil && (pos == 0 || strconv.Itoa(pos) != ps) {
+				err3 = errors.New("not canonical")
+			}
+		}
+		if !ok1 || !ok2 || !ok3 || err1 != nil || err2 != nil || err3 != nil {
 			return nil, fmt.Errorf("not a valid record: node line %.80q", line)
 		}
-		nodes = append(nodes, rendezvous.Node{ID: id, Addr: addrOfID(id), Host: host, NProc: nproc, Port: port})
+		nodes = append(nodes, rendezvous.Node{ID: id, Addr: addrOfID(id), Host: host, NProc: nproc, Port: port, Position: pos})
 	}
 	return nodes, nil
 }
@@ -158,6 +196,7 @@ func (e *Rendezvous) createMembers(ctx context.Context, st *joinState) error {
 		return err
 	}
 	nodes := sortedNodes(st.joined)
+	e.warnSharedPositions(nodes)
 	if len(nodes) > e.cfg.MaxNodes {
 		keep := nodes[:e.cfg.MaxNodes-1]
 		if i := slices.IndexFunc(nodes, func(x rendezvous.Node) bool { return x.ID == e.self.ID }); i < e.cfg.MaxNodes {
@@ -275,15 +314,46 @@ func addrListOf(nodes []rendezvous.Node, count int) string {
 	return s
 }
 
-// sortedNodes orders nodes by id: node ranks are the same on every node,
-// and stay the same across rounds while the nodes do.
+// sortedNodes orders nodes by nodeOrder: node ranks are the same on every
+// node, and stay the same across rounds while the nodes do.
 func sortedNodes(nodes map[string]joinRecord) []rendezvous.Node {
 	out := make([]rendezvous.Node, 0, len(nodes))
 	for _, n := range nodes {
 		out = append(out, n.Node)
 	}
-	slices.SortFunc(out, func(a, b rendezvous.Node) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(out, nodeOrder)
 	return out
+}
+
+// nodeOrder is the order of node ranks: the nodes with a position by
+// position, then those without one; nodes at the same position (two that
+// claim one, or none) by id. Only ID and Position count.
+func nodeOrder(a, b rendezvous.Node) int {
+	key := func(p int) int {
+		if p == 0 {
+			return math.MaxInt
+		}
+		return p
+	}
+	if c := cmp.Compare(key(a.Position), key(b.Position)); c != 0 {
+		return c
+	}
+	return strings.Compare(a.ID, b.ID)
+}
+
+// warnSharedPositions warns, once each, of nodes of a round's members
+// that claim the same position: they are ordered by id.
+func (e *Rendezvous) warnSharedPositions(nodes []rendezvous.Node) {
+	for i := 1; i < len(nodes); i++ {
+		a, b := nodes[i-1], nodes[i]
+		if a.Position == 0 || a.Position != b.Position {
+			continue
+		}
+		if _, seen := e.warned.LoadOrStore("position/"+b.ID, true); !seen {
+			fmt.Fprintf(e.cfg.Notes, "mpspawn: rendezvous %s: warning: nodes %s and %s both claim position %d; ordered by id (node ranks %d and %d)\n",
+				e.cfg.RunID, a.Addr, b.Addr, a.Position, i-1, i)
+		}
+	}
 }
 
 func addrs(nodes []rendezvous.Node) []string {

@@ -78,10 +78,8 @@ func (e *Rendezvous) verifyMembers(ctx context.Context, n int, kv *mvccpb.KeyVal
 // placeSelf finds this node in round n's members m: its node rank and
 // first global rank, from its own shard (errTooLate: not a member).
 func (e *Rendezvous) placeSelf(ctx context.Context, n int, m *members) (rank, first int, err error) {
-	k := sort.SearchStrings(m.Firsts, e.self.ID)
-	if k == len(m.Firsts) || m.Firsts[k] != e.self.ID {
-		k--
-	}
+	// The last shard whose first node is not after this one.
+	k := sort.Search(len(m.Firsts), func(k int) bool { return nodeOrder(m.first(k), e.self) > 0 }) - 1
 	if k < 0 {
 		return 0, 0, errTooLate
 	}
@@ -191,15 +189,15 @@ func (m *members) parseShard(k int, kv *mvccpb.KeyValue) ([]rendezvous.Node, err
 	if err != nil {
 		return nil, fmt.Errorf("members' shard %d: %w", k, err)
 	}
-	if len(nodes) != size || nodes[0].ID != m.Firsts[k] || k == 0 && nodes[0] != m.Node0 {
-		return nil, fmt.Errorf("members' shard %d: %d nodes from %.80q, not %d from its first id", k, len(nodes), nodes[0].ID, size)
+	if len(nodes) != size || nodes[0].ID != m.Firsts[k] || nodes[0].Position != m.first(k).Position || k == 0 && nodes[0] != m.Node0 {
+		return nil, fmt.Errorf("members' shard %d: %d nodes from %.80q, not %d from its first node", k, len(nodes), nodes[0].ID, size)
 	}
 	ranks := 0
 	for i, x := range nodes {
-		if i > 0 && nodes[i-1].ID >= x.ID || k+1 < len(m.Firsts) && x.ID >= m.Firsts[k+1] {
+		if i > 0 && nodeOrder(nodes[i-1], x) >= 0 || k+1 < len(m.Firsts) && nodeOrder(x, m.first(k+1)) >= 0 {
 			return nil, fmt.Errorf("members' shard %d: node %.80q out of order", k, x.ID)
 		}
-		if err := checkNode(x); err != nil {
+		if err := checkNode(x, m.MaxNodes); err != nil {
 			return nil, fmt.Errorf("members' shard %d: node %.80q is not a node that joined the round: %w", k, x.ID, err)
 		}
 		ranks += x.NProc

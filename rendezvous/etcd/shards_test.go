@@ -90,3 +90,73 @@ func TestMembersShards(t *testing.T) {
 		}
 	}
 }
+
+// TestMembersShardsPositions: 200 nodes whose positions run against their
+// ids (some without one, after them) parse back by position from their
+// shards, each node finds its own place by its position and id, and a
+// shard or header whose positions are out of order, out of range or not
+// canonical is refused.
+func TestMembersShardsPositions(t *testing.T) {
+	m := &members{Restart: 0, MinNodes: 200, MaxNodes: 200}
+	for i := range 200 {
+		addr := fmt.Sprintf("10.0.%d.%d", i>>8, i&255)
+		pos := 0
+		if i < 150 {
+			pos = 150 - i
+		}
+		m.Nodes = append(m.Nodes, rendezvous.Node{ID: nodeID(addr, 100+i, 0x1000+int64(i)), Addr: addr, Host: "h", NProc: 1, Port: 20000 + i, Position: pos})
+	}
+	slices.SortFunc(m.Nodes, nodeOrder)
+	if m.Nodes[0].Position != 1 || m.Nodes[149].Position != 150 || m.Nodes[150].Position != 0 || m.Nodes[150].Addr != "10.0.0.150" {
+		t.Fatalf("order: %+v, %+v; want position 1 first, those without one after 150", m.Nodes[0], m.Nodes[150])
+	}
+	want := slices.Clone(m.Nodes)
+	m.Coord = m.Nodes[3].ID
+	head, shards := m.encode()
+	got, err := parseMembers(head, 200, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.rev = 42
+	kv := func(v []byte) *mvccpb.KeyValue {
+		return &mvccpb.KeyValue{Value: v, ModRevision: 42, Lease: leaseOf(got.Coord)}
+	}
+	var all []rendezvous.Node
+	for k, s := range shards {
+		nodes, err := got.parseShard(k, kv(s))
+		if err != nil {
+			t.Fatalf("shard %d: %v", k, err)
+		}
+		all = append(all, nodes...)
+	}
+	if !slices.Equal(all, want) {
+		t.Fatal("shards do not give the nodes encoded, in order")
+	}
+	got.Nodes = all
+	for i, n := range want {
+		e := &Rendezvous{self: n}
+		if rank, first, err := e.placeSelf(t.Context(), 0, got); err != nil || rank != i || first != i {
+			t.Errorf("node %s: placed at %d, first rank %d, %v; want %d", n.ID, rank, first, err, i)
+		}
+	}
+	lines := strings.SplitAfter(string(shards[1]), "\n")
+	swapped := append([]string{lines[1], lines[0]}, lines[2:]...)
+	for what, s := range map[string]string{
+		"positions swapped":   strings.Join(swapped, ""),
+		"position 0 written":  strings.Replace(string(shards[1]), " 66\n", " 0\n", 1),
+		"position not Itoa's": strings.Replace(string(shards[1]), " 66\n", " 066\n", 1),
+		"position over max":   strings.Replace(string(shards[1]), " 66\n", " 201\n", 1),
+	} {
+		if _, err := got.parseShard(1, kv([]byte(s))); err == nil {
+			t.Errorf("shard 1 with %s: accepted", what)
+		}
+	}
+	for what, h := range map[string]string{
+		"first positions short":        strings.Replace(string(head), `"first_positions":[1,`, `"first_positions":[`, 1),
+		"first positions out of order": strings.Replace(string(head), `"first_positions":[1,65,`, `"first_positions":[1,200,`, 1),
+	} {
+		if _, err := parseMembers([]byte(h), 200, 200); err == nil {
+			t.Errorf("header with %s: accepted", what)
+		}
+	}
+}

@@ -92,9 +92,12 @@ func checkName(what, s string) error {
 	return nil
 }
 
-// checkNode checks a node as a join record or a member states it.
-func checkNode(n rendezvous.Node) error {
+// checkNode checks a node as a join record or a member states it, in a
+// job of at most maxNodes nodes.
+func checkNode(n rendezvous.Node, maxNodes int) error {
 	switch {
+	case n.Position < 0 || n.Position > maxNodes:
+		return fmt.Errorf("position %d out of range [0, %d]", n.Position, maxNodes)
 	case n.NProc < 1 || n.NProc > maxNProc:
 		return fmt.Errorf("nproc %d out of range [1, %d]", n.NProc, maxNProc)
 	case n.Port < 1 || n.Port > 65535:
@@ -128,7 +131,7 @@ func parseJoin(id string, kv *mvccpb.KeyValue) (joinRecord, error) {
 	if j.MinNodes < 1 || j.MaxNodes < j.MinNodes || j.MaxNodes > 1<<20 {
 		return j, fmt.Errorf("nodes %d:%d out of range", j.MinNodes, j.MaxNodes)
 	}
-	return j, checkNode(j.Node)
+	return j, checkNode(j.Node, j.MaxNodes)
 }
 
 // truncateMessage bounds a failure's message as this node publishes it,
