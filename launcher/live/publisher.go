@@ -61,7 +61,10 @@ func (p *Publisher) Path() string { return fileName(p.dir, p.Info.Pid) }
 // Attach publishes g's ranks, as attempt (restarts spent), every Interval
 // from now until detach is called: call it once the ranks have started,
 // so that it adds nothing to their start. It publishes once before it
-// returns. detach publishes the ranks' last state and stops sampling.
+// returns. detach stops sampling and, when other nodes read this one
+// (Remote), publishes the ranks' last state; a single node's file is
+// removed at the end anyway (Close), and its last tick would only add to
+// the job's end.
 func (p *Publisher) Attach(ctx context.Context, g *launcher.Group, attempt int) (detach func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	s := &sampler{p: p, g: g, attempt: attempt}
@@ -85,6 +88,9 @@ func (p *Publisher) Attach(ctx context.Context, g *launcher.Group, attempt int) 
 		once.Do(func() {
 			cancel()
 			<-done
+			if p.Remote == nil {
+				return
+			}
 			// Bounded: etcd may be what is gone.
 			fctx, fcancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer fcancel()
