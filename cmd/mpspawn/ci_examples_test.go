@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -72,7 +71,11 @@ func TestCIExamples(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	goBin := filepath.Join(runtime.GOROOT(), "bin")
+	goroot, err := exec.Command("go", "env", "GOROOT").Output()
+	if err != nil {
+		t.Fatalf("go env GOROOT: %v", err)
+	}
+	goBin := filepath.Join(strings.TrimSpace(string(goroot)), "bin")
 	for _, ci := range []struct{ file, venv string }{
 		// setup-python + pip install torch: a venv that sees Debian's torch.
 		{"github-actions.yml", "py"},

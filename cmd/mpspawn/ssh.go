@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -203,5 +202,3 @@ func writeSummaryLine(w io.Writer, nonce string, sum *job.Summary) error {
 	_, err = fmt.Fprintf(w, "%s%s %s\n", summaryMark, nonce, b)
 	return err
 }
-
-var errNoSummary = errors.New("the node sent no summary")
