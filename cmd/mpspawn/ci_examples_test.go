@@ -57,20 +57,7 @@ func workflowCommands(t *testing.T, path string) []string {
 // mpspawn's wheel installed into a Python environment that has torch, then
 // 2 ranks of examples/python/ddp_train.py on the CPU with a JUnit report.
 func TestCIExamples(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the wheel and runs DDP twice; skipped under -short")
-	}
-	ok, err := torchCondition()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !ok {
-		t.Skip("no torch for /usr/bin/python3")
-	}
-	repo, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo := torchRepo(t, "builds the wheel and runs DDP twice")
 	goroot, err := exec.Command("go", "env", "GOROOT").Output()
 	if err != nil {
 		t.Fatalf("go env GOROOT: %v", err)

@@ -30,20 +30,7 @@ dist.destroy_process_group()
 // Python; `python -m mpspawn --version` and the binary agree with the
 // repository's VERSION; pip uninstall leaves nothing of mpspawn behind.
 func TestWheel(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds mpspawn and a venv; skipped under -short")
-	}
-	ok, err := torchCondition()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !ok {
-		t.Skip("no torch for /usr/bin/python3")
-	}
-	repo, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	repo := torchRepo(t, "builds mpspawn and a venv")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
@@ -122,4 +109,26 @@ func TestWheel(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("pip uninstall left %q", left)
 	}
+}
+
+// torchRepo is the repository's root for a test that builds mpspawn and
+// runs torch ranks (what: why it is long): skipped under -short, and where
+// /usr/bin/python3 has no torch (except in CI, where that fails).
+func torchRepo(t *testing.T, what string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(what + "; skipped under -short")
+	}
+	ok, err := torchCondition()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Skip("no torch for /usr/bin/python3")
+	}
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repo
 }
