@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/mpspawn/mpspawn/launcher/internal/guardrole"
 	"os"
 	"path/filepath"
 	"slices"
@@ -192,8 +193,9 @@ func (c *Job) WaitEmpty(d time.Duration) bool {
 	}
 }
 
-// removePasses bounds remove's passes over the job's cgroups.
-const removePasses = 3
+// removePasses bounds remove's passes over the job's cgroups, as the
+// guard's.
+const removePasses = guardrole.Passes
 
 // Remove closes the rank cgroups' descriptors and removes the job's
 // cgroups, deepest first (a rank may have made cgroups of its own). A
@@ -223,26 +225,8 @@ func (c *Job) Remove(wait time.Duration) error {
 }
 
 // removeTree removes the cgroup dir and the cgroups under it, children
-// first. One already gone is not an error; the first other failure is
-// returned after trying the rest.
-func removeTree(dir string) error {
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	var first error
-	for _, e := range ents {
-		if e.IsDir() {
-			if err := removeTree(filepath.Join(dir, e.Name())); err != nil && first == nil {
-				first = err
-			}
-		}
-	}
-	if err := unix.Rmdir(dir); err != nil && err != unix.ENOENT && first == nil {
-		first = err
-	}
-	return first
-}
+// first (the guard's code: it does the same when this process is gone).
+func removeTree(dir string) error { return guardrole.RemoveTree(dir) }
 
 // enableMemory turns the memory controller on for the rank cgroups under
 // dir, where the launcher's cgroup hands it down, so that each rank's

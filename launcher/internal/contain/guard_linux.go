@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/mpspawn/mpspawn/launcher/internal/guardrole"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -64,9 +65,9 @@ func (g *Guard) spawn() error {
 	}
 	defer devnull.Close()
 	// ps shows a plain "mpspawn-guard"; the launcher's lines come on fd 3.
-	p, err := os.StartProcess("/proc/self/exe", []string{guardName}, &os.ProcAttr{
+	p, err := os.StartProcess("/proc/self/exe", []string{guardrole.Name}, &os.ProcAttr{
 		Files: []*os.File{devnull, devnull, devnull, r},
-		Env:   []string{guardEnv + "=1"},
+		Env:   []string{guardrole.Env + "=1"},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
 	})
 	if err != nil {

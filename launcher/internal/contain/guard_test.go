@@ -5,6 +5,7 @@ package contain
 import (
 	"errors"
 	"fmt"
+	"github.com/mpspawn/mpspawn/launcher/internal/guardrole"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -62,8 +63,8 @@ func TestGuardLines(t *testing.T) {
 	}
 	defer f.Close()
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Args = []string{guardName}
-	cmd.Env = []string{guardEnv + "=1"}
+	cmd.Args = []string{guardrole.Name}
+	cmd.Env = []string{guardrole.Env + "=1"}
 	cmd.ExtraFiles = []*os.File{f}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("guard: %v: %s", err, out)

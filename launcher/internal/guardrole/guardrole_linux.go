@@ -1,10 +1,10 @@
-package contain
+package guardrole
 
 import (
 	"bufio"
+	"errors"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,16 +14,17 @@ import (
 
 // The guard role. Every binary that links this package (the mpspawn CLI,
 // every Go API program, the tests) can be its own guard: when it is
-// started as one (argv[0] guardName and guardEnv set, see Guard.spawn),
-// this package's init runs the guard and exits before main, and before
-// the init of any package that does not depend on this one.
+// started as one (argv[0] Name and Env set, see contain's Guard.spawn),
+// this package's init runs the guard and exits before main.
 const (
-	guardName = "mpspawn-guard"
-	guardEnv  = "MPSPAWN_GUARD"
+	// Name is the guard's argv[0]: ps shows a plain "mpspawn-guard".
+	Name = "mpspawn-guard"
+	// Env is set to 1 in the guard's environment.
+	Env = "MPSPAWN_GUARD"
 )
 
 func init() {
-	if len(os.Args) > 0 && os.Args[0] == guardName && os.Getenv(guardEnv) == "1" {
+	if len(os.Args) > 0 && os.Args[0] == Name && os.Getenv(Env) == "1" {
 		os.Exit(guardMain(os.NewFile(3, "guard pipe")))
 	}
 }
@@ -109,11 +110,11 @@ func readGuardLines(in *os.File) guardState {
 // endCgroups kills every job cgroup named prefix* (cgroup.kill), waits
 // for each to empty (bounded, killing again whatever entered it
 // meanwhile), removes them deepest first, and goes round again, at most
-// removePasses times in all, while any is left: a process that entered one
+// Passes times in all, while any is left: a process that entered one
 // between the wait and the rmdir makes rmdir fail with EBUSY.
 func endCgroups(prefix string) {
-	for range removePasses {
-		jobs, _ := filepath.Glob(prefix + "*")
+	for range Passes {
+		jobs := withPrefix(prefix)
 		left := false
 		for _, j := range jobs {
 			if killCgroup(j) {
@@ -126,7 +127,7 @@ func endCgroups(prefix string) {
 		for _, j := range jobs {
 			waitCgroupEmpty(j)
 			if fi, err := os.Lstat(j); err == nil && fi.IsDir() {
-				_ = removeTree(j)
+				_ = RemoveTree(j)
 			}
 		}
 	}
@@ -135,7 +136,7 @@ func endCgroups(prefix string) {
 // killCgroup writes cgroup.kill of cgroup dir, and reports whether dir is
 // a cgroup (it has a cgroup.kill).
 func killCgroup(dir string) bool {
-	kill := filepath.Join(dir, "cgroup.kill")
+	kill := dir + "/cgroup.kill"
 	if fi, err := os.Stat(kill); err != nil || !fi.Mode().IsRegular() {
 		return false
 	}
@@ -146,7 +147,7 @@ func killCgroup(dir string) bool {
 // waitCgroupEmpty waits, bounded, for cgroup dir to report "populated 0",
 // killing it again at each check.
 func waitCgroupEmpty(dir string) {
-	events := filepath.Join(dir, "cgroup.events")
+	events := dir + "/cgroup.events"
 	for range guardEmptyChecks {
 		data, err := os.ReadFile(events)
 		if err != nil {
@@ -156,7 +157,59 @@ func waitCgroupEmpty(dir string) {
 		if first == "populated 0" {
 			return
 		}
-		_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+		_ = os.WriteFile(dir+"/cgroup.kill", []byte("1"), 0)
 		time.Sleep(guardEmptyPoll) // the guard's own bounded poll; nothing else to wait on once alone
 	}
+}
+
+// Passes bounds the passes over a job's cgroups when they are removed: a
+// process that entered one between the wait and the rmdir makes rmdir
+// fail with EBUSY, and the next pass kills and waits again.
+const Passes = 3
+
+// withPrefix lists the paths that start with prefix (a directory's path,
+// then the start of a name), sorted: filepath.Glob(prefix + "*") without
+// importing path/filepath (see the package doc).
+func withPrefix(prefix string) []string {
+	i := strings.LastIndexByte(prefix, '/')
+	if i < 0 {
+		return nil
+	}
+	dir, start := prefix[:i], prefix[i+1:]
+	if dir == "" {
+		dir = "/"
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), start) {
+			out = append(out, strings.TrimSuffix(dir, "/")+"/"+e.Name())
+		}
+	}
+	return out
+}
+
+// RemoveTree removes directory tree dir, deepest first, with rmdir alone
+// (cgroup directories hold no files to remove): the first error, or nil
+// when it is gone (or never was).
+func RemoveTree(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var first error
+	for _, e := range ents {
+		if e.IsDir() {
+			if err := RemoveTree(dir + "/" + e.Name()); err != nil && first == nil {
+				first = err
+			}
+		}
+	}
+	if err := syscall.Rmdir(dir); err != nil && err != syscall.ENOENT && first == nil {
+		first = err
+	}
+	return first
 }
