@@ -19,28 +19,7 @@ import (
 // parameters of the single-node 4-rank job, through an etcd rendezvous and
 // through torchrun's c10d launch line (node 0 hosts the etcd server).
 func TestMultinodeDDP(t *testing.T) {
-	ok, err := torchCondition()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !ok {
-		t.Skip("python3-torch not installed (apt-get install python3-torch)")
-	}
-	py, _ := torchPython()
-	repo, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := filepath.Join(repo, "examples", "python", "ddp_train.py")
-	dir := t.TempDir()
-	single := startNode(t, "--standalone", "--nproc-per-node", "4", "--python", py, script, "--out", filepath.Join(dir, "single"))
-	if code := single.wait(t); code != 0 {
-		t.Fatalf("single node exited %d:\n%s", code, single.stderr.String())
-	}
-	want, err := os.ReadFile(filepath.Join(dir, "single", "rank0.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	py, script, dir, want := singleNodeDDP(t)
 	srv := etcdtest.Start(t)
 	port, err := etcdtest.FreePort()
 	if err != nil {
@@ -92,4 +71,34 @@ func TestMultinodeDDP(t *testing.T) {
 			}
 		})
 	}
+}
+
+// singleNodeDDP runs examples/python/ddp_train.py as one node of 4 ranks
+// and returns the interpreter, the script, a directory for the test and
+// rank 0's parameters: what a job of several nodes must give byte for
+// byte. It skips where /usr/bin/python3 has no torch (fails in CI).
+func singleNodeDDP(t *testing.T) (py, script, dir string, want []byte) {
+	t.Helper()
+	ok, err := torchCondition()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		t.Skip("python3-torch not installed (apt-get install python3-torch)")
+	}
+	py, _ = torchPython()
+	repo, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script = filepath.Join(repo, "examples", "python", "ddp_train.py")
+	dir = t.TempDir()
+	single := startNode(t, "--standalone", "--nproc-per-node", "4", "--python", py, script, "--out", filepath.Join(dir, "single"))
+	if code := single.wait(t); code != 0 {
+		t.Fatalf("single node exited %d:\n%s", code, single.stderr.String())
+	}
+	if want, err = os.ReadFile(filepath.Join(dir, "single", "rank0.txt")); err != nil {
+		t.Fatal(err)
+	}
+	return py, script, dir, want
 }

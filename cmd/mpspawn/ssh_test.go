@@ -297,29 +297,8 @@ func TestSSHShip(t *testing.T) {
 // TestSSHDDP: a 2-host × 2-rank gloo DDP job over ssh gives the
 // parameters of the single-node 4-rank job.
 func TestSSHDDP(t *testing.T) {
-	ok, err := torchCondition()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !ok {
-		t.Skip("python3-torch not installed (apt-get install python3-torch)")
-	}
+	py, script, dir, want := singleNodeDDP(t)
 	c := startSSHD(t, 2)
-	py, _ := torchPython()
-	repo, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := filepath.Join(repo, "examples", "python", "ddp_train.py")
-	dir := t.TempDir()
-	single := startNode(t, "--standalone", "--nproc-per-node", "4", "--python", py, script, "--out", filepath.Join(dir, "single"))
-	if code := single.wait(t); code != 0 {
-		t.Fatalf("single node exited %d:\n%s", code, single.stderr.String())
-	}
-	want, err := os.ReadFile(filepath.Join(dir, "single", "rank0.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := c.start(t, dir, "--hosts", "node1:2,node2:2", "--remote-mpspawn", c.bin, "--python", py, script, "--out", filepath.Join(dir, "ssh"))
 	if _, code := d.wait(t); code != 0 {
 		t.Fatalf("driver exited %d:\n%s", code, d.stderr.String())
