@@ -7,6 +7,10 @@ For a refactoring that must not change speed: the same jobs under build A
 (before) and build B (after), interleaved round by round so that machine
 noise hits both, medians and the ratio B/A. The jobs:
 
+  version   mpspawn --version: the process's start alone (package inits, and
+            the page faults of a larger binary);
+  true1     mpspawn --no-python --nproc-per-node 1 /bin/true: the smallest
+            single-node job;
   true8     mpspawn --no-python --nproc-per-node 8 /bin/true: start, supervise
             and reap 8 ranks (the launcher's own cost dominates);
   py4       mpspawn --nproc-per-node 4 --python /usr/bin/python3 -c-free
@@ -65,14 +69,18 @@ def main():
         env = dict(os.environ, OMP_NUM_THREADS="1")
         fail = 'if [ "$RANK" = 3 ]; then exit 3; fi; exec sleep 30'
         jobs = {
+            "version": lambda m: timed([m, "--version"], env),
+            "true1": lambda m: timed([m, "--quiet", "--no-python", "--nproc-per-node", "1", "/bin/true"], env),
             "true8": lambda m: timed([m, "--quiet", "--no-python", "--nproc-per-node", "8", "/bin/true"], env),
             "py4": lambda m: timed([m, "--quiet", "--nproc-per-node", "4", "--python", a.python, script], env),
             "fail8": lambda m: timed([m, "--quiet", "--no-python", "--nproc-per-node", "8", "sh", "-c", fail], env, ok=(3,)),
         }
         res = {(j, n): [] for j in jobs for n in bins}
+        floor = []  # the machine's own: /bin/true
         gores = {"A": [], "B": []}
         for r in range(a.runs):
             order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
+            floor.append(timed(["/bin/true"]))
             for j, run in jobs.items():
                 for n in order:
                     res[(j, n)].append(run(bins[n]))
@@ -81,6 +89,7 @@ def main():
                     gores[n].append(gobench_spawn(a.gobench_a if n == "A" else a.gobench_b))
         load = os.getloadavg()
         print(f"{a.runs} rounds, A = {a.a}, B = {a.b}; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        print(f"/bin/true: {statistics.median(floor) * 1000:.2f} ms (this machine's floor for a process)")
         print(f"{'job':8} {'A ms':>9} {'B ms':>9} {'B/A':>6}")
         rows = [(j, res[(j, 'A')], res[(j, 'B')]) for j in jobs]
         if gores["A"]:

@@ -3,8 +3,13 @@
 // and learn of every other node's failure, loss or arrival through watches.
 // It implements rendezvous.Rendezvous; it lives apart from package
 // rendezvous so that programs that never go multi-node (every Go API
-// program, whose ranks re-execute it) do not link the etcd client, grpc and
-// protobuf: 15 MB of binary and about 5 ms of package init per process.
+// program, whose ranks re-execute it) do not link it.
+//
+// It speaks to etcd through etcd's JSON gateway (package gateway, on
+// net/http), not through go.etcd.io/etcd/client/v3: that client brings
+// grpc and protobuf, whose package init every start of the launcher paid,
+// single-node jobs too (Go cannot defer a linked package's init), and 8 MB
+// of binary.
 package etcd
 
 import (
@@ -21,7 +26,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // Defaults of Config's bounds, torchrun's where it has them.
@@ -171,8 +176,8 @@ var _ rendezvous.Rendezvous = (*Rendezvous)(nil)
 // channel.
 type Rendezvous struct {
 	cfg    Config
-	cli    *clientv3.Client
-	lease  clientv3.LeaseID
+	cli    *gateway.Client
+	lease  gateway.LeaseID
 	self   rendezvous.Node
 	prefix string
 
@@ -214,7 +219,7 @@ func New(ctx context.Context, cfg Config) (*Rendezvous, error) {
 			return nil, err
 		}
 	}
-	cli, err := clientv3.New(clientConfig(&cfg))
+	cli, err := gateway.New(clientConfig(&cfg))
 	if err != nil {
 		return nil, &ConnectError{Endpoints: cfg.Endpoints, Timeout: cfg.ConnectTimeout, Err: err}
 	}
@@ -267,7 +272,7 @@ func (e *Rendezvous) connect(ctx context.Context) error {
 // keepAlive drains the lease's keep-alive responses. The channel closes
 // when the lease is gone for good (etcd unreachable for longer than the
 // TTL): lost is closed then.
-func (e *Rendezvous) keepAlive(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+func (e *Rendezvous) keepAlive(ctx context.Context, ka <-chan *gateway.LeaseKeepAliveResponse) {
 	defer close(e.kaDone)
 	for range ka {
 	}
@@ -356,7 +361,7 @@ func (e *Rendezvous) Close() error {
 		}
 		if e.kaCancel != nil && !e.leaseLost.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			_, _ = e.cli.Revoke(ctx, e.lease) // else it expires within the TTL
+			_ = e.cli.Revoke(ctx, e.lease) // else it expires within the TTL
 			cancel()
 		}
 		e.closeErr = e.cli.Close()

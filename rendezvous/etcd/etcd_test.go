@@ -14,7 +14,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/etcdtest"
 	"github.com/mpspawn/mpspawn/rendezvous"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // syncBuffer is a Notes writer the test reads while nodes write.
@@ -165,7 +165,7 @@ func TestEtcdWatchCompacted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	a.stopWatch() // node 0 is cut off from here on...
-	before, err := a.cli.Get(ctx, a.prefix, clientv3.WithPrefix())
+	before, err := a.cli.Get(ctx, a.prefix, gateway.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +178,7 @@ func TestEtcdWatchCompacted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.cli.Compact(ctx, after.Header.Revision); err != nil {
+	if err := a.cli.Compact(ctx, after.Header.Revision); err != nil {
 		t.Fatal(err)
 	}
 	// ...and resumes where it was, in history etcd no longer has.

@@ -11,9 +11,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // errTooLate is a round that started without this node: join the next.
@@ -58,9 +56,9 @@ func (e *Rendezvous) Next(ctx context.Context) (rendezvous.Round, error) {
 // not started, or the one after the newest started. It reads two keys
 // and one members record, whatever the number of nodes.
 func (e *Rendezvous) firstRound(ctx context.Context) (int, error) {
-	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.key("closed"), clientv3.WithKeysOnly()),
-		clientv3.OpGet(e.key("r")+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly(),
-			clientv3.WithSort(clientv3.SortByKey, clientv3.SortDescend), clientv3.WithLimit(1))).Commit()
+	resp, err := e.cli.Txn(ctx).Then(gateway.OpGet(e.key("closed"), gateway.WithKeysOnly()),
+		gateway.OpGet(e.key("r")+"/", gateway.WithPrefix(), gateway.WithKeysOnly(),
+			gateway.WithSort(gateway.SortByKey, gateway.SortDescend), gateway.WithLimit(1))).Commit()
 	if err != nil {
 		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read run %s: %w", e.cfg.RunID, err))
 	}
@@ -158,8 +156,8 @@ func (e *Rendezvous) join(ctx context.Context, n int, deadline time.Time) (rende
 	if err != nil {
 		return rendezvous.Round{}, err
 	}
-	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n, "coord"), clientv3.WithRev(rev)),
-		clientv3.OpGet(e.roundKey(n, "members"), clientv3.WithRev(rev)), clientv3.OpGet(e.key("closed"), clientv3.WithRev(rev))).Commit()
+	resp, err := e.cli.Txn(ctx).Then(gateway.OpGet(e.roundKey(n, "coord"), gateway.WithRev(rev)),
+		gateway.OpGet(e.roundKey(n, "members"), gateway.WithRev(rev)), gateway.OpGet(e.key("closed"), gateway.WithRev(rev))).Commit()
 	if err != nil {
 		return rendezvous.Round{}, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
 	}
@@ -180,9 +178,9 @@ func (e *Rendezvous) join(ctx context.Context, n int, deadline time.Time) (rende
 func (e *Rendezvous) putJoin(ctx context.Context, n int) (int64, error) {
 	b, _ := json.Marshal(joinRecord{Node: e.self, MinNodes: e.cfg.MinNodes, MaxNodes: e.cfg.MaxNodes})
 	k := e.roundKey(n, "join", e.self.ID)
-	put := clientv3.OpPut(k, string(b), clientv3.WithLease(e.lease))
-	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(put).
-		Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(k), "=", e.lease)}, []clientv3.Op{put}, nil)).Commit()
+	put := gateway.OpPut(k, string(b), gateway.WithLease(e.lease))
+	resp, err := e.cli.Txn(ctx).If(gateway.Compare(gateway.CreateRevision(k), "=", 0)).Then(put).
+		Else(gateway.OpTxn([]gateway.Cmp{gateway.Compare(gateway.LeaseValue(k), "=", e.lease)}, []gateway.Op{put}, nil)).Commit()
 	if err != nil {
 		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: join round %d: %w", n, err))
 	}
@@ -195,10 +193,10 @@ func (e *Rendezvous) putJoin(ctx context.Context, n int) (int64, error) {
 // waitRound waits for round st.n to start, following events (members,
 // coordination, the run's end) from revision floor on, and, while this
 // node coordinates, the round's joins.
-func (e *Rendezvous) waitRound(ctx, wctx context.Context, deadline time.Time, st *joinState, events <-chan clientv3.WatchResponse, floor int64) (rendezvous.Round, error) {
+func (e *Rendezvous) waitRound(ctx, wctx context.Context, deadline time.Time, st *joinState, events <-chan gateway.WatchResponse, floor int64) (rendezvous.Round, error) {
 	lc := &lastCall{}
 	defer lc.stop()
-	var joins <-chan clientv3.WatchResponse // the coordinator's
+	var joins <-chan gateway.WatchResponse // the coordinator's
 	for {
 		switch {
 		case st.members != nil:
@@ -248,13 +246,13 @@ func (e *Rendezvous) rejoin(ctx context.Context, st *joinState, deadline time.Ti
 }
 
 // applyEvents applies one watch response's events after revision floor.
-func (e *Rendezvous) applyEvents(ctx context.Context, st *joinState, wr clientv3.WatchResponse, ok bool, floor int64) error {
+func (e *Rendezvous) applyEvents(ctx context.Context, st *joinState, wr gateway.WatchResponse, ok bool, floor int64) error {
 	if !ok || wr.Err() != nil || wr.CompactRevision != 0 {
 		return errWatchBroken
 	}
 	for _, ev := range wr.Events {
 		if ev.Kv.ModRevision > floor {
-			if err := e.applyJoin(ctx, st, ev.Kv, ev.Type == clientv3.EventTypeDelete); err != nil {
+			if err := e.applyJoin(ctx, st, ev.Kv, ev.Type == gateway.EventTypeDelete); err != nil {
 				return err
 			}
 		}
@@ -280,7 +278,7 @@ func (l *lastCall) stop() {
 // while this node holds it, says how many nodes joined (at most once a
 // second: a status line is O(N) to write) and starts the round at
 // MaxNodes, or LastCallTimeout after MinNodes.
-func (e *Rendezvous) coordinate(ctx, wctx context.Context, st *joinState, deadline time.Time, lc *lastCall, joins *<-chan clientv3.WatchResponse) error {
+func (e *Rendezvous) coordinate(ctx, wctx context.Context, st *joinState, deadline time.Time, lc *lastCall, joins *<-chan gateway.WatchResponse) error {
 	if st.coord == "" {
 		won, err := e.claim(ctx, st)
 		if err != nil || !won {
@@ -319,8 +317,8 @@ func (e *Rendezvous) coordinate(ctx, wctx context.Context, st *joinState, deadli
 // another node holds it (or a value that failed verification changed).
 func (e *Rendezvous) claim(ctx context.Context, st *joinState) (bool, error) {
 	k := e.roundKey(st.n, "coord")
-	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", st.coordBad)).
-		Then(clientv3.OpPut(k, e.self.ID, clientv3.WithLease(e.lease))).Else(clientv3.OpGet(k)).Commit()
+	resp, err := e.cli.Txn(ctx).If(gateway.Compare(gateway.ModRevision(k), "=", st.coordBad)).
+		Then(gateway.OpPut(k, e.self.ID, gateway.WithLease(e.lease))).Else(gateway.OpGet(k)).Commit()
 	if err != nil {
 		return false, e.ctxErr(ctx, fmt.Errorf("rendezvous: coordinate round %d: %w", st.n, err))
 	}
@@ -341,19 +339,19 @@ func (e *Rendezvous) claim(ctx context.Context, st *joinState) (bool, error) {
 // revision of the claim, when known: a node that joined before it and
 // left since (it found the coordinator was started for another number of
 // nodes, say) is still seen, and is refused here too.
-func (e *Rendezvous) followJoins(ctx, wctx context.Context, st *joinState) (<-chan clientv3.WatchResponse, error) {
+func (e *Rendezvous) followJoins(ctx, wctx context.Context, st *joinState) (<-chan gateway.WatchResponse, error) {
 	jp := e.roundKey(st.n, "join") + "/"
-	want := func(kv *mvccpb.KeyValue) bool { return e.onOwnLease(strings.TrimPrefix(string(kv.Key), jp), kv) }
-	var kvs []*mvccpb.KeyValue
+	want := func(kv *gateway.KeyValue) bool { return e.onOwnLease(strings.TrimPrefix(string(kv.Key), jp), kv) }
+	var kvs []*gateway.KeyValue
 	var at int64
 	var err error
 	rev := st.claimRev
 	if rev > 0 {
-		if _, kvs, at, err = e.readRun(ctx, rev, jp, want); errors.Is(err, rpctypes.ErrCompacted) {
+		if _, kvs, at, err = e.readRun(ctx, rev, jp, want); errors.Is(err, gateway.ErrCompacted) {
 			rev, err = 0, nil // history gone: from now on
 		}
 	}
-	var ch <-chan clientv3.WatchResponse
+	var ch <-chan gateway.WatchResponse
 	if err == nil && rev > 0 {
 		ch, err = e.watchKeys(wctx, rev+1, watchSpec{key: jp, prefix: true})
 	} else if err == nil {
@@ -366,7 +364,7 @@ func (e *Rendezvous) followJoins(ctx, wctx context.Context, st *joinState) (<-ch
 		return nil, e.ctxErr(ctx, fmt.Errorf("rendezvous: follow round %d's joins: %w", st.n, err))
 	}
 	st.joined, st.seen = map[string]joinRecord{}, at
-	slices.SortFunc(kvs, func(a, b *mvccpb.KeyValue) int { return cmp.Compare(a.ModRevision, b.ModRevision) })
+	slices.SortFunc(kvs, func(a, b *gateway.KeyValue) int { return cmp.Compare(a.ModRevision, b.ModRevision) })
 	for _, kv := range kvs {
 		if err := e.applyJoin(ctx, st, kv, false); err != nil {
 			return nil, err
@@ -392,7 +390,7 @@ func (e *Rendezvous) joinTimeout(ctx context.Context, st *joinState) error {
 // applyJoin applies one key of the run to the state of round st.n. A key
 // that fails verification is ignored with a warning; a node started for
 // another number of nodes is an *NNodesError.
-func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, kv *mvccpb.KeyValue, deleted bool) error {
+func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, kv *gateway.KeyValue, deleted bool) error {
 	key := string(kv.Key)
 	if key == e.key("closed") && !deleted {
 		st.closed = true
@@ -440,7 +438,7 @@ func (e *Rendezvous) applyJoin(ctx context.Context, st *joinState, kv *mvccpb.Ke
 }
 
 // applyJoinRecord applies, at the coordinator, node id's join record kv.
-func (e *Rendezvous) applyJoinRecord(st *joinState, id string, kv *mvccpb.KeyValue, deleted bool) error {
+func (e *Rendezvous) applyJoinRecord(st *joinState, id string, kv *gateway.KeyValue, deleted bool) error {
 	if deleted {
 		delete(st.joined, id)
 		return nil
@@ -468,7 +466,7 @@ func (e *Rendezvous) applyJoinRecord(st *joinState, id string, kv *mvccpb.KeyVal
 func (e *Rendezvous) holdFor(key string, rev int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*e.cfg.LeaseTTL)
 	defer cancel()
-	for wr := range e.cli.Watch(ctx, key, clientv3.WithRev(rev+1), clientv3.WithFilterPut()) {
+	for wr := range e.cli.Watch(ctx, key, gateway.WithRev(rev+1), gateway.WithFilterPut()) {
 		if wr.Err() != nil || len(wr.Events) > 0 {
 			return
 		}
@@ -489,7 +487,7 @@ func (e *Rendezvous) sameNNodes(j joinRecord) error {
 // node that holds it, on that node's lease. Another node's coordination
 // is checked once against its join record (one read): a coordinator
 // started for another number of nodes is an *NNodesError here too.
-func (e *Rendezvous) applyCoord(ctx context.Context, st *joinState, kv *mvccpb.KeyValue) error {
+func (e *Rendezvous) applyCoord(ctx context.Context, st *joinState, kv *gateway.KeyValue) error {
 	id := string(kv.Value)
 	if len(id) > maxJoinValue || kv.Lease == 0 || kv.Lease != leaseOf(id) {
 		e.warnIgnored(string(kv.Key), errors.New("not a node id on that node's lease"))

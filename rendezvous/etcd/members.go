@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // members is the value of r/<round>/members: the round's header, written
@@ -214,10 +214,10 @@ func (e *Rendezvous) createMembers(ctx context.Context, st *joinState) error {
 	// (it reads them at the round's start), but the aggregator's own must
 	// be there: the others hear of its loss only from the members' write
 	// on.
-	_, err = e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", st.badMembers),
-		clientv3.Compare(clientv3.Value(e.roundKey(st.n, "coord")), "=", e.self.ID),
-		clientv3.Compare(clientv3.ModRevision(jp), "<", st.seen+1).WithPrefix(),
-		clientv3.Compare(clientv3.CreateRevision(e.roundKey(st.n, "join", nodes[0].ID)), ">", 0)).
+	_, err = e.cli.Txn(ctx).If(gateway.Compare(gateway.ModRevision(k), "=", st.badMembers),
+		gateway.Compare(gateway.Value(e.roundKey(st.n, "coord")), "=", e.self.ID),
+		gateway.Compare(gateway.ModRevision(jp), "<", st.seen+1).WithPrefix(),
+		gateway.Compare(gateway.CreateRevision(e.roundKey(st.n, "join", nodes[0].ID)), ">", 0)).
 		Then(e.membersOps(st.n, head, shards)...).Commit()
 	if err != nil {
 		return e.ctxErr(ctx, fmt.Errorf("rendezvous: start round %d: %w", st.n, err))
@@ -233,7 +233,7 @@ func (e *Rendezvous) restartCount(ctx context.Context, n int) (int, error) {
 	if n == 0 {
 		return 0, nil
 	}
-	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n-1, "members")), clientv3.OpGet(e.roundKey(n-1, "fail"))).Commit()
+	resp, err := e.cli.Txn(ctx).Then(gateway.OpGet(e.roundKey(n-1, "members")), gateway.OpGet(e.roundKey(n-1, "fail"))).Commit()
 	if err != nil {
 		return 0, e.ctxErr(ctx, fmt.Errorf("rendezvous: read round %d: %w", n-1, err))
 	}

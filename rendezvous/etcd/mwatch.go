@@ -2,9 +2,8 @@ package etcd
 
 import (
 	"context"
-	"sync"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // watchSpec is one key, or one prefix, that a node watches.
@@ -17,68 +16,51 @@ type watchSpec struct {
 	noPut, noDelete bool
 }
 
-// watchKeys watches the keys specs name on one channel. With rev 0 it
-// returns once etcd has created every watch, so that a read after it
-// misses no change (a watch from an older revision would do without the
-// read, but etcd catches up such watches only every 100 ms; one created
-// first, with a read after it, is told of every change at once); else the
-// watches start at revision rev.
-// The channel closes when every watch has ended (ctx cancelled, or etcd
+// watchKeys watches the keys specs name on one stream, so that their
+// events come in the order etcd committed them. With rev 0 it returns once
+// etcd has created every watch, so that a read after it misses no change
+// (a watch from an older revision would do without the read, but etcd
+// catches up such watches only every 100 ms; one created first, with a
+// read after it, is told of every change at once); else the watches start
+// at revision rev.
+// The channel closes when the watches have ended (ctx cancelled, or etcd
 // refused or broke one: its last response carries the error).
-func (e *Rendezvous) watchKeys(ctx context.Context, rev int64, specs ...watchSpec) (<-chan clientv3.WatchResponse, error) {
-	chans := make([]clientv3.WatchChan, len(specs))
+func (e *Rendezvous) watchKeys(ctx context.Context, rev int64, specs ...watchSpec) (<-chan gateway.WatchResponse, error) {
+	ops := make([]gateway.Op, len(specs))
 	for i, s := range specs {
-		opts := []clientv3.OpOption{}
+		opts := []gateway.OpOption{}
 		if s.prefix {
-			opts = append(opts, clientv3.WithPrefix())
+			opts = append(opts, gateway.WithPrefix())
 		}
 		if s.end != "" {
-			opts = append(opts, clientv3.WithRange(s.end))
+			opts = append(opts, gateway.WithRange(s.end))
 		}
 		if s.noPut {
-			opts = append(opts, clientv3.WithFilterPut())
+			opts = append(opts, gateway.WithFilterPut())
 		}
 		if s.noDelete {
-			opts = append(opts, clientv3.WithFilterDelete())
+			opts = append(opts, gateway.WithFilterDelete())
 		}
 		if rev > 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+			opts = append(opts, gateway.WithRev(rev))
 		} else {
-			opts = append(opts, clientv3.WithCreatedNotify())
+			opts = append(opts, gateway.WithCreatedNotify())
 		}
-		chans[i] = e.cli.Watch(clientv3.WithRequireLeader(ctx), s.key, opts...)
+		ops[i] = gateway.OpGet(s.key, opts...)
 	}
+	ch := e.cli.WatchOps(gateway.WithRequireLeader(ctx), ops...)
 	if rev == 0 {
-		for _, ch := range chans {
-			select {
-			case wr, ok := <-ch:
-				if !ok {
-					return nil, ctx.Err()
-				}
-				if err := wr.Err(); err != nil {
-					return nil, err
-				}
-			case <-ctx.Done():
+		select {
+		case wr, ok := <-ch:
+			if !ok {
 				return nil, ctx.Err()
 			}
+			if err := wr.Err(); err != nil {
+				return nil, err
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
 	}
-	out := make(chan clientv3.WatchResponse)
-	var wg sync.WaitGroup
-	for _, ch := range chans {
-		wg.Go(func() {
-			for wr := range ch {
-				select {
-				case out <- wr:
-				case <-ctx.Done():
-					return
-				}
-			}
-		})
-	}
-	go func() {
-		wg.Wait()
-		close(out)
-	}()
-	return out, nil
+	return ch, nil
 }

@@ -15,8 +15,7 @@ import (
 
 	"github.com/mpspawn/mpspawn/internal/etcdtest"
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // nextInOrder calls Next on each node in turn, each once the one before
@@ -30,7 +29,7 @@ func nextInOrder(t *testing.T, n int, nodes ...*testNode) []rendezvous.Round {
 	if err != nil {
 		t.Fatal(err)
 	}
-	joins := nodes[0].cli.Watch(ctx, nodes[0].roundKey(n, "join")+"/", clientv3.WithPrefix(), clientv3.WithFilterDelete(), clientv3.WithRev(now.Header.Revision+1))
+	joins := nodes[0].cli.Watch(ctx, nodes[0].roundKey(n, "join")+"/", gateway.WithPrefix(), gateway.WithFilterDelete(), gateway.WithRev(now.Header.Revision+1))
 	rounds := make([]rendezvous.Round, len(nodes))
 	errs := make([]error, len(nodes))
 	var wg sync.WaitGroup
@@ -44,7 +43,7 @@ func nextInOrder(t *testing.T, n int, nodes ...*testNode) []rendezvous.Round {
 		for {
 			select {
 			case wr := <-joins:
-				if slices.ContainsFunc(wr.Events, func(ev *clientv3.Event) bool { return string(ev.Kv.Key) == key }) {
+				if slices.ContainsFunc(wr.Events, func(ev *gateway.Event) bool { return string(ev.Kv.Key) == key }) {
 					break wait
 				}
 			case <-ctx.Done():
@@ -124,9 +123,9 @@ func TestEtcdPositionsShared(t *testing.T) {
 // New refuses a position out of range.
 func TestJoinPosition(t *testing.T) {
 	id := nodeID("10.0.0.1", 7, 0x99)
-	rec := func(extra string) *mvccpb.KeyValue {
+	rec := func(extra string) *gateway.KeyValue {
 		v := fmt.Sprintf(`{"id":%q,"addr":"10.0.0.1","host":"h","nproc":2,"port":2000%s,"min_nodes":2,"max_nodes":4}`, id, extra)
-		return &mvccpb.KeyValue{Value: []byte(v), Lease: 0x99}
+		return &gateway.KeyValue{Value: []byte(v), Lease: 0x99}
 	}
 	for extra, want := range map[string]int{"": 0, `,"position":1`: 1, `,"position":4`: 4} {
 		j, err := parseJoin(id, rec(extra))

@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // readBatch is how many values one request of a bounded read fetches.
@@ -19,10 +18,10 @@ const readBatch = 64
 // batch at a time, so that values nobody reads (however many, however
 // large) cost nothing. It returns the listing, the values fetched and the
 // revision read.
-func (e *Rendezvous) readRun(ctx context.Context, rev int64, prefix string, want func(kv *mvccpb.KeyValue) bool) (keys, kvs []*mvccpb.KeyValue, at int64, err error) {
-	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(maxKeysRead)}
+func (e *Rendezvous) readRun(ctx context.Context, rev int64, prefix string, want func(kv *gateway.KeyValue) bool) (keys, kvs []*gateway.KeyValue, at int64, err error) {
+	opts := []gateway.OpOption{gateway.WithPrefix(), gateway.WithKeysOnly(), gateway.WithLimit(maxKeysRead)}
 	if rev > 0 {
-		opts = append(opts, clientv3.WithRev(rev))
+		opts = append(opts, gateway.WithRev(rev))
 	}
 	resp, err := e.cli.Get(ctx, prefix, opts...)
 	if err != nil {
@@ -44,9 +43,9 @@ func (e *Rendezvous) readRun(ctx context.Context, rev int64, prefix string, want
 	for len(sel) > 0 {
 		batch := sel[:min(readBatch, len(sel))]
 		sel = sel[len(batch):]
-		ops := make([]clientv3.Op, len(batch))
+		ops := make([]gateway.Op, len(batch))
 		for i, k := range batch {
-			ops[i] = clientv3.OpGet(k, clientv3.WithRev(at))
+			ops[i] = gateway.OpGet(k, gateway.WithRev(at))
 		}
 		tresp, err := e.cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
@@ -61,13 +60,13 @@ func (e *Rendezvous) readRun(ctx context.Context, rev int64, prefix string, want
 
 // roundPart splits a key into its round and the rest, for the key filters
 // of bounded reads.
-func (e *Rendezvous) roundPart(kv *mvccpb.KeyValue) (int, string, bool) {
+func (e *Rendezvous) roundPart(kv *gateway.KeyValue) (int, string, bool) {
 	return e.parseRoundKey(string(kv.Key))
 }
 
 // onOwnLease reports whether the join key kv of node id is on the lease
 // that the id names; it warns when not (its value is then never read).
-func (e *Rendezvous) onOwnLease(id string, kv *mvccpb.KeyValue) bool {
+func (e *Rendezvous) onOwnLease(id string, kv *gateway.KeyValue) bool {
 	switch {
 	case kv.Lease == 0:
 		e.warnIgnored(string(kv.Key), errors.New("not attached to a lease"))

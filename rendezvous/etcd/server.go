@@ -11,9 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // JobUser is the etcd user that the nodes of a run with a token log in
@@ -65,18 +63,13 @@ func (e *ServerError) Error() string {
 }
 
 // clientConfig is the etcd client configuration of cfg.
-func clientConfig(cfg *Config) clientv3.Config {
-	return clientv3.Config{
+func clientConfig(cfg *Config) gateway.Config {
+	return gateway.Config{
 		Endpoints:   cfg.Endpoints,
 		DialTimeout: cfg.ConnectTimeout,
 		TLS:         cfg.TLS,
 		Username:    cfg.Username,
 		Password:    cfg.Password,
-		Logger:      zap.NewNop(),
-		// Find a dead connection within about a second: an etcd restart
-		// must not stall the watches for long.
-		DialKeepAliveTime:    time.Second,
-		DialKeepAliveTimeout: time.Second,
 	}
 }
 
@@ -92,7 +85,7 @@ func waitServer(ctx context.Context, cfg *Config) error {
 	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
 		found, err := readRecord(ctx, cfg)
 		switch {
-		case errors.Is(err, rpctypes.ErrAuthFailed):
+		case errors.Is(err, gateway.ErrAuthFailed):
 			return &ServerError{Endpoints: cfg.Endpoints, Reason: "it refused this node's token (the nodes' tokens differ, or another server holds the port)"}
 		case err == nil && found != nil && *found == cfg.Server.Value:
 			return nil
@@ -102,7 +95,7 @@ func waitServer(ctx context.Context, cfg *Config) error {
 		last = err
 		select {
 		case <-ctx.Done():
-			if last == nil || errors.Is(last, rpctypes.ErrPermissionDenied) {
+			if last == nil || errors.Is(last, gateway.ErrPermissionDenied) {
 				return &ServerError{Endpoints: cfg.Endpoints, Reason: fmt.Sprintf("no record of this run's host within %v (connect_timeout): something else serves the port", cfg.ConnectTimeout)}
 			}
 			return &ConnectError{Endpoints: cfg.Endpoints, Timeout: cfg.ConnectTimeout, Err: last}
@@ -115,7 +108,7 @@ func waitServer(ctx context.Context, cfg *Config) error {
 // before the host turned authentication on has no token: it is made
 // again each time). found is nil when the key is not there.
 func readRecord(ctx context.Context, cfg *Config) (found *string, err error) {
-	cli, err := clientv3.New(clientConfig(cfg))
+	cli, err := gateway.New(clientConfig(cfg))
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +128,7 @@ func readRecord(ctx context.Context, cfg *Config) (found *string, err error) {
 // the nodes wait for before they join.
 func PrepareServer(ctx context.Context, endpoint string, tc *tls.Config, prefix, runID, token string) error {
 	cfg := Config{Endpoints: []string{endpoint}, TLS: tc, ConnectTimeout: DefaultConnectTimeout}
-	cli, err := clientv3.New(clientConfig(&cfg))
+	cli, err := gateway.New(clientConfig(&cfg))
 	if err != nil {
 		return fmt.Errorf("rendezvous: prepare etcd server: %w", err)
 	}
@@ -151,7 +144,7 @@ func PrepareServer(ctx context.Context, endpoint string, tc *tls.Config, prefix,
 		return fmt.Errorf("rendezvous: prepare etcd server: %w", err)
 	}
 	cfg.Username, cfg.Password = "root", Password(token, runID, "root")
-	root, err := clientv3.New(clientConfig(&cfg))
+	root, err := gateway.New(clientConfig(&cfg))
 	if err != nil {
 		return fmt.Errorf("rendezvous: prepare etcd server: %w", err)
 	}
@@ -164,22 +157,18 @@ func PrepareServer(ctx context.Context, endpoint string, tc *tls.Config, prefix,
 
 // enableAuth makes users root and JobUser (read of hostKey, read and
 // write of the run's keys under runPrefix) and turns authentication on.
-func enableAuth(ctx context.Context, cli *clientv3.Client, hostKey, runPrefix, runID, token string) error {
+func enableAuth(ctx context.Context, cli *gateway.Client, hostKey, runPrefix, runID, token string) error {
 	steps := []func() error{
-		func() error { _, err := cli.UserAdd(ctx, "root", Password(token, runID, "root")); return err },
-		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
-		func() error { _, err := cli.RoleAdd(ctx, JobUser); return err },
+		func() error { return cli.UserAdd(ctx, "root", Password(token, runID, "root")) },
+		func() error { return cli.UserGrantRole(ctx, "root", "root") },
+		func() error { return cli.RoleAdd(ctx, JobUser) },
 		func() error {
-			_, err := cli.RoleGrantPermission(ctx, JobUser, runPrefix, clientv3.GetPrefixRangeEnd(runPrefix), clientv3.PermissionType(clientv3.PermReadWrite))
-			return err
+			return cli.RoleGrantPermission(ctx, JobUser, runPrefix, gateway.GetPrefixRangeEnd(runPrefix), gateway.PermReadWrite)
 		},
-		func() error {
-			_, err := cli.RoleGrantPermission(ctx, JobUser, hostKey, "", clientv3.PermissionType(clientv3.PermRead))
-			return err
-		},
-		func() error { _, err := cli.UserAdd(ctx, JobUser, Password(token, runID, JobUser)); return err },
-		func() error { _, err := cli.UserGrantRole(ctx, JobUser, JobUser); return err },
-		func() error { _, err := cli.AuthEnable(ctx); return err },
+		func() error { return cli.RoleGrantPermission(ctx, JobUser, hostKey, "", gateway.PermRead) },
+		func() error { return cli.UserAdd(ctx, JobUser, Password(token, runID, JobUser)) },
+		func() error { return cli.UserGrantRole(ctx, JobUser, JobUser) },
+		func() error { return cli.AuthEnable(ctx) },
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {

@@ -10,9 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // A round's members are written in at most maxShards shards of at least
@@ -29,10 +27,10 @@ func (e *Rendezvous) shardKey(n, k int) string {
 
 // membersOps are the puts of round n's members header and shards, on
 // this node's lease.
-func (e *Rendezvous) membersOps(n int, head []byte, shards [][]byte) []clientv3.Op {
-	ops := []clientv3.Op{clientv3.OpPut(e.roundKey(n, "members"), string(head), clientv3.WithLease(e.lease))}
+func (e *Rendezvous) membersOps(n int, head []byte, shards [][]byte) []gateway.Op {
+	ops := []gateway.Op{gateway.OpPut(e.roundKey(n, "members"), string(head), gateway.WithLease(e.lease))}
 	for k, s := range shards {
-		ops = append(ops, clientv3.OpPut(e.shardKey(n, k), string(s), clientv3.WithLease(e.lease)))
+		ops = append(ops, gateway.OpPut(e.shardKey(n, k), string(s), gateway.WithLease(e.lease)))
 	}
 	return ops
 }
@@ -45,7 +43,7 @@ func (e *Rendezvous) membersOps(n int, head []byte, shards [][]byte) []clientv3.
 // revision, the coordination and the coordinator's join: two reads). With
 // place, node 0 then reads every shard, any other node its own; a node in
 // none is errTooLate's.
-func (e *Rendezvous) verifyMembers(ctx context.Context, n int, kv *mvccpb.KeyValue, own *members, coord string, place bool) (*members, error) {
+func (e *Rendezvous) verifyMembers(ctx context.Context, n int, kv *gateway.KeyValue, own *members, coord string, place bool) (*members, error) {
 	if own != nil {
 		if head, _ := own.encode(); bytes.Equal(head, kv.Value) {
 			own.rev = kv.ModRevision
@@ -137,13 +135,13 @@ func (m *members) shard(ctx context.Context, e *Rendezvous, n, k int) ([]rendezv
 // round: a thousand nodes read at once; the revision makes any etcd
 // member's copy the same), then linearizably (a member lagging behind the
 // revision), and, the revision compacted, now.
-func (e *Rendezvous) readAtMembers(ctx context.Context, m *members, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	at := append(opts[:len(opts):len(opts)], clientv3.WithRev(m.rev))
-	resp, err := e.cli.Get(ctx, key, append(at, clientv3.WithSerializable())...)
-	if err != nil && !errors.Is(err, rpctypes.ErrCompacted) {
+func (e *Rendezvous) readAtMembers(ctx context.Context, m *members, key string, opts ...gateway.OpOption) (*gateway.GetResponse, error) {
+	at := append(opts[:len(opts):len(opts)], gateway.WithRev(m.rev))
+	resp, err := e.cli.Get(ctx, key, append(at, gateway.WithSerializable())...)
+	if err != nil && !errors.Is(err, gateway.ErrCompacted) {
 		resp, err = e.cli.Get(ctx, key, at...)
 	}
-	if errors.Is(err, rpctypes.ErrCompacted) {
+	if errors.Is(err, gateway.ErrCompacted) {
 		resp, err = e.cli.Get(ctx, key, opts...)
 	}
 	return resp, err
@@ -157,7 +155,7 @@ func (m *members) all(ctx context.Context, e *Rendezvous, n int) ([]rendezvous.N
 		return m.Nodes, nil
 	}
 	p := e.roundKey(n, "members") + "/"
-	resp, err := e.readAtMembers(ctx, m, p, clientv3.WithPrefix(), clientv3.WithLimit(maxShards+1))
+	resp, err := e.readAtMembers(ctx, m, p, gateway.WithPrefix(), gateway.WithLimit(maxShards+1))
 	if err != nil {
 		return nil, fmt.Errorf("read the members' shards: %w", err)
 	}
@@ -180,7 +178,7 @@ func (m *members) all(ctx context.Context, e *Rendezvous, n int) ([]rendezvous.N
 }
 
 // parseShard parses and verifies shard k of the members.
-func (m *members) parseShard(k int, kv *mvccpb.KeyValue) ([]rendezvous.Node, error) {
+func (m *members) parseShard(k int, kv *gateway.KeyValue) ([]rendezvous.Node, error) {
 	if kv.ModRevision != m.rev || kv.Lease != leaseOf(m.Coord) || len(kv.Value) > maxMembersValue {
 		return nil, fmt.Errorf("members' shard %d: not written with its header, on the coordinator's lease", k)
 	}
@@ -222,9 +220,9 @@ func (m *members) node(ctx context.Context, e *Rendezvous, n, i int) (rendezvous
 // compacted, still now, since before rev).
 func (e *Rendezvous) checkCoord(ctx context.Context, n int, rev int64, id string) error {
 	ck, jk := e.roundKey(n, "coord"), e.roundKey(n, "join", id)
-	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(ck, clientv3.WithRev(rev)), clientv3.OpGet(jk, clientv3.WithRev(rev))).Commit()
-	if errors.Is(err, rpctypes.ErrCompacted) {
-		resp, err = e.cli.Txn(ctx).Then(clientv3.OpGet(ck), clientv3.OpGet(jk)).Commit()
+	resp, err := e.cli.Txn(ctx).Then(gateway.OpGet(ck, gateway.WithRev(rev)), gateway.OpGet(jk, gateway.WithRev(rev))).Commit()
+	if errors.Is(err, gateway.ErrCompacted) {
+		resp, err = e.cli.Txn(ctx).Then(gateway.OpGet(ck), gateway.OpGet(jk)).Commit()
 	}
 	if err != nil {
 		return fmt.Errorf("read its coordinator: %w", err)
@@ -247,7 +245,7 @@ func (e *Rendezvous) checkCoord(ctx context.Context, n int, rev int64, id string
 // that member's lease, node 0's (a lost node's, which node 0 publishes)
 // or vouched for by the node that closed the run (whose lease is vouch),
 // and carries a failure's exit code.
-func (e *Rendezvous) parseFailure(ctx context.Context, kv *mvccpb.KeyValue, m *members, n int, vouch int64) (rendezvous.Failure, error) {
+func (e *Rendezvous) parseFailure(ctx context.Context, kv *gateway.KeyValue, m *members, n int, vouch int64) (rendezvous.Failure, error) {
 	var f rendezvous.Failure
 	if err := strictJSON(kv.Value, maxFailValue, &f); err != nil {
 		return f, err

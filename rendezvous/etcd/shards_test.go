@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // testMembers is a round of n nodes of 1 to 3 ranks, coordinated by the
@@ -40,7 +40,7 @@ func TestMembersShards(t *testing.T) {
 	}
 	m.rev = 42
 	lease := leaseOf(m.Coord)
-	kv := func(v []byte) *mvccpb.KeyValue { return &mvccpb.KeyValue{Value: v, ModRevision: 42, Lease: lease} }
+	kv := func(v []byte) *gateway.KeyValue { return &gateway.KeyValue{Value: v, ModRevision: 42, Lease: lease} }
 	var all []rendezvous.Node
 	for k, s := range shards {
 		nodes, err := m.parseShard(k, kv(s))
@@ -65,7 +65,7 @@ func TestMembersShards(t *testing.T) {
 	}
 	lines := strings.SplitAfter(string(shards[1]), "\n")
 	swapped := append([]string{lines[1], lines[0]}, lines[2:]...)
-	bad := map[string]*mvccpb.KeyValue{
+	bad := map[string]*gateway.KeyValue{
 		"another revision":  {Value: shards[1], ModRevision: 43, Lease: lease},
 		"another lease":     {Value: shards[1], ModRevision: 42, Lease: lease + 1},
 		"a node short":      kv([]byte(strings.Join(lines[:len(lines)-2], ""))),
@@ -118,8 +118,8 @@ func TestMembersShardsPositions(t *testing.T) {
 		t.Fatal(err)
 	}
 	got.rev = 42
-	kv := func(v []byte) *mvccpb.KeyValue {
-		return &mvccpb.KeyValue{Value: v, ModRevision: 42, Lease: leaseOf(got.Coord)}
+	kv := func(v []byte) *gateway.KeyValue {
+		return &gateway.KeyValue{Value: v, ModRevision: 42, Lease: leaseOf(got.Coord)}
 	}
 	var all []rendezvous.Node
 	for k, s := range shards {

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // Node status records: status/<node id> under the run's prefix, on the
@@ -30,7 +30,7 @@ func (e *Rendezvous) PublishStatus(ctx context.Context, summary []byte) error {
 	}
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
-	if _, err := e.cli.Put(ctx, e.key("status", e.self.ID), string(summary), clientv3.WithLease(e.lease)); err != nil {
+	if _, err := e.cli.Put(ctx, e.key("status", e.self.ID), string(summary), gateway.WithLease(e.lease)); err != nil {
 		return fmt.Errorf("rendezvous: publish status: %w", err)
 	}
 	return nil
@@ -60,7 +60,7 @@ func ReadStatus(ctx context.Context, cfg Config) ([][]byte, error) {
 			return nil, err
 		}
 	}
-	cli, err := clientv3.New(clientConfig(&cfg))
+	cli, err := gateway.New(clientConfig(&cfg))
 	if err != nil {
 		return nil, &ConnectError{Endpoints: cfg.Endpoints, Timeout: cfg.ConnectTimeout, Err: err}
 	}
@@ -78,9 +78,9 @@ func ReadStatus(ctx context.Context, cfg Config) ([][]byte, error) {
 // the keys alone first (at most maxStatuses), then the values of those on
 // the lease their node id names, a few at a time, at the listing's
 // revision; a value over MaxStatus is left out.
-func readStatuses(ctx context.Context, cli *clientv3.Client, prefix string) ([][]byte, error) {
-	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithLimit(maxStatuses),
-		clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+func readStatuses(ctx context.Context, cli *gateway.Client, prefix string) ([][]byte, error) {
+	resp, err := cli.Get(ctx, prefix, gateway.WithPrefix(), gateway.WithKeysOnly(), gateway.WithLimit(maxStatuses),
+		gateway.WithSort(gateway.SortByKey, gateway.SortAscend))
 	if err != nil {
 		return nil, fmt.Errorf("rendezvous: read statuses: %w", err)
 	}
@@ -95,9 +95,9 @@ func readStatuses(ctx context.Context, cli *clientv3.Client, prefix string) ([][
 	for len(keys) > 0 {
 		batch := keys[:min(statusBatch, len(keys))]
 		keys = keys[len(batch):]
-		ops := make([]clientv3.Op, len(batch))
+		ops := make([]gateway.Op, len(batch))
 		for i, k := range batch {
-			ops[i] = clientv3.OpGet(k, clientv3.WithRev(resp.Header.Revision))
+			ops[i] = gateway.OpGet(k, gateway.WithRev(resp.Header.Revision))
 		}
 		tresp, err := cli.Txn(ctx).Then(ops...).Commit()
 		if err != nil {

@@ -9,8 +9,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // End closes the run with status unless it is closed already. The run's
@@ -46,23 +45,23 @@ func (e *Rendezvous) close(ctx context.Context, status string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	ops := []clientv3.Op{clientv3.OpPut(k, status, clientv3.WithLease(tomb.ID))}
+	ops := []gateway.Op{gateway.OpPut(k, status, gateway.WithLease(tomb.ID))}
 	if e.round >= 0 {
 		fk := e.roundKey(e.round, "fail")
 		if resp, err := e.cli.Get(ctx, fk); err == nil && len(resp.Kvs) > 0 {
 			if _, err := e.parseFailure(ctx, resp.Kvs[0], e.mem, e.round, 0); err == nil {
-				ops = append(ops, clientv3.OpPut(fk, string(resp.Kvs[0].Value), clientv3.WithLease(tomb.ID)))
+				ops = append(ops, gateway.OpPut(fk, string(resp.Kvs[0].Value), gateway.WithLease(tomb.ID)))
 			}
 		}
 	}
-	resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(ops...).Else(clientv3.OpGet(k)).Commit()
+	resp, err := e.cli.Txn(ctx).If(gateway.Compare(gateway.CreateRevision(k), "=", 0)).Then(ops...).Else(gateway.OpGet(k)).Commit()
 	if err != nil {
 		return "", err
 	}
 	if resp.Succeeded {
 		return status, nil
 	}
-	_, _ = e.cli.Revoke(ctx, tomb.ID)
+	_ = e.cli.Revoke(ctx, tomb.ID)
 	if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 		return string(kvs[0].Value), nil
 	}
@@ -88,17 +87,17 @@ func (e *Rendezvous) tombTTL() time.Duration {
 // deleteLeaseless deletes the run's keys that are on no lease, a batch
 // at a time.
 func (e *Rendezvous) deleteLeaseless(ctx context.Context) error {
-	keys, _, _, err := e.readRun(ctx, 0, e.prefix, func(*mvccpb.KeyValue) bool { return false })
+	keys, _, _, err := e.readRun(ctx, 0, e.prefix, func(*gateway.KeyValue) bool { return false })
 	if err != nil {
 		return fmt.Errorf("rendezvous: clean up run %s: %w", e.cfg.RunID, err)
 	}
-	var ops []clientv3.Op
+	var ops []gateway.Op
 	for _, kv := range keys {
 		if kv.Lease == 0 {
 			// Only if it is still on no lease: a key written again since
 			// the read is someone else's to remove.
-			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)},
-				[]clientv3.Op{clientv3.OpDelete(string(kv.Key))}, nil))
+			ops = append(ops, gateway.OpTxn([]gateway.Cmp{gateway.Compare(gateway.ModRevision(string(kv.Key)), "=", kv.ModRevision)},
+				[]gateway.Op{gateway.OpDelete(string(kv.Key))}, nil))
 		}
 	}
 	for len(ops) > 0 {
@@ -139,8 +138,8 @@ func (e *Rendezvous) publishFailure(ctx context.Context, r rendezvous.Round, m *
 	}
 	var bad int64 // the revision of a record that failed verification
 	for range 3 {
-		resp, err := e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", bad)).
-			Then(clientv3.OpPut(k, string(b), clientv3.WithLease(e.lease))).Else(clientv3.OpGet(k)).Commit()
+		resp, err := e.cli.Txn(ctx).If(gateway.Compare(gateway.ModRevision(k), "=", bad)).
+			Then(gateway.OpPut(k, string(b), gateway.WithLease(e.lease))).Else(gateway.OpGet(k)).Commit()
 		if err != nil {
 			return f, fmt.Errorf("rendezvous: publish failure: %w", err)
 		}
@@ -183,7 +182,7 @@ func (e *Rendezvous) Finish(ctx context.Context) (*rendezvous.Stop, error) {
 	deadline := time.Now().Add(e.cfg.CloseTimeout)
 	pctx, cancel := e.opCtx(ctx)
 	pctx, cancel2 := context.WithDeadline(pctx, deadline)
-	_, err := e.cli.Put(pctx, e.roundKey(e.round, "done", e.self.ID), "", clientv3.WithLease(e.lease))
+	_, err := e.cli.Put(pctx, e.roundKey(e.round, "done", e.self.ID), "", gateway.WithLease(e.lease))
 	cancel2()
 	cancel()
 	switch {
@@ -244,7 +243,7 @@ func (e *Rendezvous) WaitLeft(ctx context.Context) {
 	ctx, cancel := e.opCtx(ctx)
 	defer cancel()
 	prefix := e.roundKey(e.round, "join") + "/"
-	resp, err := e.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	resp, err := e.cli.Get(ctx, prefix, gateway.WithPrefix(), gateway.WithKeysOnly())
 	if err != nil {
 		return
 	}
@@ -257,9 +256,9 @@ func (e *Rendezvous) WaitLeft(ctx context.Context) {
 	if len(left) == 0 {
 		return
 	}
-	for wr := range e.cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
+	for wr := range e.cli.Watch(ctx, prefix, gateway.WithPrefix(), gateway.WithRev(resp.Header.Revision+1)) {
 		for _, ev := range wr.Events {
-			if ev.Type == clientv3.EventTypeDelete {
+			if ev.Type == gateway.EventTypeDelete {
 				delete(left, strings.TrimPrefix(string(ev.Kv.Key), prefix))
 			}
 		}

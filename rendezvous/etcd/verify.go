@@ -11,7 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // Bounds on what is read from etcd. Anyone who can write to the run's
@@ -114,7 +114,7 @@ func checkNode(n rendezvous.Node, maxNodes int) error {
 // parseJoin verifies the join record kv of node id: the record is the
 // node's own (its id is the key's), and the key is attached to the lease
 // that the id names, so that it lives only as long as that node's lease.
-func parseJoin(id string, kv *mvccpb.KeyValue) (joinRecord, error) {
+func parseJoin(id string, kv *gateway.KeyValue) (joinRecord, error) {
 	var j joinRecord
 	switch {
 	case kv.Lease == 0:

@@ -10,8 +10,7 @@ import (
 	"time"
 
 	"github.com/mpspawn/mpspawn/rendezvous"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
+	"github.com/mpspawn/mpspawn/rendezvous/etcd/internal/gateway"
 )
 
 // roundWatch watches a started round for what ends it elsewhere: its
@@ -145,7 +144,7 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 	floor := rev - 1 // changes up to here are known
 	for ctx.Err() == nil {
 		actx, acancel := context.WithCancel(ctx)
-		var events <-chan clientv3.WatchResponse
+		var events <-chan gateway.WatchResponse
 		if rev == 0 {
 			events, floor = e.readRound(actx, w)
 			rev = floor + 1
@@ -165,7 +164,7 @@ func (e *Rendezvous) watch(ctx context.Context, w *roundWatch, rev int64) {
 				if ev.Kv.ModRevision <= floor {
 					continue
 				}
-				e.applyRound(ctx, w, ev.Kv, ev.Type == clientv3.EventTypeDelete)
+				e.applyRound(ctx, w, ev.Kv, ev.Type == gateway.EventTypeDelete)
 				rev = max(rev, ev.Kv.ModRevision+1)
 			}
 			if w.rewatch {
@@ -207,7 +206,7 @@ func (e *Rendezvous) roundSpecs(w *roundWatch) []watchSpec {
 // the read (etcd may take up to 100 ms to catch such a watch up, but the
 // node need not wait for each watch's creation). It returns the watch (nil
 // if etcd refused it: the caller makes one) and the revision of the read.
-func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (<-chan clientv3.WatchResponse, int64) {
+func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (<-chan gateway.WatchResponse, int64) {
 	keys, kvs, rev, err := e.readRoundKeys(ctx, w)
 	for err != nil { // etcd away: read again
 		select {
@@ -227,7 +226,7 @@ func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (<-chan clien
 	for id := range w.members {
 		// A member lost between the round's start and this read.
 		if k := e.roundKey(w.round.Number, "join", id); !present[k] && (id == w.agg || w.isAgg(e)) {
-			e.applyRound(ctx, w, &mvccpb.KeyValue{Key: []byte(k)}, true)
+			e.applyRound(ctx, w, &gateway.KeyValue{Key: []byte(k)}, true)
 		}
 	}
 	w.readyOnce.Do(func() { close(w.ready) })
@@ -239,12 +238,12 @@ func (e *Rendezvous) readRound(ctx context.Context, w *roundWatch) (<-chan clien
 // the round's keys and the next round's joins (the members' join keys
 // listed only); for any other node, a few keys. keys are those whose
 // presence counts (join keys), kvs those to apply.
-func (e *Rendezvous) readRoundKeys(ctx context.Context, w *roundWatch) (keys, kvs []*mvccpb.KeyValue, rev int64, err error) {
+func (e *Rendezvous) readRoundKeys(ctx context.Context, w *roundWatch) (keys, kvs []*gateway.KeyValue, rev int64, err error) {
 	n := w.round.Number
 	if !w.isAgg(e) {
-		resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n, "fail")), clientv3.OpGet(e.key("closed")),
-			clientv3.OpGet(e.roundKey(n, "flag")+"/", clientv3.WithPrefix()), clientv3.OpGet(e.roundKey(n, "done", e.self.ID)),
-			clientv3.OpGet(e.roundKey(n, "join", w.agg), clientv3.WithKeysOnly())).Commit()
+		resp, err := e.cli.Txn(ctx).Then(gateway.OpGet(e.roundKey(n, "fail")), gateway.OpGet(e.key("closed")),
+			gateway.OpGet(e.roundKey(n, "flag")+"/", gateway.WithPrefix()), gateway.OpGet(e.roundKey(n, "done", e.self.ID)),
+			gateway.OpGet(e.roundKey(n, "join", w.agg), gateway.WithKeysOnly())).Commit()
 		if err != nil {
 			return nil, nil, 0, err
 		}
@@ -262,13 +261,13 @@ func (e *Rendezvous) readRoundKeys(ctx context.Context, w *roundWatch) (keys, kv
 		return nil, nil, 0, err
 	}
 	jp := e.roundKey(n+1, "join") + "/"
-	_, next, _, err := e.readRun(ctx, rev, jp, func(kv *mvccpb.KeyValue) bool {
+	_, next, _, err := e.readRun(ctx, rev, jp, func(kv *gateway.KeyValue) bool {
 		return e.onOwnLease(strings.TrimPrefix(string(kv.Key), jp), kv)
 	})
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	resp, err := e.cli.Get(ctx, e.key("closed"), clientv3.WithRev(rev))
+	resp, err := e.cli.Get(ctx, e.key("closed"), gateway.WithRev(rev))
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -279,8 +278,8 @@ func (e *Rendezvous) readRoundKeys(ctx context.Context, w *roundWatch) (keys, kv
 // reads: the failure, the members' done marks, and join records of
 // non-members on their nodes' leases (read to warn of them; the members'
 // need no value: the listing says whether they are there).
-func (e *Rendezvous) wantRound(w *roundWatch) func(kv *mvccpb.KeyValue) bool {
-	return func(kv *mvccpb.KeyValue) bool {
+func (e *Rendezvous) wantRound(w *roundWatch) func(kv *gateway.KeyValue) bool {
+	return func(kv *gateway.KeyValue) bool {
 		_, rest, _ := e.roundPart(kv)
 		if rest == "fail" {
 			return true
@@ -299,7 +298,7 @@ func (e *Rendezvous) wantRound(w *roundWatch) func(kv *mvccpb.KeyValue) bool {
 
 // applyRound applies one key of the run to the watched round. A key that
 // fails verification is ignored with a warning.
-func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue, deleted bool) {
+func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *gateway.KeyValue, deleted bool) {
 	key := string(kv.Key)
 	if key == e.key("closed") {
 		if !deleted {
@@ -332,7 +331,7 @@ func (e *Rendezvous) applyRound(ctx context.Context, w *roundWatch, kv *mvccpb.K
 	}
 }
 
-func (e *Rendezvous) applyFail(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue) {
+func (e *Rendezvous) applyFail(ctx context.Context, w *roundWatch, kv *gateway.KeyValue) {
 	if w.failed {
 		return // the round's failure is known (the run's closer writes it again)
 	}
@@ -348,7 +347,7 @@ func (e *Rendezvous) applyFail(ctx context.Context, w *roundWatch, kv *mvccpb.Ke
 // applyFlag applies a key the aggregator published: every member done
 // (flag/alldone), or a node waiting to join the next round (flag/change,
 // its address).
-func (e *Rendezvous) applyFlag(w *roundWatch, kv *mvccpb.KeyValue, what string) {
+func (e *Rendezvous) applyFlag(w *roundWatch, kv *gateway.KeyValue, what string) {
 	var err error
 	switch {
 	case kv.Lease == 0 || kv.Lease != leaseOf(w.agg):
@@ -371,7 +370,7 @@ func (e *Rendezvous) applyFlag(w *roundWatch, kv *mvccpb.KeyValue, what string) 
 // applyDone applies node id's done mark: the aggregator counts it and,
 // once every member is done, publishes that; any other node watches only
 // its own, to warn of one it did not write.
-func (e *Rendezvous) applyDone(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue, id string) {
+func (e *Rendezvous) applyDone(ctx context.Context, w *roundWatch, kv *gateway.KeyValue, id string) {
 	if _, member := w.members[id]; !member || len(kv.Value) != 0 || kv.Lease != leaseOf(id) {
 		e.warnIgnored(string(kv.Key), errors.New("not a member's done mark (on its lease)"))
 		return
@@ -384,7 +383,7 @@ func (e *Rendezvous) applyDone(ctx context.Context, w *roundWatch, kv *mvccpb.Ke
 	if w.doneCount == len(w.members) && !w.allDoneClosed {
 		if !w.solo {
 			// Best effort: a node that does not hear it stays unconfirmed.
-			_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "alldone"), "", clientv3.WithLease(e.lease))
+			_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "alldone"), "", gateway.WithLease(e.lease))
 		}
 		w.closeAllDone()
 	}
@@ -393,7 +392,7 @@ func (e *Rendezvous) applyDone(ctx context.Context, w *roundWatch, kv *mvccpb.Ke
 // applyNextJoin applies, at the aggregator, node id's join record of the
 // next round: a node waiting to join while the job is below MaxNodes
 // stops the round, on every node (flag/change).
-func (e *Rendezvous) applyNextJoin(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue, id string) {
+func (e *Rendezvous) applyNextJoin(ctx context.Context, w *roundWatch, kv *gateway.KeyValue, id string) {
 	if _, member := w.members[id]; member || w.failed || len(w.members) >= e.cfg.MaxNodes {
 		return
 	}
@@ -411,7 +410,7 @@ func (e *Rendezvous) applyNextJoin(ctx context.Context, w *roundWatch, kv *mvccp
 	default:
 	}
 	if !w.solo {
-		_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "change"), j.Addr, clientv3.WithLease(e.lease))
+		_, _ = e.cli.Put(ctx, e.roundKey(w.round.Number, "flag", "change"), j.Addr, gateway.WithLease(e.lease))
 	}
 	w.stop(rendezvous.Stop{Reason: fmt.Sprintf("node %s is waiting to join", j.Addr)})
 }
@@ -426,7 +425,7 @@ func (w *roundWatch) closeAllDone() {
 // applyClosed ends the watched round for the run's end: the run failed
 // and closed in one go when the round has a failure, which is then the
 // reason (the node that closed the run vouches for it).
-func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *mvccpb.KeyValue) {
+func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *gateway.KeyValue) {
 	if len(kv.Value) > maxClosedValue {
 		e.warnIgnored(string(kv.Key), fmt.Errorf("value of %d bytes, over the %d allowed", len(kv.Value), maxClosedValue))
 	}
@@ -454,7 +453,7 @@ func (e *Rendezvous) applyClosed(ctx context.Context, w *roundWatch, kv *mvccpb.
 // that closed the run saw it before closing, and the aggregator, its
 // lease gone since, may have taken it away with it.
 func (e *Rendezvous) allDoneAt(ctx context.Context, w *roundWatch, rev int64) bool {
-	resp, err := e.cli.Get(ctx, e.roundKey(w.round.Number, "flag", "alldone"), clientv3.WithRev(rev))
+	resp, err := e.cli.Get(ctx, e.roundKey(w.round.Number, "flag", "alldone"), gateway.WithRev(rev))
 	if err != nil {
 		return false // compacted, or etcd gone: not confirmed
 	}
@@ -505,8 +504,8 @@ func (e *Rendezvous) memberGone(ctx context.Context, w *roundWatch, id string, r
 // then on (solo).
 func (e *Rendezvous) aggLeftDone(ctx context.Context, w *roundWatch, rev int64) bool {
 	n := w.round.Number
-	resp, err := e.cli.Txn(ctx).Then(clientv3.OpGet(e.roundKey(n, "flag", "alldone"), clientv3.WithRev(rev)),
-		clientv3.OpGet(e.roundKey(n, "done", w.agg), clientv3.WithRev(rev))).Commit()
+	resp, err := e.cli.Txn(ctx).Then(gateway.OpGet(e.roundKey(n, "flag", "alldone"), gateway.WithRev(rev)),
+		gateway.OpGet(e.roundKey(n, "done", w.agg), gateway.WithRev(rev))).Commit()
 	if err != nil {
 		return false
 	}
