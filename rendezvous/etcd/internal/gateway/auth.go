@@ -5,7 +5,6 @@ import "context"
 // The permissions of RoleGrantPermission.
 const (
 	PermRead      = "READ"
-	PermWrite     = "WRITE"
 	PermReadWrite = "READWRITE"
 )
 
@@ -35,8 +34,8 @@ func (c *Client) RoleAdd(ctx context.Context, name string) error {
 	return c.call(ctx, "/v3/auth/role/add", in, &struct{}{})
 }
 
-// RoleGrantPermission lets role do perm (PermRead, PermWrite or
-// PermReadWrite) on key, or on the keys from key up to end.
+// RoleGrantPermission lets role do perm (PermRead or PermReadWrite) on
+// key, or on the keys from key up to end.
 func (c *Client) RoleGrantPermission(ctx context.Context, role, key, end, perm string) error {
 	type permission struct {
 		PermType string `json:"permType"`

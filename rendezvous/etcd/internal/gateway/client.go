@@ -133,11 +133,16 @@ func (c *Client) call(ctx context.Context, path string, in, out any) error {
 		return err
 	}
 	defer drain(resp.Body)
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out); err != nil {
 		return fmt.Errorf("etcd gateway: %s: read the answer: %w", path, err)
 	}
 	return nil
 }
+
+// maxAnswer bounds what a call reads of etcd's answer: a longer one fails
+// to decode. etcd's own bound on a request is 1.5 MiB; the rendezvous
+// bounds its reads far below this.
+const maxAnswer = 64 << 20
 
 // request is one POST to etcd.
 type request struct {

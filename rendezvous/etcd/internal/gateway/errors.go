@@ -47,13 +47,18 @@ func readError(resp *http.Response) error {
 		Code    int    `json:"code"`
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if json.Unmarshal(b, &body) != nil || (body.Message == "" && body.Error == "") {
-		return &Error{Code: codeOf(resp.StatusCode), Message: fmt.Sprintf("etcd gateway: %s: %q", resp.Status, b)}
+	switch {
+	case json.Unmarshal(b, &body) == nil && (body.Message != "" || body.Error != ""):
+		if body.Message == "" {
+			body.Message = body.Error
+		}
+		return &Error{Code: body.Code, Message: body.Message}
+	case resp.StatusCode == http.StatusNotFound:
+		return &Error{Code: codeUnimplemented, Message: fmt.Sprintf("etcd gateway: %s answers %s to %s: no etcd v3 JSON gateway there "+
+			"(etcd 3.4 and later serve it on the client port, unless started with --enable-grpc-gateway=false)",
+			resp.Request.URL.Host, resp.Status, resp.Request.URL.Path)}
 	}
-	if body.Message == "" {
-		body.Message = body.Error
-	}
-	return &Error{Code: body.Code, Message: body.Message}
+	return &Error{Code: codeOf(resp.StatusCode), Message: fmt.Sprintf("etcd gateway: %s: %q", resp.Status, b)}
 }
 
 // messageError is the *Error of a message etcd wrote as text, as a
@@ -83,6 +88,7 @@ func (s *streamError) err() error {
 const (
 	codeCanceled         = 1 // the gateway's connection to etcd closing: etcd stops
 	codeDeadlineExceeded = 4
+	codeUnimplemented    = 12
 	codeUnavailable      = 14
 )
 

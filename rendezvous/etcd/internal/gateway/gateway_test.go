@@ -1,8 +1,12 @@
+//go:build linux
+
 package gateway
 
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strconv"
 	"strings"
@@ -299,6 +303,13 @@ func TestEndpoints(t *testing.T) {
 	_, err = only.Get(ctx, "/x")
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("no live endpoint: %v, want the deadline and the refusal", err)
+	}
+	// An HTTP server that is not etcd's gateway.
+	other := httptest.NewServer(http.NotFoundHandler())
+	defer other.Close()
+	notEtcd := newClient(t, Config{Endpoints: []string{other.URL}})
+	if _, err := notEtcd.Get(testCtx(t), "/x"); err == nil || !strings.Contains(err.Error(), "no etcd v3 JSON gateway there") {
+		t.Fatalf("an HTTP server that is not etcd: %v", err)
 	}
 	if _, err := New(Config{Endpoints: []string{"unix:///tmp/x"}}); err == nil {
 		t.Fatal("a unix endpoint was taken")

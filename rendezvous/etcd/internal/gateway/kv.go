@@ -136,7 +136,6 @@ type Cmp struct {
 	Result         string `json:"result"`
 	CreateRevision *int64 `json:"create_revision,omitempty,string"`
 	ModRevision    *int64 `json:"mod_revision,omitempty,string"`
-	Version        *int64 `json:"version,omitempty,string"`
 	Lease          *int64 `json:"lease,omitempty,string"`
 	Value          []byte `json:"value,omitempty"`
 }
@@ -146,9 +145,6 @@ func CreateRevision(key string) Cmp { return Cmp{Key: []byte(key), Target: "CREA
 
 // ModRevision compares key's last revision.
 func ModRevision(key string) Cmp { return Cmp{Key: []byte(key), Target: "MOD"} }
-
-// Version compares key's version.
-func Version(key string) Cmp { return Cmp{Key: []byte(key), Target: "VERSION"} }
 
 // Value compares key's value.
 func Value(key string) Cmp { return Cmp{Key: []byte(key), Target: "VALUE"} }
@@ -203,8 +199,6 @@ func Compare(cmp Cmp, result string, v any) Cmp {
 		cmp.CreateRevision = &n
 	case "MOD":
 		cmp.ModRevision = &n
-	case "VERSION":
-		cmp.Version = &n
 	case "LEASE":
 		cmp.Lease = &n
 	}

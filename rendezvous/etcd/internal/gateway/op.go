@@ -13,7 +13,7 @@ type Op struct {
 
 	sortTarget, sortOrder string
 
-	serializable, keysOnly, countOnly bool
+	serializable, keysOnly bool
 
 	// watch options
 	filterPut, filterDelete, createdNotify bool
@@ -92,19 +92,15 @@ func WithLimit(n int64) OpOption { return func(op *Op) { op.limit = n } }
 // WithKeysOnly reads the keys without their values.
 func WithKeysOnly() OpOption { return func(op *Op) { op.keysOnly = true } }
 
-// WithCountOnly reads only how many keys there are.
-func WithCountOnly() OpOption { return func(op *Op) { op.countOnly = true } }
-
 // WithSerializable reads from the member asked, without a round through
 // the leader.
 func WithSerializable() OpOption { return func(op *Op) { op.serializable = true } }
 
 // The sort targets and orders of WithSort.
 const (
-	SortByKey         = "KEY"
-	SortByModRevision = "MOD"
-	SortAscend        = "ASCEND"
-	SortDescend       = "DESCEND"
+	SortByKey   = "KEY"
+	SortAscend  = "ASCEND"
+	SortDescend = "DESCEND"
 )
 
 // WithSort sorts a get's keys by target, in order.
@@ -149,7 +145,6 @@ type rangeRequest struct {
 	SortTarget   string `json:"sort_target,omitempty"`
 	Serializable bool   `json:"serializable,omitempty"`
 	KeysOnly     bool   `json:"keys_only,omitempty"`
-	CountOnly    bool   `json:"count_only,omitempty"`
 }
 
 type putRequest struct {
@@ -178,7 +173,7 @@ type requestOp struct {
 
 func (op Op) rangeRequest() *rangeRequest {
 	r := &rangeRequest{Key: []byte(op.key), Limit: op.limit, Revision: op.rev,
-		Serializable: op.serializable, KeysOnly: op.keysOnly, CountOnly: op.countOnly}
+		Serializable: op.serializable, KeysOnly: op.keysOnly}
 	if op.end != "" {
 		r.RangeEnd = []byte(op.end)
 	}
