@@ -52,9 +52,10 @@ type Client struct {
 	urls []string
 	http *http.Client
 
-	mu    sync.Mutex
-	cur   int    // the endpoint in use
-	token string // the auth token, "" before the first login
+	mu     sync.Mutex
+	cur    int    // the endpoint in use
+	token  string // the auth token, "" before the first login
+	logged bool   // logged in, or etcd said its authentication is off
 
 	ttls sync.Map // LeaseID → TTL in seconds, of the leases Grant gave
 
@@ -191,7 +192,8 @@ func (c *Client) post(ctx context.Context, r request) (*http.Response, error) {
 			return resp, nil
 		case err == nil:
 			gerr := readError(resp)
-			if errors.Is(gerr, ErrInvalidAuthToken) && c.cfg.Username != "" && !r.anon && !relogged {
+			stale := errors.Is(gerr, ErrInvalidAuthToken) || errors.Is(gerr, ErrUserEmpty)
+			if stale && c.cfg.Username != "" && !r.anon && !relogged {
 				relogged = true
 				if err := c.login(ctx, true); err != nil {
 					return nil, err
@@ -244,16 +246,18 @@ func isDialError(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-// login authenticates as cfg.Username when the client has no token yet,
-// or, with again, always.
+// login authenticates as cfg.Username unless the client has logged in
+// (or, with again, always). An etcd whose authentication is off is used
+// without a token, as etcd's own client does, until it says that it needs
+// one.
 func (c *Client) login(ctx context.Context, again bool) error {
 	if c.cfg.Username == "" {
 		return nil
 	}
 	c.mu.Lock()
-	have := c.token != ""
+	logged := c.logged
 	c.mu.Unlock()
-	if have && !again {
+	if logged && !again {
 		return nil
 	}
 	body, _ := json.Marshal(struct {
@@ -264,15 +268,18 @@ func (c *Client) login(ctx context.Context, again bool) error {
 		Token string `json:"token"`
 	}
 	resp, err := c.post(ctx, request{path: "/v3/auth/authenticate", body: body, anon: true})
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrAuthNotEnabled):
+	case err != nil:
 		return err
-	}
-	defer drain(resp.Body)
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		return fmt.Errorf("etcd gateway: log in: %w", err)
+	default:
+		defer drain(resp.Body)
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			return fmt.Errorf("etcd gateway: log in: %w", err)
+		}
 	}
 	c.mu.Lock()
-	c.token = out.Token
+	c.token, c.logged = out.Token, true
 	c.mu.Unlock()
 	return nil
 }

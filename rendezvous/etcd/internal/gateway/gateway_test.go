@@ -242,6 +242,12 @@ func TestAuth(t *testing.T) {
 	srv := etcdtest.Start(t)
 	root := newClient(t, Config{Endpoints: []string{srv.Endpoint}})
 	ctx := testCtx(t)
+	// A client with credentials works while etcd's authentication is off,
+	// and logs in once etcd turns it on (below).
+	early := newClient(t, Config{Endpoints: []string{srv.Endpoint}, Username: "job", Password: "jobpw"})
+	if _, err := early.Put(ctx, "/run/early", "1"); err != nil {
+		t.Fatalf("credentials, authentication off: %v", err)
+	}
 	for _, step := range []func() error{
 		func() error { return root.UserAdd(ctx, "root", "rootpw") },
 		func() error { return root.UserGrantRole(ctx, "root", "root") },
@@ -264,6 +270,9 @@ func TestAuth(t *testing.T) {
 	bad := newClient(t, Config{Endpoints: []string{srv.Endpoint}, Username: "job", Password: "wrong"})
 	if _, err := bad.Get(ctx, "/run/x"); !errors.Is(err, ErrAuthFailed) {
 		t.Fatalf("a wrong password: %v, want ErrAuthFailed", err)
+	}
+	if _, err := early.Put(ctx, "/run/early", "2"); err != nil {
+		t.Fatalf("credentials, authentication turned on since: %v", err)
 	}
 	job := newClient(t, Config{Endpoints: []string{srv.Endpoint}, Username: "job", Password: "jobpw"})
 	if _, err := job.Put(ctx, "/run/x", "1"); err != nil {
