@@ -145,3 +145,50 @@ func TestNodes(t *testing.T) {
 		t.Errorf("Nodes(nil) = %+v, %d", nodes, bad)
 	}
 }
+
+// TestReadsPeers: up to 64 nodes every node reads the peers with each
+// Remote call and at the end; above, each node reads them once per
+// RemoteEvery*ceil(nodes/64) ticks, the nodes staggered, never at the end:
+// the reads a second across the job grow with N, not N².
+func TestReadsPeers(t *testing.T) {
+	reads := func(nodes, ticks int) (total int, perTick []int) {
+		perTick = make([]int, ticks+1)
+		for rank := 0; rank < nodes; rank++ {
+			for tick := 0; tick < ticks; tick++ {
+				if readsPeers(tick, false, nodes, rank) {
+					total++
+					perTick[tick]++
+				}
+			}
+			if readsPeers(ticks, true, nodes, rank) {
+				total++
+				perTick[ticks]++
+			}
+		}
+		return total, perTick
+	}
+	// 8 nodes, 9 ticks: ticks 0, 3, 6 and the last, each node.
+	if total, _ := reads(8, 9); total != 8*4 {
+		t.Errorf("8 nodes, 9 ticks: %d reads, want %d", total, 8*4)
+	}
+	for _, nodes := range []int{128, 1024, 4096} {
+		every := RemoteEvery * ((nodes + 63) / 64)
+		ticks := 2 * every
+		total, perTick := reads(nodes, ticks)
+		if total != 2*nodes {
+			t.Errorf("%d nodes, %d ticks: %d reads, want 2 a node (%d)", nodes, ticks, total, 2*nodes)
+		}
+		// Staggered: no tick has more than ceil(nodes/every) readers, and
+		// the last has none.
+		for tick, n := range perTick {
+			if n > (nodes+every-1)/every || tick == ticks && n != 0 {
+				t.Errorf("%d nodes: tick %d has %d readers", nodes, tick, n)
+			}
+		}
+		// Requests a second (a read is nodes/16 requests), per node:
+		// bounded whatever N.
+		if rate := float64(total) * float64(nodes) / 16 / float64(ticks) / float64(nodes); rate > 1.5 {
+			t.Errorf("%d nodes: %.2f status requests a second a node", nodes, rate)
+		}
+	}
+}

@@ -20,6 +20,28 @@ const RemoteEvery = 3
 // remoteLine bounds each rank's last line in what Remote gets.
 const remoteLine = 120
 
+// peerNodes is the job size up to which every node reads the peers at
+// each Remote call and once more when its ranks have exited. A read of
+// the peers costs the rendezvous about one request per 16 nodes, so that
+// above it the reads come less often as the job grows (readsPeers).
+const peerNodes = 64
+
+// readsPeers reports whether the sampler's tick (counted from 0; last:
+// the ranks have exited) reads the peers, for node nodeRank of nodes. Up
+// to peerNodes nodes: at every Remote call, and at the last tick. Above:
+// every RemoteEvery*ceil(nodes/peerNodes) ticks, staggered by node rank,
+// and not at the last tick, so that the nodes together make about the
+// same number of requests a second per node whatever the job's size (O(N)
+// in all, not O(N²)), with no burst at the job's start or end; the peers
+// are then up to that many seconds old (48 s at 1,024 nodes).
+func readsPeers(tick int, last bool, nodes, nodeRank int) bool {
+	if nodes <= peerNodes {
+		return last || tick%RemoteEvery == 0
+	}
+	every := RemoteEvery * ((nodes + peerNodes - 1) / peerNodes)
+	return !last && (tick+nodeRank)%every == 0
+}
+
 // A Publisher publishes one launcher's job (State) while its ranks run:
 // Attach starts sampling a Group (each round's, in turn), Close removes
 // the file. Its zero value is not usable; fill Info and call Open.
@@ -32,8 +54,10 @@ type Publisher struct {
 	// other nodes show. Its error is ignored; the next call tries again.
 	Remote func(ctx context.Context, summary []byte) error
 	// Peers, when not nil, returns every node's summary (what their
-	// Remote published) when Remote is called; the other nodes' go into
-	// State.Peers, and a node that was there and is no more stays as Gone.
+	// Remote published), read with Remote's calls in jobs of up to 64
+	// nodes and less often in larger ones (readsPeers); the other nodes'
+	// go into State.Peers, and a node that was there and is no more stays
+	// as Gone.
 	Peers func(ctx context.Context) ([][]byte, error)
 
 	dir   string
@@ -127,8 +151,8 @@ type procSample struct {
 }
 
 // tick samples the ranks and writes the file (and, every RemoteEvery
-// ticks, calls Remote and reads the peers; last, once the ranks have
-// exited, reads the peers again).
+// ticks, calls Remote; it reads the peers as readsPeers says, last being
+// the tick once the ranks have exited).
 func (s *sampler) tick(ctx context.Context, now time.Time, last bool) {
 	s.snap = s.g.Snapshot(s.snap)
 	if len(s.prev) != len(s.snap) {
@@ -145,8 +169,8 @@ func (s *sampler) tick(ctx context.Context, now time.Time, last bool) {
 		if sum, err := json.Marshal(summary(&s.state, s.p.peers)); err == nil {
 			_ = s.p.Remote(ctx, sum)
 		}
-		s.readPeers(ctx)
-	} else if last {
+	}
+	if readsPeers(s.ticks, last, s.p.Info.Nodes, s.p.Info.NodeRank) {
 		s.readPeers(ctx)
 	}
 	s.ticks++
